@@ -1,0 +1,1 @@
+"""Benchmarks of optax_lr: speed, robustness, the papers experiments."""

@@ -1,0 +1,165 @@
+"""Shared pieces of the benchmarks: models, train steps, interleaved timing.
+
+Timing rule of this project: the machine is shared and noisy, so absolute
+times are not comparable across runs. Every figure is a *ratio* of per-step
+times measured side by side in one run: the candidates' steps are interleaved
+round by round (in a shuffled order each round) and each is summarised by its
+median over rounds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+import time
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+import optax_lr
+
+
+# ---------------------------------------------------------------- models
+
+
+def init_mlp(key: jax.Array, sizes: Sequence[int], dtype=jnp.float32) -> list[dict]:
+  """He-initialised dense layers ``sizes[0] -> ... -> sizes[-1]``."""
+  params = []
+  for fan_in, fan_out in zip(sizes[:-1], sizes[1:]):
+    key, sub = jax.random.split(key)
+    scale = jnp.sqrt(2.0 / fan_in).astype(dtype)
+    params.append({
+        "w": jax.random.normal(sub, (fan_in, fan_out), dtype) * scale,
+        "b": jnp.zeros((fan_out,), dtype),
+    })
+  return params
+
+
+def mlp_logits(params: list[dict], x: jax.Array) -> jax.Array:
+  for layer in params[:-1]:
+    x = jax.nn.relu(x @ layer["w"] + layer["b"])
+  return x @ params[-1]["w"] + params[-1]["b"]
+
+
+def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+  return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+
+
+def mlp_loss(params: list[dict], batch: tuple[jax.Array, jax.Array]) -> jax.Array:
+  x, y = batch
+  return cross_entropy(mlp_logits(params, x), y)
+
+
+def random_batch(key: jax.Array, batch: int, features: int | tuple, classes: int):
+  kx, ky = jax.random.split(key)
+  shape = (batch,) + (tuple(features) if isinstance(features, tuple) else (features,))
+  return jax.random.normal(kx, shape), jax.random.randint(ky, (batch,), 0, classes)
+
+
+# ---------------------------------------------------------------- steps
+
+EXTRA_ARG_NAMES = ("value", "loss_fn", "val_grads")
+
+
+def make_train_step(
+    tx: optax.GradientTransformation,
+    loss_fn: Callable[[Any, Any], jax.Array],
+    needs: Sequence[str] = (),
+    *,
+    hvp: bool = False,
+) -> Callable:
+  """A jit-compiled train step ``(params, state, batch) -> (params, state, loss)``.
+
+  Params and state are donated, as a production train step would do.
+
+  Args:
+    tx: the optimizer.
+    loss_fn: ``(params, batch) -> scalar``.
+    needs: the extra args ``tx.update`` needs, from ``EXTRA_ARG_NAMES``
+      (``val_grads`` is the gradient on the same batch here: the cost of a
+      separate validation batch is the user's, not the method's).
+    hvp: add one forward-over-reverse Hessian-vector product along the
+      gradient, folded into the update (the "grad + one HVP" anchor).
+  """
+  unknown = set(needs) - set(EXTRA_ARG_NAMES)
+  if unknown:
+    raise ValueError(f"needs: unknown extra args {sorted(unknown)}")
+
+  def step(params, state, batch):
+    batch_loss = lambda p: loss_fn(p, batch)
+    loss, grads = jax.value_and_grad(batch_loss)(params)
+    if hvp:
+      _, hess_grads = jax.jvp(jax.grad(batch_loss), (params,), (grads,))
+      grads = jax.tree_util.tree_map(lambda g, h: g + 1e-3 * h, grads, hess_grads)
+    extra = {}
+    if "value" in needs:
+      extra["value"] = loss
+    if "loss_fn" in needs:
+      extra["loss_fn"] = batch_loss
+    if "val_grads" in needs:
+      extra["val_grads"] = grads
+    updates, state = tx.update(grads, state, params, **extra)
+    params = optax_lr.apply_updates(params, updates, state)
+    return params, state, loss
+
+  return jax.jit(step, donate_argnums=(0, 1))
+
+
+@dataclasses.dataclass
+class Candidate:
+  """One train step to time: ``tx`` with the extra args it needs."""
+
+  name: str
+  tx: optax.GradientTransformation
+  needs: Sequence[str] = ()
+  hvp: bool = False
+
+
+def time_candidates(
+    candidates: Sequence[Candidate],
+    init_params: Callable[[], Any],
+    loss_fn: Callable[[Any, Any], jax.Array],
+    batch: Any,
+    *,
+    rounds: int = 15,
+    steps_per_round: int = 20,
+    seed: int = 0,
+) -> dict[str, float]:
+  """Median seconds per step of each candidate, interleaved in one run."""
+  runners = {}
+  for cand in candidates:
+    step = make_train_step(cand.tx, loss_fn, cand.needs, hvp=cand.hvp)
+    params = init_params()
+    carry = [params, cand.tx.init(params)]
+    # Compile and warm up outside the timed rounds.
+    for _ in range(3):
+      carry[0], carry[1], loss = step(carry[0], carry[1], batch)
+    jax.block_until_ready(loss)
+    runners[cand.name] = (step, carry)
+
+  times: dict[str, list[float]] = {name: [] for name in runners}
+  order = list(runners)
+  rng = random.Random(seed)
+  for _ in range(rounds):
+    rng.shuffle(order)
+    for name in order:
+      step, carry = runners[name]
+      start = time.perf_counter()
+      for _ in range(steps_per_round):
+        carry[0], carry[1], loss = step(carry[0], carry[1], batch)
+      jax.block_until_ready((carry[0], carry[1], loss))
+      times[name].append((time.perf_counter() - start) / steps_per_round)
+  return {name: float(np.median(ts)) for name, ts in times.items()}
+
+
+def ratio_table(times: dict[str, float], baseline: str) -> str:
+  """A plain-text table of per-step times and ratios to ``baseline``."""
+  base = times[baseline]
+  width = max(len(n) for n in times)
+  lines = [f"{'step':<{width}}  {'ms/step':>9}  {'ratio':>7}"]
+  for name, sec in times.items():
+    lines.append(f"{name:<{width}}  {1e3 * sec:>9.3f}  {sec / base:>7.3f}")
+  return "\n".join(lines)

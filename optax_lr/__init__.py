@@ -1,0 +1,30 @@
+"""optax_lr: learning-rate methods that tune themselves, as pure optax transformations.
+
+Every method is an ``optax.GradientTransformationExtraArgs`` whose schedule
+state lives in a pytree, so a jit-compiled train step fuses the learning-rate
+logic with the weight update.
+"""
+
+from optax_lr._monitor import apply_updates
+from optax_lr._monitor import current_lr
+from optax_lr._monitor import observe
+from optax_lr.range_test import RangeTestResult
+from optax_lr.range_test import lr_range_test
+from optax_lr.schedules import cyclic_schedule
+from optax_lr.schedules import inverse_time_decay
+from optax_lr.schedules import per_epoch
+from optax_lr.schedules import sgdr_schedule
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "RangeTestResult",
+    "apply_updates",
+    "current_lr",
+    "cyclic_schedule",
+    "inverse_time_decay",
+    "lr_range_test",
+    "observe",
+    "per_epoch",
+    "sgdr_schedule",
+]

@@ -1,0 +1,352 @@
+"""Reading and driving learning-rate methods from outside the update call.
+
+Users hold an opaque optax state: ``optax.chain`` tuples, ``optax.MultiSteps``,
+``optax.inject_hyperparams``, ``optax.partition`` dictionaries, nested as deep
+as they like. This module finds the optax_lr method states inside it:
+
+* :func:`current_lr` reads the learning rate, for logging;
+* :func:`observe` applies one epoch end, with a monitored cost such as a
+  validation loss, to every epoch-level method (ASLR, AALR);
+* :func:`apply_updates` is ``optax.apply_updates`` that also honours a
+  checkpoint rollback decided by a method (AALR).
+
+Methods plug in through :func:`register_method`, called once by the module
+that defines the method's state ``NamedTuple``; nothing here names a method.
+Wrappers that hide an inner state behind a condition (``optax.MultiSteps``
+only emits an inner update every k calls) plug in through
+:func:`register_wrapper`.
+
+The module also holds the epoch window shared by the epoch-level methods:
+:class:`EpochWindow`, :func:`window_init`, :func:`window_step` and
+:func:`maybe_epoch_end`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Iterator, NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+import optax
+
+__all__ = [
+    "EpochWindow",
+    "apply_updates",
+    "current_lr",
+    "maybe_epoch_end",
+    "observe",
+    "register_method",
+    "register_wrapper",
+    "window_init",
+    "window_step",
+]
+
+State = Any
+EpochEndFn = Callable[[State, jax.Array], State]
+RollbackFn = Callable[[State], tuple[jax.Array, Any]]
+
+
+class _MethodSpec(NamedTuple):
+  learning_rate: Callable[[State], Any]
+  epoch_end: Optional[EpochEndFn]
+  rollback: Optional[RollbackFn]
+
+
+class _WrapperSpec(NamedTuple):
+  inner: Callable[[State], Any]
+  emitted: Callable[[State], jax.Array]
+
+
+_METHODS: dict[type, _MethodSpec] = {}
+_WRAPPERS: dict[type, _WrapperSpec] = {}
+
+
+def register_method(
+    state_type: type,
+    *,
+    learning_rate: Callable[[State], Any] = lambda state: state.learning_rate,
+    epoch_end: Optional[EpochEndFn] = None,
+    rollback: Optional[RollbackFn] = None,
+) -> type:
+  """Registers a method's state type with the monitor.
+
+  Args:
+    state_type: the method's state class (a ``NamedTuple``).
+    learning_rate: ``state -> rate`` read by :func:`current_lr`; a scalar, or a
+      pytree of rates for per-leaf methods. Defaults to ``state.learning_rate``.
+    epoch_end: ``(state, cost) -> state``, one epoch end with a scalar cost,
+      applied by :func:`observe`. ``None`` for step-level methods, which
+      :func:`observe` leaves untouched.
+    rollback: ``state -> (rolled_back, checkpoint)``: ``rolled_back`` is a
+      scalar bool, true when the update call that produced ``state`` returned
+      a rollback to ``checkpoint`` (a params-like pytree).
+      :func:`apply_updates` then lands exactly on ``checkpoint``.
+
+  Returns:
+    ``state_type``, so this can decorate the class.
+  """
+  _METHODS[state_type] = _MethodSpec(learning_rate, epoch_end, rollback)
+  return state_type
+
+
+def register_wrapper(
+    state_type: type,
+    *,
+    inner: Callable[[State], Any],
+    emitted: Callable[[State], jax.Array],
+) -> type:
+  """Registers a wrapper whose inner updates only reach the params sometimes.
+
+  Args:
+    state_type: the wrapper's state class.
+    inner: ``state -> inner state``.
+    emitted: ``state -> scalar bool``, true when the call that produced
+      ``state`` passed the inner transformation's update through. A rollback
+      flag left in the inner state is honoured only then.
+
+  Returns:
+    ``state_type``.
+  """
+  _WRAPPERS[state_type] = _WrapperSpec(inner, emitted)
+  return state_type
+
+
+# optax.MultiSteps keeps the inner state frozen between emissions; its
+# `mini_step` returns to 0 exactly on the call that emitted the inner update.
+register_wrapper(
+    optax.MultiStepsState,
+    inner=lambda state: state.inner_opt_state,
+    emitted=lambda state: state.mini_step == 0,
+)
+
+
+def _is_method(node: Any) -> bool:
+  return type(node) in _METHODS
+
+
+def _walk(tree: Any, emitted: Any = True) -> Iterator[tuple[Any, Any]]:
+  """Yields ``(method_state, emitted)`` in pytree flattening order."""
+  leaves = jax.tree_util.tree_leaves(
+      tree, is_leaf=lambda x: _is_method(x) or type(x) in _WRAPPERS
+  )
+  for leaf in leaves:
+    if _is_method(leaf):
+      yield leaf, emitted
+    elif type(leaf) in _WRAPPERS:
+      wrapper = _WRAPPERS[type(leaf)]
+      yield from _walk(
+          wrapper.inner(leaf), jnp.logical_and(emitted, wrapper.emitted(leaf))
+      )
+
+
+# `optax.inject_hyperparams` builds one state type or the other depending on
+# the optax version and on whether a hyperparameter is itself stateful.
+_INJECT_STATES = tuple(
+    getattr(optax, name)
+    for name in ("InjectHyperparamsState", "InjectStatefulHyperparamsState")
+    if hasattr(optax, name)
+)
+
+
+def _injected_rates(tree: Any) -> list[Any]:
+  leaves = jax.tree_util.tree_leaves(
+      tree, is_leaf=lambda x: isinstance(x, _INJECT_STATES)
+  )
+  return [
+      leaf.hyperparams["learning_rate"]
+      for leaf in leaves
+      if isinstance(leaf, _INJECT_STATES) and "learning_rate" in leaf.hyperparams
+  ]
+
+
+def current_lr(opt_state: Any) -> Any:
+  """Returns the learning rate of the optax_lr method inside ``opt_state``.
+
+  The method's state is found at any depth: inside ``optax.chain``,
+  ``optax.MultiSteps``, ``optax.inject_hyperparams``, ``optax.partition`` and
+  any other container of states. When the state holds no optax_lr method, the
+  ``learning_rate`` hyperparameter of an ``optax.inject_hyperparams`` state is
+  returned instead, so plain optax optimizers can be logged the same way.
+
+  Several methods (for example one per ``optax.partition`` group) give a
+  ``tuple`` of their rates, in the order ``jax.tree_util`` flattens the state:
+  chain order for ``optax.chain``, sorted label order for ``optax.partition``.
+
+  Args:
+    opt_state: an optimizer state.
+
+  Returns:
+    The rate (a scalar array, or a pytree of rates for per-leaf methods), or a
+    tuple of rates when there are several methods.
+
+  Raises:
+    ValueError: when the state holds no learning rate at all.
+
+  Example:
+    >>> import optax, optax_lr
+    >>> tx = optax.inject_hyperparams(optax.sgd)(learning_rate=0.5)
+    >>> float(optax_lr.current_lr(tx.init({'w': 1.0})))
+    0.5
+  """
+  rates = [_METHODS[type(state)].learning_rate(state) for state, _ in _walk(opt_state)]
+  if not rates:
+    rates = _injected_rates(opt_state)
+  if not rates:
+    raise ValueError(
+        "current_lr: no learning rate found in the optimizer state: it holds "
+        "no optax_lr method state and no optax.inject_hyperparams state with "
+        "a 'learning_rate' hyperparameter. Got a state of type "
+        f"{type(opt_state).__name__}."
+    )
+  return rates[0] if len(rates) == 1 else tuple(rates)
+
+
+def observe(opt_state: Any, cost: Any) -> Any:
+  """Applies one epoch end with a monitored ``cost`` to every epoch-level method.
+
+  A pure function of arrays: call it inside or outside ``jit``; changing costs
+  never recompile. States without an epoch-level method are returned unchanged,
+  so a training loop can call it whatever optimizer it holds.
+
+  Args:
+    opt_state: an optimizer state.
+    cost: a scalar, e.g. the validation loss after the epoch. NaN and Inf are
+      valid inputs: each method says how it treats them.
+
+  Returns:
+    The state with every epoch-level method advanced by one epoch.
+
+  Example:
+    >>> import jax.numpy as jnp, optax, optax_lr
+    >>> state = optax.sgd(0.1).init({'w': jnp.ones(2)})
+    >>> optax_lr.observe(state, 0.3) == state  # no epoch-level method inside
+    True
+  """
+  cost = jnp.asarray(cost)
+
+  def step(node):
+    spec = _METHODS.get(type(node))
+    if spec is None or spec.epoch_end is None:
+      return node
+    return spec.epoch_end(node, cost)
+
+  return jax.tree_util.tree_map(step, opt_state, is_leaf=_is_method)
+
+
+def _land_on_checkpoint(checkpoint: Any, params: Any) -> Any:
+  # Under optax.partition / optax.masked, the method sees `MaskedNode`s in
+  # place of the params it does not own: those keep their new values.
+  return jax.tree_util.tree_map(
+      lambda saved, new: new if isinstance(saved, optax.MaskedNode) else saved,
+      checkpoint,
+      params,
+      is_leaf=lambda x: isinstance(x, optax.MaskedNode) or x is None,
+  )
+
+
+def apply_updates(params: Any, updates: Any, opt_state: Any) -> Any:
+  """``optax.apply_updates`` that lands exactly on a rolled-back checkpoint.
+
+  A rollback update is ``checkpoint - params``; when ``params`` are NaN or Inf
+  (the usual reason to roll back), ``params + update`` stays NaN. On the call
+  where a method in ``opt_state`` rolled back, this returns the checkpoint
+  itself; on every other call it equals ``optax.apply_updates``. The choice is
+  a ``lax.cond`` on a scalar flag, so steps without a rollback do no extra
+  work over the trees.
+
+  Args:
+    params: the params the update call received.
+    updates: the updates it returned.
+    opt_state: the state it returned.
+
+  Returns:
+    The new params.
+
+  Example:
+    >>> import jax.numpy as jnp, optax, optax_lr
+    >>> tx = optax.sgd(0.1)
+    >>> params = {'w': jnp.ones(2)}
+    >>> updates, state = tx.update({'w': jnp.ones(2)}, tx.init(params))
+    >>> optax_lr.apply_updates(params, updates, state)['w']
+    Array([0.9, 0.9], dtype=float32)
+  """
+  new_params = optax.apply_updates(params, updates)
+  for state, emitted in _walk(opt_state):
+    rollback = _METHODS[type(state)].rollback
+    if rollback is None:
+      continue
+    rolled_back, checkpoint = rollback(state)
+    new_params = jax.lax.cond(
+        jnp.logical_and(rolled_back, emitted),
+        lambda c, p: _land_on_checkpoint(c, p),
+        lambda c, p: p,
+        checkpoint,
+        new_params,
+    )
+  return new_params
+
+
+# --------------------------------------------------------------------------
+# The epoch window shared by the epoch-level methods.
+# --------------------------------------------------------------------------
+
+
+class EpochWindow(NamedTuple):
+  """Running mean of the training loss over the current epoch window."""
+
+  total: jax.Array  # [] float32 (f64 under x64 params): sum of `value` so far.
+  steps: jax.Array  # [] int32: update calls seen in the current window.
+
+
+def window_init(dtype: Any = jnp.float32) -> EpochWindow:
+  """An empty window accumulating in ``dtype`` (use ``accumulation_dtype``)."""
+  return EpochWindow(total=jnp.zeros([], dtype), steps=jnp.zeros([], jnp.int32))
+
+
+def window_step(
+    window: EpochWindow, value: Optional[Any], steps_per_epoch: int
+) -> tuple[EpochWindow, jax.Array, jax.Array]:
+  """Adds one training loss to the window and says whether the epoch ended.
+
+  A NaN or Inf loss makes the window's mean NaN or Inf: the epoch is then
+  judged on a non-finite cost, which each method treats as its paper says.
+
+  Args:
+    window: the current window.
+    value: the scalar training loss of this update call (the ``value`` extra
+      argument).
+    steps_per_epoch: the window length ``N`` (a Python int).
+
+  Returns:
+    ``(window, is_end, mean_cost)``: the window after this call (emptied at an
+    epoch end), a scalar bool that is true on the window's last call, and the
+    window's mean loss (meaningful when ``is_end``).
+
+  Raises:
+    ValueError: at trace time, when ``value`` is missing or not a scalar.
+  """
+  if value is None:
+    raise ValueError(
+        "value: an epoch-level method with steps_per_epoch set needs the "
+        "training loss of each batch: call update(..., value=loss)."
+    )
+  value = jnp.asarray(value)
+  if value.shape != ():
+    raise ValueError(f"value: expected a scalar loss, got shape {value.shape}.")
+  total = window.total + value.astype(window.total.dtype)
+  steps = window.steps + 1
+  is_end = steps >= steps_per_epoch
+  mean_cost = total / steps.astype(total.dtype)
+  emptied = window_init(total.dtype)
+  new_window = EpochWindow(
+      total=jnp.where(is_end, emptied.total, total),
+      steps=jnp.where(is_end, emptied.steps, steps),
+  )
+  return new_window, is_end, mean_cost
+
+
+def maybe_epoch_end(
+    state: State, is_end: jax.Array, cost: jax.Array, epoch_end: EpochEndFn
+) -> State:
+  """``epoch_end(state, cost)`` when ``is_end``, else ``state``, via ``lax.cond``."""
+  return jax.lax.cond(is_end, epoch_end, lambda s, c: s, state, cost)

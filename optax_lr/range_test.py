@@ -1,0 +1,412 @@
+"""The learning-rate range test: one exponential sweep to pick a starting rate.
+
+The ASLR paper asks its user for one number, the initial learning rate, and
+recommends Smith's *learning-rate range test* to find it: train briefly while
+the rate grows, watch the loss, and pick a rate where the loss falls fastest.
+:func:`lr_range_test` runs the fastai ``lr_find`` flavour of that test:
+
+* an exponential sweep ``min_lr -> max_lr`` (equal steps in ``log lr``),
+* one optimizer step per sweep rate, the loss measured *before* the step,
+* a bias-corrected exponential moving average of the loss (mini-batch losses
+  are too noisy to differentiate),
+* no further steps once the smoothed loss has blown up,
+* a suggestion: the rate where the smoothed loss falls steepest in ``log lr``
+  (the first tenth of the sweep, where the average is still mostly noise, is
+  not a candidate).
+
+The whole sweep is a single ``lax.scan`` inside one ``jax.jit``: nothing syncs
+with the host, and calling it again with arrays of the same shapes, the same
+``loss_fn`` / ``optimizer`` objects and the same ``num_steps`` reuses the
+compiled program (``min_lr``, ``max_lr``, ``smoothing`` and ``diverge_factor``
+are traced, so changing them does not recompile).
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import numbers
+import operator
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from optax_lr._tree import accumulation_dtype
+
+__all__ = ["RangeTestResult", "lr_range_test"]
+
+
+class RangeTestResult(NamedTuple):
+  """What :func:`lr_range_test` measured.
+
+  Attributes:
+    lrs: ``[num_steps]`` float32, the rate of every step of the sweep (all of
+      them, also those after divergence).
+    losses: ``[num_steps]`` float32, ``loss_fn`` at the params *before* each
+      step's update. Steps after ``diverged_at`` are not run: their loss is NaN.
+      The loss of the diverging step itself is kept (it may be NaN or Inf).
+    smoothed: ``[num_steps]`` float32, the bias-corrected EMA of ``losses``;
+      NaN after ``diverged_at`` like ``losses``.
+    suggestion: float32 scalar, the rate at the steepest descent of
+      ``smoothed`` before divergence; always finite and positive (see
+      :func:`lr_range_test`).
+    diverged_at: int32 scalar, the index of the step at which the smoothed loss
+      was found to diverge (that step's update is not applied), or
+      ``num_steps`` if it never did.
+    params: the params after the last update that was applied, so after step
+      ``diverged_at - 1`` (the caller's params are left untouched).
+  """
+
+  lrs: jax.Array
+  losses: jax.Array
+  smoothed: jax.Array
+  suggestion: jax.Array
+  diverged_at: jax.Array
+  params: Any
+
+
+class _ById:
+  """Hashes an unhashable callable by identity, so it can be a static jit arg."""
+
+  __slots__ = ("fn",)
+
+  def __init__(self, fn):
+    self.fn = fn
+
+  def __hash__(self):
+    return id(self.fn)
+
+  def __eq__(self, other):
+    return isinstance(other, _ById) and other.fn is self.fn
+
+  def __call__(self, *args, **kwargs):
+    return self.fn(*args, **kwargs)
+
+
+def _static(fn):
+  try:
+    hash(fn)
+  except TypeError:
+    return _ById(fn)
+  return fn
+
+
+def _number(name, value):
+  if isinstance(value, bool) or not isinstance(value, numbers.Real):
+    try:  # concrete 0-d arrays are fine
+      value = float(np.asarray(value).item())
+    except (TypeError, ValueError):
+      raise TypeError(f"{name} must be a real number, got {value!r}") from None
+  return float(value)
+
+
+def _validate(loss_fn, optimizer, min_lr, max_lr, num_steps, smoothing,
+              diverge_factor):
+  if not callable(loss_fn):
+    raise TypeError(f"loss_fn must be callable, got {loss_fn!r}")
+  if not callable(optimizer):
+    raise TypeError(f"optimizer must be a callable factory learning_rate -> "
+                    f"GradientTransformation, got {optimizer!r}")
+  try:
+    inspect.signature(optimizer).bind(learning_rate=1.0)
+  except TypeError as e:
+    raise TypeError(f"optimizer {optimizer!r} must accept a `learning_rate` "
+                    f"keyword argument (it is wrapped in "
+                    f"optax.inject_hyperparams): {e}") from None
+  except ValueError:  # no signature available (some builtins): try anyway
+    pass
+  min_lr = _number("min_lr", min_lr)
+  max_lr = _number("max_lr", max_lr)
+  smoothing = _number("smoothing", smoothing)
+  diverge_factor = _number("diverge_factor", diverge_factor)
+  # The rates are stored in float32: a rate that underflows to 0 or overflows
+  # to inf there would make the sweep (and the suggestion) meaningless.
+  if not (min_lr > 0 and np.float32(min_lr) > 0 and math.isfinite(min_lr)):
+    raise ValueError(f"min_lr must be a finite positive float32 number, "
+                     f"got min_lr={min_lr!r}")
+  if not (max_lr > min_lr and max_lr <= float(np.finfo(np.float32).max)):
+    raise ValueError(f"max_lr must be finite in float32 and > min_lr="
+                     f"{min_lr!r}, got max_lr={max_lr!r}")
+  if isinstance(num_steps, bool):
+    raise TypeError(f"num_steps must be an int, got {num_steps!r}")
+  try:
+    num_steps = operator.index(num_steps)
+  except TypeError:
+    raise TypeError(f"num_steps must be an int, got {num_steps!r}") from None
+  if num_steps < 2:
+    raise ValueError(f"num_steps must be >= 2 (the sweep needs both ends), "
+                     f"got num_steps={num_steps!r}")
+  if not 0.0 <= smoothing < 1.0:
+    raise ValueError(f"smoothing must be in [0, 1), got smoothing={smoothing!r}")
+  if not diverge_factor > 1.0:  # also rejects NaN
+    raise ValueError(f"diverge_factor must be > 1, got "
+                     f"diverge_factor={diverge_factor!r}")
+  return min_lr, max_lr, num_steps, smoothing, diverge_factor
+
+
+def _num_batches(batches) -> int:
+  leaves = jax.tree_util.tree_leaves(batches)
+  if not leaves:
+    raise ValueError("batches is empty: it must hold at least one array whose "
+                     "leading axis indexes batches")
+  sizes = []
+  for leaf in leaves:
+    shape = np.shape(leaf)
+    if not shape:
+      raise ValueError(f"every leaf of batches needs a leading batch axis; got "
+                       f"a scalar leaf {leaf!r}")
+    sizes.append(shape[0])
+  if len(set(sizes)) != 1:
+    raise ValueError(f"all leaves of batches must have the same leading size "
+                     f"(the number of batches), got sizes {sizes}")
+  if sizes[0] == 0:
+    raise ValueError("batches is empty: its leading axis has size 0")
+  return sizes[0]
+
+
+def _sweep(min_lr: float, max_lr: float, num_steps: int) -> np.ndarray:
+  # In float64 on the host, then rounded once to float32; the ends are pinned
+  # so lrs[0] == float32(min_lr) and lrs[-1] == float32(max_lr) exactly.
+  t = np.arange(num_steps, dtype=np.float64) / (num_steps - 1)
+  lrs = min_lr * (max_lr / min_lr) ** t
+  lrs[0], lrs[-1] = min_lr, max_lr
+  return lrs.astype(np.float32)
+
+
+def _suggest(lrs, smoothed, diverged_at):
+  """Rate at the most negative slope of ``smoothed`` over the candidate steps.
+
+  The slope is ``np.gradient(smoothed[:d])`` with ``d = diverged_at``: central
+  differences inside, one-sided differences at both ends of the valid range
+  (so the diverged value at ``d`` is never used). The sweep is uniform in
+  ``log lr``, so this is the derivative with respect to ``log lr`` times the
+  constant step ``log(max_lr / min_lr) / (num_steps - 1)``: same argmin.
+  Candidates are ``start <= i < d`` with ``start = num_steps // 10`` (or 0
+  when ``d <= start``).
+  """
+  n = lrs.shape[0]
+  i = jnp.arange(n)
+  y = smoothed
+  fwd = y[1:] - y[:-1]                                      # slope i -> i+1
+  fwd_at = jnp.concatenate([fwd, fwd[-1:]])                 # [n], forward at i
+  bwd_at = jnp.concatenate([fwd[:1], fwd])                  # [n], backward at i
+  central = 0.5 * (fwd_at + bwd_at)                         # (y[i+1]-y[i-1])/2
+  slope = jnp.where(i == 0, fwd_at, jnp.where(i == diverged_at - 1, bwd_at,
+                                              central))
+  # The first steps are skipped, as fastai's lr_find does (its first 10 of
+  # 100): the bias-corrected EMA there averages only a handful of mini-batch
+  # losses, and the batch-to-batch noise in its slope is far larger than the
+  # trend at rates too small to change the loss.
+  start = jnp.where(n // 10 < diverged_at, n // 10, 0)
+  # Steps at or after divergence, and everything when fewer than two valid
+  # steps exist, are excluded. Valid smoothed values are finite by definition
+  # of divergence, but a difference of huge finite values can overflow: NaN is
+  # excluded too. With no candidate left argmin sees all +inf and picks 0, so
+  # the suggestion falls back to lrs[0] = min_lr.
+  ok = ((i >= start) & (i < diverged_at) & (diverged_at >= 2)
+        & ~jnp.isnan(slope))
+  idx = jnp.argmin(jnp.where(ok, slope, jnp.inf))
+  return lrs[idx]
+
+
+def _run(loss_fn, optimizer, params, batches, lrs, smoothing, diverge_factor):
+  """The jitted sweep: one ``lax.scan`` over the ``num_steps`` rates."""
+  n = lrs.shape[0]
+  num_batches = jax.tree_util.tree_leaves(batches)[0].shape[0]
+  smoothing = jnp.asarray(smoothing, jnp.float32)
+  diverge_factor = jnp.asarray(diverge_factor, jnp.float32)
+  # inject_hyperparams stores float hyperparameters in the params' dtype by
+  # default; in bf16 Adam's b2 = 0.999 rounds to 1 and its bias correction
+  # divides 0 by 0. Keep them in at least float32 instead (f64 under x64).
+  opt = optax.inject_hyperparams(
+      optimizer, hyperparam_dtype=accumulation_dtype(params))(
+          learning_rate=lrs[0])
+  value_and_grad = jax.value_and_grad(loss_fn)
+  nan = jnp.array(jnp.nan, jnp.float32)
+
+  def live(carry, i, lr):
+    params, opt_state, avg, decay, best, _ = carry
+    batch = jax.tree_util.tree_map(
+        lambda b: jax.lax.dynamic_index_in_dim(b, i % num_batches, 0,
+                                               keepdims=False), batches)
+    loss, grads = value_and_grad(params, batch)
+    loss = jnp.asarray(loss, jnp.float32)
+    # EMA started at 0; dividing by 1 - smoothing**(i+1) (carried as a running
+    # product, exact for smoothing == 0) removes its bias towards 0, so
+    # smoothed[0] == losses[0].
+    avg = smoothing * avg + (1.0 - smoothing) * loss
+    decay = decay * smoothing
+    smooth = avg / (1.0 - decay)
+    # `smooth > factor * best`, written as `smooth - best > (factor-1)|best|`
+    # so that it also means "got much worse" for negative losses. At step 0
+    # best = +inf and the test reads `-inf > inf`: False. NaN/Inf diverges.
+    diverged = ~jnp.isfinite(smooth) | (
+        smooth - best > (diverge_factor - 1.0) * jnp.abs(best))
+
+    def step(ps):
+      params, opt_state = ps
+      hyperparams = dict(opt_state.hyperparams)
+      old = hyperparams["learning_rate"]
+      hyperparams["learning_rate"] = lr.astype(jnp.result_type(old))
+      opt_state = opt_state._replace(hyperparams=hyperparams)
+      # The optimizer was written for Python-float hyperparameters (weakly
+      # typed); injected they are f32 arrays, so `b2 ** count` (f32, int32) or
+      # `b1 * mu` (f32, bf16) would be rejected under strict promotion. Run it
+      # (and apply_updates, which adds f32 updates to bf16 params and casts
+      # back) under standard promotion: the arithmetic the un-injected
+      # optimizer does.
+      with jax.numpy_dtype_promotion("standard"):
+        updates, new_state = opt.update(grads, opt_state, params)
+        new_params = optax.apply_updates(params, updates)
+      # f32 hyperparameters can also promote low-precision state (bf16
+      # momentum -> f32); cast back so the scan carry keeps its dtypes.
+      new_state = jax.tree_util.tree_map(
+          lambda new, old: jnp.asarray(new).astype(jnp.result_type(old)),
+          new_state, opt_state)
+      return new_params, new_state
+
+    # The diverging step is a no-op too: the rate that produced its params is
+    # already past the usable range, and its gradient may be NaN.
+    params, opt_state = jax.lax.cond(diverged, lambda ps: ps, step,
+                                     (params, opt_state))
+    best = jnp.where(diverged, best, jnp.minimum(best, smooth))
+    diverged_at = jnp.where(diverged, i, n).astype(jnp.int32)
+    return (params, opt_state, avg, decay, best, diverged_at), (loss, smooth)
+
+  def frozen(carry, i, lr):
+    del i, lr
+    # Nothing is evaluated any more: params and optimizer state stay as they
+    # were, and the step is recorded as NaN.
+    return carry, (nan, nan)
+
+  def body(carry, xs):
+    i, lr = xs
+    return jax.lax.cond(carry[-1] < n, frozen, live, carry, i, lr)
+
+  carry = (params, opt.init(params), jnp.zeros((), jnp.float32),
+           jnp.ones((), jnp.float32), jnp.array(jnp.inf, jnp.float32),
+           jnp.array(n, jnp.int32))
+  carry, (losses, smoothed) = jax.lax.scan(
+      body, carry, (jnp.arange(n, dtype=jnp.int32), lrs))
+  final_params, diverged_at = carry[0], carry[-1]
+  suggestion = _suggest(lrs, smoothed, diverged_at)
+  return RangeTestResult(lrs, losses, smoothed, suggestion, diverged_at,
+                         final_params)
+
+
+# Compiled once per (loss_fn, optimizer) objects and argument shapes. Nothing
+# is donated: the caller's params and batches stay valid.
+_run_jit = jax.jit(_run, static_argnums=(0, 1))
+
+
+def lr_range_test(
+    loss_fn: Callable[[Any, Any], jax.Array],
+    params: Any,
+    batches: Any,
+    *,
+    optimizer: Callable[..., optax.GradientTransformation] = optax.sgd,
+    min_lr: float = 1e-7,
+    max_lr: float = 10.0,
+    num_steps: int = 100,
+    smoothing: float = 0.98,
+    diverge_factor: float = 4.0,
+) -> RangeTestResult:
+  r"""Sweeps the learning rate exponentially and suggests where loss falls fastest.
+
+  Step ``i = 0 .. N-1`` (``N = num_steps``) uses the rate
+
+  .. math::
+    \eta_i = \eta_{min} (\eta_{max} / \eta_{min})^{i / (N - 1)},
+
+  so ``lrs[0] == min_lr`` and ``lrs[-1] == max_lr`` (in float32). It evaluates
+  ``(L_i, g_i) = value_and_grad(loss_fn)(w_i, batches[i mod n])`` at the params
+  *before* its update, then applies one update of
+  ``optax.inject_hyperparams(optimizer)(learning_rate=...)`` with the rate set
+  to ``eta_i``. The loss is smoothed with a bias-corrected EMA (``beta =
+  smoothing``; ``beta = 0`` means no smoothing):
+
+  .. math::
+    a_i = \beta a_{i-1} + (1 - \beta) L_i,\quad a_{-1} = 0,\qquad
+    S_i = a_i / (1 - \beta^{i+1}).
+
+  **Divergence.** Step ``d`` diverges when ``S_d`` is NaN/Inf or
+  ``S_d - B > (diverge_factor - 1) |B|`` with ``B = min_{j<d} S_j`` — for
+  non-negative losses that is ``S_d > diverge_factor * B``. ``diverged_at`` is
+  the first such step (``N`` if none). Its update is not applied and no later
+  step runs: params and optimizer state stay frozen, and ``losses`` /
+  ``smoothed`` are NaN after ``d`` (``losses[d]`` and ``smoothed[d]`` keep the
+  values that triggered it).
+
+  **Suggestion.** With ``s = np.gradient(S[:d])`` (central differences
+  inside, one-sided at both ends; the sweep is uniform in ``log lr`` so this is
+  proportional to ``dS / d log lr``), the suggestion is ``lrs[k]`` for the
+  ``k`` in ``start <= k < d`` with the most negative ``s[k]`` (first on ties).
+  ``start = num_steps // 10`` skips the first tenth of the sweep, as fastai's
+  ``lr_find`` does: there the EMA averages only a few mini-batch losses and its
+  slope is batch noise. When ``d <= start`` every step before ``d`` is a
+  candidate instead, and when ``d < 2`` (no slope can be formed) the
+  suggestion is ``min_lr``. So it is always a finite positive rate from
+  ``lrs``. If the loss never decreases it is the point of least increase —
+  look at the curve.
+
+  Args:
+    loss_fn: ``(params, batch) -> scalar`` loss. Hashable callables are cached
+      by equality, others by identity: pass the same object again to reuse the
+      compiled sweep.
+    params: initial params (any pytree). Not modified and not donated.
+    batches: pytree of arrays whose leading axis indexes batches (all leaves
+      the same leading size ``n >= 1``); step ``i`` uses batch ``i mod n``.
+    optimizer: factory ``learning_rate -> GradientTransformation`` accepting
+      the keyword ``learning_rate``: ``optax.sgd``, ``optax.adam``,
+      ``functools.partial(optax.sgd, momentum=0.9)``, a lambda building a
+      chain, ... Its float hyperparameters are held in at least float32 (Adam's
+      ``b2`` would round to 1 in bf16) and it runs under standard dtype
+      promotion, as it would with plain Python-float hyperparameters.
+    min_lr: first rate, ``> 0`` (and not 0 in float32).
+    max_lr: last rate, ``> min_lr`` and finite in float32.
+    num_steps: number of steps ``N >= 2``; changing it recompiles.
+    smoothing: EMA coefficient in ``[0, 1)``.
+    diverge_factor: ``> 1``; ``inf`` stops only on NaN/Inf.
+
+  Returns:
+    A :class:`RangeTestResult` ``(lrs, losses, smoothed, suggestion,
+    diverged_at, params)``.
+
+  Raises:
+    ValueError: a bad ``min_lr``, ``max_lr``, ``num_steps``, ``smoothing`` or
+      ``diverge_factor``, or empty / inconsistent ``batches``.
+    TypeError: ``loss_fn`` or ``optimizer`` not callable, or ``optimizer``
+      without a ``learning_rate`` keyword.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from optax_lr.range_test import lr_range_test
+    >>> loss_fn = lambda w, x: jnp.mean((x @ w - 1.0) ** 2)
+    >>> batches = jnp.ones((4, 8, 3))  # 4 batches of 8 examples, 3 features
+    >>> res = lr_range_test(loss_fn, jnp.zeros(3), batches, min_lr=1e-4,
+    ...                     max_lr=10.0, num_steps=50)
+    >>> res.lrs.shape, res.smoothed.shape
+    ((50,), (50,))
+    >>> # SGD on this quadratic (curvature 6) blows up for rates above 1/3.
+    >>> bool(0 < res.diverged_at < 50)
+    True
+    >>> bool(1e-3 < res.suggestion < 1 / 3)
+    True
+
+  References:
+    L. N. Smith, "Cyclical Learning Rates for Training Neural Networks",
+    WACV 2017, arXiv:1506.01186 (the range test).
+
+    A. Khodamoradi, K. Denolf, K. Vissers, R. C. Kastner, "ASLR: An Adaptive
+    Scheduler for Learning Rate" (recommends the range test for its initial
+    rate).
+  """
+  min_lr, max_lr, num_steps, smoothing, diverge_factor = _validate(
+      loss_fn, optimizer, min_lr, max_lr, num_steps, smoothing, diverge_factor)
+  _num_batches(batches)
+  lrs = jnp.asarray(_sweep(min_lr, max_lr, num_steps))
+  return _run_jit(_static(loss_fn), _static(optimizer), params, batches, lrs,
+                  smoothing, diverge_factor)

@@ -8,6 +8,10 @@ logic with the weight update.
 from optax_lr._monitor import apply_updates
 from optax_lr._monitor import current_lr
 from optax_lr._monitor import observe
+from optax_lr.hypergradient import hypergradient_descent
+from optax_lr.hypergradient import marthe
+from optax_lr.hypergradient import rtho
+from optax_lr.newton import newton_lr
 from optax_lr.range_test import RangeTestResult
 from optax_lr.range_test import lr_range_test
 from optax_lr.schedules import cyclic_schedule
@@ -22,9 +26,13 @@ __all__ = [
     "apply_updates",
     "current_lr",
     "cyclic_schedule",
+    "hypergradient_descent",
     "inverse_time_decay",
     "lr_range_test",
+    "marthe",
+    "newton_lr",
     "observe",
     "per_epoch",
+    "rtho",
     "sgdr_schedule",
 ]

@@ -67,9 +67,72 @@ def _plain_sgd(learning_rate):
   )
 
 
+def _standard_promotion(tx):
+  """``tx`` traced under standard promotion: optax's Adam bias correction
+  raises a float to an int32 power, which strict promotion rejects. Wrap only
+  the direction, so the method's own code stays under strict promotion."""
+
+  def init(params):
+    with jax.numpy_dtype_promotion("standard"):
+      return tx.init(params)
+
+  def update(updates, state, params=None, **extra_args):
+    with jax.numpy_dtype_promotion("standard"):
+      return optax.with_extra_args_support(tx).update(
+          updates, state, params, **extra_args
+      )
+
+  return optax.GradientTransformationExtraArgs(init, update)
+
+
 METHODS = [
     # A plain optax optimizer: the anchor every method must behave like.
     MethodCase("optax_sgd", _plain_sgd),
+    MethodCase("newton_lr_sgd", lambda lr: optax_lr.newton_lr(lr, update_every=5)),
+    MethodCase(
+        "newton_lr_adam",
+        lambda lr: optax_lr.newton_lr(
+            lr, update_every=25,
+            direction=_standard_promotion(optax.scale_by_adam()),
+        ),
+    ),
+    MethodCase(
+        "newton_lr_per_leaf",
+        lambda lr: optax_lr.newton_lr(lr, steps_per_epoch=12, per_leaf=True),
+    ),
+    # Hypergradient engine. beta and kappa are small: Rosenbrock's gradients
+    # are ~200, so <g_t, u_{t-1}> ~ 1e4 and h_t h_{t-1} up to ~1e12 there.
+    MethodCase(
+        "hypergradient_descent",
+        lambda lr: optax_lr.hypergradient_descent(lr, 1e-7),
+    ),
+    MethodCase(
+        "hypergradient_descent_multiplicative",
+        lambda lr: optax_lr.hypergradient_descent(lr, 1e-3, multiplicative=True),
+    ),
+    MethodCase(
+        "rtho", lambda lr: optax_lr.rtho(lr, 1e-8), needs=("loss_fn",)
+    ),
+    MethodCase(
+        "marthe_fixed_mu",
+        lambda lr: optax_lr.marthe(lr, hyper_lr=1e-8, hyper_lr_step=0.0, mu=0.9),
+        needs=("loss_fn",),
+    ),
+    MethodCase(
+        "marthe_adaptive",
+        lambda lr: optax_lr.marthe(lr, hyper_lr_step=1e-14),
+        needs=("loss_fn",),
+    ),
+    MethodCase(
+        "marthe_adam",
+        lambda lr: optax_lr.marthe(
+            lr, hyper_lr_step=1e-9,
+            direction=_standard_promotion(optax.scale_by_adam()),
+        ),
+        needs=("loss_fn",),
+        parabola_lr=0.05,
+        rosenbrock_lr=0.02,
+    ),
 ]
 
 CASES = pytest.mark.parametrize("case", METHODS, ids=lambda c: c.name)

@@ -1,0 +1,615 @@
+r"""Hypergradient learning rates: HD, RTHO and MARTHE on one tangent engine.
+
+The learning rate :math:`\eta` is itself trained by gradient descent on an
+objective :math:`E` (the training loss, or a validation loss passed as
+``val_grads``). All three methods keep a *tangent* :math:`Z_t \approx
+\partial w_t / \partial \eta`, the direction in which the weights move when the
+learning rate changes, and read the hypergradient as
+:math:`h_t = \langle Z_t, \nabla E(w_t)\rangle`. They differ only in how much of
+the past the tangent remembers, a discount :math:`\mu \in [0, 1]`:
+
+* :func:`hypergradient_descent` (Baydin et al.): :math:`\mu = 0`, the tangent
+  is the last step's direction, :math:`Z_t = -u_{t-1}`;
+* :func:`rtho` (Franceschi et al.): :math:`\mu = 1`, the exact forward-mode
+  derivative of :math:`w_t` with respect to a constant learning rate;
+* :func:`marthe` (Donini et al.): any fixed :math:`\mu`, or :math:`\mu` adapted
+  online, and an adapted hyper-learning rate :math:`\beta`.
+
+The engine (``DESIGN.md``, "Hypergradient engine"), at update call :math:`t`
+with gradient :math:`g_t`, :math:`v_t = \nabla E(w_t)` and
+:math:`(u_t, s_{t+1}) = \mathrm{direction}(g_t, s_t, w_t)`:
+
+1. :math:`h_t = \langle Z_t, v_t \rangle`.
+2. adaptive :math:`\mu`: :math:`g_1 = -\langle u_{t-1}, v_t\rangle`,
+   :math:`q = \mathrm{clip}(h_t / g_1, 0, 1)` (0 where :math:`g_1 = 0`),
+   :math:`\mu_t = q^{1/(c_{t-1} + 1)}`,
+   :math:`c_t = \mu_{t-1}(1 + c_{t-1})`.
+3. adapted :math:`\beta`: :math:`\beta_t = \max(\beta_{t-1} + \kappa h_t
+   h_{t-1}, 0)`.
+4. :math:`\eta_t = \max(\eta_{t-1} - \beta_t h_t, 0)`.
+5. the update is :math:`-\eta_t u_t`.
+6. :math:`Z_{t+1} = \mu_t A_t Z_t - u_t`, where :math:`A_t Z_t` is the JVP of
+   the whole step :math:`(w, s) \mapsto (w - \eta_t u, s')` along
+   :math:`(Z_t, Z^s_t)`; the gradient's tangent :math:`H_t Z_t` comes from
+   ``jax.jvp(jax.grad(loss_fn), (w_t,), (Z_t,))`` (forward over reverse), and
+   the direction's own Jacobian from ``jax.jvp`` of ``direction.update``. Any
+   direction works (SGD, momentum, Nesterov, Adam, chains with weight decay)
+   with no hand-written recursion; integer state leaves (Adam's ``count``)
+   carry no tangent.
+
+Numerics:
+
+* Tangents (:math:`Z` and the direction-state tangent) are stored per leaf in
+  the leaf's dtype promoted to at least float32. :math:`Z` is a running sum of
+  directions (with :math:`\mu = 1` it grows like :math:`\sum_i u_i`); in bf16
+  its 8-bit mantissa would drop each new :math:`u_t` once :math:`Z` is ~256
+  times larger, so bf16 params get a float32 tangent (twice the bytes of a
+  bf16 buffer). The JVP itself runs in the params' dtype.
+* Entries of the step's JVP that are non-finite while :math:`H_t Z_t` is
+  finite there are taken as 0. They arise where the direction is not
+  differentiable along a zero tangent: Adam's :math:`\sqrt{\nu}` at
+  :math:`\nu = 0` (a parameter whose gradient has always been exactly 0) has
+  ``0 * inf = NaN`` as its JAX JVP, although the step's derivative there is 0.
+* Non-finite hypergradients (NaN/Inf gradients, ``val_grads`` or HVPs, or
+  overflow) leave :math:`\eta, \beta, \mu, c, h` unchanged and reset the
+  tangents to 0: whenever :math:`h_t` or :math:`g_1` is not finite. A
+  non-finite new tangent :math:`Z_{t+1}` is caught the same way one call
+  later, since it makes :math:`h_{t+1} = \langle Z_{t+1}, v_{t+1}\rangle`
+  non-finite; this costs no reduction over the tree. The learning rate is
+  never NaN, Inf or negative.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from optax_lr import _monitor
+from optax_lr._tree import accumulation_dtype
+from optax_lr._tree import tree_cosine
+from optax_lr._tree import tree_vdot
+
+__all__ = [
+    "HypergradientState",
+    "hypergradient_descent",
+    "marthe",
+    "rtho",
+]
+
+
+class HypergradientState(NamedTuple):
+  """State of :func:`hypergradient_descent`, :func:`rtho` and :func:`marthe`.
+
+  ``A`` below is the accumulation dtype of the params (float32, float64 under
+  x64 with float64 params).
+  """
+
+  count: jax.Array  # [] int32: update calls so far (saturating).
+  learning_rate: jax.Array  # [] A: eta_t, the rate of the last update.
+  hyper_lr: jax.Array  # [] A: beta_t, the hyper-learning rate.
+  mu: jax.Array  # [] A: mu_t, the tangent's discount of the last update.
+  horizon: jax.Array  # [] A: c_t, effective horizon of the tangent.
+  hypergradient: jax.Array  # [] A: h_t of the last accepted update.
+  # Z_{t+1}: params-like, each leaf in its dtype promoted to >= float32;
+  # None for mu = 0 (HD), whose tangent is -u_prev.
+  tangent: Any
+  # Tangent of the direction state's float leaves, a flat tuple in
+  # flattening order (leaf dtype promoted to >= float32); None for mu = 0.
+  direction_tangent: Any
+  # u_t: params-like in the params' dtypes; None for a fixed mu > 0 (RTHO),
+  # which never reads it.
+  u_prev: Any
+  direction_state: Any  # the direction's own state s_{t+1}.
+
+
+_monitor.register_method(HypergradientState)
+
+
+# --------------------------------------------------------------------------
+# Validation (host side, at construction).
+
+
+def _scalar(name: str, value: Any) -> float:
+  """A concrete finite real scalar as a Python float."""
+  if isinstance(value, jax.core.Tracer) or callable(value):
+    raise ValueError(f"{name} must be a concrete number, got {value!r}")
+  arr = None if isinstance(value, (str, bytes)) else np.asarray(value)
+  if arr is None or arr.ndim != 0 or arr.dtype.kind not in "iuf":
+    raise ValueError(f"{name} must be a real scalar, got {value!r}")
+  x = float(arr.item())
+  if not math.isfinite(x):
+    raise ValueError(f"{name} must be finite, got {value!r}")
+  return x
+
+
+def _non_negative(name: str, value: Any) -> float:
+  x = _scalar(name, value)
+  if x < 0:
+    raise ValueError(f"{name} must be >= 0, got {value!r}")
+  return x
+
+
+# --------------------------------------------------------------------------
+# The engine.
+
+
+def _tangent_dtype(leaf: Any) -> jnp.dtype:
+  return accumulation_dtype(leaf)
+
+
+def _is_float(leaf: Any) -> bool:
+  return jnp.issubdtype(jnp.result_type(leaf), jnp.floating)
+
+
+def _undefined_to_zero(d: jax.Array, hessian_z: jax.Array) -> jax.Array:
+  """``d``, a JVP output entry, with 0 where it is non-finite but ``H Z`` is not.
+
+  Such an entry is a ``0 * inf`` of the direction's own Jacobian (Adam's
+  ``sqrt`` at ``nu = 0``) along a zero tangent, whose true value is 0. A
+  non-finite ``H Z`` entry propagates, so the next hypergradient sees it.
+  """
+  bad = jnp.logical_not(jnp.isfinite(d)) & jnp.isfinite(hessian_z)
+  return jnp.where(bad, jnp.zeros_like(d), d)
+
+
+def _engine(
+    learning_rate: float,
+    *,
+    hyper_lr: float,
+    hyper_lr_step: float,
+    mu: Optional[float],
+    multiplicative: bool,
+    direction: Optional[optax.GradientTransformation],
+    name: str,
+) -> optax.GradientTransformationExtraArgs:
+  """The shared tangent engine; ``mu=None`` is the adaptive discount."""
+  direction = optax.with_extra_args_support(
+      optax.identity() if direction is None else direction
+  )
+  adaptive_mu = mu is None
+  # mu = 0 is HD: the tangent is -u_prev, no Z, no loss_fn, no HVP.
+  uses_tangent = adaptive_mu or mu > 0
+  keeps_u_prev = not uses_tangent or adaptive_mu
+  adapts_beta = hyper_lr_step > 0
+
+  def init_fn(params):
+    dtype = accumulation_dtype(params)
+    direction_state = direction.init(params)
+    scalar = lambda x: jnp.asarray(x, dtype=dtype)
+    if uses_tangent:
+      tangent = jax.tree_util.tree_map(
+          lambda p: jnp.zeros(jnp.shape(p), _tangent_dtype(p)), params
+      )
+      direction_tangent = tuple(
+          jnp.zeros(jnp.shape(leaf), _tangent_dtype(leaf))
+          for leaf in jax.tree_util.tree_leaves(direction_state)
+          if _is_float(leaf)
+      )
+    else:
+      tangent = direction_tangent = None
+    u_prev = (
+        jax.tree_util.tree_map(
+            lambda p: jnp.zeros(jnp.shape(p), jnp.result_type(p)), params
+        )
+        if keeps_u_prev
+        else None
+    )
+    return HypergradientState(
+        count=jnp.zeros([], jnp.int32),
+        learning_rate=scalar(learning_rate),
+        hyper_lr=scalar(hyper_lr),
+        mu=scalar(0.0 if adaptive_mu else mu),
+        horizon=scalar(0.0),
+        hypergradient=scalar(0.0),
+        tangent=tangent,
+        direction_tangent=direction_tangent,
+        u_prev=u_prev,
+        direction_state=direction_state,
+    )
+
+  def update_fn(updates, state, params=None, *, loss_fn=None, val_grads=None,
+                **extra_args):
+    grads = updates
+    objective_grads = grads if val_grads is None else val_grads
+    dtype = state.learning_rate.dtype
+    if uses_tangent:
+      if loss_fn is None:
+        raise ValueError(
+            f"loss_fn: {name} with mu > 0 needs the training loss on the "
+            "current batch for Hessian-vector products: call "
+            "update(grads, state, params, loss_fn=lambda p: loss(p, batch))."
+        )
+      if params is None:
+        raise ValueError(f"params: {name} with mu > 0 needs the params.")
+    if val_grads is not None:
+      extra_args["val_grads"] = val_grads
+    if loss_fn is not None:
+      extra_args["loss_fn"] = loss_fn
+
+    # Steps 1-2: the hypergradient h_t = <Z_t, v_t> and the one-step
+    # hypergradient g1 = -<u_{t-1}, v_t> (equal to h_t when mu = 0).
+    if uses_tangent:
+      h = tree_vdot(state.tangent, objective_grads).astype(dtype)
+    if keeps_u_prev:
+      g1 = -tree_vdot(state.u_prev, objective_grads).astype(dtype)
+    if not uses_tangent:
+      h = g1
+    finite = jnp.isfinite(h)
+    if adaptive_mu:
+      nonzero = g1 != 0
+      ratio = h / jnp.where(nonzero, g1, jnp.ones_like(g1))
+      q = jnp.where(nonzero, jnp.clip(ratio, 0, 1), jnp.zeros_like(ratio))
+      mu_t = q ** (1 / (state.horizon + 1))
+      finite = finite & jnp.isfinite(g1)
+    else:
+      mu_t = state.mu
+    horizon = state.mu * (1 + state.horizon)
+
+    # Step 3: beta grows when consecutive hypergradients agree (gradient
+    # descent on beta; the paper's printed minus sign would shrink it).
+    if adapts_beta:
+      beta_t = jnp.maximum(
+          state.hyper_lr + hyper_lr_step * h * state.hypergradient, 0
+      )
+    else:
+      beta_t = state.hyper_lr
+
+    # Step 4.
+    if multiplicative:
+      cosine = tree_cosine(state.u_prev, objective_grads).astype(dtype)
+      eta_t = jnp.maximum(state.learning_rate * (1 + beta_t * cosine), 0)
+    else:
+      eta_t = jnp.maximum(state.learning_rate - beta_t * h, 0)
+
+    finite = finite & jnp.isfinite(eta_t) & jnp.isfinite(beta_t)
+    finite = finite & jnp.isfinite(mu_t) & jnp.isfinite(horizon)
+    keep = lambda new, old: jnp.where(finite, new, old)
+    eta_t = keep(eta_t, state.learning_rate)
+    beta_t = keep(beta_t, state.hyper_lr)
+    mu_t = keep(mu_t, state.mu)
+    horizon = keep(horizon, state.horizon)
+    h_kept = keep(h, state.hypergradient)
+
+    # Steps 5-6: the direction, and (mu > 0) the JVP of the whole step.
+    direction_state = state.direction_state
+    if uses_tangent:
+      u, new_direction_state, tangent, direction_tangent = _tangent_step(
+          direction, grads, direction_state, params, loss_fn, extra_args,
+          state.tangent, state.direction_tangent, eta_t, mu_t, finite,
+      )
+    else:
+      u, new_direction_state = direction.update(
+          grads, direction_state, params, **extra_args
+      )
+      tangent = direction_tangent = None
+
+    new_updates = jax.tree_util.tree_map(
+        lambda d, g: (-eta_t * d.astype(dtype)).astype(jnp.result_type(g)),
+        u,
+        grads,
+    )
+    # u_prev carries HD's tangent -u_t: reset it with the scalars' guard. (A
+    # non-finite u_t itself makes the next call's g1 non-finite, which that
+    # call guards.) The select also lets XLA write u_t in place over the
+    # donated buffer right after the g1 reduction read it; a plain copy of
+    # u_t costs two copies of the tree.
+    u_prev = (
+        jax.tree_util.tree_map(
+            lambda d, old: jnp.where(finite, d.astype(old.dtype),
+                                     jnp.zeros_like(old)),
+            u, state.u_prev,
+        )
+        if keeps_u_prev
+        else None
+    )
+    new_state = HypergradientState(
+        count=optax.safe_increment(state.count),
+        learning_rate=eta_t,
+        hyper_lr=beta_t,
+        mu=mu_t,
+        horizon=horizon,
+        hypergradient=h_kept,
+        tangent=tangent,
+        direction_tangent=direction_tangent,
+        u_prev=u_prev,
+        direction_state=new_direction_state,
+    )
+    return new_updates, new_state
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def _tangent_step(direction, grads, direction_state, params, loss_fn,
+                  extra_args, tangent, direction_tangent, eta, mu, finite):
+  """One direction step and ``(Z_{t+1}, Z^s_{t+1})`` for ``mu > 0``."""
+  # Tangent of w, in the params' dtypes (jax.jvp wants matching dtypes).
+  z_params = jax.tree_util.tree_map(
+      lambda z, p: z.astype(jnp.result_type(p)), tangent, params
+  )
+  # H_t Z_t, forward over reverse. Only the tangent output is used: XLA
+  # drops the primal gradient's last matmuls and shares the forward pass
+  # with the caller's gradient computation.
+  _, hessian_z = jax.jvp(jax.grad(loss_fn), (params,), (z_params,))
+  hessian_z = jax.tree_util.tree_map(
+      lambda hz, g: hz.astype(jnp.result_type(g)), hessian_z, grads
+  )
+
+  # Tangent of the direction state: stored float leaves, float0 elsewhere.
+  leaves, treedef = jax.tree_util.tree_flatten(direction_state)
+  slots = _float_slots(leaves, direction_tangent)
+  state_tangent = jax.tree_util.tree_unflatten(treedef, [
+      np.zeros(jnp.shape(leaf), jax.dtypes.float0) if slot is None
+      else slot.astype(jnp.result_type(leaf))
+      for leaf, slot in zip(leaves, slots)
+  ])
+
+  def step(g, s, w):
+    return direction.update(g, s, w, **extra_args)
+
+  (u, new_direction_state), (du, d_state) = jax.jvp(
+      step, (grads, direction_state, params),
+      (hessian_z, state_tangent, z_params),
+  )
+
+  # Z_{t+1} = mu (Z - eta du) - u, in the tangent's dtype, reset to 0 when
+  # this call's hypergradient was not finite. One elementwise pass, written
+  # in place over the donated tangent: a non-finite Z_{t+1} (NaN gradients,
+  # HVPs, overflow) is caught by the next call's h = <Z_{t+1}, v>, which is
+  # then non-finite too, rather than by a reduction over the tree here.
+  def advance(z, d, hz, uu):
+    d = _undefined_to_zero(d, hz).astype(z.dtype)
+    new = mu.astype(z.dtype) * (z - eta.astype(z.dtype) * d) - uu.astype(z.dtype)
+    return jnp.where(finite, new, jnp.zeros_like(new))
+
+  new_tangent = jax.tree_util.tree_map(advance, tangent, du, hessian_z, u)
+  new_direction_tangent = tuple(
+      jnp.where(finite, mu.astype(old.dtype) * d.astype(old.dtype),
+                jnp.zeros_like(old))
+      for d, old in zip(
+          jax.tree_util.tree_leaves(d_state),
+          _float_slots(jax.tree_util.tree_leaves(new_direction_state),
+                       direction_tangent),
+      )
+      if old is not None
+  )
+  return u, new_direction_state, new_tangent, new_direction_tangent
+
+
+def _float_slots(leaves, direction_tangent):
+  """Aligns the stored tangents with ``leaves``: ``None`` at non-float ones."""
+  stored = iter(direction_tangent)
+  return [next(stored) if _is_float(leaf) else None for leaf in leaves]
+
+
+# --------------------------------------------------------------------------
+# Public factories.
+
+
+def hypergradient_descent(
+    learning_rate: float,
+    hyper_lr: float,
+    *,
+    direction: Optional[optax.GradientTransformation] = None,
+    multiplicative: bool = False,
+) -> optax.GradientTransformationExtraArgs:
+  r"""Hypergradient descent (HD): the learning rate follows the last step.
+
+  The tangent is the last step's direction, :math:`Z_t = -u_{t-1}`
+  (:math:`\mu = 0`), so the hypergradient is
+  :math:`h_t = -\langle u_{t-1}, v_t\rangle` and
+
+  .. math::
+    \eta_t = \max(\eta_{t-1} + \beta \langle u_{t-1}, v_t\rangle, 0),
+
+  or, with ``multiplicative=True``,
+  :math:`\eta_t = \max(\eta_{t-1}(1 + \beta \cos(u_{t-1}, v_t)), 0)`
+  (:math:`\cos = 0` where a norm is 0). The update is :math:`-\eta_t u_t`.
+  :math:`v_t` is ``val_grads`` when given, else the incoming gradient
+  (:math:`E = L`: Baydin et al.'s rule). No ``loss_fn`` and no
+  Hessian-vector product are needed; one extra param-sized buffer
+  (``u_prev``) is carried. NaN/Inf hypergradients leave :math:`\eta`
+  unchanged.
+
+  Args:
+    learning_rate: the initial rate :math:`\eta_0 \ge 0`.
+    hyper_lr: the hyper-learning rate :math:`\beta \ge 0`.
+    direction: optax transformation giving the unscaled descent direction
+      :math:`u_t` (default ``optax.identity()``: SGD).
+    multiplicative: use the multiplicative rule.
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs``; its ``update`` accepts the
+    keyword-only extra argument ``val_grads`` and ignores unknown ones.
+
+  Example:
+    >>> import jax, jax.numpy as jnp, optax_lr
+    >>> loss = lambda w: jnp.sum((w - 3.0) ** 2)
+    >>> tx = optax_lr.hypergradient_descent(0.01, hyper_lr=0.001)
+    >>> w = jnp.zeros(2)
+    >>> state = tx.init(w)
+    >>> for _ in range(5):
+    ...   updates, state = tx.update(jax.grad(loss)(w), state, w)
+    ...   w = w + updates
+    >>> bool(optax_lr.current_lr(state) > 0.01)  # consecutive steps agree
+    True
+
+  References:
+    Baydin, Cornish, Martinez-Rubio, Schmidt, Wood, `Online Learning Rate
+    Adaptation with Hypergradient Descent <https://arxiv.org/abs/1703.04782>`_,
+    ICLR 2018.
+
+    Donini, Franceschi, Pontil, Majumder, Frasconi, `Scheduling the Learning
+    Rate via Hypergradients: New Insights and a New Algorithm
+    <https://arxiv.org/abs/1910.10238>`_, 2019.
+  """
+  learning_rate = _non_negative("learning_rate", learning_rate)
+  hyper_lr = _non_negative("hyper_lr", hyper_lr)
+  if not isinstance(multiplicative, (bool, np.bool_)):
+    raise ValueError(f"multiplicative must be a bool, got {multiplicative!r}")
+  return _engine(
+      learning_rate, hyper_lr=hyper_lr, hyper_lr_step=0.0, mu=0.0,
+      multiplicative=bool(multiplicative), direction=direction,
+      name="hypergradient_descent",
+  )
+
+
+def rtho(
+    learning_rate: float,
+    hyper_lr: float,
+    *,
+    direction: Optional[optax.GradientTransformation] = None,
+) -> optax.GradientTransformationExtraArgs:
+  r"""Real-time hyperparameter optimization (RTHO) of the learning rate.
+
+  The tangent is the exact forward-mode derivative of the weights with respect
+  to the learning rate over the whole trajectory (:math:`\mu = 1`):
+
+  .. math::
+    h_t = \langle Z_t, v_t\rangle, \quad
+    \eta_t = \max(\eta_{t-1} - \beta h_t, 0), \quad
+    Z_{t+1} = A_t Z_t - u_t,
+
+  with :math:`A_t Z_t` the JVP of the whole optimizer step
+  :math:`(w, s) \mapsto (w - \eta_t u, s')` along :math:`(Z_t, Z^s_t)`; for SGD
+  :math:`A_t Z_t = Z_t - \eta_t H_t Z_t`. With :math:`\beta = 0`, :math:`Z_t`
+  is exactly :math:`d w_t / d\eta` of training with the constant rate
+  :math:`\eta_0`. :math:`v_t` is ``val_grads`` when given (the gradient of a
+  validation objective :math:`E`), else the incoming gradient (:math:`E = L`).
+  Each update costs one Hessian-vector product (forward over reverse) on
+  ``loss_fn``. Tangents are kept in at least float32 (see the module
+  docstring).
+
+  Args:
+    learning_rate: the initial rate :math:`\eta_0 \ge 0`.
+    hyper_lr: the hyper-learning rate :math:`\beta \ge 0`.
+    direction: optax transformation giving the unscaled descent direction
+      :math:`u_t` (default ``optax.identity()``: SGD). Any direction works;
+      its state's float leaves get a tangent too.
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs``. Its ``update`` needs the
+    keyword argument ``loss_fn`` (``params -> scalar`` training loss on the
+    current batch, whose gradient is the incoming ``updates``) and the
+    ``params``; ``val_grads`` is optional; unknown extra args are ignored.
+    Transformations before this one in an ``optax.chain`` are taken as the
+    identity in the tangent.
+
+  Example:
+    >>> import jax, jax.numpy as jnp, optax_lr
+    >>> loss = lambda w: jnp.sum((w - 3.0) ** 2)
+    >>> tx = optax_lr.rtho(0.01, hyper_lr=0.001)
+    >>> w = jnp.zeros(2)
+    >>> state = tx.init(w)
+    >>> for _ in range(5):
+    ...   updates, state = tx.update(jax.grad(loss)(w), state, w, loss_fn=loss)
+    ...   w = w + updates
+    >>> bool(optax_lr.current_lr(state) > 0.01)
+    True
+
+  References:
+    Franceschi, Donini, Frasconi, Pontil, `Forward and Reverse Gradient-Based
+    Hyperparameter Optimization <https://arxiv.org/abs/1703.01785>`_, ICML 2017.
+
+    Donini, Franceschi, Pontil, Majumder, Frasconi, `Scheduling the Learning
+    Rate via Hypergradients: New Insights and a New Algorithm
+    <https://arxiv.org/abs/1910.10238>`_, 2019.
+  """
+  learning_rate = _non_negative("learning_rate", learning_rate)
+  hyper_lr = _non_negative("hyper_lr", hyper_lr)
+  return _engine(
+      learning_rate, hyper_lr=hyper_lr, hyper_lr_step=0.0, mu=1.0,
+      multiplicative=False, direction=direction, name="rtho",
+  )
+
+
+def marthe(
+    learning_rate: float,
+    *,
+    hyper_lr: float = 0.0,
+    hyper_lr_step: float,
+    mu: Optional[float] = None,
+    direction: Optional[optax.GradientTransformation] = None,
+) -> optax.GradientTransformationExtraArgs:
+  r"""MARTHE: a discounted tangent between HD and RTHO, with adapted μ and β.
+
+  .. math::
+    h_t = \langle Z_t, v_t\rangle, \quad
+    \beta_t = \max(\beta_{t-1} + \kappa h_t h_{t-1}, 0), \quad
+    \eta_t = \max(\eta_{t-1} - \beta_t h_t, 0), \quad
+    Z_{t+1} = \mu_t A_t Z_t - u_t.
+
+  :math:`\mu = 0` is HD, :math:`\mu = 1` is RTHO. With ``mu=None`` the
+  discount is adapted (the paper's Appendix A): with
+  :math:`g_1 = -\langle u_{t-1}, v_t\rangle`,
+  :math:`q = \mathrm{clip}(h_t / g_1, 0, 1)` (0 where :math:`g_1 = 0`),
+  :math:`\mu_t = q^{1/(c_{t-1}+1)}` and :math:`c_t = \mu_{t-1}(1 + c_{t-1})`,
+  starting from :math:`\mu = c = 0`.
+
+  :math:`\beta` (the hyper-learning rate, starting at ``hyper_lr``) is itself
+  adapted by gradient descent with step :math:`\kappa` = ``hyper_lr_step``:
+  since :math:`\eta_{t-1} = \eta_{t-2} - \beta h_{t-1}`, the objective's
+  derivative is :math:`\partial E / \partial \beta \approx h_t \,
+  \partial \eta_{t-1} / \partial \beta = -h_t h_{t-1}`, so descent grows
+  :math:`\beta` when consecutive hypergradients agree in sign. The paper's
+  Algorithm 1 prints a minus sign there; with its suggested
+  :math:`\beta_0 = 0` and the clamp at 0, that sign would grow :math:`\beta`
+  only when consecutive hypergradients disagree (``DESIGN.md`` takes the
+  descent sign). ``hyper_lr_step=0`` keeps :math:`\beta` fixed.
+  :math:`v_t` is ``val_grads`` when given (the gradient of a validation
+  objective :math:`E`), else the incoming gradient (:math:`E = L`).
+
+  A fixed ``mu=0`` needs neither ``loss_fn`` nor Hessian-vector products;
+  otherwise each update costs one Hessian-vector product (forward over
+  reverse) on ``loss_fn``. Buffers: the tangent :math:`Z`, ``u_prev``
+  (adaptive μ or μ = 0 only) and the tangent of the direction state's float
+  leaves.
+
+  Args:
+    learning_rate: the initial rate :math:`\eta_0 \ge 0`.
+    hyper_lr: the initial hyper-learning rate :math:`\beta_0 \ge 0` (the
+      paper suggests 0).
+    hyper_lr_step: the step :math:`\kappa \ge 0` that adapts :math:`\beta`
+      (required, keyword-only; 0 keeps :math:`\beta` fixed).
+    mu: a fixed discount in ``[0, 1]``, or ``None`` to adapt it.
+    direction: optax transformation giving the unscaled descent direction
+      :math:`u_t` (default ``optax.identity()``: SGD).
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs``. Unless ``mu=0``, its
+    ``update`` needs the keyword argument ``loss_fn`` (``params -> scalar``
+    training loss on the current batch) and the ``params``; ``val_grads`` is
+    optional; unknown extra args are ignored.
+
+  Example:
+    >>> import jax, jax.numpy as jnp, optax_lr
+    >>> loss = lambda w: jnp.sum((w - 3.0) ** 2)
+    >>> tx = optax_lr.marthe(0.01, hyper_lr=1e-3, hyper_lr_step=1e-4)
+    >>> w = jnp.zeros(2)
+    >>> state = tx.init(w)
+    >>> for _ in range(5):
+    ...   updates, state = tx.update(jax.grad(loss)(w), state, w, loss_fn=loss)
+    ...   w = w + updates
+    >>> bool(optax_lr.current_lr(state) > 0.01), bool(state.mu > 0)
+    (True, True)
+
+  References:
+    Donini, Franceschi, Pontil, Majumder, Frasconi, `Scheduling the Learning
+    Rate via Hypergradients: New Insights and a New Algorithm
+    <https://arxiv.org/abs/1910.10238>`_, 2019.
+  """
+  learning_rate = _non_negative("learning_rate", learning_rate)
+  hyper_lr = _non_negative("hyper_lr", hyper_lr)
+  hyper_lr_step = _non_negative("hyper_lr_step", hyper_lr_step)
+  if mu is not None:
+    mu = _scalar("mu", mu)
+    if not 0 <= mu <= 1:
+      raise ValueError(f"mu must be in [0, 1] or None, got {mu!r}")
+  return _engine(
+      learning_rate, hyper_lr=hyper_lr, hyper_lr_step=hyper_lr_step, mu=mu,
+      multiplicative=False, direction=direction, name="marthe",
+  )

@@ -1,0 +1,645 @@
+"""Tests of the hypergradient engine: HD, RTHO and MARTHE.
+
+* Exactness: with mu = 1 and beta = 0 the tangent is d w_t / d eta, checked
+  against ``jax.jvp`` through an unrolled training loop (SGD, momentum,
+  Nesterov, Adam, weight decay + Adam).
+* Every update rule against an independent float64 numpy reference written
+  here (logistic regression with a hand-written gradient and Hessian).
+* The paper's Figure 1 in miniature (Beale: RTHO beats HD; smoothed Bukin
+  N.6: HD beats RTHO).
+* Validation, extra-arg requirements, buffers, dtypes, non-finite inputs.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import optax_lr
+from optax_lr.hypergradient import HypergradientState
+
+
+# ---------------------------------------------------------------- problem
+
+N_FEATURES = 3
+REG = 0.05  # L2 term of the training loss (so the Hessian is not singular).
+
+
+def _data(seed, n):
+  rng = np.random.default_rng(seed)
+  x = rng.normal(size=(n, N_FEATURES))
+  true_w = np.array([1.5, -2.0, 0.5])
+  y = (x @ true_w + 0.3 + rng.normal(scale=1.0, size=n) > 0).astype(np.float64)
+  return x, y
+
+
+TRAIN_X, TRAIN_Y = _data(0, 24)
+VAL_X, VAL_Y = _data(1, 16)
+BATCH = 8  # three mini-batches, cycled: the hypergradient is stochastic.
+
+
+def _batch(t):
+  i = (t % 3) * BATCH
+  return TRAIN_X[i:i + BATCH], TRAIN_Y[i:i + BATCH]
+
+
+def jax_loss(params, x, y, reg):
+  z = x @ params["w"] + params["b"]
+  nll = jnp.mean(jax.nn.softplus(z) - y * z)
+  return nll + 0.5 * reg * jnp.sum(params["w"] ** 2)
+
+
+def init_params(dtype=jnp.float32):
+  return {"w": jnp.array([0.1, -0.2, 0.3], dtype), "b": jnp.array(0.05, dtype)}
+
+
+# ------------------------------------------- numpy float64 reference
+
+
+def _np_grad(theta, x, y, reg):
+  w, b = theta[:-1], theta[-1]
+  p = 1 / (1 + np.exp(-(x @ w + b)))
+  r = p - y
+  return np.concatenate([x.T @ r / len(y) + reg * w, [np.mean(r)]])
+
+
+def _np_hvp(theta, vec, x, y, reg):
+  w, b = theta[:-1], theta[-1]
+  p = 1 / (1 + np.exp(-(x @ w + b)))
+  dz = x @ vec[:-1] + vec[-1]
+  s = p * (1 - p) * dz
+  return np.concatenate([x.T @ s / len(y) + reg * vec[:-1], [np.mean(s)]])
+
+
+def reference(steps, eta0, beta0, *, mu, kappa=0.0, momentum=0.0,
+              multiplicative=False, use_val=False):
+  """DESIGN.md's six steps in plain float64 numpy, for SGD or momentum.
+
+  ``mu=None`` is the adaptive discount. Returns per-step arrays of params,
+  eta, beta, mu and c after each call.
+  """
+  theta = np.array([0.1, -0.2, 0.3, 0.05])
+  eta, beta, c, h_prev = eta0, beta0, 0.0, 0.0
+  mu_t = 0.0 if mu is None else mu
+  z = np.zeros(4)  # tangent of the params
+  z_m = np.zeros(4)  # tangent of the momentum buffer
+  m = np.zeros(4)
+  u_prev = np.zeros(4)
+  out = {"params": [], "eta": [], "beta": [], "mu": [], "c": []}
+  for t in range(steps):
+    x, y = _batch(t)
+    g = _np_grad(theta, x, y, REG)
+    v = _np_grad(theta, VAL_X, VAL_Y, 0.0) if use_val else g
+    h = z @ v
+    g1 = -(u_prev @ v)
+    c_new = mu_t * (1 + c)
+    if mu is None:
+      q = 0.0 if g1 == 0 else min(max(h / g1, 0.0), 1.0)
+      mu_t = q ** (1 / (c + 1))
+    c = c_new
+    if kappa > 0:
+      beta = max(beta + kappa * h * h_prev, 0.0)
+    if multiplicative:
+      norms = np.linalg.norm(u_prev) * np.linalg.norm(v)
+      cos = 0.0 if norms == 0 else (u_prev @ v) / norms
+      eta = max(eta * (1 + beta * cos), 0.0)
+    else:
+      eta = max(eta - beta * h, 0.0)
+    h_prev = h
+    # The direction u = momentum * m + g and its JVP along (z, z_m).
+    hz = _np_hvp(theta, z, x, y, REG)
+    m = momentum * m + g
+    dm = momentum * z_m + hz
+    u = m
+    z = mu_t * (z - eta * dm) - u
+    z_m = mu_t * dm
+    theta = theta - eta * u
+    u_prev = u
+    for key, val in (("params", theta.copy()), ("eta", eta), ("beta", beta),
+                     ("mu", mu_t), ("c", c)):
+      out[key].append(val)
+  return {k: np.array(v) for k, v in out.items()}
+
+
+def run_engine(tx, steps, *, use_val=False, dtype=jnp.float64):
+  """Trains with ``tx`` under jit; returns the same per-step arrays."""
+
+  def body(carry, t):
+    params, state = carry
+    xs = jnp.asarray(np.stack([_batch(i)[0] for i in range(3)]))
+    ys = jnp.asarray(np.stack([_batch(i)[1] for i in range(3)]))
+    x, y = xs[t % 3], ys[t % 3]
+    loss_fn = lambda p: jax_loss(p, x, y, REG)
+    grads = jax.grad(loss_fn)(params)
+    extra = {"loss_fn": loss_fn}
+    if use_val:
+      extra["val_grads"] = jax.grad(jax_loss)(
+          params, jnp.asarray(VAL_X), jnp.asarray(VAL_Y), 0.0
+      )
+    updates, state = tx.update(grads, state, params, **extra)
+    params = optax.apply_updates(params, updates)
+    flat = jnp.concatenate([params["w"], params["b"][None]])
+    return (params, state), (flat, state.learning_rate, state.hyper_lr,
+                             state.mu, state.horizon)
+
+  @jax.jit
+  def run():
+    params = init_params(dtype)
+    _, outs = jax.lax.scan(body, (params, tx.init(params)), jnp.arange(steps))
+    return outs
+
+  keys = ("params", "eta", "beta", "mu", "c")
+  return {k: np.asarray(v) for k, v in zip(keys, run())}
+
+
+REFERENCE_CASES = {
+    "hd": (lambda d: optax_lr.hypergradient_descent(0.5, 0.3, direction=d),
+           dict(eta0=0.5, beta0=0.3, mu=0.0)),
+    "hd_multiplicative": (
+        lambda d: optax_lr.hypergradient_descent(
+            0.5, 0.2, direction=d, multiplicative=True),
+        dict(eta0=0.5, beta0=0.2, mu=0.0, multiplicative=True)),
+    "rtho": (lambda d: optax_lr.rtho(0.5, 0.05, direction=d),
+             dict(eta0=0.5, beta0=0.05, mu=1.0)),
+    "marthe_fixed_mu": (
+        lambda d: optax_lr.marthe(0.5, hyper_lr=0.05, hyper_lr_step=0.0,
+                                  mu=0.9, direction=d),
+        dict(eta0=0.5, beta0=0.05, mu=0.9)),
+    "marthe_adaptive": (
+        lambda d: optax_lr.marthe(0.5, hyper_lr=0.02, hyper_lr_step=0.5,
+                                  direction=d),
+        dict(eta0=0.5, beta0=0.02, mu=None, kappa=0.5)),
+    "marthe_mu0_adapted_beta": (
+        lambda d: optax_lr.marthe(0.5, hyper_lr=0.02, hyper_lr_step=10.0,
+                                  mu=0.0, direction=d),
+        dict(eta0=0.5, beta0=0.02, mu=0.0, kappa=10.0)),
+}
+
+
+# Each case over SGD with E = L and over momentum with a validation objective
+# (the adaptive case also over SGD with val_grads): every jit costs a second.
+_SETTINGS = [(0.0, False), (0.9, True)]
+_REFERENCE_PARAMS = [
+    pytest.param(case, mom, val, id=f"{case}-{'momentum' if mom else 'sgd'}-"
+                 f"{'val_grads' if val else 'E=L'}")
+    for case in sorted(REFERENCE_CASES)
+    for mom, val in _SETTINGS + ([(0.0, True)] if case == "marthe_adaptive" else [])
+]
+
+
+@pytest.mark.parametrize("case,momentum,use_val", _REFERENCE_PARAMS)
+def test_update_rules_match_float64_reference(case, momentum, use_val):
+  make, kwargs = REFERENCE_CASES[case]
+  direction = optax.trace(momentum) if momentum else None
+  steps = 30
+  with jax.enable_x64(True):
+    got = run_engine(make(direction), steps, use_val=use_val)
+  want = reference(steps, momentum=momentum, use_val=use_val, **kwargs)
+  # The rates really move (otherwise the comparison proves little).
+  assert np.ptp(want["eta"]) > 1e-3
+  if kwargs.get("kappa"):
+    assert np.ptp(want["beta"]) > 1e-3
+  if kwargs["mu"] is None:  # the adaptive discount takes values inside (0, 1)
+    assert np.any((want["mu"] > 0.01) & (want["mu"] < 0.99))
+  for key in ("params", "eta", "beta", "mu", "c"):
+    np.testing.assert_allclose(got[key], want[key], rtol=1e-9, atol=1e-12,
+                               err_msg=key)
+
+
+# ---------------------------------------------------------------- exactness
+
+def standard_promotion(tx):
+  """``tx`` traced under standard promotion: optax's Adam bias correction
+  raises a float to an int32 power, which the suite's strict promotion
+  rejects. Only the direction is wrapped; the engine stays strict."""
+
+  def init(params):
+    with jax.numpy_dtype_promotion("standard"):
+      return tx.init(params)
+
+  def update(updates, state, params=None, **extra_args):
+    with jax.numpy_dtype_promotion("standard"):
+      return optax.with_extra_args_support(tx).update(
+          updates, state, params, **extra_args)
+
+  return optax.GradientTransformationExtraArgs(init, update)
+
+
+EXACT_DIRECTIONS = {
+    "sgd": lambda: optax.identity(),
+    "momentum": lambda: optax.trace(0.9),
+    "nesterov": lambda: optax.trace(0.9, nesterov=True),
+    "adam": lambda: standard_promotion(optax.scale_by_adam()),
+    "weight_decay_adam": lambda: standard_promotion(optax.chain(
+        optax.add_decayed_weights(0.1), optax.scale_by_adam())),
+}
+
+
+@pytest.mark.parametrize("name", sorted(EXACT_DIRECTIONS))
+def test_tangent_is_forward_mode_derivative_of_unrolled_training(name):
+  """mu = 1, beta = 0: Z_t = d w_t / d eta of training with a constant eta."""
+  steps, eta0 = 12, 0.05 if "adam" in name else 0.3
+  xs = np.stack([_batch(i)[0] for i in range(3)])
+  ys = np.stack([_batch(i)[1] for i in range(3)])
+
+  def loss_at(t):
+    return lambda p: jax_loss(p, xs[t % 3], ys[t % 3], REG)
+
+  with jax.enable_x64(True):
+    params0 = init_params(jnp.float64)
+    xs, ys = jnp.asarray(xs), jnp.asarray(ys)
+    direction = EXACT_DIRECTIONS[name]()
+
+    def unrolled(eta):
+      # Plain training with a constant rate, differentiated by jax.jvp.
+      def body(carry, t):
+        params, state = carry
+        u, state = direction.update(jax.grad(loss_at(t))(params), state, params)
+        params = jax.tree_util.tree_map(lambda w, d: w - eta * d, params, u)
+        return (params, state), (params, state)
+
+      carry = (params0, direction.init(params0))
+      return jax.lax.scan(body, carry, jnp.arange(steps))[1]
+
+    _, (dw, ds) = jax.jit(
+        lambda eta: jax.jvp(unrolled, (eta,), (jnp.ones_like(eta),))
+    )(jnp.float64(eta0))
+
+    tx = optax_lr.rtho(eta0, 0.0, direction=EXACT_DIRECTIONS[name]())
+
+    @jax.jit
+    def engine():
+      def body(carry, t):
+        params, state = carry
+        grads = jax.grad(loss_at(t))(params)
+        updates, state = tx.update(grads, state, params, loss_fn=loss_at(t))
+        params = optax.apply_updates(params, updates)
+        return (params, state), (state.tangent, state.direction_tangent)
+
+      carry = (params0, tx.init(params0))
+      return jax.lax.scan(body, carry, jnp.arange(steps))[1]
+
+    tangents, state_tangents = engine()
+
+  for got, want in zip(jax.tree_util.tree_leaves(tangents),
+                       jax.tree_util.tree_leaves(dw)):
+    assert np.min(np.max(np.abs(want), axis=-1)) > 1e-3  # non-trivial
+    np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12)
+  # The direction state's float leaves (momentum buffer, Adam's moments)
+  # carry exactly d s_t / d eta; integer leaves (Adam's count) carry none.
+  want_state = [np.asarray(d) for d in jax.tree_util.tree_leaves(ds)
+                if np.asarray(d).dtype != jax.dtypes.float0]
+  assert len(state_tangents) == len(want_state)
+  for got, want in zip(state_tangents, want_state):
+    np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12)
+
+
+# ------------------------------------------------- Figure 1 in miniature
+
+
+def beale(p):
+  x, y = p[0], p[1]
+  return ((1.5 - x + x * y) ** 2 + (2.25 - x + x * y ** 2) ** 2
+          + (2.625 - x + x * y ** 3) ** 2)
+
+
+BUKIN_EPS = 1e-4
+
+
+def smoothed_bukin(p):
+  """The paper's footnote 5: sqrt(((y - 0.01 x)^2 + eps)^(1/2) + eps)."""
+  x, y = p[0], p[1]
+  return jnp.sqrt(jnp.sqrt((y - 0.01 * x) ** 2 + BUKIN_EPS) + BUKIN_EPS)
+
+
+def _gradient_descent_runs(tx, f, p0, betas, steps=500):
+  """500 steps of ``tx`` on ``f`` for each hyper-learning rate in ``betas``.
+
+  ``beta`` lives in the state (``hyper_lr``), so one compiled run serves all
+  of them through ``vmap``. Returns the objective after every step and the
+  learning rates, each ``[len(betas), steps]``.
+  """
+
+  def one(beta):
+    state = tx.init(p0)
+    state = state._replace(hyper_lr=beta.astype(state.hyper_lr.dtype))
+
+    def body(carry, _):
+      p, s = carry
+      updates, s = tx.update(jax.grad(f)(p), s, p, loss_fn=f)
+      p = optax.apply_updates(p, updates)
+      return (p, s), (f(p), s.learning_rate)
+
+    return jax.lax.scan(body, (p0, state), None, length=steps)[1]
+
+  values, rates = jax.jit(jax.vmap(one))(jnp.asarray(betas, jnp.float32))
+  return np.asarray(values, np.float64), np.asarray(rates, np.float64)
+
+
+def test_figure1_beale_rtho_reaches_lower_values_than_hd():
+  # Flat plateaus: HD's one-step hypergradient is tiny there, RTHO's
+  # accumulated one keeps raising the rate.
+  p0, eta0, betas = jnp.array([1.0, 1.5]), 1e-4, [1e-7, 3e-7, 1e-6]
+  hd_values, _ = _gradient_descent_runs(
+      optax_lr.hypergradient_descent(eta0, 0.0), beale, p0, betas)
+  rtho_values, _ = _gradient_descent_runs(
+      optax_lr.rtho(eta0, 0.0), beale, p0, betas)
+  assert np.all(np.isfinite(hd_values)) and np.all(np.isfinite(rtho_values))
+  best_hd, best_rtho = hd_values.min(axis=1), rtho_values.min(axis=1)
+  np.testing.assert_array_less(best_rtho, 0.5 * best_hd)
+
+
+def test_figure1_smoothed_bukin_hd_does_better_than_rtho():
+  # Along the valley y = 0.01 x the gradient flips sign: RTHO's undiscounted
+  # history first blows the rate up, then drives it to 0; HD damps it.
+  p0, eta0, betas = jnp.array([-5.0, 2.0]), 1e-2, [1e-5, 1e-4]
+  minimum = np.sqrt(np.sqrt(BUKIN_EPS) + BUKIN_EPS)
+  hd_values, _ = _gradient_descent_runs(
+      optax_lr.hypergradient_descent(eta0, 0.0), smoothed_bukin, p0, betas)
+  rtho_values, rtho_rates = _gradient_descent_runs(
+      optax_lr.rtho(eta0, 0.0), smoothed_bukin, p0, betas)
+  hd_gap, rtho_gap = hd_values[:, -1] - minimum, rtho_values[:, -1] - minimum
+  np.testing.assert_array_less(hd_gap, 0.1 * rtho_gap)
+  assert np.all(rtho_rates.max(axis=1) > 10 * eta0)  # resonance ...
+  np.testing.assert_array_equal(rtho_rates[:, -1], 0.0)  # ... then collapse
+
+
+# ------------------------------------------------- hand-computed numbers
+
+
+def test_hd_and_adapted_beta_by_hand():
+  """0.5 w^2 from w = 10, eta0 = 0.1: three calls computed by hand."""
+  loss = lambda w: 0.5 * w ** 2
+
+  def run(tx, calls=3):
+    w, state = jnp.float32(10.0), None
+    state = tx.init(w)
+    rates, betas = [], []
+    for _ in range(calls):
+      updates, state = tx.update(jax.grad(loss)(w), state, w)
+      w = w + updates
+      rates.append(float(state.learning_rate))
+      betas.append(float(state.hyper_lr))
+    return rates, betas, float(w)
+
+  # HD (Baydin): eta_t = eta_{t-1} + beta <g_t, g_{t-1}>.
+  # call 0: g = 10, no previous step: eta = 0.1, w = 9.
+  # call 1: g = 9: eta = 0.1 + 1e-3 * 90 = 0.19, w = 9 - 1.71 = 7.29.
+  # call 2: g = 7.29: eta = 0.19 + 1e-3 * 9 * 7.29 = 0.25561.
+  rates, _, w = run(optax_lr.hypergradient_descent(0.1, 1e-3))
+  np.testing.assert_allclose(rates, [0.1, 0.19, 0.25561], rtol=1e-6)
+  np.testing.assert_allclose(w, 7.29 - 0.25561 * 7.29, rtol=1e-6)
+
+  # Multiplicative: cos(g_{t-1}, g_t) = 1 in 1-D: eta_t = eta_{t-1} (1 + 0.5).
+  rates, _, _ = run(optax_lr.hypergradient_descent(0.1, 0.5, multiplicative=True))
+  np.testing.assert_allclose(rates, [0.1, 0.15, 0.225], rtol=1e-6)
+
+  # Adapted beta (mu = 0, beta_0 = 0, kappa = 1e-6): h_0 = 0, h_1 = -90.
+  # call 1: beta = 0 + kappa h_1 h_0 = 0, eta = 0.1, w = 8.1.
+  # call 2: h_2 = -9 * 8.1 = -72.9: beta = 1e-6 * 72.9 * 90 = 6.561e-3
+  #   (consecutive hypergradients agree: beta grows; the paper's printed
+  #   minus would clamp it at 0), eta = 0.1 + 6.561e-3 * 72.9 = 0.5782969.
+  rates, betas, _ = run(optax_lr.marthe(0.1, hyper_lr_step=1e-6, mu=0.0))
+  np.testing.assert_allclose(betas, [0.0, 0.0, 6.561e-3], rtol=1e-6)
+  np.testing.assert_allclose(rates, [0.1, 0.1, 0.5782969], rtol=1e-6)
+
+
+# ---------------------------------------------------------------- validation
+
+
+def _hd(*args, **kwargs):
+  return optax_lr.hypergradient_descent(*args, **kwargs)
+
+
+@pytest.mark.parametrize("make,name,bad", [
+    (lambda: _hd(-0.1, 0.1), "learning_rate", -0.1),
+    (lambda: _hd(float("nan"), 0.1), "learning_rate", float("nan")),
+    (lambda: _hd(float("inf"), 0.1), "learning_rate", float("inf")),
+    (lambda: _hd(0.1, -1e-3), "hyper_lr", -1e-3),
+    (lambda: _hd(0.1, float("nan")), "hyper_lr", float("nan")),
+    (lambda: _hd(0.1, 1e-3, multiplicative="yes"), "multiplicative", "yes"),
+    (lambda: optax_lr.rtho(-1.0, 0.1), "learning_rate", -1.0),
+    (lambda: optax_lr.rtho(0.1, -0.5), "hyper_lr", -0.5),
+    (lambda: optax_lr.rtho(0.1, float("inf")), "hyper_lr", float("inf")),
+    (lambda: optax_lr.marthe(-0.1, hyper_lr_step=0.0), "learning_rate", -0.1),
+    (lambda: optax_lr.marthe(0.1, hyper_lr=-1.0, hyper_lr_step=0.0),
+     "hyper_lr", -1.0),
+    (lambda: optax_lr.marthe(0.1, hyper_lr_step=-1e-3), "hyper_lr_step", -1e-3),
+    (lambda: optax_lr.marthe(0.1, hyper_lr_step=float("inf")),
+     "hyper_lr_step", float("inf")),
+    (lambda: optax_lr.marthe(0.1, hyper_lr_step=0.0, mu=-0.1), "mu", -0.1),
+    (lambda: optax_lr.marthe(0.1, hyper_lr_step=0.0, mu=1.5), "mu", 1.5),
+    (lambda: optax_lr.marthe(0.1, hyper_lr_step=0.0, mu=float("nan")),
+     "mu", float("nan")),
+], ids=lambda x: None if callable(x) else str(x))
+def test_invalid_hyperparameters_raise(make, name, bad):
+  with pytest.raises(ValueError) as info:
+    make()
+  assert name in str(info.value) and repr(bad) in str(info.value)
+
+
+def test_marthe_takes_hyper_lr_step_as_a_required_keyword():
+  with pytest.raises(TypeError):
+    optax_lr.marthe(0.1)
+  with pytest.raises(TypeError):
+    optax_lr.marthe(0.1, 0.0, 1e-3)  # noqa: the hyperparameters are keyword-only
+  optax_lr.marthe(0.1, hyper_lr_step=0.0)  # 0: a fixed beta
+
+
+@pytest.mark.parametrize("make", [
+    lambda: optax_lr.rtho(0.1, 0.01),
+    lambda: optax_lr.marthe(0.1, hyper_lr_step=1e-3),
+    lambda: optax_lr.marthe(0.1, hyper_lr_step=0.0, mu=0.5),
+], ids=["rtho", "marthe_adaptive", "marthe_mu0.5"])
+def test_mu_positive_needs_loss_fn_and_params_at_trace_time(make):
+  tx, params = make(), init_params()
+  grads = jax.tree_util.tree_map(jnp.ones_like, params)
+  state = tx.init(params)
+  with pytest.raises(ValueError, match="loss_fn"):
+    jax.jit(lambda g, s, p: tx.update(g, s, p))(grads, state, params)
+  loss_fn = lambda p: jax_loss(p, TRAIN_X[:8], TRAIN_Y[:8], REG)
+  with pytest.raises(ValueError, match="params"):
+    tx.update(grads, state, None, loss_fn=loss_fn)
+
+
+@pytest.mark.parametrize("make", [
+    lambda: optax_lr.hypergradient_descent(0.1, 0.01),
+    lambda: optax_lr.hypergradient_descent(0.1, 0.01, multiplicative=True),
+    lambda: optax_lr.marthe(0.1, hyper_lr_step=1e-3, mu=0.0),
+], ids=["hd", "hd_multiplicative", "marthe_mu0"])
+def test_mu_zero_needs_no_loss_fn_and_computes_no_hvp(make):
+  tx, params = make(), init_params()
+  grads = jax.tree_util.tree_map(jnp.ones_like, params)
+
+  def must_not_be_called(p):
+    raise AssertionError("mu = 0 evaluated loss_fn")
+
+  step = jax.jit(lambda g, s, p: tx.update(g, s, p, loss_fn=must_not_be_called))
+  state = tx.init(params)
+  for _ in range(3):
+    updates, state = step(grads, state, params)
+  # loss_fn was never traced, so no Hessian-vector product was built; and
+  # neither loss_fn nor params are needed at all.
+  updates, state = tx.update(grads, state)
+  assert state.tangent is None and state.direction_tangent is None
+  assert float(state.learning_rate) != 0.1
+
+
+# ---------------------------------------------------------------- buffers
+
+
+@pytest.mark.parametrize("make,extra,direction_tangents", [
+    (lambda d: optax_lr.hypergradient_descent(0.1, 0.01, direction=d), 1, 0),
+    (lambda d: optax_lr.rtho(0.1, 0.01, direction=d), 1, None),
+    (lambda d: optax_lr.marthe(0.1, hyper_lr_step=0.0, mu=0.5, direction=d),
+     1, None),
+    (lambda d: optax_lr.marthe(0.1, hyper_lr_step=1e-3, direction=d), 2, None),
+], ids=["hd", "rtho", "marthe_fixed_mu", "marthe_adaptive"])
+@pytest.mark.parametrize("direction,float_leaves", [
+    (None, 0), (optax.trace(0.9), 1), (optax.scale_by_adam(), 2),
+], ids=["sgd", "momentum", "adam"])
+def test_extra_param_sized_buffers(make, extra, direction_tangents,
+                                   direction, float_leaves):
+  """HD: u_prev only. RTHO/MARTHE: Z (+ u_prev when mu is adaptive) plus a
+  tangent for each float leaf of the direction state (not Adam's count)."""
+  params = init_params()
+  state = make(direction).init(params)
+  assert isinstance(state, HypergradientState)
+  assert float(optax_lr.current_lr(state)) == pytest.approx(0.1)
+  n = len(jax.tree_util.tree_leaves(params))
+  own = jax.tree_util.tree_leaves((state.tangent, state.u_prev))
+  assert len(own) == extra * n
+  expected = float_leaves * n if direction_tangents is None else 0
+  assert len(jax.tree_util.tree_leaves(state.direction_tangent)) == expected
+  # Fresh buffers, nothing aliased: a train step can donate all of them.
+  buffers = [x for x in jax.tree_util.tree_leaves((params, state)) if x.ndim]
+  pointers = [x.unsafe_buffer_pointer() for x in buffers]
+  assert len(set(pointers)) == len(pointers)
+
+
+def test_bf16_params_keep_bf16_updates_and_a_float32_tangent():
+  params = init_params(jnp.bfloat16)
+  x, y = jnp.asarray(TRAIN_X[:8], jnp.bfloat16), jnp.asarray(TRAIN_Y[:8], jnp.bfloat16)
+  loss_fn = lambda p: jax_loss(p, x, y, REG).astype(jnp.float32)
+  tx = optax_lr.marthe(0.5, hyper_lr=0.05, hyper_lr_step=0.1,
+                       direction=optax.trace(0.9))
+  state0 = tx.init(params)
+
+  @jax.jit
+  def step(params, state):
+    updates, state = tx.update(jax.grad(loss_fn)(params), state, params,
+                               loss_fn=loss_fn)
+    return optax.apply_updates(params, updates), state, updates
+
+  state = state0
+  for _ in range(6):
+    params, state, updates = step(params, state)
+  for u in jax.tree_util.tree_leaves(updates):
+    assert u.dtype == jnp.bfloat16
+  for z in jax.tree_util.tree_leaves((state.tangent, state.direction_tangent)):
+    assert z.dtype == jnp.float32 and np.all(np.isfinite(z))
+  assert float(np.abs(state.tangent["w"]).max()) > 0
+  for u in jax.tree_util.tree_leaves(state.u_prev):
+    assert u.dtype == jnp.bfloat16
+  assert state.learning_rate.dtype == jnp.float32
+  assert state.learning_rate != 0.5  # it adapts
+  assert jax.tree_util.tree_structure(state) == jax.tree_util.tree_structure(state0)
+  for a, b in zip(jax.tree_util.tree_leaves(state), jax.tree_util.tree_leaves(state0)):
+    assert a.dtype == b.dtype and a.shape == b.shape
+
+
+# ---------------------------------------------------------------- non-finite
+
+
+def test_adam_parameter_with_zero_gradient_keeps_a_finite_tangent():
+  """Adam's sqrt(nu) at nu = 0 has a NaN JAX JVP (0 * inf); the step's
+  derivative there is 0, and the other parameters' tangent must survive."""
+  params = dict(init_params(), unused=jnp.ones(2))
+  loss_fn = lambda p: jax_loss(p, TRAIN_X[:8], TRAIN_Y[:8], REG)
+  adam = standard_promotion(optax.scale_by_adam())
+  # The premise: jax.jvp of Adam's step along a zero tangent gives NaN.
+  @jax.jit
+  def adam_jvp_along_zero(params):
+    grads, state = jax.grad(loss_fn)(params), adam.init(params)
+    zero_state = jax.tree_util.tree_map(
+        lambda s: np.zeros(s.shape, jax.dtypes.float0)
+        if s.dtype == jnp.int32 else jnp.zeros_like(s), state)
+    zero_grads = jax.tree_util.tree_map(jnp.zeros_like, grads)
+    return jax.jvp(adam.update, (grads, state), (zero_grads, zero_state))[1][0]
+
+  assert np.all(np.isnan(adam_jvp_along_zero(params)["unused"]))
+
+  tx = optax_lr.rtho(0.01, 1e-3, direction=adam)
+
+  @jax.jit
+  def step(params, state):
+    updates, state = tx.update(jax.grad(loss_fn)(params), state, params,
+                               loss_fn=loss_fn)
+    return optax.apply_updates(params, updates), state
+
+  state = tx.init(params)
+  for _ in range(8):
+    params, state = step(params, state)
+  np.testing.assert_array_equal(state.tangent["unused"], 0.0)
+  assert np.all(np.isfinite(state.tangent["w"]))
+  assert float(np.abs(state.tangent["w"]).min()) > 0  # never reset
+  assert float(state.learning_rate) != 0.01
+
+
+LOSS = lambda p: jax_loss(p, TRAIN_X[:8], TRAIN_Y[:8], REG)
+NAN_HESSIAN_LOSS = lambda p: LOSS(p) * jnp.float32(jnp.nan)
+
+
+def _step_fn(tx, loss_fn):
+  return jax.jit(lambda g, s, p, **kw: tx.update(g, s, p, loss_fn=loss_fn, **kw))
+
+
+_SCALARS = ("learning_rate", "hyper_lr", "mu", "horizon", "hypergradient")
+
+
+@pytest.mark.parametrize("poison", ["val_grads", "grads", "hvp"])
+def test_non_finite_hypergradient_keeps_scalars_and_resets_tangents(poison):
+  tx = optax_lr.marthe(0.5, hyper_lr=0.02, hyper_lr_step=0.5,
+                       direction=optax.trace(0.9))
+  clean = _step_fn(tx, LOSS)
+  params = init_params()
+  state = tx.init(params)
+  for _ in range(6):
+    updates, state = clean(jax.grad(LOSS)(params), state, params)
+    params = optax.apply_updates(params, updates)
+  before = state
+  assert float(np.abs(before.tangent["w"]).max()) > 0
+  grads = jax.grad(LOSS)(params)
+  if poison == "val_grads":
+    nan = jax.tree_util.tree_map(lambda g: jnp.full_like(g, jnp.nan), grads)
+    after = clean(grads, before, params, val_grads=nan)[1]
+  elif poison == "grads":
+    inf = jax.tree_util.tree_map(lambda g: jnp.full_like(g, jnp.inf), grads)
+    after = clean(inf, before, params)[1]
+  else:
+    # A finite gradient but a NaN Hessian: this call's h is still finite, so
+    # it adapts the rate; its new tangent is NaN, which the next call's h
+    # catches. Compare that next call with one after a clean call.
+    after = _step_fn(tx, NAN_HESSIAN_LOSS)(grads, before, params)[1]
+    assert np.all(np.isfinite([float(getattr(after, k)) for k in _SCALARS]))
+    before = clean(grads, before, params)[1]
+    after = clean(grads, after, params)[1]
+  for key in _SCALARS:
+    np.testing.assert_array_equal(getattr(after, key), getattr(before, key),
+                                  err_msg=key)
+  for leaf in jax.tree_util.tree_leaves((after.tangent, after.direction_tangent)):
+    np.testing.assert_array_equal(leaf, 0.0)
+  # Clean calls adapt the rate again from a fresh tangent. An Inf gradient
+  # poisons the momentum buffer itself for good: the rate then stays frozen.
+  state = after
+  for _ in range(4):
+    updates, state = clean(jax.grad(LOSS)(params), state, params)
+    params = optax.apply_updates(params, updates)
+    assert np.isfinite(float(state.learning_rate))
+  if poison == "grads":
+    assert float(state.learning_rate) == float(after.learning_rate)
+  else:
+    assert float(state.learning_rate) != float(after.learning_rate)

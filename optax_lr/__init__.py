@@ -8,6 +8,8 @@ logic with the weight update.
 from optax_lr._monitor import apply_updates
 from optax_lr._monitor import current_lr
 from optax_lr._monitor import observe
+from optax_lr.aalr import aalr
+from optax_lr.aslr import aslr
 from optax_lr.hypergradient import hypergradient_descent
 from optax_lr.hypergradient import marthe
 from optax_lr.hypergradient import rtho
@@ -23,7 +25,9 @@ __version__ = "0.1.0"
 
 __all__ = [
     "RangeTestResult",
+    "aalr",
     "apply_updates",
+    "aslr",
     "current_lr",
     "cyclic_schedule",
     "hypergradient_descent",

@@ -100,6 +100,26 @@ METHODS = [
         "newton_lr_per_leaf",
         lambda lr: optax_lr.newton_lr(lr, steps_per_epoch=12, per_leaf=True),
     ),
+    MethodCase("aslr", lambda lr: optax_lr.aslr(lr, seed=3), epoch_level=True),
+    MethodCase(
+        "aslr_window",
+        lambda lr: optax_lr.aslr(lr, steps_per_epoch=5),
+        needs=("value",),
+        epoch_level=True,
+    ),
+    MethodCase("aalr", lambda lr: optax_lr.aalr(lr), epoch_level=True),
+    MethodCase(
+        "aalr_window",
+        lambda lr: optax_lr.aalr(lr, warmup_patience=3, steps_per_epoch=4),
+        needs=("value",),
+        epoch_level=True,
+    ),
+    MethodCase(
+        "aalr_momentum",
+        lambda lr: optax_lr.aalr(lr, direction=optax.trace(0.9)),
+        epoch_level=True,
+        parabola_lr=0.05,
+    ),
     # Hypergradient engine. beta and kappa are small: Rosenbrock's gradients
     # are ~200, so <g_t, u_{t-1}> ~ 1e4 and h_t h_{t-1} up to ~1e12 there.
     MethodCase(

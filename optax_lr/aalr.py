@@ -1,0 +1,362 @@
+"""AALR: halve until training is stable, then double optimistically.
+
+Algorithm 1 of "A simple dynamic learning rate tuning algorithm for automated
+training of DNNs" compares each epoch's loss ``L`` with the best loss ``L*``:
+
+* phase 1 halves the rate and restarts from the initial model whenever an
+  epoch makes things worse, until ``warmup_patience`` epochs in a row are good;
+* phase 2 doubles the rate after every improvement, gives a non-improving
+  rate a second chance, then halves it and doubles the patience; a diverged
+  (NaN) loss reloads the last checkpoint.
+
+Checkpoints need params, and ``optax_lr.observe`` sees only the state, so a
+save or rollback decided at an epoch end is *pending* until the next update
+call carries it out. ``optax_lr.apply_updates`` lands exactly on the
+checkpoint on a rollback call, even from NaN params.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Any, NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from optax_lr import _monitor
+from optax_lr._tree import accumulation_dtype
+
+__all__ = ["AALRState", "aalr"]
+
+# `pending` codes: what the next update call does before (or instead of) its step.
+NONE = 0
+SAVE = 1
+ROLLBACK = 2
+
+# p doubles on every halving; it saturates here instead of wrapping around.
+_MAX_PATIENCE = 2**30
+
+
+class AALRState(NamedTuple):
+  """State of :func:`aalr`."""
+
+  count: jax.Array  # [] int32: update calls so far (saturating).
+  learning_rate: jax.Array  # [] float32 (f64 under x64 params): η.
+  phase: jax.Array  # [] int32: 1 (initial exploration) or 2 (binary exploration).
+  best_cost: jax.Array  # [] float32 (f64 under x64): L*, +inf until a cost is seen.
+  good_epochs: jax.Array  # [] int32: phase 1's counter i of good epochs in a row.
+  warmup_patience: jax.Array  # [] int32: good epochs that end phase 1 (constant).
+  patience: jax.Array  # [] int32: phase 2's p, epochs between checks.
+  epochs_to_check: jax.Array  # [] int32: phase-2 epochs left before the next check.
+  second_chance: jax.Array  # [] bool: the current phase-2 period is the second try.
+  pending: jax.Array  # [] int32: 0 none, 1 save, 2 rollback, for the next update.
+  rolled_back: jax.Array  # [] bool: the update call that produced this state rolled back.
+  checkpoint: Any  # params-like: the initial params in phase 1, then the last save.
+  checkpoint_inner: Any  # the direction state saved with `checkpoint`.
+  window: _monitor.EpochWindow  # the training-loss window (steps_per_epoch mode).
+  inner_state: Any  # the direction's state.
+
+
+# The param-sized fields: left out of the epoch end's lax.cond.
+_TREE_FIELDS = ("checkpoint", "checkpoint_inner", "inner_state")
+
+
+def _clamp_rate(rate: jax.Array) -> jax.Array:
+  # Halving and doubling alone could reach 0 (after ~150 halvings) or inf;
+  # kept inside the normal floats, η stays positive, finite and can recover.
+  info = jnp.finfo(rate.dtype)
+  return jnp.clip(rate, info.tiny, info.max)
+
+
+def _epoch_end(state: AALRState, cost: jax.Array) -> AALRState:
+  """One epoch end of Algorithm 1 with the monitored ``cost``.
+
+  Reads and writes only scalar fields: checkpoint work is left to the next
+  update call through ``pending``.
+  """
+  dtype = state.best_cost.dtype
+  cost = jnp.asarray(cost).astype(dtype)
+  # The paper's "L is NaN" is a diverged loss: +inf (overflow) and -inf are
+  # no more a loss to compare than NaN is.
+  diverged = jnp.logical_not(jnp.isfinite(cost))
+  lr = state.learning_rate
+  halved = _clamp_rate(lr * jnp.asarray(0.5, dtype))
+  doubled = _clamp_rate(lr * jnp.asarray(2.0, dtype))
+  patience_up = jnp.minimum(state.patience, _MAX_PATIENCE // 2) * 2
+
+  # ---- Phase 1: halve and restart from the initial params on a bad epoch.
+  bad = diverged | (cost > state.best_cost)
+  good_epochs = jnp.where(bad, 0, state.good_epochs + 1)
+  switches = jnp.logical_not(bad) & (good_epochs >= state.warmup_patience)
+  p1 = dict(
+      learning_rate=jnp.where(bad, halved, jnp.where(switches, doubled, lr)),
+      phase=jnp.where(switches, 2, 1),
+      best_cost=jnp.where(bad, state.best_cost, cost),
+      good_epochs=good_epochs,
+      patience=jnp.where(switches, 1, state.patience),
+      epochs_to_check=jnp.where(switches, 1, state.epochs_to_check),
+      second_chance=jnp.asarray(False),
+      pending=jnp.where(bad, ROLLBACK, jnp.where(switches, SAVE, NONE)),
+  )
+
+  # ---- Phase 2: a check after every `patience` epochs.
+  left = state.epochs_to_check - 1
+  check = left <= 0
+  improved = jnp.logical_not(diverged) & (cost < state.best_cost)
+  retry = check & jnp.logical_not(diverged | improved | state.second_chance)
+  lower = check & jnp.logical_not(improved | retry)  # NaN, or no gain twice.
+  raise_ = check & improved
+  patience = jnp.where(raise_, 1, jnp.where(lower, patience_up, state.patience))
+  p2 = dict(
+      learning_rate=jnp.where(raise_, doubled, jnp.where(lower, halved, lr)),
+      phase=jnp.asarray(2),
+      best_cost=jnp.where(raise_, cost, state.best_cost),
+      good_epochs=state.good_epochs,
+      patience=patience,
+      epochs_to_check=jnp.where(check, patience, left),
+      second_chance=jnp.where(check, retry, state.second_chance),
+      pending=jnp.where(
+          raise_, SAVE, jnp.where(lower & diverged, ROLLBACK, NONE)
+      ),
+  )
+
+  in_phase_2 = state.phase == 2
+  new = {name: jnp.where(in_phase_2, p2[name], p1[name]) for name in p1}
+
+  # A cost seen before the first update call is the paper's forward pass
+  # through the initial model: it sets L* and nothing else.
+  initial = state.count == 0
+  new = {name: jnp.where(initial, getattr(state, name), value) for name, value in new.items()}
+  new["best_cost"] = jnp.where(
+      initial & jnp.logical_not(diverged), cost, new["best_cost"]
+  )
+
+  # Two epoch ends with no update call between them: a pending rollback stays
+  # a rollback (a save right after it would store the checkpoint itself);
+  # otherwise the newer decision wins, and "none" keeps an older one.
+  decided = new["pending"]
+  new["pending"] = jnp.where(
+      (decided == NONE) | (state.pending == ROLLBACK), state.pending, decided
+  )
+  return state._replace(**{
+      name: value.astype(getattr(state, name).dtype) for name, value in new.items()
+  })
+
+
+_monitor.register_method(
+    AALRState,
+    epoch_end=_epoch_end,
+    rollback=lambda state: (state.rolled_back, state.checkpoint),
+)
+
+
+def _check_positive_int(name, value, allow_none=False):
+  if value is None and allow_none:
+    return None
+  if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+    kind = "None or a positive int" if allow_none else "a positive int"
+    raise ValueError(f"{name} must be {kind}, got {name}={value!r}.")
+  if value < 1:
+    raise ValueError(f"{name} must be >= 1, got {name}={value!r}.")
+  return int(value)
+
+
+def _fresh_copy(tree: Any) -> Any:
+  return jax.tree_util.tree_map(lambda x: jnp.array(x, copy=True), tree)
+
+
+def aalr(
+    learning_rate: float = 0.1,
+    *,
+    warmup_patience: int = 10,
+    steps_per_epoch: Optional[int] = None,
+    direction: Optional[optax.GradientTransformation] = None,
+) -> optax.GradientTransformationExtraArgs:
+  r"""AALR: Algorithm 1's two-phase halving and optimistic doubling of η.
+
+  Each update call returns :math:`-\eta\, u_t` with
+  ``(u_t, s') = direction.update(g_t, s, params)``. At each epoch end with
+  cost ``L`` (``L*`` starts at ``+inf``; a cost observed before the first
+  update call is the paper's forward pass through the initial model and only
+  sets ``L*``):
+
+  * Phase 1: if ``L > L*`` or ``L`` diverged: ``η ← η/2``, roll back to the
+    initial params with a fresh direction state, ``i = 0``; else ``L* = L``,
+    ``i += 1``. After ``warmup_patience`` good epochs in a row: save a
+    checkpoint, go to phase 2, ``η ← 2η``, ``p = 1``.
+  * Phase 2 checks after every ``p`` epochs. Diverged: ``η ← η/2``, roll back
+    to the checkpoint (params and direction state), ``p ← 2p``. ``L < L*``:
+    ``L* = L``, save a checkpoint, ``η ← 2η``, ``p = 1``. Otherwise, the first
+    time: train ``p`` more epochs (the second chance); the second time:
+    ``η ← η/2``, ``p ← 2p``. Costs between checks are not looked at.
+
+  "Diverged" is the paper's "L is NaN": a NaN, ``+inf`` or ``-inf`` cost (an
+  exploding loss overflows to inf before it turns NaN). A large but finite
+  loss is just not an improvement. ``L*`` changes only where the paper sets
+  it: a phase-1 rollback keeps the best loss seen (the next epoch from the
+  initial params must beat it), and loading a phase-2 checkpoint reloads the
+  ``L*`` saved with it, which is the current one. ``η`` is kept within the
+  normal positive floats, so it is never 0, inf or NaN.
+
+  Saves and rollbacks decided at an epoch end are ``pending`` until the next
+  update call: a save stores the params that call receives and its direction
+  state, then steps as usual; a rollback returns ``checkpoint - params`` with
+  no gradient step, restores the direction state and sets ``rolled_back``, so
+  that ``optax_lr.apply_updates`` lands exactly on the checkpoint (also from
+  NaN params). Both are ``lax.cond`` branches: other calls read and copy no
+  checkpoint, and their step fuses with the gradient and with
+  ``params + updates`` as plain SGD's does. In ``steps_per_epoch`` mode a rollback call trains nothing, so its
+  ``value`` (the loss of the discarded params) belongs to no epoch window.
+  Two epoch ends with no update call between them: a pending rollback stays
+  pending (saving right after it would store the checkpoint itself), else the
+  later decision wins. Extra buffers: one params checkpoint and one copy of
+  the direction state.
+
+  Args:
+    learning_rate: the initial η, ``> 0`` (the paper uses 0.1).
+    warmup_patience: good epochs in a row that end phase 1 (the paper's 10).
+    steps_per_epoch: ``None`` (epoch ends from ``optax_lr.observe``) or the
+      window length ``N``; then every update needs ``value=loss`` and the
+      cost is the window's mean training loss.
+    direction: the unscaled descent direction, ``optax.identity()`` (SGD) by
+      default; the paper uses ``optax.trace(0.9)`` with weight decay.
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs`` whose update needs
+    ``params``. The state exposes ``phase``, ``best_cost``, ``good_epochs``,
+    ``patience``, ``epochs_to_check``, ``second_chance`` and ``pending``.
+
+  Raises:
+    ValueError: for a non-positive or non-finite ``learning_rate``, a bad
+      ``warmup_patience`` or ``steps_per_epoch``; at trace time when
+      ``params`` are missing or ``steps_per_epoch`` is set without ``value``.
+
+  Example:
+    >>> import jax.numpy as jnp, optax_lr
+    >>> tx = optax_lr.aalr(0.4, warmup_patience=2)
+    >>> params = {'w': jnp.array([1.0, 2.0])}
+    >>> state = optax_lr.observe(tx.init(params), 5.0)  # L* of the initial model
+    >>> updates, state = tx.update({'w': jnp.ones(2)}, state, params)
+    >>> params = optax_lr.apply_updates(params, updates, state)
+    >>> state = optax_lr.observe(state, 6.0)  # worse: halve, roll back
+    >>> print(float(optax_lr.current_lr(state)), int(state.pending))
+    0.2 2
+    >>> updates, state = tx.update({'w': jnp.ones(2)}, state, params)
+    >>> optax_lr.apply_updates(params, updates, state)['w']
+    Array([1., 2.], dtype=float32)
+
+  References:
+    "A Simple Dynamic Learning Rate Tuning Algorithm for Automated Training of
+    DNNs", ICLR 2020 submission, https://openreview.net/forum?id=rJxyqkSYDH
+  """
+  if isinstance(learning_rate, bool) or not isinstance(learning_rate, numbers.Real):
+    raise ValueError(
+        f"learning_rate must be a positive real number, got {learning_rate!r}."
+    )
+  if not (math.isfinite(float(learning_rate)) and float(learning_rate) > 0):
+    raise ValueError(
+        f"learning_rate must be finite and > 0, got learning_rate={learning_rate!r}."
+    )
+  warmup_patience = _check_positive_int("warmup_patience", warmup_patience)
+  steps_per_epoch = _check_positive_int("steps_per_epoch", steps_per_epoch, True)
+  direction = optax.with_extra_args_support(
+      optax.identity() if direction is None else direction
+  )
+  initial_rate = float(learning_rate)
+
+  def init_fn(params):
+    dtype = accumulation_dtype(params)
+    return AALRState(
+        count=jnp.zeros([], jnp.int32),
+        learning_rate=_clamp_rate(jnp.full([], initial_rate, dtype)),
+        phase=jnp.ones([], jnp.int32),
+        best_cost=jnp.full([], jnp.inf, dtype),
+        good_epochs=jnp.zeros([], jnp.int32),
+        warmup_patience=jnp.full([], warmup_patience, jnp.int32),
+        patience=jnp.ones([], jnp.int32),
+        epochs_to_check=jnp.ones([], jnp.int32),
+        second_chance=jnp.zeros([], jnp.bool_),
+        pending=jnp.full([], NONE, jnp.int32),
+        rolled_back=jnp.zeros([], jnp.bool_),
+        # The initial params are phase 1's checkpoint, and their fresh
+        # direction state is what every phase-1 rollback restores.
+        checkpoint=_fresh_copy(params),
+        checkpoint_inner=_fresh_copy(direction.init(params)),
+        window=_monitor.window_init(dtype),
+        inner_state=direction.init(params),
+    )
+
+  def update_fn(updates, state, params=None, *, value=None, **extra_args):
+    if params is None:
+      raise ValueError(
+          "params: aalr saves and restores checkpoints of the params; call "
+          "update(grads, state, params)."
+      )
+    dtype = state.best_cost.dtype
+    rollback = state.pending == ROLLBACK
+    save = state.pending == SAVE
+    extra = extra_args if value is None else {**extra_args, "value": value}
+    out_dtypes = jax.tree_util.tree_map(lambda g: jnp.result_type(g), updates)
+
+    # Save: the params and direction state this call receives. The identity
+    # branch passes the checkpoint through untouched (no copy). The int32
+    # `token` is a data dependence on the save for what follows.
+    checkpoint, checkpoint_inner, token = jax.lax.cond(
+        save,
+        lambda: (_fresh_copy(params), _fresh_copy(state.inner_state), jnp.int32(1)),
+        lambda: (state.checkpoint, state.checkpoint_inner, jnp.int32(0)),
+    )
+    # Tying each gradient leaf to the token orders the save before the step
+    # overwrites the params and the direction state in place (XLA would
+    # otherwise copy them on every call), leaf by leaf, so each leaf's step
+    # can still fuse with its gradient as soon as that is computed.
+    updates = jax.tree_util.tree_map(
+        lambda g: jax.lax.optimization_barrier((g, token))[0], updates
+    )
+    u, stepped_inner = direction.update(updates, state.inner_state, params, **extra)
+    rate = -state.learning_rate
+    one = jnp.ones([], dtype)
+
+    # Rollback: `checkpoint - params` instead of the step, chosen leaf by leaf.
+    # The cond only picks what to scale and by how much: on ordinary calls it
+    # passes `u` through untouched, so `rate * u` still fuses with the
+    # caller's `params + updates` (and with the gradient) as in plain SGD.
+    def leaf_update(x, c, p, dt):
+      x, scale = jax.lax.cond(
+          rollback,
+          lambda: ((c - p).astype(x.dtype), one),
+          lambda: (x, rate),
+      )
+      return (scale * x.astype(dtype)).astype(dt)
+
+    new_updates = jax.tree_util.tree_map(leaf_update, u, checkpoint, params, out_dtypes)
+    inner_state = jax.tree_util.tree_map(
+        lambda new, saved: jax.lax.cond(
+            rollback, lambda: jnp.array(saved, copy=True), lambda: new
+        ),
+        stepped_inner, checkpoint_inner,
+    )
+    state = state._replace(
+        count=optax.safe_increment(state.count),
+        pending=jnp.full([], NONE, jnp.int32),
+        rolled_back=rollback,
+        checkpoint=checkpoint,
+        checkpoint_inner=checkpoint_inner,
+        inner_state=inner_state,
+    )
+    if steps_per_epoch is not None:
+      window, is_end, cost = _monitor.window_step(state.window, value, steps_per_epoch)
+      # A rollback call trains nothing: the loss it was given is that of the
+      # discarded params, part of no epoch.
+      window = jax.tree_util.tree_map(
+          lambda old, new: jnp.where(rollback, old, new), state.window, window
+      )
+      is_end = is_end & jnp.logical_not(rollback)
+      light = state._replace(window=window, **{name: None for name in _TREE_FIELDS})
+      light = _monitor.maybe_epoch_end(light, is_end, cost, _epoch_end)
+      state = light._replace(**{name: getattr(state, name) for name in _TREE_FIELDS})
+    return new_updates, state
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)

@@ -10,6 +10,10 @@ from optax_lr._monitor import current_lr
 from optax_lr._monitor import observe
 from optax_lr.aalr import aalr
 from optax_lr.aslr import aslr
+from optax_lr import flax_utils
+from optax_lr.flax_utils import apply_gradients
+from optax_lr.flax_utils import nnx_observe
+from optax_lr.flax_utils import nnx_update
 from optax_lr.hypergradient import hypergradient_descent
 from optax_lr.hypergradient import marthe
 from optax_lr.hypergradient import rtho
@@ -26,15 +30,19 @@ __version__ = "0.1.0"
 __all__ = [
     "RangeTestResult",
     "aalr",
+    "apply_gradients",
     "apply_updates",
     "aslr",
     "current_lr",
     "cyclic_schedule",
+    "flax_utils",
     "hypergradient_descent",
     "inverse_time_decay",
     "lr_range_test",
     "marthe",
     "newton_lr",
+    "nnx_observe",
+    "nnx_update",
     "observe",
     "per_epoch",
     "rtho",

@@ -160,7 +160,7 @@ def _injected_rates(tree: Any) -> list[Any]:
 
 
 def current_lr(opt_state: Any) -> Any:
-  """Returns the learning rate of the optax_lr method inside ``opt_state``.
+  r"""Returns the learning rate of the optax_lr method inside ``opt_state``.
 
   The method's state is found at any depth: inside ``optax.chain``,
   ``optax.MultiSteps``, ``optax.inject_hyperparams``, ``optax.partition`` and
@@ -171,6 +171,15 @@ def current_lr(opt_state: Any) -> Any:
   Several methods (for example one per ``optax.partition`` group) give a
   ``tuple`` of their rates, in the order ``jax.tree_util`` flattens the state:
   chain order for ``optax.chain``, sorted label order for ``optax.partition``.
+
+  What each method returns, for the update call that produced the state: the
+  rate :math:`\eta_t` of that update (hypergradient methods, ``newton_lr``,
+  AALR; a pytree of per-leaf rates with ``newton_lr(per_leaf=True)``) or, for
+  ASLR, the centre :math:`c = d \cdot 10^e` of the band its per-leaf rates are
+  drawn from. It is a pure function of arrays: return it from a jitted step to
+  log it. In a ``flax.nnx.Optimizer`` the state's leaves are ``nnx.Variable``
+  boxes updated in place: log ``float(...)`` of the result, or read
+  ``current_lr(nnx.as_pure(optimizer.opt_state))``.
 
   Args:
     opt_state: an optimizer state.
@@ -187,6 +196,11 @@ def current_lr(opt_state: Any) -> Any:
     >>> tx = optax.inject_hyperparams(optax.sgd)(learning_rate=0.5)
     >>> float(optax_lr.current_lr(tx.init({'w': 1.0})))
     0.5
+
+  References:
+    The rates are those of the methods' papers, cited in their docstrings
+    (``optax_lr.marthe``, ``optax_lr.newton_lr``, ``optax_lr.aslr``,
+    ``optax_lr.aalr``).
   """
   rates = [_METHODS[type(state)].learning_rate(state) for state, _ in _walk(opt_state)]
   if not rates:
@@ -202,11 +216,19 @@ def current_lr(opt_state: Any) -> Any:
 
 
 def observe(opt_state: Any, cost: Any) -> Any:
-  """Applies one epoch end with a monitored ``cost`` to every epoch-level method.
+  r"""Applies one epoch end with a monitored ``cost`` to every epoch-level method.
 
-  A pure function of arrays: call it inside or outside ``jit``; changing costs
-  never recompile. States without an epoch-level method are returned unchanged,
-  so a training loop can call it whatever optimizer it holds.
+  For every epoch-level method state :math:`s` found in ``opt_state``,
+
+  .. math::
+    s \leftarrow \mathrm{epoch\_end}(s, \mathrm{cost}),
+
+  the method's own decision (ASLR's digit search, AALR's halving, doubling,
+  checkpoint and rollback; a save or rollback it decides is carried out by the
+  next update call, which sees the params). A pure function of arrays: call it
+  inside or outside ``jit``; changing costs never recompile. States without an
+  epoch-level method are returned unchanged, so a training loop can call it
+  whatever optimizer it holds.
 
   Args:
     opt_state: an optimizer state.
@@ -221,6 +243,16 @@ def observe(opt_state: Any, cost: Any) -> Any:
     >>> state = optax.sgd(0.1).init({'w': jnp.ones(2)})
     >>> optax_lr.observe(state, 0.3) == state  # no epoch-level method inside
     True
+    >>> state = optax_lr.aslr(0.1).init({'w': jnp.ones(2)})
+    >>> state = optax_lr.observe(optax_lr.observe(state, 1.0), 2.0)  # worse
+    >>> print(round(float(optax_lr.current_lr(state)), 6))  # ASLR's search
+    0.2
+
+  References:
+    Khodamoradi, Denolf, Vissers, Kastner, "ASLR: An Adaptive Scheduler for
+    Learning Rate"; "A Simple Dynamic Learning Rate Tuning Algorithm for
+    Automated Training of DNNs", https://openreview.net/forum?id=rJxyqkSYDH
+    (the per-epoch decisions that ``observe`` feeds).
   """
   cost = jnp.asarray(cost)
 
@@ -245,14 +277,21 @@ def _land_on_checkpoint(checkpoint: Any, params: Any) -> Any:
 
 
 def apply_updates(params: Any, updates: Any, opt_state: Any) -> Any:
-  """``optax.apply_updates`` that lands exactly on a rolled-back checkpoint.
+  r"""``optax.apply_updates`` that lands exactly on a rolled-back checkpoint.
 
   A rollback update is ``checkpoint - params``; when ``params`` are NaN or Inf
   (the usual reason to roll back), ``params + update`` stays NaN. On the call
   where a method in ``opt_state`` rolled back, this returns the checkpoint
-  itself; on every other call it equals ``optax.apply_updates``. The choice is
-  a ``lax.cond`` on a scalar flag, so steps without a rollback do no extra
-  work over the trees.
+  itself; on every other call it equals ``optax.apply_updates``:
+
+  .. math::
+    w_{t+1} = \begin{cases} c & \text{if the update call rolled back to } c,
+    \\ w_t + u_t & \text{otherwise.} \end{cases}
+
+  The choice is a ``lax.cond`` on a scalar flag, so steps without a rollback
+  do no extra work over the trees. Flax users: ``optax_lr.nnx_update`` and
+  ``optax_lr.apply_gradients`` call it for ``nnx.Optimizer`` and
+  ``TrainState``.
 
   Args:
     params: the params the update call received.
@@ -269,6 +308,11 @@ def apply_updates(params: Any, updates: Any, opt_state: Any) -> Any:
     >>> updates, state = tx.update({'w': jnp.ones(2)}, tx.init(params))
     >>> optax_lr.apply_updates(params, updates, state)['w']
     Array([0.9, 0.9], dtype=float32)
+
+  References:
+    "A Simple Dynamic Learning Rate Tuning Algorithm for Automated Training
+    of DNNs" (AALR's checkpoint reloads),
+    https://openreview.net/forum?id=rJxyqkSYDH
   """
   new_params = optax.apply_updates(params, updates)
   for state, emitted in _walk(opt_state):

@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from optax_lr import _checks
 from optax_lr import _monitor
 from optax_lr._tree import accumulation_dtype
 
@@ -230,8 +231,10 @@ def aalr(
 
   Raises:
     ValueError: for a non-positive or non-finite ``learning_rate``, a bad
-      ``warmup_patience`` or ``steps_per_epoch``; at trace time when
-      ``params`` are missing or ``steps_per_epoch`` is set without ``value``.
+      ``warmup_patience`` or ``steps_per_epoch``, a ``direction`` that is not
+      an ``optax.GradientTransformation``; at trace time when ``params`` are
+      missing or not shaped like the updates, or ``steps_per_epoch`` is set
+      without ``value``.
 
   Example:
     >>> import jax.numpy as jnp, optax_lr
@@ -261,9 +264,9 @@ def aalr(
     )
   warmup_patience = _check_positive_int("warmup_patience", warmup_patience)
   steps_per_epoch = _check_positive_int("steps_per_epoch", steps_per_epoch, True)
-  direction = optax.with_extra_args_support(
-      optax.identity() if direction is None else direction
-  )
+  direction = optax.identity() if direction is None else direction
+  _checks.check_direction(direction)
+  direction = optax.with_extra_args_support(direction)
   initial_rate = float(learning_rate)
 
   def init_fn(params):
@@ -289,11 +292,13 @@ def aalr(
     )
 
   def update_fn(updates, state, params=None, *, value=None, **extra_args):
-    if params is None:
+    # `None` is also the empty params tree: missing only if updates are not.
+    if params is None and jax.tree_util.tree_leaves(updates):
       raise ValueError(
           "params: aalr saves and restores checkpoints of the params; call "
           "update(grads, state, params)."
       )
+    _checks.check_tree_like("params", params, updates, "the updates")
     dtype = state.best_cost.dtype
     rollback = state.pending == ROLLBACK
     save = state.pending == SAVE

@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from optax_lr import _checks
 from optax_lr import _monitor
 from optax_lr._tree import accumulation_dtype
 
@@ -228,7 +229,8 @@ def aslr(
 
   Raises:
     ValueError: for a non-positive or non-finite ``learning_rate`` (or one
-      outside ``[1e-30, 9e30]``), a bad ``steps_per_epoch`` or ``seed``; and at
+      outside ``[1e-30, 9e30]``), a bad ``steps_per_epoch`` or ``seed``, a
+      ``direction`` that is not an ``optax.GradientTransformation``; and at
       trace time when ``steps_per_epoch`` is set and ``value`` is missing.
 
   Example:
@@ -255,9 +257,9 @@ def aslr(
   steps_per_epoch = _check_steps_per_epoch(steps_per_epoch)
   if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
     raise ValueError(f"seed must be an int, got seed={seed!r}.")
-  direction = optax.with_extra_args_support(
-      optax.identity() if direction is None else direction
-  )
+  direction = optax.identity() if direction is None else direction
+  _checks.check_direction(direction)
+  direction = optax.with_extra_args_support(direction)
 
   def init_fn(params):
     dtype = accumulation_dtype(params)

@@ -57,6 +57,14 @@ Numerics:
   later, since it makes :math:`h_{t+1} = \langle Z_{t+1}, v_{t+1}\rangle`
   non-finite; this costs no reduction over the tree. The learning rate is
   never NaN, Inf or negative.
+
+Bad input fails loudly: a ``direction`` that is not an optax transformation
+raises ``ValueError`` at construction; a missing or non-callable ``loss_fn``,
+one that does not return a scalar float, and ``params`` or ``val_grads`` not
+shaped like the gradients (a ``(3, 2)`` leaf against a ``(2, 3)`` one would
+give a finite, wrong ``<Z, v>``) raise ``ValueError`` naming the argument
+when the update is traced. Tangents are created with ``zeros_like`` the
+params, so a state built from sharded params is sharded like them.
 """
 
 from __future__ import annotations
@@ -69,6 +77,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from optax_lr import _checks
 from optax_lr import _monitor
 from optax_lr._tree import accumulation_dtype
 from optax_lr._tree import tree_cosine
@@ -168,9 +177,9 @@ def _engine(
     name: str,
 ) -> optax.GradientTransformationExtraArgs:
   """The shared tangent engine; ``mu=None`` is the adaptive discount."""
-  direction = optax.with_extra_args_support(
-      optax.identity() if direction is None else direction
-  )
+  direction = optax.identity() if direction is None else direction
+  _checks.check_direction(direction)
+  direction = optax.with_extra_args_support(direction)
   adaptive_mu = mu is None
   # mu = 0 is HD: the tangent is -u_prev, no Z, no loss_fn, no HVP.
   uses_tangent = adaptive_mu or mu > 0
@@ -181,12 +190,15 @@ def _engine(
     dtype = accumulation_dtype(params)
     direction_state = direction.init(params)
     scalar = lambda x: jnp.asarray(x, dtype=dtype)
+    # `zeros_like` places each buffer like the leaf it mirrors: params sharded
+    # over a mesh give tangents sharded the same way, not a whole copy on
+    # one device.
     if uses_tangent:
       tangent = jax.tree_util.tree_map(
-          lambda p: jnp.zeros(jnp.shape(p), _tangent_dtype(p)), params
+          lambda p: jnp.zeros_like(p, dtype=_tangent_dtype(p)), params
       )
       direction_tangent = tuple(
-          jnp.zeros(jnp.shape(leaf), _tangent_dtype(leaf))
+          jnp.zeros_like(leaf, dtype=_tangent_dtype(leaf))
           for leaf in jax.tree_util.tree_leaves(direction_state)
           if _is_float(leaf)
       )
@@ -194,7 +206,7 @@ def _engine(
       tangent = direction_tangent = None
     u_prev = (
         jax.tree_util.tree_map(
-            lambda p: jnp.zeros(jnp.shape(p), jnp.result_type(p)), params
+            lambda p: jnp.zeros_like(p, dtype=jnp.result_type(p)), params
         )
         if keeps_u_prev
         else None
@@ -224,9 +236,13 @@ def _engine(
             "current batch for Hessian-vector products: call "
             "update(grads, state, params, loss_fn=lambda p: loss(p, batch))."
         )
-      if params is None:
+      # `None` is also the empty params tree: missing only if grads are not.
+      if params is None and jax.tree_util.tree_leaves(grads):
         raise ValueError(f"params: {name} with mu > 0 needs the params.")
+      _checks.check_tree_like("params", params, grads, "the gradients")
+      _checks.check_loss_fn(loss_fn, params, name)
     if val_grads is not None:
+      _checks.check_tree_like("val_grads", val_grads, grads, "the gradients")
       extra_args["val_grads"] = val_grads
     if loss_fn is not None:
       extra_args["loss_fn"] = loss_fn

@@ -382,12 +382,11 @@ def lr_range_test(
       without a ``learning_rate`` keyword.
 
   Example:
-    >>> import jax.numpy as jnp
-    >>> from optax_lr.range_test import lr_range_test
+    >>> import jax.numpy as jnp, optax_lr
     >>> loss_fn = lambda w, x: jnp.mean((x @ w - 1.0) ** 2)
     >>> batches = jnp.ones((4, 8, 3))  # 4 batches of 8 examples, 3 features
-    >>> res = lr_range_test(loss_fn, jnp.zeros(3), batches, min_lr=1e-4,
-    ...                     max_lr=10.0, num_steps=50)
+    >>> res = optax_lr.lr_range_test(loss_fn, jnp.zeros(3), batches, min_lr=1e-4,
+    ...                              max_lr=10.0, num_steps=50)
     >>> res.lrs.shape, res.smoothed.shape
     ((50,), (50,))
     >>> # SGD on this quadratic (curvature 6) blows up for rates above 1/3.

@@ -179,7 +179,8 @@ def cyclic_schedule(base_value, max_value, step_size_up, step_size_down=None,
     An ``optax.Schedule`` mapping a step count to the learning rate.
 
   Example:
-    >>> sched = cyclic_schedule(0.1, 1.0, step_size_up=2, step_size_down=4)
+    >>> import jax, jax.numpy as jnp, optax_lr
+    >>> sched = optax_lr.cyclic_schedule(0.1, 1.0, step_size_up=2, step_size_down=4)
     >>> values = jax.jit(sched)(jnp.arange(8))
     >>> [round(float(v), 4) for v in values]
     [0.1, 0.55, 1.0, 0.775, 0.55, 0.325, 0.1, 0.55]
@@ -248,10 +249,11 @@ def inverse_time_decay(init_value, decay_rate, transition_steps=1,
     An ``optax.Schedule`` mapping a step count to the learning rate.
 
   Example:
-    >>> sched = inverse_time_decay(1.0, decay_rate=0.5, transition_steps=2)
+    >>> import jax, jax.numpy as jnp, optax_lr
+    >>> sched = optax_lr.inverse_time_decay(1.0, decay_rate=0.5, transition_steps=2)
     >>> [round(float(v), 4) for v in jax.jit(sched)(jnp.arange(4))]
     [1.0, 0.8, 0.6667, 0.5714]
-    >>> stairs = inverse_time_decay(1.0, 0.5, 2, staircase=True)
+    >>> stairs = optax_lr.inverse_time_decay(1.0, 0.5, 2, staircase=True)
     >>> [round(float(v), 4) for v in jax.jit(stairs)(jnp.arange(4))]
     [1.0, 1.0, 0.6667, 0.6667]
 
@@ -405,7 +407,8 @@ def sgdr_schedule(init_value, first_period, period_mult=1,
     An ``optax.Schedule`` mapping a step count to the learning rate.
 
   Example:
-    >>> sched = sgdr_schedule(1.0, first_period=2, period_mult=2)
+    >>> import jax, jax.numpy as jnp, optax_lr
+    >>> sched = optax_lr.sgdr_schedule(1.0, first_period=2, period_mult=2)
     >>> values = jax.jit(sched)(jnp.arange(8))
     >>> [round(float(v), 4) for v in values]
     [1.0, 0.5, 1.0, 0.8536, 0.5, 0.1464, 1.0, 0.9619]
@@ -457,8 +460,9 @@ def per_epoch(schedule, steps_per_epoch) -> optax.Schedule:
     for its epoch.
 
   Example:
+    >>> import jax, jax.numpy as jnp, optax, optax_lr
     >>> decay = optax.exponential_decay(1.0, transition_steps=1, decay_rate=0.5)
-    >>> sched = per_epoch(decay, steps_per_epoch=3)
+    >>> sched = optax_lr.per_epoch(decay, steps_per_epoch=3)
     >>> [round(float(v), 4) for v in jax.jit(sched)(jnp.arange(7))]
     [1.0, 1.0, 1.0, 0.5, 0.5, 0.5, 0.25]
 

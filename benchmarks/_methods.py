@@ -1,0 +1,345 @@
+"""The one list of methods the benchmarks run, with what each one needs.
+
+Every script (``compare``, ``speed``, ``robustness``) takes its methods from
+here; no script names a method. A :class:`Method` says:
+
+* how to build it from the swept *initial rate* ``lr`` (and the number of
+  update calls per epoch, for the methods that count in epochs);
+* which extra arguments its ``update`` needs (``value``, ``loss_fn``,
+  ``val_grads``: see :func:`extra_args`);
+* whether it is epoch-level, i.e. driven by ``optax_lr.observe(state,
+  validation_loss)`` at each epoch end;
+* how to read its effective learning rate from its state (``lr_of``), and which
+  params to evaluate (``eval_params``: schedule-free SGD evaluates its
+  averaged iterate).
+
+The hyperparameters other than the initial rate are fixed here, once, for
+every task and every initial rate: the papers' defaults where they give one,
+otherwise a value chosen once on digits and then left alone (the point of the
+robustness figures is what a method does when only the initial rate is wrong).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import optax
+import optax.contrib
+
+import optax_lr
+
+EXTRA_ARG_NAMES = ("value", "loss_fn", "val_grads")
+
+# The rate of the hand-picked SGD reference and of the timed steps.
+HAND_PICKED_SGD_LR = 0.1
+SPEED_LR = 0.01
+# Update calls per epoch assumed by the timed steps (newton_lr's window is a
+# third of it, 200 steps: no window end in a timed round of 20 steps is
+# likely, and the window end is a lax.cond anyway).
+SPEED_STEPS_PER_EPOCH = 600
+
+
+def _fresh(tx: optax.GradientTransformation) -> optax.GradientTransformationExtraArgs:
+  """``tx`` whose ``init`` copies every buffer.
+
+  Several optax.contrib states keep the initial params as they are given
+  (prodigy's ``params0``, dog's ``init_params``, mechanize's ``x0``,
+  schedule-free's ``z``): a train step that donates both params and state
+  would then donate one buffer twice.
+  """
+  tx = optax.with_extra_args_support(tx)
+
+  def init(params):
+    return jax.tree_util.tree_map(lambda x: jnp.array(x, copy=True), tx.init(params))
+
+  return optax.GradientTransformationExtraArgs(init, tx.update)
+
+
+def _find(state: Any, cls: type) -> Any:
+  leaves = jax.tree_util.tree_leaves(state, is_leaf=lambda x: isinstance(x, cls))
+  found = [leaf for leaf in leaves if isinstance(leaf, cls)]
+  if len(found) != 1:
+    raise ValueError(f"expected one {cls.__name__} in the state, found {len(found)}")
+  return found[0]
+
+
+def _f32(x) -> jax.Array:
+  return jnp.asarray(x, jnp.float32)
+
+
+def _optax_lr_rate(state, lr0):
+  del lr0
+  return _f32(optax_lr.current_lr(state))
+
+
+def _constant_rate(state, lr0):
+  del state
+  return _f32(lr0)
+
+
+def _plateau_rate(state, lr0):
+  del lr0
+  return (_f32(optax_lr.current_lr(state))
+          * _f32(_find(state, optax.contrib.ReduceLROnPlateauState).scale))
+
+
+def _prodigy_rate(state, lr0):
+  del lr0  # prodigy's learning_rate is a multiplier kept at 1; lr0 is its d0
+  return _f32(_find(state, optax.contrib.ProdigyState).estim_lr)
+
+
+def _dog_rate(state, lr0):
+  # After an update, dog's state holds the max distance and the gradient sum
+  # that the update used; only the first step (distance still 0) used lr0.
+  dog = _find(state, optax.contrib.DoGState)
+  rate = dog.max_dist / jnp.sqrt(dog.sum_sq_norm_grads + 1e-8)
+  return jnp.where(dog.max_dist > 0, _f32(rate), _f32(lr0))
+
+
+def _mechanic_rate(state, lr0):
+  del lr0  # the base optimizer is sgd(1.0): the rate is mechanic's scale
+  return _f32(jnp.sum(_find(state, optax.contrib.MechanicState).s))
+
+
+def _identity_params(state, params):
+  del state
+  return params
+
+
+def _schedule_free_params(state, params):
+  return optax.contrib.schedule_free_eval_params(
+      _find(state, optax.contrib.ScheduleFreeState), params
+  )
+
+
+_MECHANIC_BETAS = 6
+
+
+@dataclasses.dataclass(frozen=True)
+class Method:
+  """One method as the benchmarks run it.
+
+  Attributes:
+    name: the row name in every table.
+    make: ``(lr, steps_per_epoch) -> GradientTransformationExtraArgs``.
+    library: ``"optax_lr"`` or ``"optax"``.
+    needs: extra args of ``update``, from ``EXTRA_ARG_NAMES``.
+    epoch_level: at each epoch end the train loop calls
+      ``optax_lr.observe(state, validation_loss)``.
+    observe_initial: also observe the initial model's validation loss before
+      the first update (AALR's forward pass through the initial model).
+    lr_of: ``(state, lr) -> f32 scalar``, the effective rate, for the plots.
+    eval_params: ``(state, params) -> params`` to evaluate.
+    fixed_lr: not swept: one run at this rate, whatever the initial rates.
+    hvp: timing anchor only: the step adds one Hessian-vector product.
+    rate_means: what the swept initial rate sets, for the tables' notes.
+  """
+
+  name: str
+  make: Callable[[float, int], optax.GradientTransformationExtraArgs]
+  library: str = "optax_lr"
+  needs: tuple[str, ...] = ()
+  epoch_level: bool = False
+  observe_initial: bool = False
+  lr_of: Callable[[Any, float], jax.Array] = _optax_lr_rate
+  eval_params: Callable[[Any, Any], Any] = _identity_params
+  fixed_lr: Optional[float] = None
+  hvp: bool = False
+  rate_means: str = "the initial learning rate"
+
+  def __post_init__(self):
+    unknown = set(self.needs) - set(EXTRA_ARG_NAMES)
+    if unknown:
+      raise ValueError(f"{self.name}: unknown extra args {sorted(unknown)}")
+
+  def build(self, lr: float, steps_per_epoch: int) -> optax.GradientTransformationExtraArgs:
+    rate = self.fixed_lr if self.fixed_lr is not None else lr
+    return _fresh(self.make(rate, steps_per_epoch))
+
+  def rate(self, lr: float) -> float:
+    return self.fixed_lr if self.fixed_lr is not None else lr
+
+
+def extra_args(needs: Sequence[str], *, loss, batch_loss, val_grads_fn) -> dict:
+  """The keyword arguments a method's ``update`` needs at this step.
+
+  Args:
+    needs: the method's ``needs``.
+    loss: the training loss of the batch (``value``).
+    batch_loss: ``params -> loss`` on the batch (``loss_fn``, for HVPs).
+    val_grads_fn: ``() -> grads`` of the validation objective at the current
+      params, only called when ``val_grads`` is needed.
+  """
+  extra = {}
+  if "value" in needs:
+    extra["value"] = loss
+  if "loss_fn" in needs:
+    extra["loss_fn"] = batch_loss
+  if "val_grads" in needs:
+    extra["val_grads"] = val_grads_fn()
+  return extra
+
+
+def _standard_promotion(tx):
+  """``tx`` traced under standard dtype promotion.
+
+  optax's adam and reduce_on_plateau mix dtypes that a session with strict
+  promotion (the test suite's) rejects; the optax.contrib methods are wrapped
+  too, which changes nothing in the traced program.
+  """
+  tx = optax.with_extra_args_support(tx)
+
+  def init(params):
+    with jax.numpy_dtype_promotion("standard"):
+      return tx.init(params)
+
+  def update(updates, state, params=None, **extra):
+    with jax.numpy_dtype_promotion("standard"):
+      return tx.update(updates, state, params, **extra)
+
+  return optax.GradientTransformationExtraArgs(init, update)
+
+
+# ------------------------------------------------------------- optax_lr
+
+# Hypergradient hyper-learning rates. HD's additive step is in units of
+# <g_t, u_{t-1}> (loss-gradient scale), the multiplicative one is scale-free;
+# RTHO/MARTHE read E = the validation loss of a validation minibatch, as the
+# MARTHE paper's experiments do; HD keeps Baydin et al.'s E = L.
+HD_HYPER_LR = 1e-3
+HD_MULT_HYPER_LR = 5e-2
+RTHO_HYPER_LR = 1e-4
+MARTHE_HYPER_LR_STEP = 1e-3
+
+OPTAX_LR_METHODS: tuple[Method, ...] = (
+    Method(
+        "hd",
+        lambda lr, n: optax_lr.hypergradient_descent(lr, HD_HYPER_LR),
+    ),
+    Method(
+        "hd_mult",
+        lambda lr, n: optax_lr.hypergradient_descent(
+            lr, HD_MULT_HYPER_LR, multiplicative=True),
+    ),
+    Method(
+        "rtho",
+        lambda lr, n: optax_lr.rtho(lr, RTHO_HYPER_LR),
+        needs=("loss_fn", "val_grads"),
+    ),
+    Method(
+        "marthe",
+        lambda lr, n: optax_lr.marthe(lr, hyper_lr_step=MARTHE_HYPER_LR_STEP),
+        needs=("loss_fn", "val_grads"),
+    ),
+    Method(
+        "newton_lr",
+        lambda lr, n: optax_lr.newton_lr(lr, steps_per_epoch=n),
+    ),
+    Method(
+        "aslr",
+        lambda lr, n: optax_lr.aslr(lr),
+        epoch_level=True,
+        rate_means="the initial centre (rounded to one digit)",
+    ),
+    Method(
+        "aalr",
+        lambda lr, n: optax_lr.aalr(lr),
+        epoch_level=True,
+        observe_initial=True,
+    ),
+)
+
+# ------------------------------------------------------------- optax's own
+
+BASELINES: tuple[Method, ...] = (
+    # inject_hyperparams keeps SGD's rate in the state, so runs from several
+    # rates share one compilation (see _train.train_rates).
+    Method("sgd", lambda lr, n: optax.inject_hyperparams(optax.sgd)(lr),
+           library="optax"),
+    Method("sgd_hand_picked", lambda lr, n: optax.sgd(lr), library="optax",
+           lr_of=_constant_rate, fixed_lr=HAND_PICKED_SGD_LR,
+           rate_means=f"nothing: SGD at the hand-picked {HAND_PICKED_SGD_LR}"),
+    Method(
+        "reduce_on_plateau",
+        lambda lr, n: _standard_promotion(optax.chain(
+            optax.inject_hyperparams(optax.sgd)(lr),
+            optax.contrib.reduce_on_plateau(
+                factor=0.5, patience=3, accumulation_size=n),
+        )),
+        library="optax",
+        needs=("value",),
+        lr_of=_plateau_rate,
+        rate_means="SGD's rate before any reduction (epoch-mean training loss)",
+    ),
+    Method(
+        "prodigy",
+        lambda lr, n: _standard_promotion(optax.contrib.prodigy(1.0, estim_lr0=lr)),
+        library="optax",
+        lr_of=_prodigy_rate,
+        rate_means="d0 (estim_lr0), the initial Adam-scale step estimate",
+    ),
+    Method(
+        "dog",
+        lambda lr, n: optax.contrib.dog(1.0, init_step=("learning_rate", lr)),
+        library="optax",
+        lr_of=_dog_rate,
+        rate_means="the first step's rate (init_step='learning_rate')",
+    ),
+    Method(
+        "mechanize",
+        lambda lr, n: _standard_promotion(optax.contrib.mechanize(
+            optax.sgd(1.0), s_init=lr / _MECHANIC_BETAS,
+            num_betas=_MECHANIC_BETAS)),
+        library="optax",
+        lr_of=_mechanic_rate,
+        rate_means="the initial scale sum(s) over sgd(1.0)",
+    ),
+    Method(
+        "schedule_free_sgd",
+        lambda lr, n: optax.contrib.schedule_free_sgd(lr),
+        library="optax",
+        lr_of=_constant_rate,
+        eval_params=_schedule_free_params,
+    ),
+)
+
+# ------------------------------------------------------------- timing anchors
+
+SPEED_ANCHORS: tuple[Method, ...] = (
+    Method("sgd", lambda lr, n: optax.sgd(lr), library="optax"),
+    Method("sgd_momentum", lambda lr, n: optax.sgd(lr, momentum=0.9), library="optax"),
+    Method("adam", lambda lr, n: _standard_promotion(optax.adam(lr)), library="optax"),
+    Method("reduce_on_plateau",
+           lambda lr, n: _standard_promotion(optax.chain(
+               optax.sgd(lr),
+               optax.contrib.reduce_on_plateau(accumulation_size=n))),
+           library="optax", needs=("value",)),
+    Method("prodigy",
+           lambda lr, n: _standard_promotion(optax.contrib.prodigy(1.0, estim_lr0=lr)),
+           library="optax"),
+    Method("dadapt_adamw",
+           lambda lr, n: _standard_promotion(
+               optax.contrib.dadapt_adamw(1.0, estim_lr0=lr)),
+           library="optax"),
+    Method("dog", lambda lr, n: optax.contrib.dog(1.0), library="optax"),
+    Method("mechanize",
+           lambda lr, n: _standard_promotion(optax.contrib.mechanize(optax.sgd(1.0))),
+           library="optax"),
+    Method("grad_hvp_sgd", lambda lr, n: optax.sgd(lr), library="optax", hvp=True),
+)
+
+COMPARE_METHODS: tuple[Method, ...] = OPTAX_LR_METHODS + BASELINES
+
+
+def by_name(methods: Sequence[Method], names: Optional[Sequence[str]]) -> list[Method]:
+  """The methods named (all when ``names`` is empty), in registry order."""
+  if not names:
+    return list(methods)
+  known = {m.name: m for m in methods}
+  unknown = [n for n in names if n not in known]
+  if unknown:
+    raise ValueError(f"unknown methods {unknown}; known: {sorted(known)}")
+  return [m for m in methods if m.name in set(names)]

@@ -1,0 +1,179 @@
+"""Bad hyperparameters and bad extra arguments fail loudly, naming the argument.
+
+* Every factory rejects each bad hyperparameter at construction with a
+  `ValueError` whose message names it.
+* For every method of the contract suite's `METHODS`, a bad extra argument
+  (wrong shapes, wrong tree, not callable, not a scalar) or bad params either
+  raise a `ValueError` naming the argument while the update is traced, or are
+  provably ignored: the update then equals the one made without that argument
+  (or with the right params). A missing argument the method needs raises a
+  `ValueError` naming it. No bad input gives a silently different result.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import optax_lr
+
+import _reliability as rel
+
+# ---------------------------------------------------------------- factories
+
+FACTORIES = {
+    "hypergradient_descent": (
+        optax_lr.hypergradient_descent, dict(learning_rate=0.1, hyper_lr=1e-3)),
+    "rtho": (optax_lr.rtho, dict(learning_rate=0.1, hyper_lr=1e-3)),
+    "marthe": (optax_lr.marthe, dict(learning_rate=0.1, hyper_lr_step=1e-3)),
+    "newton_lr": (optax_lr.newton_lr, dict(learning_rate=0.1, update_every=5)),
+    "aslr": (optax_lr.aslr, dict(learning_rate=0.1)),
+    "aalr": (optax_lr.aalr, dict(learning_rate=0.1)),
+}
+
+_EVERY_FACTORY = {
+    "learning_rate": [-0.1, math.nan, math.inf, "0.1", None, True, np.ones(2), 1j],
+    "direction": ["sgd", optax.sgd, 0.9],
+}
+_SPECIFIC = {
+    "hypergradient_descent": {
+        "hyper_lr": [-1.0, math.nan, math.inf, "x", None],
+        "multiplicative": ["yes", 1],
+    },
+    "rtho": {"hyper_lr": [-1.0, math.nan, math.inf, "x", None]},
+    "marthe": {
+        "hyper_lr": [-1.0, math.nan, "x"],
+        "hyper_lr_step": [-1.0, math.nan, math.inf, "x", None],
+        "mu": [-0.1, 1.5, math.nan, "x"],
+    },
+    "newton_lr": {
+        "update_every": [0, -3, 2.5, "5", True],
+        "gamma": [0.0, -1.0, math.nan, math.inf],
+        "max_factor": [0.5, math.nan, math.inf, -1.0],
+        "fraction": [0.0, -0.1, math.inf],
+        "per_leaf": ["yes"],
+    },
+    "aslr": {
+        "steps_per_epoch": [0, -4, 2.5, "4", True],
+        "seed": [1.5, "3", None, True],
+    },
+    "aalr": {
+        "steps_per_epoch": [0, -4, 2.5, "4", True],
+        "warmup_patience": [0, -1, 2.5, "10", True, None],
+    },
+}
+
+HYPERPARAMETER_CASES = [
+    (factory, name, value)
+    for factory in FACTORIES
+    for table in (_EVERY_FACTORY, _SPECIFIC[factory])
+    for name, values in table.items()
+    for value in values
+]
+
+
+@pytest.mark.parametrize(
+    "factory,name,value", HYPERPARAMETER_CASES,
+    ids=[f"{f}-{n}={v!r}"[:60] for f, n, v in HYPERPARAMETER_CASES],
+)
+def test_bad_hyperparameter_fails_at_construction_naming_it(factory, name, value):
+  make, good = FACTORIES[factory]
+  make(**good)  # the good arguments are good
+  with pytest.raises(ValueError, match=name):
+    make(**{**good, name: value})
+
+
+def test_newton_lr_needs_exactly_one_window_length():
+  for kwargs in ({}, {"update_every": 5, "steps_per_epoch": 20}):
+    with pytest.raises(ValueError, match="update_every"):
+      optax_lr.newton_lr(0.1, **kwargs)
+
+
+# ---------------------------------------------------------------- extra args
+
+PARAMS = {"w": jnp.arange(6.0, dtype=jnp.float32).reshape(2, 3) / 10, "b": jnp.ones(3)}
+
+
+def _loss(params):
+  return jnp.sum(params["w"] ** 2) + jnp.sum(jnp.sin(params["b"]))
+
+
+GRADS = jax.grad(_loss)(PARAMS)
+GOOD = {"value": _loss(PARAMS), "loss_fn": _loss, "val_grads": GRADS}
+
+BAD = {
+    "value": [jnp.ones(3)],
+    "loss_fn": [3.0, lambda p: p["b"], lambda p: (_loss(p), 0.0)],
+    "val_grads": [
+        {"w": GRADS["w"].T, "b": GRADS["b"]},  # same size, wrong shape
+        {"w": GRADS["w"]},
+        [GRADS["w"], GRADS["b"]],
+    ],
+    # Missing, and a scalar where a vector belongs (it would broadcast).
+    "params": [None, {"w": PARAMS["w"], "b": jnp.float32(1.0)}],
+}
+BAD_CASES = [(name, i) for name, values in BAD.items() for i in range(len(values))]
+
+
+@functools.lru_cache(maxsize=None)
+def _warm_state(case):
+  """The state after three steps: tangents, previous directions, windows and
+  accumulators are nonzero, so a misused argument would change the result."""
+  tx = case.make(case.parabola_lr)
+  params, state = PARAMS, tx.init(PARAMS)
+  for _ in range(3):
+    extra = {name: GOOD[name] for name in case.needs}
+    updates, state = tx.update(jax.grad(_loss)(params), state, params, **extra)
+    params = optax.apply_updates(params, updates)
+  return tx, state
+
+
+def _update(tx, state, params, extra):
+  return tx.update(GRADS, state, params, **extra)
+
+
+@functools.lru_cache(maxsize=None)
+def _reference(case, name):
+  """The update with the right params and without ``name`` (``None`` when
+  the method needs ``name``: then it must raise, naming it)."""
+  tx, state = _warm_state(case)
+  extra = {n: GOOD[n] for n in case.needs if n != name}
+  try:
+    return _update(tx, state, PARAMS, extra)
+  except ValueError as error:
+    assert name in str(error), f"the message does not name {name}: {error}"
+    return None
+
+
+@pytest.mark.parametrize("name,index", BAD_CASES, ids=[f"{n}{i}" for n, i in BAD_CASES])
+@pytest.mark.parametrize("case", rel.METHODS, ids=rel.case_id)
+def test_bad_argument_raises_naming_it_or_is_ignored(case, name, index):
+  tx, state = _warm_state(case)
+  needed = {n: GOOD[n] for n in case.needs}
+  bad = BAD[name][index]
+  try:
+    if name == "params":
+      result = _update(tx, state, bad, needed)
+    else:
+      result = _update(tx, state, PARAMS, {**needed, name: bad})
+  except ValueError as error:
+    assert name in str(error), f"the message does not name {name}: {error}"
+    return
+  reference = _reference(case, name)
+  assert reference is not None, f"a bad {name} was accepted in place of a needed one"
+  rel.assert_trees_identical(result, reference)
+
+
+@pytest.mark.parametrize("case", [c for c in rel.METHODS if c.needs], ids=rel.case_id)
+def test_missing_needed_argument_raises_naming_it(case):
+  tx, state = _warm_state(case)
+  for name in case.needs:
+    extra = {n: GOOD[n] for n in case.needs if n != name}
+    with pytest.raises(ValueError, match=name):
+      jax.jit(lambda s: _update(tx, s, PARAMS, extra))(state)

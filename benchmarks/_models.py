@@ -1,4 +1,4 @@
-"""The benchmarks' models, in flax linen, as ``(init, loss_fn, logits_fn)``.
+"""The benchmarks' models, in flax linen, as pure functions of their params.
 
 Every model is a :class:`Model`: ``init(key) -> params``, ``logits(params, x)``
 and ``loss(params, (x, y))`` (mean softmax cross-entropy), pure functions of a
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import flax.linen as nn
 import jax
@@ -89,5 +89,3 @@ def cnn2d(shape: tuple[int, int, int] = (32, 32, 3), channels: Sequence[int] = (
   return Model(f"cnn-{'x'.join(map(str, shape))}-{'-'.join(map(str, channels))}",
                CNN2DModule(tuple(channels), classes), tuple(shape))
 
-
-ModelFactory = Callable[..., Model]

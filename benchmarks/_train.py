@@ -16,7 +16,6 @@ import dataclasses
 import math
 import time
 import warnings
-from typing import Any
 
 import jax
 import jax.numpy as jnp

@@ -139,7 +139,7 @@ def _check(case, spec, masked):
 
 @pytest.mark.parametrize("case", CASES, ids=rel.case_id)
 @settings(
-    max_examples=5,
+    max_examples=4,
     deadline=None,
     derandomize=True,
     suppress_health_check=[HealthCheck.too_slow],

@@ -163,3 +163,14 @@ def ratio_table(times: dict[str, float], baseline: str) -> str:
   for name, sec in times.items():
     lines.append(f"{name:<{width}}  {1e3 * sec:>9.3f}  {sec / base:>7.3f}")
   return "\n".join(lines)
+
+
+def write_json(report: Any, path: str) -> None:
+  """Writes ``report`` as indented JSON to ``path``, creating its folder."""
+  import json  # pylint: disable=g-import-not-at-top
+  import os  # pylint: disable=g-import-not-at-top
+
+  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+  with open(path, "w") as f:
+    json.dump(report, f, indent=2)
+  print(f"wrote {path}")

@@ -22,8 +22,6 @@ median ratio over the runs, and writes everything to
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import platform
 
 import jax
@@ -123,10 +121,7 @@ def main(argv=None) -> dict:
         "runs_seconds_per_step": runs,
     }
 
-  os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-  with open(args.out, "w") as f:
-    json.dump(report, f, indent=2)
-  print(f"wrote {args.out}")
+  _harness.write_json(report, args.out)
   return report
 
 

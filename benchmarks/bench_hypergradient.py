@@ -24,8 +24,6 @@ Prints per-step times and ratios, and writes them to
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import platform
 
 import jax
@@ -149,10 +147,7 @@ def main(argv=None) -> dict:
     target = report["targets"][name]
     print(f"{name}: {ratio:.3f} (target <= {target:.2f})")
 
-  os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-  with open(args.out, "w") as f:
-    json.dump(report, f, indent=2)
-  print(f"wrote {args.out}")
+  _harness.write_json(report, args.out)
   return report
 
 

@@ -19,8 +19,6 @@ Writes results/bench_newton.json.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import platform
 
 import jax
@@ -83,9 +81,7 @@ def main(argv=None):
         f"{target:.2f}x target)")
   print(f"newton_adam / adam = {ratios['newton_adam']:.3f} (information)")
 
-  os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-  with open(args.out, "w") as f:
-    json.dump({
+  _harness.write_json({
         "benchmark": "newton",
         "model": list(sizes),
         "batch_size": batch_size,
@@ -98,8 +94,7 @@ def main(argv=None):
         "seconds_per_step": times,
         "ratio_to_adam": ratios,
         "target": {"newton_sgd / adam": target, "met": ratios["newton_sgd"] <= target},
-    }, f, indent=2)
-  print(f"wrote {args.out}")
+    }, args.out)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ logic with the weight update.
 """
 
 from optax_lr._monitor import apply_updates
+from optax_lr._monitor import best_params
 from optax_lr._monitor import current_lr
 from optax_lr._monitor import observe
 from optax_lr.aalr import aalr
@@ -33,6 +34,7 @@ __all__ = [
     "apply_gradients",
     "apply_updates",
     "aslr",
+    "best_params",
     "current_lr",
     "cyclic_schedule",
     "flax_utils",

@@ -8,7 +8,9 @@ as they like. This module finds the optax_lr method states inside it:
 * :func:`observe` applies one epoch end, with a monitored cost such as a
   validation loss, to every epoch-level method (ASLR, AALR);
 * :func:`apply_updates` is ``optax.apply_updates`` that also honours a
-  checkpoint rollback decided by a method (AALR).
+  checkpoint rollback decided by a method (AALR);
+* :func:`best_params` returns the best model a method checkpointed (AALR),
+  for the end of training.
 
 Methods plug in through :func:`register_method`, called once by the module
 that defines the method's state ``NamedTuple``; nothing here names a method.
@@ -32,6 +34,7 @@ import optax
 __all__ = [
     "EpochWindow",
     "apply_updates",
+    "best_params",
     "current_lr",
     "maybe_epoch_end",
     "observe",
@@ -44,12 +47,14 @@ __all__ = [
 State = Any
 EpochEndFn = Callable[[State, jax.Array], State]
 RollbackFn = Callable[[State], tuple[jax.Array, Any]]
+BestParamsFn = Callable[[State], tuple[jax.Array, Any]]
 
 
 class _MethodSpec(NamedTuple):
   learning_rate: Callable[[State], Any]
   epoch_end: Optional[EpochEndFn]
   rollback: Optional[RollbackFn]
+  best_params: Optional[BestParamsFn]
 
 
 class _WrapperSpec(NamedTuple):
@@ -67,6 +72,7 @@ def register_method(
     learning_rate: Callable[[State], Any] = lambda state: state.learning_rate,
     epoch_end: Optional[EpochEndFn] = None,
     rollback: Optional[RollbackFn] = None,
+    best_params: Optional[BestParamsFn] = None,
 ) -> type:
   """Registers a method's state type with the monitor.
 
@@ -77,15 +83,20 @@ def register_method(
     epoch_end: ``(state, cost) -> state``, one epoch end with a scalar cost,
       applied by :func:`observe`. ``None`` for step-level methods, which
       :func:`observe` leaves untouched.
-    rollback: ``state -> (rolled_back, checkpoint)``: ``rolled_back`` is a
-      scalar bool, true when the update call that produced ``state`` returned
+    rollback: ``state -> (rolled_back, checkpoint)`` (or ``None`` when this
+      state holds no checkpoint): ``rolled_back`` is a scalar bool, true when the update call that produced ``state`` returned
       a rollback to ``checkpoint`` (a params-like pytree).
       :func:`apply_updates` then lands exactly on ``checkpoint``.
+    best_params: ``state -> (has_best, checkpoint)`` (or ``None`` when this
+      state holds no checkpoint): ``has_best`` is a scalar bool, true when
+      ``checkpoint`` (a params-like pytree) is the method's best model;
+      :func:`best_params` then returns it, else the caller's params. ``None``
+      for methods that keep no checkpoint.
 
   Returns:
     ``state_type``, so this can decorate the class.
   """
-  _METHODS[state_type] = _MethodSpec(learning_rate, epoch_end, rollback)
+  _METHODS[state_type] = _MethodSpec(learning_rate, epoch_end, rollback, best_params)
   return state_type
 
 
@@ -317,9 +328,10 @@ def apply_updates(params: Any, updates: Any, opt_state: Any) -> Any:
   new_params = optax.apply_updates(params, updates)
   for state, emitted in _walk(opt_state):
     rollback = _METHODS[type(state)].rollback
-    if rollback is None:
+    found = None if rollback is None else rollback(state)
+    if found is None:  # no rollback machinery (e.g. safety_net=False)
       continue
-    rolled_back, checkpoint = rollback(state)
+    rolled_back, checkpoint = found
     new_params = jax.lax.cond(
         jnp.logical_and(rolled_back, emitted),
         lambda c, p: _land_on_checkpoint(c, p),
@@ -328,6 +340,78 @@ def apply_updates(params: Any, updates: Any, opt_state: Any) -> Any:
         new_params,
     )
   return new_params
+
+
+def best_params(opt_state: Any, params: Any) -> Any:
+  r"""Returns the best model checkpointed by a method in ``opt_state``.
+
+  For the end of training: a method that keeps a checkpoint of its best model
+  (AALR) may end a run past it, with params that trained on at a rate still
+  being explored. For each such method found in ``opt_state`` (inside
+  ``optax.chain``, ``optax.MultiSteps``, ``optax.inject_hyperparams``,
+  ``optax.partition``, ...),
+
+  .. math::
+    w^\star = \begin{cases} c & \text{if the method's checkpoint } c
+    \text{ is its best model,} \\ w & \text{otherwise,} \end{cases}
+
+  leaf by leaf over the params the method owns (under ``optax.partition``
+  the others keep ``params``' values). States without such a method give
+  ``params`` back unchanged. The choice is a ``lax.cond`` on a scalar flag,
+  so it runs inside ``jit``.
+
+  AALR's checkpoint is its best model in phase 2 (the lowest cost ``L*`` seen
+  at a check), and ``params`` are returned in phase 1, which saves no best
+  model (its checkpoint is the initial model, which is not the best) and
+  whose current params close a run of good epochs. Two exceptions follow the
+  pending decision of the last epoch end: with a save pending, ``params``
+  (the model that just improved on ``L*``, which the save would store); with
+  a rollback pending, the checkpoint (the current params made things worse
+  or diverged, and training would go on from the checkpoint).
+
+  Args:
+    opt_state: an optimizer state.
+    params: the current params, as ``apply_updates`` returned them after the
+      last update call.
+
+  Returns:
+    The best params, a pytree like ``params``.
+
+  Example:
+    >>> import jax.numpy as jnp, optax_lr
+    >>> tx = optax_lr.aalr(0.5, warmup_patience=1)
+    >>> params = {'w': jnp.array([1.0, 2.0])}
+    >>> state = optax_lr.observe(tx.init(params), 4.0)  # the initial model
+    >>> def step(params, state):
+    ...   updates, state = tx.update({'w': jnp.ones(2)}, state, params)
+    ...   return optax_lr.apply_updates(params, updates, state), state
+    >>> params, state = step(params, state)  # w = [0.5, 1.5]
+    >>> state = optax_lr.observe(state, 3.0)  # good: phase 2, save pending
+    >>> params, state = step(params, state)  # saves [0.5, 1.5]; w = [-0.5, 0.5]
+    >>> state = optax_lr.observe(state, 3.5)  # not better than L* = 3
+    >>> optax_lr.best_params(state, params)['w']
+    Array([0.5, 1.5], dtype=float32)
+
+  References:
+    "A Simple Dynamic Learning Rate Tuning Algorithm for Automated Training
+    of DNNs" (AALR's checkpoint of the best model),
+    https://openreview.net/forum?id=rJxyqkSYDH
+  """
+  best = params
+  for state, _ in _walk(opt_state):
+    hook = _METHODS[type(state)].best_params
+    found = None if hook is None else hook(state)
+    if found is None:  # this state keeps no checkpoint
+      continue
+    has_best, checkpoint = found
+    best = jax.lax.cond(
+        has_best,
+        lambda c, p: _land_on_checkpoint(c, p),
+        lambda c, p: p,
+        checkpoint,
+        best,
+    )
+  return best
 
 
 # --------------------------------------------------------------------------

@@ -9,10 +9,17 @@ training of DNNs" compares each epoch's loss ``L`` with the best loss ``L*``:
   rate a second chance, then halves it and doubles the patience; a diverged
   (NaN) loss reloads the last checkpoint.
 
+A checkpoint holds the params, the direction state and their cost, as the
+paper saves and loads "θ and L*" together: every rollback restores ``L*`` to
+the checkpoint's cost (in phase 1 the initial model's cost, or ``+inf`` when
+none was observed), so a restart is judged against the model it restarts
+from, not against the best epoch of the abandoned attempt.
+
 Checkpoints need params, and ``optax_lr.observe`` sees only the state, so a
 save or rollback decided at an epoch end is *pending* until the next update
 call carries it out. ``optax_lr.apply_updates`` lands exactly on the
-checkpoint on a rollback call, even from NaN params.
+checkpoint on a rollback call, even from NaN params, and
+``optax_lr.best_params`` reads the best model at the end of training.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from optax_lr import _checkpoint
 from optax_lr import _checks
 from optax_lr import _monitor
 from optax_lr._tree import accumulation_dtype
@@ -47,6 +55,10 @@ class AALRState(NamedTuple):
   learning_rate: jax.Array  # [] float32 (f64 under x64 params): η.
   phase: jax.Array  # [] int32: 1 (initial exploration) or 2 (binary exploration).
   best_cost: jax.Array  # [] float32 (f64 under x64): L*, +inf until a cost is seen.
+  # [] float32 (f64 under x64): the cost of `checkpoint`, what every rollback
+  # restores L* to: +inf at init, the initial model's cost when one is observed
+  # before the first update call, then L* at each save.
+  checkpoint_cost: jax.Array
   good_epochs: jax.Array  # [] int32: phase 1's counter i of good epochs in a row.
   warmup_patience: jax.Array  # [] int32: good epochs that end phase 1 (constant).
   patience: jax.Array  # [] int32: phase 2's p, epochs between checks.
@@ -80,8 +92,13 @@ def _epoch_end(state: AALRState, cost: jax.Array) -> AALRState:
   dtype = state.best_cost.dtype
   cost = jnp.asarray(cost).astype(dtype)
   # The paper's "L is NaN" is a diverged loss: +inf (overflow) and -inf are
-  # no more a loss to compare than NaN is.
-  diverged = jnp.logical_not(jnp.isfinite(cost))
+  # no more a loss to compare than NaN is; nor is a loss that blew up to
+  # more than ten times L* (the safety net's test, `_checkpoint`), which
+  # would otherwise train on from a wrecked model until it overflows.
+  best = state.best_cost
+  blown_up = jnp.isfinite(best) & (
+      cost > best + (_checkpoint.DIVERGENCE_FACTOR - 1) * jnp.abs(best))
+  diverged = jnp.logical_not(jnp.isfinite(cost)) | blown_up
   lr = state.learning_rate
   halved = _clamp_rate(lr * jnp.asarray(0.5, dtype))
   doubled = _clamp_rate(lr * jnp.asarray(2.0, dtype))
@@ -94,7 +111,10 @@ def _epoch_end(state: AALRState, cost: jax.Array) -> AALRState:
   p1 = dict(
       learning_rate=jnp.where(bad, halved, jnp.where(switches, doubled, lr)),
       phase=jnp.where(switches, 2, 1),
-      best_cost=jnp.where(bad, state.best_cost, cost),
+      # A rollback reloads the initial model and its cost (+inf if none was
+      # seen): the restart must beat where it starts from, not the best
+      # epoch of the attempt it abandons.
+      best_cost=jnp.where(bad, state.checkpoint_cost, cost),
       good_epochs=good_epochs,
       patience=jnp.where(switches, 1, state.patience),
       epochs_to_check=jnp.where(switches, 1, state.epochs_to_check),
@@ -110,29 +130,32 @@ def _epoch_end(state: AALRState, cost: jax.Array) -> AALRState:
   lower = check & jnp.logical_not(improved | retry)  # NaN, or no gain twice.
   raise_ = check & improved
   patience = jnp.where(raise_, 1, jnp.where(lower, patience_up, state.patience))
+  rolls_back = lower & diverged
   p2 = dict(
       learning_rate=jnp.where(raise_, doubled, jnp.where(lower, halved, lr)),
       phase=jnp.asarray(2),
-      best_cost=jnp.where(raise_, cost, state.best_cost),
+      # Loading the checkpoint loads its L* too (the paper's lines 21, 37).
+      best_cost=jnp.where(
+          raise_, cost, jnp.where(rolls_back, state.checkpoint_cost, state.best_cost)
+      ),
       good_epochs=state.good_epochs,
       patience=patience,
       epochs_to_check=jnp.where(check, patience, left),
       second_chance=jnp.where(check, retry, state.second_chance),
-      pending=jnp.where(
-          raise_, SAVE, jnp.where(lower & diverged, ROLLBACK, NONE)
-      ),
+      pending=jnp.where(raise_, SAVE, jnp.where(rolls_back, ROLLBACK, NONE)),
   )
 
   in_phase_2 = state.phase == 2
   new = {name: jnp.where(in_phase_2, p2[name], p1[name]) for name in p1}
 
   # A cost seen before the first update call is the paper's forward pass
-  # through the initial model: it sets L* and nothing else.
+  # through the initial model: it sets L* and the cost of the initial model,
+  # phase 1's checkpoint, and nothing else.
   initial = state.count == 0
   new = {name: jnp.where(initial, getattr(state, name), value) for name, value in new.items()}
-  new["best_cost"] = jnp.where(
-      initial & jnp.logical_not(diverged), cost, new["best_cost"]
-  )
+  sets_initial = initial & jnp.logical_not(diverged)
+  new["best_cost"] = jnp.where(sets_initial, cost, new["best_cost"])
+  new["checkpoint_cost"] = jnp.where(sets_initial, cost, state.checkpoint_cost)
 
   # Two epoch ends with no update call between them: a pending rollback stays
   # a rollback (a save right after it would store the checkpoint itself);
@@ -146,10 +169,24 @@ def _epoch_end(state: AALRState, cost: jax.Array) -> AALRState:
   })
 
 
+def _best_params(state: AALRState) -> tuple[jax.Array, Any]:
+  """``(has_best, checkpoint)`` for ``optax_lr.best_params``.
+
+  The checkpoint is the best model in phase 2, and the model a pending
+  rollback lands on. Otherwise the caller's params are the answer: phase 1
+  saves no best model (its checkpoint is the initial one), and a pending save
+  is about to store the caller's params.
+  """
+  rollback = state.pending == ROLLBACK
+  saved_best = (state.phase == 2) & (state.pending == NONE)
+  return rollback | saved_best, state.checkpoint
+
+
 _monitor.register_method(
     AALRState,
     epoch_end=_epoch_end,
     rollback=lambda state: (state.rolled_back, state.checkpoint),
+    best_params=_best_params,
 )
 
 
@@ -164,10 +201,6 @@ def _check_positive_int(name, value, allow_none=False):
   return int(value)
 
 
-def _fresh_copy(tree: Any) -> Any:
-  return jax.tree_util.tree_map(lambda x: jnp.array(x, copy=True), tree)
-
-
 def aalr(
     learning_rate: float = 0.1,
     *,
@@ -179,41 +212,50 @@ def aalr(
 
   Each update call returns :math:`-\eta\, u_t` with
   ``(u_t, s') = direction.update(g_t, s, params)``. At each epoch end with
-  cost ``L`` (``L*`` starts at ``+inf``; a cost observed before the first
-  update call is the paper's forward pass through the initial model and only
-  sets ``L*``):
+  cost ``L`` (``L*`` and ``L_0`` start at ``+inf``; a cost observed before
+  the first update call is the paper's forward pass through the initial model
+  and only sets both: ``L_0`` is the initial model's cost):
 
   * Phase 1: if ``L > L*`` or ``L`` diverged: ``η ← η/2``, roll back to the
-    initial params with a fresh direction state, ``i = 0``; else ``L* = L``,
-    ``i += 1``. After ``warmup_patience`` good epochs in a row: save a
-    checkpoint, go to phase 2, ``η ← 2η``, ``p = 1``.
+    initial params with a fresh direction state, ``L* ← L_0``, ``i = 0``;
+    else ``L* = L``, ``i += 1``. After ``warmup_patience`` good epochs in a
+    row: save a checkpoint, go to phase 2, ``η ← 2η``, ``p = 1``.
   * Phase 2 checks after every ``p`` epochs. Diverged: ``η ← η/2``, roll back
-    to the checkpoint (params and direction state), ``p ← 2p``. ``L < L*``:
-    ``L* = L``, save a checkpoint, ``η ← 2η``, ``p = 1``. Otherwise, the first
-    time: train ``p`` more epochs (the second chance); the second time:
-    ``η ← η/2``, ``p ← 2p``. Costs between checks are not looked at.
+    to the checkpoint (params, direction state and ``L*``), ``p ← 2p``.
+    ``L < L*``: ``L* = L``, save a checkpoint, ``η ← 2η``, ``p = 1``.
+    Otherwise, the first time: train ``p`` more epochs (the second chance);
+    the second time: ``η ← η/2``, ``p ← 2p``. Costs between checks are not
+    looked at.
 
   "Diverged" is the paper's "L is NaN": a NaN, ``+inf`` or ``-inf`` cost (an
   exploding loss overflows to inf before it turns NaN). A large but finite
-  loss is just not an improvement. ``L*`` changes only where the paper sets
-  it: a phase-1 rollback keeps the best loss seen (the next epoch from the
-  initial params must beat it), and loading a phase-2 checkpoint reloads the
-  ``L*`` saved with it, which is the current one. ``η`` is kept within the
-  normal positive floats, so it is never 0, inf or NaN.
+  loss is just not an improvement. A checkpoint carries its cost
+  (``checkpoint_cost``), as the paper saves and loads "θ and L*" together,
+  and every rollback restores ``L*`` to it: in phase 1 that is ``L_0``, the
+  initial model's cost, or ``+inf`` when none was observed (the next epoch is
+  then accepted); in phase 2 the ``L*`` of the last save. So a restart is
+  judged against the model it restarts from: were it held to the best epoch
+  of the attempt it abandoned, which one epoch from scratch can rarely beat,
+  one noisy epoch would halve ``η`` for ever. ``η`` is kept within the normal
+  positive floats, so it is never 0, inf or NaN.
 
   Saves and rollbacks decided at an epoch end are ``pending`` until the next
-  update call: a save stores the params that call receives and its direction
-  state, then steps as usual; a rollback returns ``checkpoint - params`` with
-  no gradient step, restores the direction state and sets ``rolled_back``, so
-  that ``optax_lr.apply_updates`` lands exactly on the checkpoint (also from
-  NaN params). Both are ``lax.cond`` branches: other calls read and copy no
-  checkpoint, and their step fuses with the gradient and with
-  ``params + updates`` as plain SGD's does. In ``steps_per_epoch`` mode a rollback call trains nothing, so its
-  ``value`` (the loss of the discarded params) belongs to no epoch window.
+  update call: a save stores the params that call receives, its direction
+  state and ``L*``, then steps as usual; a rollback returns
+  ``checkpoint - params`` with no gradient step, restores the direction state
+  and ``L*`` (the epoch end that decided it restored ``L*`` already; costs
+  observed since then were those of the discarded params) and sets
+  ``rolled_back``, so that ``optax_lr.apply_updates`` lands exactly on the
+  checkpoint (also from NaN params). Both are ``lax.cond`` branches: other
+  calls read and copy no checkpoint, and their step fuses with the gradient
+  and with ``params + updates`` as plain SGD's does. In ``steps_per_epoch``
+  mode a rollback call trains nothing, so its ``value`` (the loss of the
+  discarded params) belongs to no epoch window.
   Two epoch ends with no update call between them: a pending rollback stays
   pending (saving right after it would store the checkpoint itself), else the
   later decision wins. Extra buffers: one params checkpoint and one copy of
-  the direction state.
+  the direction state. At the end of training, ``optax_lr.best_params``
+  returns the checkpoint where it is the best model (phase 2).
 
   Args:
     learning_rate: the initial η, ``> 0`` (the paper uses 0.1).
@@ -226,8 +268,9 @@ def aalr(
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` whose update needs
-    ``params``. The state exposes ``phase``, ``best_cost``, ``good_epochs``,
-    ``patience``, ``epochs_to_check``, ``second_chance`` and ``pending``.
+    ``params``. The state exposes ``phase``, ``best_cost``,
+    ``checkpoint_cost``, ``good_epochs``, ``patience``, ``epochs_to_check``,
+    ``second_chance`` and ``pending``.
 
   Raises:
     ValueError: for a non-positive or non-finite ``learning_rate``, a bad
@@ -246,6 +289,8 @@ def aalr(
     >>> state = optax_lr.observe(state, 6.0)  # worse: halve, roll back
     >>> print(float(optax_lr.current_lr(state)), int(state.pending))
     0.2 2
+    >>> float(state.best_cost)  # L* of the model it rolls back to
+    5.0
     >>> updates, state = tx.update({'w': jnp.ones(2)}, state, params)
     >>> optax_lr.apply_updates(params, updates, state)['w']
     Array([1., 2.], dtype=float32)
@@ -276,6 +321,7 @@ def aalr(
         learning_rate=_clamp_rate(jnp.full([], initial_rate, dtype)),
         phase=jnp.ones([], jnp.int32),
         best_cost=jnp.full([], jnp.inf, dtype),
+        checkpoint_cost=jnp.full([], jnp.inf, dtype),
         good_epochs=jnp.zeros([], jnp.int32),
         warmup_patience=jnp.full([], warmup_patience, jnp.int32),
         patience=jnp.ones([], jnp.int32),
@@ -285,8 +331,8 @@ def aalr(
         rolled_back=jnp.zeros([], jnp.bool_),
         # The initial params are phase 1's checkpoint, and their fresh
         # direction state is what every phase-1 rollback restores.
-        checkpoint=_fresh_copy(params),
-        checkpoint_inner=_fresh_copy(direction.init(params)),
+        checkpoint=_checkpoint.fresh_copy(params),
+        checkpoint_inner=_checkpoint.fresh_copy(direction.init(params)),
         window=_monitor.window_init(dtype),
         inner_state=direction.init(params),
     )
@@ -299,55 +345,38 @@ def aalr(
           "update(grads, state, params)."
       )
     _checks.check_tree_like("params", params, updates, "the updates")
-    dtype = state.best_cost.dtype
     rollback = state.pending == ROLLBACK
     save = state.pending == SAVE
     extra = extra_args if value is None else {**extra_args, "value": value}
-    out_dtypes = jax.tree_util.tree_map(lambda g: jnp.result_type(g), updates)
-
-    # Save: the params and direction state this call receives. The identity
-    # branch passes the checkpoint through untouched (no copy). The int32
-    # `token` is a data dependence on the save for what follows.
-    checkpoint, checkpoint_inner, token = jax.lax.cond(
+    # Save: the params and direction state this call receives, and L*, their
+    # cost; rollback: `checkpoint - params` instead of the step, and the
+    # direction state restored. The shared machinery of `_checkpoint`: both
+    # are lax.conds, so ordinary calls read and copy no checkpoint.
+    saved, updates = _checkpoint.save_if(
         save,
-        lambda: (_fresh_copy(params), _fresh_copy(state.inner_state), jnp.int32(1)),
-        lambda: (state.checkpoint, state.checkpoint_inner, jnp.int32(0)),
-    )
-    # Tying each gradient leaf to the token orders the save before the step
-    # overwrites the params and the direction state in place (XLA would
-    # otherwise copy them on every call), leaf by leaf, so each leaf's step
-    # can still fuse with its gradient as soon as that is computed.
-    updates = jax.tree_util.tree_map(
-        lambda g: jax.lax.optimization_barrier((g, token))[0], updates
+        _checkpoint.Checkpoint(
+            params=state.checkpoint, direction_state=state.checkpoint_inner,
+            cost=state.checkpoint_cost, rate=state.learning_rate,
+        ),
+        params, state.inner_state, state.learning_rate, state.best_cost, updates,
     )
     u, stepped_inner = direction.update(updates, state.inner_state, params, **extra)
-    rate = -state.learning_rate
-    one = jnp.ones([], dtype)
-
-    # Rollback: `checkpoint - params` instead of the step, chosen leaf by leaf.
-    # The cond only picks what to scale and by how much: on ordinary calls it
-    # passes `u` through untouched, so `rate * u` still fuses with the
-    # caller's `params + updates` (and with the gradient) as in plain SGD.
-    def leaf_update(x, c, p, dt):
-      x, scale = jax.lax.cond(
-          rollback,
-          lambda: ((c - p).astype(x.dtype), one),
-          lambda: (x, rate),
-      )
-      return (scale * x.astype(dtype)).astype(dt)
-
-    new_updates = jax.tree_util.tree_map(leaf_update, u, checkpoint, params, out_dtypes)
-    inner_state = jax.tree_util.tree_map(
-        lambda new, saved: jax.lax.cond(
-            rollback, lambda: jnp.array(saved, copy=True), lambda: new
-        ),
-        stepped_inner, checkpoint_inner,
+    new_updates = _checkpoint.step_or_rollback(
+        rollback, u, -state.learning_rate, saved.params, params, updates
+    )
+    inner_state = _checkpoint.restore_if(rollback, stepped_inner, saved.direction_state)
+    checkpoint, checkpoint_inner, checkpoint_cost = (
+        saved.params, saved.direction_state, saved.cost
     )
     state = state._replace(
         count=optax.safe_increment(state.count),
+        # The epoch end that decided the rollback restored L* already; epoch
+        # ends since then judged params this call discards.
+        best_cost=jnp.where(rollback, checkpoint_cost, state.best_cost),
         pending=jnp.full([], NONE, jnp.int32),
         rolled_back=rollback,
         checkpoint=checkpoint,
+        checkpoint_cost=checkpoint_cost,
         checkpoint_inner=checkpoint_inner,
         inner_state=inner_state,
     )

@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from optax_lr import _checkpoint
 from optax_lr import _checks
 from optax_lr import _monitor
 from optax_lr._tree import accumulation_dtype
@@ -52,6 +53,9 @@ class ASLRState(NamedTuple):
   leaf_rates: Any  # params-like tree of [] float32: rates drawn at the last call.
   window: _monitor.EpochWindow  # the training-loss window (steps_per_epoch mode).
   inner_state: Any  # the direction's state.
+  # The safety net (checkpoint saved at improvements, rollback on a diverged
+  # epoch or loss); None with safety_net=False.
+  safety: Optional[_checkpoint.SafetyNetState] = None
 
 
 def _pow10_magnitude(exponent: jax.Array, dtype) -> jax.Array:
@@ -120,6 +124,9 @@ def _epoch_end(state: ASLRState, cost: jax.Array) -> ASLRState:
 
   digit = jnp.where(improved, state.digit, digit)
   exponent = jnp.where(improved, state.exponent, exponent)
+  if state.safety is not None:
+    state = state._replace(
+        safety=_checkpoint.net_epoch_end(state.safety, cost, state.min_cost))
   return state._replace(
       learning_rate=_centre(digit, exponent, dtype),
       digit=digit,
@@ -131,7 +138,24 @@ def _epoch_end(state: ASLRState, cost: jax.Array) -> ASLRState:
   )
 
 
-_monitor.register_method(ASLRState, epoch_end=_epoch_end)
+def _rolled_back(state):
+  net = state.safety
+  return None if net is None else (net.rolled_back, net.checkpoint.params)
+
+
+_monitor.register_method(ASLRState, epoch_end=_epoch_end, rollback=_rolled_back)
+
+
+def _backed_off(state: ASLRState) -> dict:
+  """The search after a rollback: the centre a decade lower, not searching."""
+  exponent = jnp.maximum(state.exponent - 1, _MIN_EXP).astype(jnp.int32)
+  return dict(
+      learning_rate=_centre(state.digit, exponent, state.min_cost.dtype),
+      exponent=exponent,
+      radius=jnp.zeros_like(state.radius),
+      walked=jnp.zeros_like(state.walked),
+      search_dir=jnp.ones_like(state.search_dir),
+  )
 
 
 def _split_initial_rate(learning_rate) -> tuple[int, int]:
@@ -180,6 +204,7 @@ def aslr(
     steps_per_epoch: Optional[int] = None,
     seed: int = 0,
     direction: Optional[optax.GradientTransformation] = None,
+    safety_net: bool = True,
 ) -> optax.GradientTransformationExtraArgs:
   r"""ASLR: random per-leaf rates around a centre found by a digit search.
 
@@ -243,7 +268,7 @@ def aslr(
     >>> state = optax_lr.observe(state, 2.0)   # worse: the search starts
     >>> print(round(float(optax_lr.current_lr(state)), 6))
     0.2
-    >>> updates, state = tx.update({'w': jnp.ones(3)}, state)
+    >>> updates, state = tx.update({'w': jnp.ones(3)}, state, {'w': jnp.ones(3)})
     >>> rate = float(state.leaf_rates['w'])
     >>> 0.15 <= rate <= 0.25, bool(jnp.allclose(updates['w'], -rate))
     (True, True)
@@ -261,8 +286,13 @@ def aslr(
   _checks.check_direction(direction)
   direction = optax.with_extra_args_support(direction)
 
+  if not isinstance(safety_net, (bool, np.bool_)):
+    raise ValueError(f"safety_net must be a bool, got safety_net={safety_net!r}.")
+  safety_net = bool(safety_net)
+
   def init_fn(params):
     dtype = accumulation_dtype(params)
+    direction_state = direction.init(params)
     digit = jnp.asarray(digit0, jnp.int32)
     exponent = jnp.asarray(exponent0, jnp.int32)
     centre = _centre(digit, exponent, dtype)
@@ -279,11 +309,29 @@ def aslr(
         # Before the first draw the leaves' rates are the centre.
         leaf_rates=jax.tree_util.tree_map(lambda _: jnp.array(centre, copy=True), params),
         window=_monitor.window_init(dtype),
-        inner_state=direction.init(params),
+        inner_state=direction_state,
+        safety=(_checkpoint.net_init(params, direction_state, centre)
+                if safety_net else None),
     )
 
   def update_fn(updates, state, params=None, *, value=None, **extra_args):
     dtype = state.min_cost.dtype
+    net = state.safety
+    if safety_net:
+      if params is None and jax.tree_util.tree_leaves(updates):
+        raise ValueError(
+            "params: aslr's safety net saves and restores checkpoints of the "
+            "params; call update(grads, state, params), or build it with "
+            "safety_net=False."
+        )
+      _checks.check_tree_like("params", params, updates, "the updates")
+      # Saves happen at improving epoch ends; a diverged epoch, or a
+      # non-finite or blown-up training loss, rolls back.
+      save, rollback, cost = _checkpoint.net_decide(
+          net, value, jnp.asarray(True), epoch_saves=True)
+      checkpoint, updates = _checkpoint.save_if(
+          save, net.checkpoint, params, state.inner_state, state.learning_rate,
+          cost, updates)
     u, inner_state = direction.update(
         updates, state.inner_state, params, **_direction_extra_args(value, extra_args)
     )
@@ -301,10 +349,23 @@ def aslr(
     rates = jax.random.uniform(subkey, (len(u_leaves),), dtype, low, high)
     # Scaled in the accumulation dtype and cast back once: a bf16 leaf keeps
     # its dtype without the rate being rounded to bf16 first.
-    new_leaves = [
-        (-rates[i] * leaf.astype(dtype)).astype(leaf.dtype)
-        for i, leaf in enumerate(u_leaves)
-    ]
+    if safety_net:
+      new_updates = _checkpoint.step_or_rollback(
+          rollback, u, u_def.unflatten([-rates[i] for i in range(len(u_leaves))]),
+          checkpoint.params, params, updates)
+      inner_state = _checkpoint.restore_if(
+          rollback, inner_state, checkpoint.direction_state)
+      backed_off = _backed_off(state)
+      state = state._replace(
+          safety=_checkpoint.net_update(net, checkpoint, save, rollback, cost),
+          **{name: jnp.where(rollback, value_, getattr(state, name))
+             for name, value_ in backed_off.items()},
+      )
+    else:
+      new_updates = u_def.unflatten([
+          (-rates[i] * leaf.astype(dtype)).astype(leaf.dtype)
+          for i, leaf in enumerate(u_leaves)
+      ])
     state = state._replace(
         count=optax.safe_increment(state.count),
         key=key,
@@ -313,10 +374,21 @@ def aslr(
     )
     if steps_per_epoch is not None:
       window, is_end, cost = _monitor.window_step(state.window, value, steps_per_epoch)
+      if safety_net:
+        # A rollback call trains nothing: its loss belongs to no epoch.
+        window = jax.tree_util.tree_map(
+            lambda old, new: jnp.where(rollback, old, new), state.window, window)
+        is_end = is_end & jnp.logical_not(rollback)
       # Only the scalars go through the cond; the epoch end reads nothing else.
-      search = state._replace(leaf_rates=None, inner_state=None, window=window)
+      net = state.safety
+      search = state._replace(
+          leaf_rates=None, inner_state=None, window=window,
+          safety=None if net is None else net._replace(checkpoint=None))
       search = _monitor.maybe_epoch_end(search, is_end, cost, _epoch_end)
-      state = search._replace(leaf_rates=state.leaf_rates, inner_state=state.inner_state)
-    return u_def.unflatten(new_leaves), state
+      state = search._replace(
+          leaf_rates=state.leaf_rates, inner_state=state.inner_state,
+          safety=None if net is None else search.safety._replace(
+              checkpoint=net.checkpoint))
+    return new_updates, state
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)

@@ -37,6 +37,40 @@ with gradient :math:`g_t`, :math:`v_t = \nabla E(w_t)` and
    with no hand-written recursion; integer state leaves (Adam's ``count``)
    carry no tangent.
 
+Defaults (no hyper-hyperparameter to tune):
+
+* ``hyper_lr=None`` (HD, RTHO) is a scale-free rule: the hypergradient is
+  normalised by the norms it multiplies, :math:`\hat h_t = h_t / (\|Z_t\|
+  \|v_t\|) \in [-1, 1]` (a cosine, as Baydin et al.'s multiplicative rule
+  uses), and :math:`\eta_t = \eta_{t-1} \exp(-\beta \hat h_t)` with
+  :math:`\beta` = ``DEFAULT_HYPER_LR`` = 0.02: at most 2% per step, whatever
+  the scale of the loss, and never 0 or negative. HD with
+  ``multiplicative=True`` keeps its own rule with the same default
+  :math:`\beta`.
+* ``hyper_lr_step=None`` (MARTHE) is the paper's own :math:`\kappa`
+  selection (Section 4: start high, decimate until the learning system does
+  not diverge), run inside the train step: the scale-free :math:`\hat h`
+  above drives :math:`\beta_t = \mathrm{clip}(\beta_{t-1} + \kappa \hat h_t
+  \hat h_{t-1}, 0, 0.5)` and :math:`\eta_t = \eta_{t-1}\exp(-\beta_t \hat
+  h_t)`; :math:`\kappa` starts at ``DEFAULT_HYPER_LR_STEP`` = 0.01 and every
+  divergence (below) rolls back to the last checkpoint, divides
+  :math:`\kappa` by 10 and restarts :math:`\beta` from 0.
+* An explicit number keeps the paper's additive rule exactly.
+
+The safety net (``safety_net=True``, the default; ``optax_lr._checkpoint``):
+every ``SAVE_EVERY`` = 20 healthy calls (with a training loss ``value`` no
+worse than the checkpoint's, when given) the params and the direction state
+are saved; a divergence (non-finite gradients, a non-finite ``value`` or one
+above ten times its reference, and under :math:`\kappa` selection a rate
+leaving its band) rolls back to them in the same call, resets the tangents,
+and sets the rate to the checkpoint's (then a tenth of it for each further
+divergence from the same checkpoint). The rate is kept within
+:math:`[\eta_0 / 10^4, \eta_0 \cdot 10^4]` (``RATE_BAND``); a tangent that
+pushes it below the floor is stale (with :math:`\mu = 1` it remembers
+directions taken at far larger rates) and restarts. Memory: one params copy
+and one copy of the direction state; ``safety_net=False`` removes both (and
+the ``params`` argument is then optional for HD).
+
 Numerics:
 
 * Tangents (:math:`Z` and the direction-state tangent) are stored per leaf in
@@ -77,10 +111,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from optax_lr import _checkpoint
 from optax_lr import _checks
 from optax_lr import _monitor
 from optax_lr._tree import accumulation_dtype
 from optax_lr._tree import tree_cosine
+from optax_lr._tree import tree_sum_squares
 from optax_lr._tree import tree_vdot
 
 __all__ = [
@@ -114,9 +150,37 @@ class HypergradientState(NamedTuple):
   # which never reads it.
   u_prev: Any
   direction_state: Any  # the direction's own state s_{t+1}.
+  # [] A: kappa, the step that adapts beta (MARTHE); its kappa selection
+  # divides it by 10 at every rollback. 0 when beta is fixed.
+  hyper_lr_step: jax.Array
+  # The safety net (checkpoint, costs, rollback flags); None with
+  # safety_net=False.
+  safety: Optional[_checkpoint.SafetyNetState]
 
 
-_monitor.register_method(HypergradientState)
+def _rolled_back(state):
+  net = state.safety
+  if net is None:
+    return None
+  return net.rolled_back, net.checkpoint.params
+
+
+_monitor.register_method(HypergradientState, rollback=_rolled_back)
+
+
+# --------------------------------------------------------------------------
+# Defaults (``hyper_lr=None``, ``hyper_lr_step=None``): module docstring.
+
+# beta of the scale-free rule eta_t = eta_{t-1} exp(-beta cos_t): at most
+# ~2% change per step, a factor e^2 = 7.4 over 100 steps that all agree.
+DEFAULT_HYPER_LR = 0.02
+# MARTHE's kappa selection starts here ("high") and divides by 10 at every
+# rollback; beta (scale-free) stays within [0, MAX_NORMALIZED_HYPER_LR].
+DEFAULT_HYPER_LR_STEP = 1e-2
+MAX_NORMALIZED_HYPER_LR = 0.5
+# With the safety net, the rate stays within [eta_0 / RATE_BAND,
+# eta_0 * RATE_BAND]; leaving it is a divergence under kappa selection.
+RATE_BAND = 1e4
 
 
 # --------------------------------------------------------------------------
@@ -134,6 +198,12 @@ def _scalar(name: str, value: Any) -> float:
   if not math.isfinite(x):
     raise ValueError(f"{name} must be finite, got {value!r}")
   return x
+
+
+def _bool(name: str, value: Any) -> bool:
+  if not isinstance(value, (bool, np.bool_)):
+    raise ValueError(f"{name} must be a bool, got {name}={value!r}")
+  return bool(value)
 
 
 def _non_negative(name: str, value: Any) -> float:
@@ -173,10 +243,18 @@ def _engine(
     hyper_lr_step: float,
     mu: Optional[float],
     multiplicative: bool,
+    normalized: bool,
+    select_kappa: bool,
+    safety_net: bool,
     direction: Optional[optax.GradientTransformation],
     name: str,
 ) -> optax.GradientTransformationExtraArgs:
-  """The shared tangent engine; ``mu=None`` is the adaptive discount."""
+  """The shared tangent engine; ``mu=None`` is the adaptive discount.
+
+  ``normalized``: the scale-free rule of ``hyper_lr=None`` (module docstring,
+  "Defaults"); ``select_kappa``: MARTHE's kappa selection (rollback and
+  kappa / 10 on divergence); ``safety_net``: checkpoints and rollbacks.
+  """
   direction = optax.identity() if direction is None else direction
   _checks.check_direction(direction)
   direction = optax.with_extra_args_support(direction)
@@ -185,6 +263,11 @@ def _engine(
   uses_tangent = adaptive_mu or mu > 0
   keeps_u_prev = not uses_tangent or adaptive_mu
   adapts_beta = hyper_lr_step > 0
+  # The band that keeps the rate from running away or collapsing for good.
+  if safety_net and learning_rate > 0:
+    band = (learning_rate / RATE_BAND, learning_rate * RATE_BAND)
+  else:
+    band = None
 
   def init_fn(params):
     dtype = accumulation_dtype(params)
@@ -211,6 +294,10 @@ def _engine(
         if keeps_u_prev
         else None
     )
+    safety = (
+        _checkpoint.net_init(params, direction_state, scalar(learning_rate))
+        if safety_net else None
+    )
     return HypergradientState(
         count=jnp.zeros([], jnp.int32),
         learning_rate=scalar(learning_rate),
@@ -222,10 +309,12 @@ def _engine(
         direction_tangent=direction_tangent,
         u_prev=u_prev,
         direction_state=direction_state,
+        hyper_lr_step=scalar(hyper_lr_step),
+        safety=safety,
     )
 
   def update_fn(updates, state, params=None, *, loss_fn=None, val_grads=None,
-                **extra_args):
+                value=None, **extra_args):
     grads = updates
     objective_grads = grads if val_grads is None else val_grads
     dtype = state.learning_rate.dtype
@@ -236,16 +325,17 @@ def _engine(
             "current batch for Hessian-vector products: call "
             "update(grads, state, params, loss_fn=lambda p: loss(p, batch))."
         )
-      # `None` is also the empty params tree: missing only if grads are not.
-      if params is None and jax.tree_util.tree_leaves(grads):
-        raise ValueError(f"params: {name} with mu > 0 needs the params.")
-      _checks.check_tree_like("params", params, grads, "the gradients")
+      _check_params(params, grads, name)
       _checks.check_loss_fn(loss_fn, params, name)
+    if safety_net:
+      _check_params(params, grads, name)
     if val_grads is not None:
       _checks.check_tree_like("val_grads", val_grads, grads, "the gradients")
       extra_args["val_grads"] = val_grads
     if loss_fn is not None:
       extra_args["loss_fn"] = loss_fn
+    if value is not None:
+      extra_args["value"] = value
 
     # Steps 1-2: the hypergradient h_t = <Z_t, v_t> and the one-step
     # hypergradient g1 = -<u_{t-1}, v_t> (equal to h_t when mu = 0).
@@ -265,13 +355,24 @@ def _engine(
     else:
       mu_t = state.mu
     horizon = state.mu * (1 + state.horizon)
+    if normalized or safety_net:
+      # |v_t|^2: finite exactly when the objective's gradient is, whatever
+      # the tangent does (an overflowing tangent only resets it, below).
+      objective_sq = tree_sum_squares(objective_grads).astype(dtype)
+    if normalized:
+      # The scale-free hypergradient: h_t / (|Z_t| |v_t|), a cosine in [-1, 1].
+      tangent = state.tangent if uses_tangent else state.u_prev
+      norms = jnp.sqrt(tree_sum_squares(tangent).astype(dtype)) * jnp.sqrt(objective_sq)
+      h = _safe_ratio(h, norms)
+      finite = finite & jnp.isfinite(norms)
 
     # Step 3: beta grows when consecutive hypergradients agree (gradient
     # descent on beta; the paper's printed minus sign would shrink it).
+    kappa = state.hyper_lr_step
     if adapts_beta:
-      beta_t = jnp.maximum(
-          state.hyper_lr + hyper_lr_step * h * state.hypergradient, 0
-      )
+      beta_t = jnp.maximum(state.hyper_lr + kappa * h * state.hypergradient, 0)
+      if normalized:
+        beta_t = jnp.minimum(beta_t, MAX_NORMALIZED_HYPER_LR)
     else:
       beta_t = state.hyper_lr
 
@@ -279,6 +380,9 @@ def _engine(
     if multiplicative:
       cosine = tree_cosine(state.u_prev, objective_grads).astype(dtype)
       eta_t = jnp.maximum(state.learning_rate * (1 + beta_t * cosine), 0)
+    elif normalized:
+      # exp keeps the rate positive: it can shrink, never reach 0.
+      eta_t = state.learning_rate * jnp.exp(-beta_t * h)
     else:
       eta_t = jnp.maximum(state.learning_rate - beta_t * h, 0)
 
@@ -291,8 +395,43 @@ def _engine(
     horizon = keep(horizon, state.horizon)
     h_kept = keep(h, state.hypergradient)
 
-    # Steps 5-6: the direction, and (mu > 0) the JVP of the whole step.
+    # The safety net: a non-finite hypergradient (NaN/Inf gradients, HVPs or
+    # overflow) or a blown-up loss rolls back to the last checkpoint with a
+    # smaller rate; under kappa selection so does a rate leaving its band.
     direction_state = state.direction_state
+    net = state.safety
+    if safety_net:
+      # Training diverged when the gradients did; a non-finite hypergradient
+      # with finite gradients is an overflowing tangent, which the guard
+      # above handles by resetting it.
+      healthy = jnp.isfinite(objective_sq) & jnp.isfinite(eta_t)
+      if select_kappa and band is not None:
+        healthy = healthy & (eta_t >= band[0]) & (eta_t <= band[1])
+      save, rollback, cost = _checkpoint.net_decide(net, value, healthy)
+      checkpoint, grads = _checkpoint.save_if(
+          save, net.checkpoint, params, direction_state, state.learning_rate,
+          cost, grads,
+      )
+      eta_t = jnp.where(
+          rollback, _checkpoint.backoff_rate(eta_t, net, checkpoint), eta_t
+      )
+      if select_kappa:
+        kappa = jnp.where(rollback, kappa / 10, kappa)
+        beta_t = jnp.where(rollback, jnp.zeros_like(beta_t), beta_t)
+      h_kept = jnp.where(rollback, jnp.zeros_like(h_kept), h_kept)
+      finite = finite & jnp.logical_not(rollback)
+    if band is not None:
+      pushed_below = eta_t < band[0]
+      eta_t = jnp.clip(eta_t, band[0], band[1]).astype(dtype)
+      if uses_tangent:
+        # A tangent that pushes the rate to the band's floor is stale: with
+        # mu = 1 it remembers the whole trajectory, and directions taken at
+        # rates 10^4 times larger outweigh the present for tens of thousands
+        # of steps, so the rate would sit at the floor for good. Restart
+        # its horizon.
+        finite = finite & jnp.logical_not(pushed_below)
+
+    # Steps 5-6: the direction, and (mu > 0) the JVP of the whole step.
     if uses_tangent:
       u, new_direction_state, tangent, direction_tangent = _tangent_step(
           direction, grads, direction_state, params, loss_fn, extra_args,
@@ -304,11 +443,20 @@ def _engine(
       )
       tangent = direction_tangent = None
 
-    new_updates = jax.tree_util.tree_map(
-        lambda d, g: (-eta_t * d.astype(dtype)).astype(jnp.result_type(g)),
-        u,
-        grads,
-    )
+    if safety_net:
+      new_updates = _checkpoint.step_or_rollback(
+          rollback, u, -eta_t, checkpoint.params, params, grads
+      )
+      new_direction_state = _checkpoint.restore_if(
+          rollback, new_direction_state, checkpoint.direction_state
+      )
+      net = _checkpoint.net_update(net, checkpoint, save, rollback, cost)
+    else:
+      new_updates = jax.tree_util.tree_map(
+          lambda d, g: (-eta_t * d.astype(dtype)).astype(jnp.result_type(g)),
+          u,
+          grads,
+      )
     # u_prev carries HD's tangent -u_t: reset it with the scalars' guard. (A
     # non-finite u_t itself makes the next call's g1 non-finite, which that
     # call guards.) The select also lets XLA write u_t in place over the
@@ -334,10 +482,29 @@ def _engine(
         direction_tangent=direction_tangent,
         u_prev=u_prev,
         direction_state=new_direction_state,
+        hyper_lr_step=kappa,
+        safety=net,
     )
     return new_updates, new_state
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def _check_params(params, grads, name):
+  # `None` is also the empty params tree: missing only if grads are not.
+  if params is None and jax.tree_util.tree_leaves(grads):
+    raise ValueError(
+        f"params: {name} needs the params (for its tangent or its safety "
+        "net's checkpoint): call update(grads, state, params)."
+    )
+  _checks.check_tree_like("params", params, grads, "the gradients")
+
+
+def _safe_ratio(numerator, denominator):
+  """``numerator / denominator``, 0 where the denominator is 0."""
+  positive = denominator > 0
+  safe = jnp.where(positive, denominator, jnp.ones_like(denominator))
+  return jnp.where(positive, numerator / safe, jnp.zeros_like(numerator))
 
 
 def _tangent_step(direction, grads, direction_state, params, loss_fn,
@@ -408,10 +575,11 @@ def _float_slots(leaves, direction_tangent):
 
 def hypergradient_descent(
     learning_rate: float,
-    hyper_lr: float,
+    hyper_lr: Optional[float] = None,
     *,
     direction: Optional[optax.GradientTransformation] = None,
     multiplicative: bool = False,
+    safety_net: bool = True,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Hypergradient descent (HD): the learning rate follows the last step.
 
@@ -433,14 +601,23 @@ def hypergradient_descent(
 
   Args:
     learning_rate: the initial rate :math:`\eta_0 \ge 0`.
-    hyper_lr: the hyper-learning rate :math:`\beta \ge 0`.
+    hyper_lr: the hyper-learning rate :math:`\beta \ge 0` of the rule
+      above, or ``None`` (the default) for the scale-free rule
+      :math:`\eta_t = \eta_{t-1}\exp(0.02 \cos(u_{t-1}, v_t))` (module
+      docstring, "Defaults"), which needs no tuning.
     direction: optax transformation giving the unscaled descent direction
       :math:`u_t` (default ``optax.identity()``: SGD).
     multiplicative: use the multiplicative rule.
+    safety_net: checkpoint and roll back on divergence (module docstring);
+      ``False`` saves one params copy and one direction-state copy of memory.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``; its ``update`` accepts the
-    keyword-only extra argument ``val_grads`` and ignores unknown ones.
+    keyword-only extra arguments ``val_grads`` and ``value`` (the training
+    loss, read by the safety net) and ignores unknown ones. With the safety
+    net it needs ``params``; apply its updates with
+    ``optax_lr.apply_updates`` to land exactly on a checkpoint from NaN
+    params.
 
   Example:
     >>> import jax, jax.numpy as jnp, optax_lr
@@ -464,21 +641,25 @@ def hypergradient_descent(
     <https://arxiv.org/abs/1910.10238>`_, 2019.
   """
   learning_rate = _non_negative("learning_rate", learning_rate)
-  hyper_lr = _non_negative("hyper_lr", hyper_lr)
-  if not isinstance(multiplicative, (bool, np.bool_)):
-    raise ValueError(f"multiplicative must be a bool, got {multiplicative!r}")
+  normalized = hyper_lr is None
+  hyper_lr = (DEFAULT_HYPER_LR if normalized
+              else _non_negative("hyper_lr", hyper_lr))
+  multiplicative = _bool("multiplicative", multiplicative)
   return _engine(
       learning_rate, hyper_lr=hyper_lr, hyper_lr_step=0.0, mu=0.0,
-      multiplicative=bool(multiplicative), direction=direction,
+      multiplicative=multiplicative,
+      normalized=normalized and not multiplicative, select_kappa=False,
+      safety_net=_bool("safety_net", safety_net), direction=direction,
       name="hypergradient_descent",
   )
 
 
 def rtho(
     learning_rate: float,
-    hyper_lr: float,
+    hyper_lr: Optional[float] = None,
     *,
     direction: Optional[optax.GradientTransformation] = None,
+    safety_net: bool = True,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Real-time hyperparameter optimization (RTHO) of the learning rate.
 
@@ -502,16 +683,22 @@ def rtho(
 
   Args:
     learning_rate: the initial rate :math:`\eta_0 \ge 0`.
-    hyper_lr: the hyper-learning rate :math:`\beta \ge 0`.
+    hyper_lr: the hyper-learning rate :math:`\beta \ge 0` of the rule
+      above, or ``None`` (the default) for the scale-free rule
+      :math:`\eta_t = \eta_{t-1}\exp(-0.02\, h_t / (\|Z_t\| \|v_t\|))`
+      (module docstring, "Defaults"), which needs no tuning.
     direction: optax transformation giving the unscaled descent direction
       :math:`u_t` (default ``optax.identity()``: SGD). Any direction works;
       its state's float leaves get a tangent too.
+    safety_net: checkpoint and roll back on divergence (module docstring);
+      ``False`` saves one params copy and one direction-state copy of memory.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``. Its ``update`` needs the
     keyword argument ``loss_fn`` (``params -> scalar`` training loss on the
     current batch, whose gradient is the incoming ``updates``) and the
-    ``params``; ``val_grads`` is optional; unknown extra args are ignored.
+    ``params``; ``val_grads`` and ``value`` (the training loss, read by the
+    safety net) are optional; unknown extra args are ignored.
     Transformations before this one in an ``optax.chain`` are taken as the
     identity in the tangent.
 
@@ -536,10 +723,14 @@ def rtho(
     <https://arxiv.org/abs/1910.10238>`_, 2019.
   """
   learning_rate = _non_negative("learning_rate", learning_rate)
-  hyper_lr = _non_negative("hyper_lr", hyper_lr)
+  normalized = hyper_lr is None
+  hyper_lr = (DEFAULT_HYPER_LR if normalized
+              else _non_negative("hyper_lr", hyper_lr))
   return _engine(
       learning_rate, hyper_lr=hyper_lr, hyper_lr_step=0.0, mu=1.0,
-      multiplicative=False, direction=direction, name="rtho",
+      multiplicative=False, normalized=normalized, select_kappa=False,
+      safety_net=_bool("safety_net", safety_net), direction=direction,
+      name="rtho",
   )
 
 
@@ -547,9 +738,10 @@ def marthe(
     learning_rate: float,
     *,
     hyper_lr: float = 0.0,
-    hyper_lr_step: float,
+    hyper_lr_step: Optional[float] = None,
     mu: Optional[float] = None,
     direction: Optional[optax.GradientTransformation] = None,
+    safety_net: bool = True,
 ) -> optax.GradientTransformationExtraArgs:
   r"""MARTHE: a discounted tangent between HD and RTHO, with adapted μ and β.
 
@@ -590,16 +782,22 @@ def marthe(
     hyper_lr: the initial hyper-learning rate :math:`\beta_0 \ge 0` (the
       paper suggests 0).
     hyper_lr_step: the step :math:`\kappa \ge 0` that adapts :math:`\beta`
-      (required, keyword-only; 0 keeps :math:`\beta` fixed).
+      (0 keeps :math:`\beta` fixed), or ``None`` (the default): the paper's
+      :math:`\kappa` selection on the scale-free hypergradient (module
+      docstring, "Defaults"), which needs no tuning and the safety net.
     mu: a fixed discount in ``[0, 1]``, or ``None`` to adapt it.
     direction: optax transformation giving the unscaled descent direction
       :math:`u_t` (default ``optax.identity()``: SGD).
+    safety_net: checkpoint and roll back on divergence (module docstring);
+      ``False`` saves one params copy and one direction-state copy of memory.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``. Unless ``mu=0``, its
     ``update`` needs the keyword argument ``loss_fn`` (``params -> scalar``
-    training loss on the current batch) and the ``params``; ``val_grads`` is
-    optional; unknown extra args are ignored.
+    training loss on the current batch) and the ``params``; ``val_grads`` and
+    ``value`` (the training loss, read by the safety net) are optional;
+    unknown extra args are ignored. ``state.hyper_lr_step`` is the current
+    :math:`\kappa`.
 
   Example:
     >>> import jax, jax.numpy as jnp, optax_lr
@@ -620,12 +818,24 @@ def marthe(
   """
   learning_rate = _non_negative("learning_rate", learning_rate)
   hyper_lr = _non_negative("hyper_lr", hyper_lr)
-  hyper_lr_step = _non_negative("hyper_lr_step", hyper_lr_step)
+  safety_net = _bool("safety_net", safety_net)
+  select_kappa = hyper_lr_step is None
+  if select_kappa:
+    if not safety_net:
+      raise ValueError(
+          "hyper_lr_step=None selects kappa by rolling back on divergence, "
+          "which needs safety_net=True; give an explicit hyper_lr_step with "
+          "safety_net=False."
+      )
+    hyper_lr_step = DEFAULT_HYPER_LR_STEP
+  else:
+    hyper_lr_step = _non_negative("hyper_lr_step", hyper_lr_step)
   if mu is not None:
     mu = _scalar("mu", mu)
     if not 0 <= mu <= 1:
       raise ValueError(f"mu must be in [0, 1] or None, got {mu!r}")
   return _engine(
       learning_rate, hyper_lr=hyper_lr, hyper_lr_step=hyper_lr_step, mu=mu,
-      multiplicative=False, direction=direction, name="marthe",
+      multiplicative=False, normalized=select_kappa, select_kappa=select_kappa,
+      safety_net=safety_net, direction=direction, name="marthe",
   )

@@ -29,14 +29,15 @@ PENDING_CODE = {NONE: 0, SAVE: 1, ROLLBACK: 2}
 def algorithm1(lr, warmup, best=math.inf):
   """The paper's Algorithm 1; `best` is J(θ) of the initial model."""
   diverged = lambda loss: not math.isfinite(loss)  # the paper's "L is NAN"
+  initial = best  # the cost of the reloaded θ (DESIGN.md: θ and L* go together)
   loss = yield None
   # Phase 1: initial LR exploration.
   i = 0
   while True:
     i += 1
     if loss > best or diverged(loss):
-      lr, i = lr / 2, 0
-      loss = yield lr, 1, best, ROLLBACK  # reload θ, reset the optimizer
+      lr, i, best = lr / 2, 0, initial
+      loss = yield lr, 1, best, ROLLBACK  # reload θ and L*, reset the optimizer
       continue
     best = loss
     if i >= warmup:
@@ -335,6 +336,271 @@ def test_bf16_params_keep_their_dtype_on_steps_and_rollbacks():
   assert updates["w"].dtype == jnp.bfloat16 and bool(state.rolled_back)
   back = optax_lr.apply_updates(moved, updates, state)
   np.testing.assert_array_equal(np.asarray(back["w"]), np.asarray(params["w"]))
+
+
+# ------------------------------------------- checkpoint cost (issue 11)
+
+
+def _quadratic_run(tx, noise, *, calls_per_epoch=2):
+  """Trains loss(w) = w²/2 (gradient w) from w = 4; epoch k's cost is the loss
+  of the params at its end plus `noise[k]`. Returns (η, phase, L*) after each
+  epoch end, and the final state and params."""
+  params = {"w": jnp.full(1, 4.0, jnp.float32)}
+  loss = lambda p: 0.5 * jnp.sum(p["w"] ** 2)
+
+  @jax.jit
+  def step(params, state):
+    updates, state = tx.update(jax.grad(loss)(params), state, params)
+    return optax_lr.apply_updates(params, updates, state), state
+
+  state = optax_lr.observe(tx.init(params), loss(params))  # L0 = 8
+  log = []
+  for extra in noise:
+    for _ in range(calls_per_epoch):
+      params, state = step(params, state)
+    state = optax_lr.observe(state, loss(params) + jnp.float32(extra))
+    log.append((float(state.learning_rate), int(state.phase), float(state.best_cost)))
+  return log, state, params
+
+
+def test_phase_one_recovers_after_one_noisy_epoch():
+  # w ← (1 - η) w, two calls per epoch, L0 = 8, warmup_patience = 3; epoch 2's
+  # cost carries +1 of noise. By hand:
+  #   epoch  η   w after the calls      cost              decision
+  #   0     .5   2, 1                   .5                good, i = 1
+  #   1     .5   .5, .25                .03125            good, i = 2
+  #   2     .5   .125, .0625            .001953125 + 1    bad: η/2, reload θ and L* = 8
+  #   3     .25  rollback to 4, 3       4.5               good (4.5 <= 8), i = 1
+  #   4     .25  2.25, 1.6875           1.423828125       good, i = 2
+  #   5     .25  1.265625, .94921875    243²/2¹⁷         good, i = 3: phase 2, 2η, save
+  #   6     .5   save; .474609375, .2373046875
+  #                                     243²/2²¹         improved: 2η, save
+  # Keeping L* = .03125 of the abandoned attempt instead, every restart
+  # (cost 4.5, then 6.125, ...) would be "worse": η = .5 / 2**5 after epoch 6
+  # and halving for ever, in phase 1.
+  tx = optax_lr.aalr(0.5, warmup_patience=3)
+  log, state, _ = _quadratic_run(tx, [0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0])
+  assert [entry[0] for entry in log] == [0.5, 0.5, 0.25, 0.25, 0.25, 0.5, 1.0]
+  assert [entry[1] for entry in log] == [1, 1, 1, 1, 1, 2, 2]
+  assert [entry[2] for entry in log] == [
+      0.5, 0.03125, 8.0, 4.5, 1.423828125, 0.45050811767578125, 0.028156757354736328,
+  ]
+  # The checkpoint saved on epoch 6's first call, with its cost.
+  assert float(state.checkpoint_cost) == 0.45050811767578125
+  np.testing.assert_array_equal(np.asarray(state.checkpoint["w"]), [0.94921875])
+  assert int(state.pending) == PENDING_CODE[SAVE]
+
+
+def test_noisy_costs_do_not_halve_the_rate_for_ever():
+  # The setting of issue 11: η0 = 0.05 and the defaults, a cost with 30%
+  # multiplicative noise; keeping L* of the abandoned attempt took η to 9e-11
+  # in 30 epochs. Reloading L* with θ, phase 1 ends and η grows again.
+  tx = optax_lr.aalr(0.05)
+  rng = np.random.default_rng(2)
+  params = {"w": jnp.array([3.0, -2.0, 1.0], jnp.float32)}
+  loss = lambda p: 0.5 * jnp.sum(p["w"] ** 2)
+
+  @jax.jit
+  def epoch(params, state):
+    for _ in range(10):
+      updates, state = tx.update(jax.grad(loss)(params), state, params)
+      params = optax_lr.apply_updates(params, updates, state)
+    return params, state
+
+  state = optax_lr.observe(tx.init(params), loss(params))
+  rates, rollbacks = [], 0
+  for _ in range(30):
+    params, state = epoch(params, state)
+    noisy = float(loss(params)) * (1.0 + 0.3 * rng.standard_normal())
+    state = optax_lr.observe(state, noisy)
+    rollbacks += int(state.phase) == 1 and int(state.pending) == PENDING_CODE[ROLLBACK]
+    rates.append(float(state.learning_rate))
+  assert rollbacks >= 1  # the noise did make phase 1 restart
+  assert int(state.phase) == 2
+  assert min(rates) >= 0.05 / 4 and rates[-1] >= 0.05
+
+
+@pytest.mark.parametrize("initial_cost", [None, 5.0], ids=["no_initial", "initial"])
+def test_phase_one_rollback_restores_best_cost_to_the_initial_models(initial_cost):
+  tx = optax_lr.aalr(0.5, warmup_patience=3)
+  params = {"w": jnp.ones(2)}
+  state = tx.init(params)
+  assert math.isinf(float(state.checkpoint_cost)) and state.checkpoint_cost.dtype == jnp.float32
+  if initial_cost is not None:
+    state = optax_lr.observe(state, np.nan)  # a diverged initial cost sets nothing
+    assert math.isinf(float(state.checkpoint_cost))
+    state = optax_lr.observe(state, initial_cost)
+    assert float(state.checkpoint_cost) == float(state.best_cost) == 5.0
+  expected = math.inf if initial_cost is None else 5.0
+  _, state = tx.update(params, state, params)
+  state = optax_lr.observe(state, 2.0)  # good: L* = 2
+  _, state = tx.update(params, state, params)
+  state = optax_lr.observe(state, 2.5)  # bad: halve, reload θ and L*
+  assert int(state.pending) == PENDING_CODE[ROLLBACK]
+  assert float(state.best_cost) == expected == float(state.checkpoint_cost)
+  _, state = tx.update(params, state, params)  # the rollback call
+  assert bool(state.rolled_back) and float(state.best_cost) == expected
+  # From the initial model, 4.5 is judged against L0, not against 2.
+  state = optax_lr.observe(state, 4.5)
+  assert int(state.good_epochs) == 1 and float(state.best_cost) == 4.5
+  assert float(optax_lr.current_lr(state)) == 0.25
+  _, state = tx.update(params, state, params)
+  state = optax_lr.observe(state, 6.0)  # worse than 4.5: bad again
+  assert float(state.best_cost) == expected
+  _, state = tx.update(params, state, params)
+  state = optax_lr.observe(state, 6.0)  # accepted only without an initial cost
+  if initial_cost is None:
+    assert int(state.good_epochs) == 1 and float(state.best_cost) == 6.0
+    assert float(optax_lr.current_lr(state)) == 0.125
+  else:
+    assert int(state.good_epochs) == 0 and float(state.best_cost) == 5.0
+    assert float(optax_lr.current_lr(state)) == 0.0625
+
+
+def test_phase_two_rollback_restores_the_cost_saved_with_the_checkpoint():
+  tx = optax_lr.aalr(0.5, warmup_patience=1)
+  grads = {"w": jnp.ones(2)}
+  params = {"w": jnp.array([1.0, 2.0])}
+  step = jax.jit(lambda p, s: tx.update(grads, s, p))
+
+  def call(params, state):
+    updates, state = step(params, state)
+    return optax_lr.apply_updates(params, updates, state), state
+
+  state = optax_lr.observe(tx.init(params), 5.0)
+  params, state = call(params, state)  # w = [.5, 1.5]
+  state = optax_lr.observe(state, 4.0)  # phase 2, η = 1, save pending
+  assert int(state.phase) == 2 and float(state.best_cost) == 4.0
+  assert float(state.checkpoint_cost) == 5.0  # the save is not carried out yet
+  params, state = call(params, state)  # saves [.5, 1.5] with 4; w = [-.5, .5]
+  assert float(state.checkpoint_cost) == 4.0
+  state = optax_lr.observe(state, 3.0)  # improved: η = 2, save pending
+  params, state = call(params, state)  # saves [-.5, .5] with 3; w = [-2.5, -1.5]
+  assert float(state.checkpoint_cost) == 3.0
+  state = optax_lr.observe(state, 2.0)  # improved: L* = 2, save pending ...
+  assert float(state.best_cost) == 2.0 and int(state.pending) == PENDING_CODE[SAVE]
+  state = optax_lr.observe(state, np.inf)  # ... then diverged: the rollback wins
+  assert int(state.pending) == PENDING_CODE[ROLLBACK]
+  assert float(state.best_cost) == 3.0 and float(optax_lr.current_lr(state)) == 2.0
+  params, state = call(params, state)
+  np.testing.assert_array_equal(np.asarray(params["w"]), [-0.5, 0.5])
+  assert float(state.best_cost) == float(state.checkpoint_cost) == 3.0
+
+
+def test_the_rollback_call_restores_best_cost_after_later_epoch_ends():
+  tx = optax_lr.aalr(0.5, warmup_patience=1)
+  params = {"w": jnp.ones(2)}
+  state = optax_lr.observe(tx.init(params), 3.0)
+  _, state = tx.update(params, state, params)
+  state = optax_lr.observe(state, 4.0)  # worse: rollback pending, L* = 3
+  assert float(state.best_cost) == 3.0
+  state = optax_lr.observe(state, 2.0)  # judges params the rollback discards
+  assert int(state.phase) == 2 and float(state.best_cost) == 2.0
+  _, state = tx.update(params, state, params)  # lands on the initial model
+  assert bool(state.rolled_back) and float(state.best_cost) == 3.0
+  assert float(state.checkpoint_cost) == 3.0
+  state = optax_lr.observe(state, 2.5)  # beats the initial model's 3: improved
+  assert int(state.pending) == PENDING_CODE[SAVE]
+  assert float(optax_lr.current_lr(state)) == 1.0
+
+
+# ---------------------------------------------------------------- best_params
+
+
+def test_best_params_of_states_without_a_checkpoint_is_params():
+  params = {"w": jnp.array([1.0, 2.0])}
+  for tx in (optax.sgd(0.1), optax.chain(optax.adam(1e-3), optax_lr.aslr(0.1))):
+    assert optax_lr.best_params(tx.init(params), params) is params
+
+
+def _best_params_script(tx, params, check, calls_per_step=1):
+  """warmup_patience=1, η = .5, gradient 1 on `x`: phase 1, then phase 2 with
+  a checkpoint that is not the current params. `check(state, params,
+  expected_x)` runs at each stage."""
+  grads = jax.tree_util.tree_map(jnp.ones_like, params)
+  step = jax.jit(lambda p, s: tx.update(grads, s, p))
+
+  def call(params, state):
+    for _ in range(calls_per_step):
+      updates, state = step(params, state)
+      params = optax_lr.apply_updates(params, updates, state)
+    return params, state
+
+  state = optax_lr.observe(tx.init(params), 4.0)
+  check(state, params, [1.0, 2.0])  # phase 1: the params
+  params, state = call(params, state)  # x = [.5, 1.5]
+  check(state, params, [0.5, 1.5])  # phase 1: the params, not the initial model
+  state = optax_lr.observe(state, 3.0)  # phase 2, save pending
+  check(state, params, [0.5, 1.5])  # the params the save will store
+  params, state = call(params, state)  # saves [.5, 1.5]; η = 1: x = [-.5, .5]
+  np.testing.assert_array_equal(np.asarray(params["x"]), [-0.5, 0.5])
+  check(state, params, [0.5, 1.5])  # phase 2: the checkpoint
+  state = optax_lr.observe(state, 3.5)  # not better: second chance
+  check(state, params, [0.5, 1.5])
+  state = optax_lr.observe(state, np.nan)  # diverged: rollback pending
+  check(state, params, [0.5, 1.5])
+  return state, params
+
+
+def test_best_params_follows_the_phase_and_the_pending_decision():
+  tx = optax_lr.aalr(0.5, warmup_patience=1)
+
+  def check(state, params, expected):
+    best = optax_lr.best_params(state, params)
+    np.testing.assert_array_equal(np.asarray(best["x"]), expected)
+
+  _best_params_script(tx, {"x": jnp.array([1.0, 2.0])}, check)
+  # Phase 1 with a rollback pending: the initial model it will restart from.
+  params = {"x": jnp.array([1.0, 2.0])}
+  state = optax_lr.observe(tx.init(params), 4.0)
+  updates, state = tx.update(params, state, params)
+  moved = optax_lr.apply_updates(params, updates, state)  # x = [.5, 1.]
+  state = optax_lr.observe(state, np.nan)
+  np.testing.assert_array_equal(
+      np.asarray(optax_lr.best_params(state, moved)["x"]), [1.0, 2.0]
+  )
+
+
+def test_best_params_inside_chain_and_under_jit():
+  tx = optax.chain(optax.clip_by_global_norm(100.0), optax_lr.aalr(0.5, warmup_patience=1))
+  best_params = jax.jit(optax_lr.best_params)
+
+  def check(state, params, expected):
+    best = best_params(state, params)
+    np.testing.assert_array_equal(np.asarray(best["x"]), expected)
+    assert best["x"].dtype == jnp.float32
+
+  _best_params_script(tx, {"x": jnp.array([1.0, 2.0])}, check)
+  assert best_params._cache_size() == 1
+
+
+def test_best_params_under_partition_keeps_the_other_params():
+  # AALR owns `x`; `y` follows SGD at .25 and keeps the caller's value.
+  tx = optax.partition(
+      {"a": optax_lr.aalr(0.5, warmup_patience=1), "b": optax.sgd(0.25)},
+      {"x": "a", "y": "b"},
+  )
+  seen = []
+
+  def check(state, params, expected):
+    best = optax_lr.best_params(state, params)
+    np.testing.assert_array_equal(np.asarray(best["x"]), expected)
+    np.testing.assert_array_equal(np.asarray(best["y"]), np.asarray(params["y"]))
+    seen.append(float(best["y"][0]))
+
+  _best_params_script(tx, {"x": jnp.array([1.0, 2.0]), "y": jnp.array([3.0])}, check)
+  assert seen == [3.0, 2.75, 2.75, 2.5, 2.5, 2.5]
+
+
+def test_best_params_under_multisteps():
+  tx = optax.MultiSteps(optax_lr.aalr(0.5, warmup_patience=1), every_k_schedule=2)
+
+  def check(state, params, expected):
+    best = optax_lr.best_params(state, params)
+    np.testing.assert_array_equal(np.asarray(best["x"]), expected)
+
+  with jax.numpy_dtype_promotion("standard"):  # MultiSteps mixes int32 and f32
+    _best_params_script(tx, {"x": jnp.array([1.0, 2.0])}, check, calls_per_step=2)
 
 
 # ---------------------------------------------------------------- validation

@@ -228,7 +228,7 @@ def test_leaf_rates_mirror_the_params_and_current_lr_is_the_centre():
   assert jax.tree_util.tree_structure(state.leaf_rates) == (
       jax.tree_util.tree_structure(_params())
   )
-  _, state = tx.update(_params(), state)
+  _, state = tx.update(_params(), state, _params())
   assert float(optax_lr.current_lr(state)) == pytest.approx(0.3)
   for rate in jax.tree_util.tree_leaves(state.leaf_rates):
     assert rate.shape == () and 0.25 <= float(rate) <= 0.35

@@ -43,14 +43,19 @@ _EVERY_FACTORY = {
 }
 _SPECIFIC = {
     "hypergradient_descent": {
-        "hyper_lr": [-1.0, math.nan, math.inf, "x", None],
+        # None is the default (issue 11): the scale-free rule.
+        "hyper_lr": [-1.0, math.nan, math.inf, "x"],
         "multiplicative": ["yes", 1],
+        "safety_net": ["yes", 1, None],
     },
-    "rtho": {"hyper_lr": [-1.0, math.nan, math.inf, "x", None]},
+    "rtho": {"hyper_lr": [-1.0, math.nan, math.inf, "x"],
+             "safety_net": ["yes", 1, None]},
     "marthe": {
         "hyper_lr": [-1.0, math.nan, "x"],
-        "hyper_lr_step": [-1.0, math.nan, math.inf, "x", None],
+        # None is the default (issue 11): kappa selection.
+        "hyper_lr_step": [-1.0, math.nan, math.inf, "x"],
         "mu": [-0.1, 1.5, math.nan, "x"],
+        "safety_net": ["yes", 1, None],
     },
     "newton_lr": {
         "update_every": [0, -3, 2.5, "5", True],

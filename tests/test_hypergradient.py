@@ -344,9 +344,9 @@ def test_figure1_beale_rtho_reaches_lower_values_than_hd():
   # accumulated one keeps raising the rate.
   p0, eta0, betas = jnp.array([1.0, 1.5]), 1e-4, [1e-7, 3e-7, 1e-6]
   hd_values, _ = _gradient_descent_runs(
-      optax_lr.hypergradient_descent(eta0, 0.0), beale, p0, betas)
+      optax_lr.hypergradient_descent(eta0, 0.0, safety_net=False), beale, p0, betas)
   rtho_values, _ = _gradient_descent_runs(
-      optax_lr.rtho(eta0, 0.0), beale, p0, betas)
+      optax_lr.rtho(eta0, 0.0, safety_net=False), beale, p0, betas)
   assert np.all(np.isfinite(hd_values)) and np.all(np.isfinite(rtho_values))
   best_hd, best_rtho = hd_values.min(axis=1), rtho_values.min(axis=1)
   np.testing.assert_array_less(best_rtho, 0.5 * best_hd)
@@ -358,9 +358,9 @@ def test_figure1_smoothed_bukin_hd_does_better_than_rtho():
   p0, eta0, betas = jnp.array([-5.0, 2.0]), 1e-2, [1e-5, 1e-4]
   minimum = np.sqrt(np.sqrt(BUKIN_EPS) + BUKIN_EPS)
   hd_values, _ = _gradient_descent_runs(
-      optax_lr.hypergradient_descent(eta0, 0.0), smoothed_bukin, p0, betas)
+      optax_lr.hypergradient_descent(eta0, 0.0, safety_net=False), smoothed_bukin, p0, betas)
   rtho_values, rtho_rates = _gradient_descent_runs(
-      optax_lr.rtho(eta0, 0.0), smoothed_bukin, p0, betas)
+      optax_lr.rtho(eta0, 0.0, safety_net=False), smoothed_bukin, p0, betas)
   hd_gap, rtho_gap = hd_values[:, -1] - minimum, rtho_values[:, -1] - minimum
   np.testing.assert_array_less(hd_gap, 0.1 * rtho_gap)
   assert np.all(rtho_rates.max(axis=1) > 10 * eta0)  # resonance ...
@@ -441,9 +441,9 @@ def test_invalid_hyperparameters_raise(make, name, bad):
   assert name in str(info.value) and repr(bad) in str(info.value)
 
 
-def test_marthe_takes_hyper_lr_step_as_a_required_keyword():
-  with pytest.raises(TypeError):
-    optax_lr.marthe(0.1)
+def test_marthe_takes_its_hyperparameters_as_keywords():
+  # hyper_lr_step=None (the default) is kappa selection (issue 11).
+  assert isinstance(optax_lr.marthe(0.1), optax.GradientTransformationExtraArgs)
   with pytest.raises(TypeError):
     optax_lr.marthe(0.1, 0.0, 1e-3)  # noqa: the hyperparameters are keyword-only
   optax_lr.marthe(0.1, hyper_lr_step=0.0)  # 0: a fixed beta
@@ -482,10 +482,12 @@ def test_mu_zero_needs_no_loss_fn_and_computes_no_hvp(make):
   for _ in range(3):
     updates, state = step(grads, state, params)
   # loss_fn was never traced, so no Hessian-vector product was built; and
-  # neither loss_fn nor params are needed at all.
-  updates, state = tx.update(grads, state)
+  # loss_fn is not needed at all. The params are, by the safety net only.
+  updates, state = tx.update(grads, state, params)
   assert state.tangent is None and state.direction_tangent is None
   assert float(state.learning_rate) != 0.1
+  with pytest.raises(ValueError, match="params"):
+    tx.update(grads, state)
 
 
 # ---------------------------------------------------------------- buffers
@@ -602,8 +604,10 @@ _SCALARS = ("learning_rate", "hyper_lr", "mu", "horizon", "hypergradient")
 
 @pytest.mark.parametrize("poison", ["val_grads", "grads", "hvp"])
 def test_non_finite_hypergradient_keeps_scalars_and_resets_tangents(poison):
+  # The paper's rule with its own guard; the safety net, which rolls back
+  # on non-finite gradients instead, has its tests in test_safety.py.
   tx = optax_lr.marthe(0.5, hyper_lr=0.02, hyper_lr_step=0.5,
-                       direction=optax.trace(0.9))
+                       direction=optax.trace(0.9), safety_net=False)
   clean = _step_fn(tx, LOSS)
   params = init_params()
   state = tx.init(params)

@@ -1,0 +1,325 @@
+"""The one rollback machinery: checkpoints of params, direction state and cost.
+
+Two users share it:
+
+* AALR's Algorithm 1 saves its best model and reloads it (with its cost) when
+  an epoch diverges;
+* the *safety net* of every other method (``safety_net=True``, the default)
+  saves a known-good point every few healthy steps and rolls back to it when
+  training diverges, with a smaller learning rate.
+
+A checkpoint is saved and restored inside an update call, where the params
+are at hand: a save stores the params the call receives and the direction
+state it starts from; a rollback returns ``checkpoint - params`` instead of a
+step and restores the direction state. ``optax_lr.apply_updates`` lands
+exactly on the checkpoint on such a call (also from NaN params, where
+``params + update`` would stay NaN).
+
+Both are ``lax.cond`` branches on a scalar flag, so a call that neither saves
+nor rolls back reads and copies no checkpoint: its update still fuses with
+the gradient and with the caller's ``params + updates``.
+
+The safety net's policy (:class:`SafetyNetState`, :func:`net_decide`):
+
+* **Diverged** at update call ``t`` when any of these holds: the method's own
+  health flag is false (a non-finite hypergradient, window sum or epoch
+  cost: the methods already compute these scalars, so detection costs no
+  extra pass over the tree); the training loss ``value`` (when the caller
+  passes it) is not finite, or is ``> 10·ref`` with ``ref`` the larger of the
+  first finite loss seen and the checkpoint's loss (``ref + 9|ref|`` for a
+  negative ``ref``): a loss ten times its starting level is a blow-up, not
+  noise; or a rollback left pending by the previous call.
+* **Rollback**: params and direction state back to the checkpoint, the
+  method's own buffers (tangents, window sums) reset, and the rate set to
+  ``min(rate, checkpoint_rate / BACKOFF^k)``, ``k`` the divergences since
+  that checkpoint was saved before this one (:func:`backoff_rate`): the first
+  rollback restores the rate that was in use at the known-good point, each
+  further one from the same checkpoint divides it by :data:`BACKOFF` again.
+* **Save**: every :data:`SAVE_EVERY` calls at the earliest, on a healthy call
+  whose loss (when given) is finite and no worse than the checkpoint's.
+
+Memory: one params-sized checkpoint plus one copy of the direction state.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+
+__all__ = [
+    "BACKOFF",
+    "DIVERGENCE_FACTOR",
+    "SAVE_EVERY",
+    "Checkpoint",
+    "SafetyNetState",
+    "backoff_rate",
+    "checkpoint_init",
+    "fresh_copy",
+    "net_decide",
+    "net_epoch_end",
+    "net_init",
+    "net_update",
+    "restore_if",
+    "save_if",
+    "step_or_rollback",
+]
+
+# A rollback divides the rate by this factor (the paper of MARTHE "decimates"
+# its hyper-step on divergence; a diverging rate gets the same treatment).
+BACKOFF = 10.0
+# A training loss above this many times its reference level is a divergence.
+DIVERGENCE_FACTOR = 10.0
+# Healthy update calls between two saves, at the least.
+SAVE_EVERY = 20
+
+
+class Checkpoint(NamedTuple):
+  """A saved point of training. ``A`` is the accumulation dtype of the params."""
+
+  params: Any  # params-like, in the params' dtypes: the saved params.
+  direction_state: Any  # the direction's state saved with `params`.
+  cost: jax.Array  # [] A: the loss at `params`, +inf when unknown.
+  rate: jax.Array  # [] A: the learning rate in use when saved.
+
+
+def fresh_copy(tree: Any) -> Any:
+  # `init` must return buffers aliased with nothing, so a step can donate them.
+  return jax.tree_util.tree_map(lambda x: jnp.array(x, copy=True), tree)
+
+
+def checkpoint_init(params: Any, direction_state: Any, rate: jax.Array,
+                    cost: Optional[jax.Array] = None) -> Checkpoint:
+  """A checkpoint of the initial params and the fresh direction state."""
+  dtype = rate.dtype
+  return Checkpoint(
+      params=fresh_copy(params),
+      direction_state=fresh_copy(direction_state),
+      cost=jnp.full([], jnp.inf, dtype) if cost is None else cost.astype(dtype),
+      rate=jnp.array(rate, copy=True),
+  )
+
+
+def save_if(save: jax.Array, checkpoint: Checkpoint, params: Any,
+            direction_state: Any, rate: jax.Array, cost: jax.Array,
+            grads: Any) -> tuple[Checkpoint, Any]:
+  """Saves ``params`` and ``direction_state`` when ``save``; returns ``grads`` tied to it.
+
+  The identity branch passes the checkpoint through untouched (no copy). Each
+  gradient leaf is tied to an int32 token of the save through an
+  optimization barrier: that orders the save before the step overwrites the
+  (donated) params and direction state in place, which XLA would otherwise
+  do by copying them on every call, and it does so leaf by leaf, so each
+  leaf's step can still fuse with its gradient as soon as that is computed.
+  """
+  saved_params, saved_direction, token = jax.lax.cond(
+      save,
+      lambda: (fresh_copy(params), fresh_copy(direction_state), jnp.int32(1)),
+      lambda: (checkpoint.params, checkpoint.direction_state, jnp.int32(0)),
+  )
+  checkpoint = Checkpoint(
+      params=saved_params,
+      direction_state=saved_direction,
+      cost=jnp.where(save, cost.astype(checkpoint.cost.dtype), checkpoint.cost),
+      rate=jnp.where(save, rate.astype(checkpoint.rate.dtype), checkpoint.rate),
+  )
+  grads = jax.tree_util.tree_map(
+      lambda g: jax.lax.optimization_barrier((g, token))[0], grads
+  )
+  return checkpoint, grads
+
+
+def step_or_rollback(rollback: jax.Array, directions: Any, scales: Any,
+                     checkpoint_params: Any, params: Any, like: Any) -> Any:
+  """Per leaf: ``scale * u`` normally, ``checkpoint - params`` on a rollback.
+
+  ``scales`` is one scalar (``-η``) or a tree of scalars like ``directions``
+  (per-leaf rates). The product is taken in the scale's dtype and rounded
+  once to the dtype of the matching leaf of ``like`` (the gradients). The
+  cond only picks what to scale and by how much: on ordinary calls it passes
+  ``u`` through untouched, so ``scale * u`` still fuses with the caller's
+  ``params + updates`` (and with the gradient).
+  """
+  if not isinstance(scales, jax.Array) or jnp.ndim(scales) != 0:
+    scales = jax.tree_util.tree_map(lambda s, _: s, scales, directions)
+  else:
+    scales = jax.tree_util.tree_map(lambda _: scales, directions)
+
+  def leaf(u, scale, saved, p, g):
+    one = jnp.ones([], scale.dtype)
+    x, s = jax.lax.cond(
+        rollback,
+        lambda: ((saved - p).astype(u.dtype), one),
+        lambda: (u, scale),
+    )
+    return (s * x.astype(scale.dtype)).astype(jnp.result_type(g))
+
+  return jax.tree_util.tree_map(leaf, directions, scales, checkpoint_params,
+                                params, like)
+
+
+def restore_if(rollback: jax.Array, direction_state: Any, saved: Any) -> Any:
+  """``saved`` (a fresh copy) when ``rollback``, else ``direction_state``, leaf by leaf."""
+  return jax.tree_util.tree_map(
+      lambda new, old: jax.lax.cond(
+          rollback, lambda: jnp.array(old, copy=True), lambda: new
+      ),
+      direction_state, saved,
+  )
+
+
+# --------------------------------------------------------------------------
+# The safety net: when to save, when to roll back.
+
+
+class SafetyNetState(NamedTuple):
+  """The safety net's part of a method's state. ``A``: accumulation dtype."""
+
+  checkpoint: Checkpoint  # the last known-good point.
+  first_cost: jax.Array  # [] A: the first finite loss seen, +inf before.
+  since_save: jax.Array  # [] int32: update calls since the last save (saturating).
+  pending: jax.Array  # [] bool: a divergence found after the last update was built.
+  # [] bool: a save decided at an epoch end (epoch-level methods), carried
+  # out by the next update call, which sees the params.
+  pending_save: jax.Array
+  rolled_back: jax.Array  # [] bool: the call that produced this state rolled back.
+  rollbacks: jax.Array  # [] int32: rollbacks so far (saturating).
+  # [] int32: divergences since the last save, each after at least one step
+  # from the checkpoint (a bad input that persists over the rollback call
+  # does not count twice); sets the rate after a rollback.
+  failures: jax.Array
+
+
+def net_init(params: Any, direction_state: Any, rate: jax.Array) -> SafetyNetState:
+  """A safety net whose first checkpoint is the initial point."""
+  dtype = rate.dtype
+  return SafetyNetState(
+      checkpoint=checkpoint_init(params, direction_state, rate),
+      first_cost=jnp.full([], jnp.inf, dtype),
+      since_save=jnp.zeros([], jnp.int32),
+      pending=jnp.zeros([], jnp.bool_),
+      pending_save=jnp.zeros([], jnp.bool_),
+      rolled_back=jnp.zeros([], jnp.bool_),
+      rollbacks=jnp.zeros([], jnp.int32),
+      failures=jnp.zeros([], jnp.int32),
+  )
+
+
+def _cost(value: Any, dtype) -> Optional[jax.Array]:
+  if value is None:
+    return None
+  value = jnp.asarray(value)
+  if value.shape != ():
+    raise ValueError(f"value: expected a scalar loss, got shape {value.shape}.")
+  return value.astype(dtype)
+
+
+def net_decide(net: SafetyNetState, value: Any, healthy: jax.Array,
+               epoch_saves: bool = False
+               ) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """``(save, rollback, cost)`` for this update call.
+
+  Args:
+    net: the safety net's state.
+    value: the training loss at the params this call receives, or ``None``.
+    healthy: scalar bool, the method's own verdict on this call's numbers.
+    epoch_saves: save only where an epoch end asked for it
+      (``net.pending_save``: an epoch-level method saves at improvements of
+      its monitored cost) instead of every ``SAVE_EVERY`` healthy calls.
+
+  Returns:
+    Scalar bools ``save`` and ``rollback`` (never both) and the cost to store
+    with a save (+inf when no loss is given).
+  """
+  dtype = net.first_cost.dtype
+  cost = _cost(value, dtype)
+  diverged = net.pending | jnp.logical_not(healthy)
+  good = jnp.asarray(True)
+  if cost is None:
+    cost = jnp.full([], jnp.inf, dtype)
+  else:
+    # The larger of the first loss and the checkpoint's, among the finite ones.
+    saved = net.checkpoint.cost
+    ref = jnp.where(jnp.isfinite(saved), jnp.maximum(net.first_cost, saved),
+                    net.first_cost)
+    ref = jnp.where(jnp.isfinite(ref), ref, cost)
+    limit = ref + (DIVERGENCE_FACTOR - 1) * jnp.abs(ref)
+    diverged = diverged | jnp.logical_not(jnp.isfinite(cost)) | (cost > limit)
+    # `<=` against +inf accepts the first finite loss.
+    good = jnp.isfinite(cost) & (cost <= net.checkpoint.cost)
+  if epoch_saves:
+    save = jnp.logical_not(diverged) & net.pending_save
+  else:
+    save = jnp.logical_not(diverged) & good & (net.since_save >= SAVE_EVERY - 1)
+  return save, diverged, cost
+
+
+def net_update(net: SafetyNetState, checkpoint: Checkpoint, save: jax.Array,
+               rollback: jax.Array, cost: jax.Array,
+               pending: Optional[jax.Array] = None) -> SafetyNetState:
+  """The net's state after a call that saved ``checkpoint`` or rolled back.
+
+  ``pending``: a divergence the method found only after building this call's
+  update (e.g. a window sum); the next call rolls back.
+  """
+  first = jnp.where(
+      jnp.isfinite(net.first_cost) | jnp.logical_not(jnp.isfinite(cost)),
+      net.first_cost, cost,
+  )
+  since = jnp.where(save | rollback, 0, jnp.minimum(net.since_save, SAVE_EVERY) + 1)
+  new_failure = rollback & jnp.logical_not(net.rolled_back)
+  failures = jnp.where(
+      save, 0, net.failures + new_failure.astype(jnp.int32)
+  )
+  return SafetyNetState(
+      checkpoint=checkpoint,
+      first_cost=first,
+      since_save=since.astype(jnp.int32),
+      pending=jnp.zeros([], jnp.bool_) if pending is None else pending,
+      pending_save=jnp.zeros([], jnp.bool_),
+      rolled_back=rollback,
+      rollbacks=jnp.where(
+          rollback, jnp.minimum(net.rollbacks, jnp.iinfo(jnp.int32).max - 1) + 1,
+          net.rollbacks,
+      ).astype(jnp.int32),
+      failures=jnp.minimum(failures, _MAX_FAILURES).astype(jnp.int32),
+  )
+
+
+# 10^-40 is below every float32 rate: more failures change nothing.
+_MAX_FAILURES = 40
+
+
+def backoff_rate(rate: jax.Array, net: SafetyNetState,
+                 checkpoint: Checkpoint) -> jax.Array:
+  """The rate after a rollback: ``min(rate, checkpoint.rate / BACKOFF^k)``.
+
+  ``k`` counts the divergences since the checkpoint was saved (before this
+  one): the first rollback restores the rate saved with the known-good point
+  (as AALR's paper loads θ with its state), every further one from the same
+  checkpoint divides it by ``BACKOFF`` once more.
+  """
+  k = jnp.where(net.rolled_back, jnp.maximum(net.failures - 1, 0), net.failures)
+  scale = jnp.asarray(BACKOFF, rate.dtype) ** (-k.astype(rate.dtype))
+  return jnp.minimum(rate, checkpoint.rate * scale).astype(rate.dtype)
+
+
+def net_epoch_end(net: SafetyNetState, cost: jax.Array, best: jax.Array
+                  ) -> SafetyNetState:
+  """An epoch end of an epoch-level method: decide a save or a rollback.
+
+  A non-finite epoch cost, or one above ``10·best`` (``best + 9|best|``),
+  leaves a rollback pending; a finite cost no worse than ``best`` (the
+  method's best monitored cost before this epoch) leaves a save pending. The
+  next update call carries either out.
+  """
+  cost = cost.astype(best.dtype)
+  limit = best + (DIVERGENCE_FACTOR - 1) * jnp.abs(best)
+  diverged = jnp.logical_not(jnp.isfinite(cost)) | (
+      jnp.isfinite(best) & (cost > limit))
+  improved = jnp.isfinite(cost) & (cost <= best)
+  return net._replace(
+      pending=net.pending | diverged,
+      pending_save=(net.pending_save | improved) & jnp.logical_not(diverged),
+  )

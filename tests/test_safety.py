@@ -1,0 +1,326 @@
+"""The safety net (``optax_lr/_checkpoint.py``) and MARTHE's kappa selection.
+
+* unit checks of the shared machinery with hand-computed numbers: when it
+  saves, when it rolls back, the rate after a rollback;
+* every method with a net (the ``NET_CASES`` list, with the extra args each
+  update receives), built from its defaults: survives an initial rate at which
+  SGD diverges within a few steps; lands exactly on its checkpoint from NaN
+  params; keeps its rate inside the documented band; changes nothing on a
+  run that never diverges (bit for bit against ``safety_net=False``); and
+  costs exactly one params copy plus one direction-state copy of memory;
+* MARTHE's kappa selection: a scripted divergence rolls back and divides
+  kappa by 10.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import optax_lr
+from optax_lr import _checkpoint
+from optax_lr import hypergradient
+
+# ---------------------------------------------------------------- unit checks
+
+
+def _net(first=math.inf, saved=math.inf, rate=0.1, since=0, failures=0,
+         rolled_back=False, pending=False):
+  net = _checkpoint.net_init({"w": jnp.zeros(2)}, (), jnp.float32(rate))
+  return net._replace(
+      first_cost=jnp.float32(first),
+      checkpoint=net.checkpoint._replace(cost=jnp.float32(saved)),
+      since_save=jnp.int32(since),
+      failures=jnp.int32(failures),
+      rolled_back=jnp.bool_(rolled_back),
+      pending=jnp.bool_(pending),
+  )
+
+
+@pytest.mark.parametrize("first,saved,value,diverged", [
+    # ref = max(first, saved) = 2: the limit is 10 * 2 = 20.
+    (2.0, 1.0, 19.9, False),
+    (2.0, 1.0, 20.1, True),
+    # ref = the checkpoint's cost when it is the larger.
+    (2.0, 3.0, 29.0, False),
+    (2.0, 3.0, 31.0, True),
+    # No checkpoint cost yet: ref = the first cost.
+    (2.0, math.inf, 21.0, True),
+    # Nothing seen yet: this loss is the reference, never a divergence.
+    (math.inf, math.inf, 1e30, False),
+    # A negative reference: ref + 9 |ref| = -1 + 9 = 8.
+    (-1.0, math.inf, 7.9, False),
+    (-1.0, math.inf, 8.1, True),
+    (2.0, 1.0, math.nan, True),
+    (2.0, 1.0, math.inf, True),
+])
+def test_a_loss_ten_times_its_reference_is_a_divergence(first, saved, value, diverged):
+  save, rollback, cost = _checkpoint.net_decide(
+      _net(first, saved, since=0), jnp.float32(value), jnp.bool_(True))
+  assert bool(rollback) == diverged
+  assert not bool(save)  # since_save = 0: too early to save
+  np.testing.assert_equal(float(cost), np.float32(value))
+
+
+def test_unhealthy_numbers_and_pending_rollbacks_are_divergences():
+  assert bool(_checkpoint.net_decide(_net(), None, jnp.bool_(False))[1])
+  assert bool(_checkpoint.net_decide(_net(pending=True), None, jnp.bool_(True))[1])
+  assert not bool(_checkpoint.net_decide(_net(), None, jnp.bool_(True))[1])
+
+
+@pytest.mark.parametrize("since,saved,value,save", [
+    (_checkpoint.SAVE_EVERY - 1, 1.0, 0.9, True),
+    (_checkpoint.SAVE_EVERY - 1, 1.0, 1.0, True),
+    (_checkpoint.SAVE_EVERY - 1, 1.0, 1.1, False),  # worse than the checkpoint
+    (_checkpoint.SAVE_EVERY - 2, 1.0, 0.5, False),  # too early
+    (_checkpoint.SAVE_EVERY - 1, math.inf, 5.0, True),  # the first finite loss
+    (_checkpoint.SAVE_EVERY - 1, 1.0, None, True),  # no loss: healthy is enough
+])
+def test_saves_come_every_save_every_healthy_calls_at_no_worse_loss(
+    since, saved, value, save):
+  value = None if value is None else jnp.float32(value)
+  got = _checkpoint.net_decide(_net(2.0, saved, since=since), value, jnp.bool_(True))
+  assert bool(got[0]) == save and not bool(got[1])
+
+
+@pytest.mark.parametrize("rate,failures,rolled_back,expected", [
+    # The first divergence since the save restores the checkpoint's rate 0.1.
+    (0.5, 0, False, 0.1),
+    # The second one from the same checkpoint divides it by 10.
+    (0.5, 1, False, 0.01),
+    (0.5, 2, False, 0.001),
+    # A call right after a rollback (the bad input persists) does not count
+    # again: k = failures - 1.
+    (0.5, 1, True, 0.1),
+    (0.5, 2, True, 0.01),
+    # A rate already below wins.
+    (0.003, 1, False, 0.003),
+])
+def test_backoff_restores_the_saved_rate_then_divides_it(rate, failures,
+                                                         rolled_back, expected):
+  net = _net(rate=0.1, failures=failures, rolled_back=rolled_back)
+  got = _checkpoint.backoff_rate(jnp.float32(rate), net, net.checkpoint)
+  np.testing.assert_allclose(float(got), expected, rtol=1e-6)
+
+
+def test_failures_count_divergences_after_a_step_and_reset_on_save():
+  net = _net()
+  ckpt = net.checkpoint
+  cost = jnp.float32(1.0)
+  t, f = jnp.bool_(True), jnp.bool_(False)
+  net = _checkpoint.net_update(net, ckpt, f, t, cost)   # a rollback: 1
+  net = _checkpoint.net_update(net, ckpt, f, t, cost)   # right after one: 1
+  assert int(net.failures) == 1 and int(net.rollbacks) == 2
+  net = _checkpoint.net_update(net, ckpt, f, f, cost)   # a step
+  net = _checkpoint.net_update(net, ckpt, f, t, cost)   # diverged again: 2
+  assert int(net.failures) == 2
+  net = _checkpoint.net_update(net, ckpt, t, f, cost)   # a save
+  assert int(net.failures) == 0 and int(net.since_save) == 0
+
+
+def test_epoch_ends_leave_a_save_or_a_rollback_pending():
+  net = _net()
+  best = jnp.float32(2.0)
+  assert bool(_checkpoint.net_epoch_end(net, jnp.float32(1.5), best).pending_save)
+  assert not bool(_checkpoint.net_epoch_end(net, jnp.float32(2.5), best).pending_save)
+  for bad in (math.nan, math.inf, 20.5):  # 20.5 > 10 * 2
+    out = _checkpoint.net_epoch_end(net, jnp.float32(bad), best)
+    assert bool(out.pending) and not bool(out.pending_save)
+  assert not bool(_checkpoint.net_epoch_end(net, jnp.float32(19.0), best).pending)
+
+
+# ---------------------------------------------------------------- the methods
+
+
+@dataclasses.dataclass(frozen=True)
+class NetCase:
+  """A method with its safety net: ``make(lr, safety_net)``."""
+
+  name: str
+  make: Callable[..., optax.GradientTransformationExtraArgs]
+  needs: tuple[str, ...] = ("value",)
+  # The rate never leaves [lr0 / RATE_BAND, lr0 * RATE_BAND].
+  banded: bool = True
+
+
+NET_CASES = [
+    NetCase("hypergradient_descent",
+            lambda lr, **kw: optax_lr.hypergradient_descent(lr, **kw)),
+    NetCase("hypergradient_descent_multiplicative",
+            lambda lr, **kw: optax_lr.hypergradient_descent(
+                lr, multiplicative=True, **kw)),
+    NetCase("rtho", lambda lr, **kw: optax_lr.rtho(lr, **kw),
+            needs=("value", "loss_fn")),
+    NetCase("marthe_fixed_mu",
+            lambda lr, **kw: optax_lr.marthe(lr, mu=0.9, hyper_lr_step=0.0,
+                                             hyper_lr=1e-5, **kw),
+            needs=("value", "loss_fn")),
+    NetCase("aslr_window",
+            lambda lr, **kw: optax_lr.aslr(lr, steps_per_epoch=10, **kw),
+            banded=False),
+]
+NETS = pytest.mark.parametrize("case", NET_CASES, ids=lambda c: c.name)
+
+# 0.5 sum(s w^2): SGD at rate 1 multiplies the last coordinate by 1 - 30 = -29
+# per step, so the loss overflows float32 within ~30 steps.
+CURVATURES = jnp.array([1.0, 10.0, 30.0])
+W0 = jnp.array([1.0, 1.0, 1.0])
+
+
+def quadratic(w):
+  return 0.5 * jnp.sum(CURVATURES * w * w)
+
+
+def _train(case, tx, steps, w0=W0, loss_fn=quadratic, poison_at=None):
+  """``(params after every step, rates, rolled_back flags, final state)``."""
+
+  def body(carry, t):
+    w, state = carry
+    scale = jnp.where(t == poison_at, jnp.float32(jnp.nan), jnp.float32(1.0)) \
+        if poison_at is not None else jnp.float32(1.0)
+    poisoned = lambda p: loss_fn(p) * scale
+    loss, grads = jax.value_and_grad(poisoned)(w)
+    available = {"value": loss, "loss_fn": poisoned}
+    extra = {name: available[name] for name in case.needs}
+    updates, state = tx.update(grads, state, w, **extra)
+    w = optax_lr.apply_updates(w, updates, state)
+    return (w, state), (w, optax_lr.current_lr(state), state.safety.rolled_back
+                        if state.safety is not None else jnp.bool_(False))
+
+  @jax.jit
+  def run(w0):
+    (w, state), (ws, rates, flags) = jax.lax.scan(
+        body, (w0, tx.init(w0)), jnp.arange(steps))
+    return ws, rates, flags, state
+
+  return run(w0)
+
+
+@NETS
+def test_survives_an_initial_rate_at_which_sgd_diverges(case):
+  # Plain SGD at rate 1 overflows here.
+  w = W0
+  for _ in range(60):
+    w = w - jax.grad(quadratic)(w)
+  assert not np.all(np.isfinite(np.asarray(w)))
+  ws, rates, flags, state = _train(case, case.make(1.0), 3000)
+  w = np.asarray(ws[-1])
+  assert np.all(np.isfinite(w)), w
+  assert float(quadratic(w)) < 1e-3 * float(quadratic(W0))
+  assert int(state.safety.rollbacks) >= 1  # it had to back off
+  rates = np.asarray(rates, np.float64)
+  assert np.all(np.isfinite(rates)) and np.all(rates > 0)
+  if case.banded:
+    band = hypergradient.RATE_BAND
+    assert np.all(rates <= band * (1 + 1e-6)) and np.all(rates >= 1 / band * (1 - 1e-6))
+
+
+@NETS
+def test_nan_params_land_exactly_on_the_checkpoint(case):
+  tx = case.make(0.01)
+  # Healthy until step 50; NaN loss and gradients there.
+  ws, _, flags, state = _train(case, tx, 51, poison_at=50)
+  flags = np.asarray(flags)
+  assert not flags[:50].any() and flags[50]
+  saved = np.asarray(state.safety.checkpoint.params)
+  np.testing.assert_array_equal(np.asarray(ws[50]), saved)
+  # The checkpoint is one of the params the run went through (not a blend).
+  assert any(np.array_equal(saved, np.asarray(w)) for w in [W0, *ws[:50]])
+
+
+@NETS
+def test_the_net_changes_nothing_where_nothing_diverges(case):
+  # The same numbers with and without the net on a healthy run, to rounding:
+  # XLA contracts `w - eta * u` into one fused multiply-add on one path and
+  # not on the other (1 ulp per step).
+  with_net = _train(case, case.make(0.01), 200)
+  without = _train(case, case.make(0.01, safety_net=False), 200)
+  assert not np.asarray(with_net[2]).any()
+  np.testing.assert_allclose(np.asarray(with_net[0]), np.asarray(without[0]),
+                             rtol=1e-5, atol=1e-7)
+  np.testing.assert_allclose(np.asarray(with_net[1]), np.asarray(without[1]),
+                             rtol=1e-5)
+  assert without[3].safety is None
+
+
+@NETS
+def test_the_net_costs_one_params_copy_and_one_direction_state_copy(case):
+  params = {"w": jnp.zeros((64, 32)), "b": jnp.zeros(32)}
+  adam = optax.scale_by_adam()
+  nbytes = lambda tree: sum(x.nbytes for x in jax.tree_util.tree_leaves(tree))
+  with jax.numpy_dtype_promotion("standard"):
+    on = case.make(0.1, direction=adam).init(params)
+    off = case.make(0.1, direction=adam, safety_net=False).init(params)
+  extra = nbytes(on) - nbytes(off)
+  # Params (64*32 + 32 floats) and Adam's mu, nu and count; plus scalars.
+  expected = nbytes(params) + nbytes(adam.init(params))
+  assert expected <= extra <= expected + 64
+
+
+def test_the_band_keeps_the_rate_from_running_away():
+  # A loss whose best rate is ~10^6 times the initial one: HD grows the rate
+  # as fast as its rule lets it, and the band stops it at 10^4.
+  case = NET_CASES[0]
+  flat = lambda w: 0.5e-6 * jnp.sum(w * w)
+  _, rates, _, _ = _train(case, case.make(1e-3), 3000, loss_fn=flat)
+  rates = np.asarray(rates, np.float64)
+  assert rates.max() == pytest.approx(1e-3 * hypergradient.RATE_BAND, rel=1e-5)
+
+
+# ---------------------------------------------------------------- kappa selection
+
+
+def test_marthe_kappa_selection_decimates_kappa_and_rolls_back():
+  case = NetCase("marthe", optax_lr.marthe, needs=("value", "loss_fn"))
+  tx = optax_lr.marthe(0.01)
+  kappa0 = hypergradient.DEFAULT_HYPER_LR_STEP
+  # Two scripted divergences: NaN losses at steps 30 and 60.
+  def body(carry, t):
+    w, state = carry
+    bad = (t == 30) | (t == 60)
+    scale = jnp.where(bad, jnp.float32(jnp.nan), jnp.float32(1.0))
+    poisoned = lambda p: quadratic(p) * scale
+    loss, grads = jax.value_and_grad(poisoned)(w)
+    updates, state = tx.update(grads, state, w, value=loss, loss_fn=poisoned)
+    w = optax_lr.apply_updates(w, updates, state)
+    return (w, state), (w, state.hyper_lr_step, state.safety.rolled_back,
+                        state.hyper_lr, state.safety.checkpoint.params)
+
+  (_, state), (ws, kappas, flags, betas, saved) = jax.jit(
+      lambda w: jax.lax.scan(body, (w, tx.init(w)), jnp.arange(70)))(W0)
+  kappas, flags = np.asarray(kappas), np.asarray(flags)
+  np.testing.assert_array_equal(np.nonzero(flags)[0], [30, 60])
+  np.testing.assert_allclose(kappas[:30], kappa0, rtol=1e-6)
+  np.testing.assert_allclose(kappas[30:60], kappa0 / 10, rtol=1e-6)
+  np.testing.assert_allclose(kappas[60:], kappa0 / 100, rtol=1e-6)
+  # beta restarts from 0 with the smaller kappa; the params land on the
+  # checkpoint of the step each rollback went back to.
+  assert float(betas[30]) == 0.0 and float(betas[60]) == 0.0
+  np.testing.assert_array_equal(np.asarray(ws[30]), np.asarray(saved[30]))
+  np.testing.assert_array_equal(np.asarray(ws[60]), np.asarray(saved[60]))
+  del case
+
+
+def test_marthe_kappa_selection_counts_a_rate_out_of_its_band_as_divergence():
+  # kappa is large enough here that beta, then the rate, climbs past 10^4
+  # times its start on a flat loss: a divergence under kappa selection.
+  flat = lambda w: 0.5e-6 * jnp.sum(w * w)
+  tx = optax_lr.marthe(1e-3)
+  case = NetCase("marthe", None, needs=("value", "loss_fn"))
+  _, rates, flags, state = _train(case, tx, 3000, loss_fn=flat)
+  assert np.asarray(flags).any()
+  assert float(state.hyper_lr_step) < hypergradient.DEFAULT_HYPER_LR_STEP
+  assert np.asarray(rates).max() <= 1e-3 * hypergradient.RATE_BAND * (1 + 1e-6)
+
+
+def test_kappa_selection_needs_the_net():
+  with pytest.raises(ValueError, match="safety_net"):
+    optax_lr.marthe(0.1, safety_net=False)
+  optax_lr.marthe(0.1, hyper_lr_step=1e-3, safety_net=False)

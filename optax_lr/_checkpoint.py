@@ -51,10 +51,12 @@ import jax.numpy as jnp
 __all__ = [
     "BACKOFF",
     "DIVERGENCE_FACTOR",
+    "RATE_BAND",
     "SAVE_EVERY",
     "Checkpoint",
     "SafetyNetState",
     "backoff_rate",
+    "clip_to_band",
     "checkpoint_init",
     "fresh_copy",
     "net_decide",
@@ -73,6 +75,9 @@ BACKOFF = 10.0
 DIVERGENCE_FACTOR = 10.0
 # Healthy update calls between two saves, at the least.
 SAVE_EVERY = 20
+# Methods with a net keep their rate within [eta_0 / RATE_BAND,
+# eta_0 * RATE_BAND]: no runaway, no collapse for good.
+RATE_BAND = 1e4
 
 
 class Checkpoint(NamedTuple):
@@ -81,7 +86,9 @@ class Checkpoint(NamedTuple):
   params: Any  # params-like, in the params' dtypes: the saved params.
   direction_state: Any  # the direction's state saved with `params`.
   cost: jax.Array  # [] A: the loss at `params`, +inf when unknown.
-  rate: jax.Array  # [] A: the learning rate in use when saved.
+  # [] A: the learning rate in use when saved (a pytree of [] A for
+  # per-leaf rates).
+  rate: Any
 
 
 def fresh_copy(tree: Any) -> Any:
@@ -92,12 +99,12 @@ def fresh_copy(tree: Any) -> Any:
 def checkpoint_init(params: Any, direction_state: Any, rate: jax.Array,
                     cost: Optional[jax.Array] = None) -> Checkpoint:
   """A checkpoint of the initial params and the fresh direction state."""
-  dtype = rate.dtype
+  dtype = jax.tree_util.tree_leaves(rate)[0].dtype
   return Checkpoint(
       params=fresh_copy(params),
       direction_state=fresh_copy(direction_state),
       cost=jnp.full([], jnp.inf, dtype) if cost is None else cost.astype(dtype),
-      rate=jnp.array(rate, copy=True),
+      rate=fresh_copy(rate),
   )
 
 
@@ -122,7 +129,9 @@ def save_if(save: jax.Array, checkpoint: Checkpoint, params: Any,
       params=saved_params,
       direction_state=saved_direction,
       cost=jnp.where(save, cost.astype(checkpoint.cost.dtype), checkpoint.cost),
-      rate=jnp.where(save, rate.astype(checkpoint.rate.dtype), checkpoint.rate),
+      rate=jax.tree_util.tree_map(
+          lambda new, old: jnp.where(save, new.astype(old.dtype), old),
+          rate, checkpoint.rate),
   )
   grads = jax.tree_util.tree_map(
       lambda g: jax.lax.optimization_barrier((g, token))[0], grads
@@ -191,9 +200,9 @@ class SafetyNetState(NamedTuple):
   failures: jax.Array
 
 
-def net_init(params: Any, direction_state: Any, rate: jax.Array) -> SafetyNetState:
+def net_init(params: Any, direction_state: Any, rate: Any) -> SafetyNetState:
   """A safety net whose first checkpoint is the initial point."""
-  dtype = rate.dtype
+  dtype = jax.tree_util.tree_leaves(rate)[0].dtype
   return SafetyNetState(
       checkpoint=checkpoint_init(params, direction_state, rate),
       first_cost=jnp.full([], jnp.inf, dtype),
@@ -291,8 +300,8 @@ def net_update(net: SafetyNetState, checkpoint: Checkpoint, save: jax.Array,
 _MAX_FAILURES = 40
 
 
-def backoff_rate(rate: jax.Array, net: SafetyNetState,
-                 checkpoint: Checkpoint) -> jax.Array:
+def backoff_rate(rate: Any, net: SafetyNetState,
+                 checkpoint: Checkpoint) -> Any:
   """The rate after a rollback: ``min(rate, checkpoint.rate / BACKOFF^k)``.
 
   ``k`` counts the divergences since the checkpoint was saved (before this
@@ -301,8 +310,19 @@ def backoff_rate(rate: jax.Array, net: SafetyNetState,
   checkpoint divides it by ``BACKOFF`` once more.
   """
   k = jnp.where(net.rolled_back, jnp.maximum(net.failures - 1, 0), net.failures)
-  scale = jnp.asarray(BACKOFF, rate.dtype) ** (-k.astype(rate.dtype))
-  return jnp.minimum(rate, checkpoint.rate * scale).astype(rate.dtype)
+
+  def one(now, saved):
+    scale = jnp.asarray(BACKOFF, now.dtype) ** (-k.astype(now.dtype))
+    return jnp.minimum(now, saved * scale).astype(now.dtype)
+
+  return jax.tree_util.tree_map(one, rate, checkpoint.rate)
+
+
+def clip_to_band(rate: Any, initial_rate: float) -> Any:
+  """``rate`` (a scalar or a pytree of them) clipped to ``initial_rate``'s band."""
+  low, high = initial_rate / RATE_BAND, initial_rate * RATE_BAND
+  return jax.tree_util.tree_map(
+      lambda r: jnp.clip(r, low, high).astype(r.dtype), rate)
 
 
 def net_epoch_end(net: SafetyNetState, cost: jax.Array, best: jax.Array

@@ -146,11 +146,24 @@ def _rolled_back(state):
 _monitor.register_method(ASLRState, epoch_end=_epoch_end, rollback=_rolled_back)
 
 
-def _backed_off(state: ASLRState) -> dict:
-  """The search after a rollback: the centre a decade lower, not searching."""
-  exponent = jnp.maximum(state.exponent - 1, _MIN_EXP).astype(jnp.int32)
+def _backed_off(state: ASLRState, net, checkpoint) -> dict:
+  """The search after a rollback, not searching, around the safety net's rate.
+
+  The net's rule (``_checkpoint.backoff_rate``): the centre saved with the
+  checkpoint, a decade lower for each further divergence from it. That rate
+  is ``d·10^e`` (or a power of ten times one), so reading its leading digit
+  back from ``log10`` is exact: ``log10(d)`` is at most 0.954, far from the
+  next integer, and the 0.01 below only guards ``d = 1`` against rounding.
+  """
+  dtype = state.min_cost.dtype
+  rate = _checkpoint.backoff_rate(state.learning_rate, net, checkpoint)
+  exponent = jnp.floor(jnp.log10(rate) + jnp.asarray(0.01, dtype))
+  exponent = jnp.clip(exponent, _MIN_EXP, _MAX_EXP).astype(jnp.int32)
+  digit = jnp.round(_scaled(rate, -exponent))
+  digit = jnp.clip(digit, 1, 9).astype(jnp.int32)
   return dict(
-      learning_rate=_centre(state.digit, exponent, state.min_cost.dtype),
+      learning_rate=_centre(digit, exponent, dtype),
+      digit=digit,
       exponent=exponent,
       radius=jnp.zeros_like(state.radius),
       walked=jnp.zeros_like(state.walked),
@@ -355,7 +368,7 @@ def aslr(
           checkpoint.params, params, updates)
       inner_state = _checkpoint.restore_if(
           rollback, inner_state, checkpoint.direction_state)
-      backed_off = _backed_off(state)
+      backed_off = _backed_off(state, net, checkpoint)
       state = state._replace(
           safety=_checkpoint.net_update(net, checkpoint, save, rollback, cost),
           **{name: jnp.where(rollback, value_, getattr(state, name))

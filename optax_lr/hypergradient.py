@@ -180,7 +180,7 @@ DEFAULT_HYPER_LR_STEP = 1e-2
 MAX_NORMALIZED_HYPER_LR = 0.5
 # With the safety net, the rate stays within [eta_0 / RATE_BAND,
 # eta_0 * RATE_BAND]; leaving it is a divergence under kappa selection.
-RATE_BAND = 1e4
+RATE_BAND = _checkpoint.RATE_BAND
 
 
 # --------------------------------------------------------------------------

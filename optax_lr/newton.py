@@ -12,17 +12,22 @@ so the Newton step is multiplicative (the paper's Eq. 8):
 
     η ← η · (1 + γ <u, ∇L(w - η u)> / <u, ∇L(w) - ∇L(w - η u)>).
 
-Consecutive mini-batch gradients come from different data, so the paper sums the
-directions over windows of ``K`` steps and applies the rule to two consecutive
-window sums ``U_{k-1}`` (``u_prev``) and ``U_k`` (``u_new``), once per window.
-With ``r = <U_{k-1}, U_k>`` and ``d = <U_{k-1}, U_{k-1}> - r``:
+Consecutive mini-batch gradients come from different data, so the paper sums
+over windows of ``K`` steps and applies the rule once per window, to two
+consecutive windows. With ``U_k`` the sum of the directions and ``G_k`` the sum
+of the gradients over window ``k``, ``r = <U_{k-1}, G_k>`` (minus the slope of
+the loss along the previous window's step) and ``d = <U_{k-1}, G_{k-1}> - r``
+(the finite-difference curvature along it):
 
     factor = 1 + γ r / d        (d > 0; else 1: the second derivative is not
                                  positive and the paper keeps η),
     η ← η · clip(factor, 1 / max_factor, max_factor).
 
-For SGD on a quadratic with ``K = 1`` this is the exact Newton step (hence the
-exact line search) on the rate used for the previous step.
+For SGD (``u = g``, so ``G = U``) this is DESIGN.md's rule on direction sums
+alone, ``r = <U_{k-1}, U_k>``, ``d = |U_{k-1}|² - r``; on a quadratic with
+``K = 1`` it is the exact Newton step (hence the exact line search) on the rate
+used for the previous step. Over other directions the gradient sums are needed:
+see :func:`newton_lr`.
 """
 
 from __future__ import annotations
@@ -37,6 +42,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from optax_lr import _checkpoint
+from optax_lr import _checks
 from optax_lr import _monitor
 from optax_lr._tree import accumulation_dtype
 from optax_lr._tree import tree_sum_squares
@@ -55,16 +62,33 @@ class NewtonLRState(NamedTuple):
   learning_rate: Any
   # [] int32 in [0, K): update calls already summed into `acc`.
   window_step: jax.Array
-  # Like params (each leaf's dtype): sum of the directions u of this window.
+  # Like params, each leaf in its accumulation dtype (f32 for bf16/f16 leaves,
+  # else the leaf's dtype): sum of the directions u of this window.
   acc: Any
-  # Like params: the previous window's sum; all zeros when there is no usable
-  # previous window (at the start, and after a non-finite window).
+  # Like `acc`: the previous window's sum U_prev; all zeros when there is no
+  # usable previous window (at the start, and after a non-finite window).
   u_prev: Any
+  # None over SGD (the gradients are the directions). Otherwise like `acc`:
+  # sum of the gradients g of this window.
+  grad_acc: Any
+  # None over SGD. Otherwise [] float, the dtype of `learning_rate` (a pytree
+  # like params of [] scalars with per_leaf=True): <U_prev, G_prev>, the
+  # previous window's direction sum dotted with its gradient sum; 0 whenever
+  # `u_prev` is all zeros.
+  prev_dot: Any
   # The direction's own state.
   direction_state: Any
+  # The safety net (checkpoint, costs, rollback flags); None with
+  # safety_net=False.
+  safety: Optional[_checkpoint.SafetyNetState] = None
 
 
-_monitor.register_method(NewtonLRState)
+def _rolled_back(state):
+  net = state.safety
+  return None if net is None else (net.rolled_back, net.checkpoint.params)
+
+
+_monitor.register_method(NewtonLRState, rollback=_rolled_back)
 
 
 # ---------------------------------------------------------------- validation
@@ -159,6 +183,31 @@ def _run_if(pred, fn, operands):
   return jax.lax.while_loop(lambda carry: carry[0], body, (pred, tuple(operands)))[1]
 
 
+def _sum_dtype(leaf):
+  # The dtype of a window sum: at least f32 for floating leaves (a bf16 sum
+  # over hundreds of steps loses the low bits of every late term).
+  dtype = jnp.result_type(leaf)
+  return accumulation_dtype(leaf) if jnp.issubdtype(dtype, jnp.floating) else dtype
+
+
+def _zero_sums(params):
+  return jax.tree_util.tree_map(
+      lambda p: jnp.zeros_like(p, dtype=_sum_dtype(p)), params
+  )
+
+
+# `optax.identity()` builds a new closure at each call; its code object is
+# shared, so an explicit identity direction is recognised as plain SGD.
+_IDENTITY_CODE = optax.identity().update.__code__
+
+
+def _is_identity(direction) -> bool:
+  return direction is None or (
+      isinstance(direction, optax.GradientTransformation)
+      and getattr(direction.update, "__code__", None) is _IDENTITY_CODE
+  )
+
+
 def _scale(u, lr):
   # -η u in the accumulation dtype, rounded once to the leaf's dtype.
   return (u.astype(lr.dtype) * -lr).astype(u.dtype)
@@ -177,18 +226,21 @@ def newton_lr(
     max_factor: float = 100.0,
     per_leaf: bool = False,
     direction: Optional[optax.GradientTransformation] = None,
+    safety_net: bool = True,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Newton-based trainable learning rate over any descent direction.
 
-  Each call turns the gradient into a direction ``u_t`` with ``direction``,
-  returns ``-η u_t`` and adds ``u_t`` to a window sum. At the last call of each
-  window of ``K`` calls (after that call's update, which still uses the old
-  ``η``), with ``U_prev`` the previous window's sum and ``U_new`` this one's:
+  Each call turns the gradient ``g_t`` into a direction ``u_t`` with
+  ``direction``, returns ``-η u_t`` and adds ``u_t`` (and, over a direction
+  other than plain SGD, ``g_t``) to window sums. At the last call of each window
+  of ``K`` calls (after that call's update, which still uses the old ``η``),
+  with ``U_prev``, ``G_prev`` the previous window's sums of directions and of
+  gradients and ``U_new``, ``G_new`` this window's:
 
   .. math::
 
-     r = \langle U_{prev}, U_{new}\rangle, \quad
-     d = \langle U_{prev}, U_{prev}\rangle - r, \quad
+     r = \langle U_{prev}, G_{new}\rangle, \quad
+     d = \langle U_{prev}, G_{prev}\rangle - r, \quad
      f = 1 + \gamma\, r / d \ \ (d > 0), \ \ f = 1 \ \ (d \le 0),
 
   .. math::
@@ -196,37 +248,90 @@ def newton_lr(
      \eta \leftarrow \eta \cdot \mathrm{clip}(f,\ 1/\mathrm{max\_factor},\
      \mathrm{max\_factor}),
 
-  then ``U_prev ← U_new`` and the window sum restarts at 0. The first change
-  comes at the end of the second window. This is the paper's Eq. 8 with the
-  look-ahead gradient replaced by the next window's direction: ``r`` is minus
-  the slope of the loss along ``U_prev`` and ``d`` its finite-difference
-  curvature (``η Uᵀ H U`` for SGD). Per-step cost: ``acc += u`` and the update;
-  the three inner products, the rate update and the swap run only at window
-  ends (inside a ``lax.while_loop`` of zero or one trip: a ``lax.cond`` would
-  copy both window buffers on every call).
+  then ``U_prev ← U_new``, ``<U_prev, G_prev> ← <U_new, G_new>`` (a scalar: the
+  gradient sum itself is not kept) and the window sums restart at 0. The first
+  change comes at the end of the second window. This is the paper's Eq. 8 on
+  windows: the previous window moved the params by ``-η U_prev``; ``-r`` is the
+  slope of the loss along that step after it was taken (the look-ahead term
+  ``-<∇L(w - η u), u>``, with the next window's gradients standing in for the
+  look-ahead gradient) and ``d`` is the finite-difference curvature
+  ``<u, ∇L(w) - ∇L(w - η u)>`` (``η Uᵀ H U``). Per-step cost: ``acc += u``
+  (and ``grad_acc += g``) and the update; the inner products, the rate update
+  and the swap run only at window ends (inside a ``lax.while_loop`` of zero or
+  one trip: a ``lax.cond`` would copy the window buffers on every call).
+
+  **Where this departs from DESIGN.md's rule, and why.** DESIGN.md writes the
+  rule on direction sums only: ``r = <U_prev, U_new>``, ``d = |U_prev|² - r``
+  (so does the authors' code, which takes both from the weights' change over a
+  window). In the paper's auxiliary loss ``L_η(w) = L(w - η u)`` both
+  derivatives dot the *gradient* with the direction; direction sums stand in
+  for gradient sums only when ``u = g``. Over plain SGD (``direction=None`` or
+  ``optax.identity()``) ``G = U`` and this rule *is* DESIGN.md's, computed the
+  same way, bit for bit, with no gradient buffer. Over momentum or Adam the
+  directions of consecutive windows stay correlated (Adam's are sign-like), so
+  ``<U_prev, U_new> ≈ |U_prev|²`` whatever the loss does: ``d → 0`` and the
+  factor sat at ``max_factor``
+  (``newton_lr(1e-3, update_every=50, direction=optax.scale_by_adam())`` on
+  Rosenbrock: ``η`` 1e-3 → 1e13, params 7e12; with the gradient sums: it
+  converges to (1, 1), ``η`` at most 1.5).
 
   Guards beyond the paper's two (keep ``η`` when ``d ≤ 0``, cap the factor):
 
   * Lower bound ``1 / max_factor``. For ``γ ≤ 1`` the factor is always
-    ``> 1 - γ ≥ 0`` in exact arithmetic, but a sharp overshoot (``U_new ≈ -c
-    U_prev``, ``c ≫ 1``) drives it towards 0, and ``γ > 1`` (over-relaxed
+    ``> 1 - γ ≥ 0`` in exact arithmetic, but a sharp overshoot (``G_new ≈ -c
+    G_prev``, ``c ≫ 1``) drives it towards 0, and ``γ > 1`` (over-relaxed
     Newton, allowed) can make it negative. So ``η`` changes by at most
     ``max_factor``-fold per window, up or down, and stays positive.
   * A tiny or denormal ``d`` gives a huge or infinite ratio, which the clip
     bounds; a ``d`` flushed to 0 keeps ``η``.
   * ``η`` is kept within ``[finfo.tiny, finfo.max]`` of its dtype: a zero rate
     would never move again under a multiplicative rule.
-  * A window whose sum holds NaN or Inf (or whose squared norm overflows) keeps
-    ``η`` and is dropped: ``U_prev`` is reset to zeros, so the next window end
-    only records its sum (``d = 0`` there keeps ``η``) and the rule resumes one
+  * A window whose sums hold NaN or Inf (or whose ``<U_new, G_new>``, i.e.
+    ``|U_new|²`` over SGD, overflows) keeps ``η`` and is dropped: ``U_prev``
+    (and ``<U_prev, G_prev>``) is reset to zero, so the next window end only
+    records its sums (``d = 0`` there keeps ``η``) and the rule resumes one
     window later, once the numbers are finite again.
 
   ``per_leaf=True`` (the paper's proposed extension) applies the same rule to
   each leaf with its own rate, its own inner products and its own NaN guard.
 
-  The window sums are kept in each param leaf's dtype, like optax's
-  ``MultiSteps`` accumulator and Adam's moments; inner products accumulate in
-  at least float32.
+  Memory and dtypes: the window sums are param-sized buffers beyond the
+  direction's own state: two over plain SGD (``acc``, ``u_prev``), as in
+  DESIGN.md, and three over any other direction (plus ``grad_acc``), with one
+  more scalar per rate. Each sum is kept in its leaf's accumulation dtype,
+  never narrower than float32 (float64 stays float64): a bfloat16 sum over
+  hundreds of steps drops the low bits of every late term (past 128 each term
+  of about 1 rounds to a whole number), which biases ``η`` (DESIGN.md: by about
+  10%). So with bfloat16 params each of those buffers takes twice the params'
+  bytes. The returned update keeps each leaf's dtype; inner products
+  accumulate in at least float32.
+
+  Limits (measured on optax's contrib targets, 30k steps, defaults, from
+  ``η_0 = 1e-3``): window sums cancel an oscillation that alternates from step
+  to step, so the rule cannot see a stiff direction go unstable before it has
+  grown for most of a window. Over SGD and momentum on Rosenbrock (a narrow
+  curved valley) the rate climbs past the stiff direction's stability limit
+  and the params overflow inside one window, for windows of 10 to 50; over
+  Adam the rate still runs away there with windows of 10, 25 or 33 (to about
+  9e3, 3e5 and 2e14; Adam's steps stay bounded and the params drift off), but
+  not with windows of 50. And a deterministic run that converges to the
+  float32 floor stops moving: its steps round away, the gradients repeat,
+  ``r ≈ <U_prev, G_prev>`` reads as a flat loss and the rate jumps past the
+  stability limit (SGD on the mixed-tensor target, windows of 50: 0.2 → 2.2,
+  limit 1; also the matrix parabola with windows of 33). The safety net
+  handles these.
+
+  The safety net (``safety_net=True``, the default; ``optax_lr._checkpoint``)
+  checkpoints the params and the direction state every 20 healthy calls
+  (with a ``value`` no worse than the checkpoint's, when given), and rolls
+  back to them, with the rate saved there (then a tenth of it for each
+  further divergence from the same checkpoint), on a divergence: a training
+  loss ``value`` that is non-finite or above ten times its reference, in the
+  same call; a dropped (non-finite) window sum, at the next call. The window
+  restarts after a rollback, and the rate stays within
+  ``[η_0 / 10^4, η_0 · 10^4]``. Pass ``value=loss`` so the net sees a
+  divergence before the numbers overflow. It costs one params copy and one
+  direction-state copy; ``safety_net=False`` removes it.
 
   Args:
     learning_rate: the initial rate ``η_0 > 0`` (finite and nonzero in
@@ -246,7 +351,12 @@ def newton_lr(
     direction: the transformation from gradients to the unscaled descent
       direction ``u`` (default ``optax.identity()``, plain SGD); e.g.
       ``optax.trace(0.9)`` or ``optax.scale_by_adam()``, or a chain. Extra
-      keyword arguments of ``update`` are passed on to it.
+      keyword arguments of ``update`` are passed on to it. ``None`` and
+      ``optax.identity()`` (recognised by its code) use the SGD form of the
+      rule with two window buffers; any other direction keeps the gradient sum
+      as a third.
+    safety_net: checkpoint and roll back on divergence (above); then
+      ``update`` needs ``params`` and reads the ``value`` extra argument.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` whose state is a
@@ -295,6 +405,10 @@ def newton_lr(
   if not isinstance(per_leaf, (bool, np.bool_)):
     raise ValueError(f"per_leaf must be a bool, got per_leaf={per_leaf!r}")
   per_leaf = bool(per_leaf)
+  if not isinstance(safety_net, (bool, np.bool_)):
+    raise ValueError(f"safety_net must be a bool, got safety_net={safety_net!r}")
+  safety_net = bool(safety_net)
+  sgd = _is_identity(direction)
   if direction is None:
     direction = optax.identity()
   if not isinstance(direction, optax.GradientTransformation):
@@ -306,6 +420,7 @@ def newton_lr(
 
   def init_fn(params):
     dtype = accumulation_dtype(params)
+    direction_state = direction.init(params)
     if per_leaf:
       rate = jax.tree_util.tree_map(lambda _: jnp.full([], lr0, dtype), params)
     else:
@@ -314,58 +429,133 @@ def newton_lr(
         count=jnp.zeros([], jnp.int32),
         learning_rate=rate,
         window_step=jnp.zeros([], jnp.int32),
-        acc=optax.tree.zeros_like(params),
-        u_prev=optax.tree.zeros_like(params),
-        direction_state=direction.init(params),
+        acc=_zero_sums(params),
+        u_prev=_zero_sums(params),
+        grad_acc=None if sgd else _zero_sums(params),
+        prev_dot=None if sgd else jax.tree_util.tree_map(jnp.zeros_like, rate),
+        direction_state=direction_state,
+        safety=(_checkpoint.net_init(params, direction_state, rate)
+                if safety_net else None),
     )
 
-  def window_end(lr, u_new, u_prev):
-    if per_leaf:
-      def leaf_rate(rate, prev, new):
-        return _newton_rate(rate, tree_vdot(prev, new), tree_sum_squares(prev),
-                            tree_sum_squares(new), gamma, max_factor)
-
-      lr = jax.tree_util.tree_map(leaf_rate, lr, u_prev, u_new)
-      keep = lambda new: jnp.isfinite(tree_sum_squares(new))
-      u_prev = jax.tree_util.tree_map(
-          lambda new: jnp.where(keep(new), new, jnp.zeros_like(new)), u_new
-      )
-    else:
-      norm_new = tree_sum_squares(u_new)
+  def end_one(lr, u_new, u_prev, g_new, prev_dot):
+    """The rule on one group of leaves (the whole tree, or one leaf)."""
+    if sgd:  # G = U: <U_prev, G_prev> = |U_prev|², and the new sums coincide.
+      new_dot = tree_sum_squares(u_new)
       lr = _newton_rate(lr, tree_vdot(u_prev, u_new), tree_sum_squares(u_prev),
-                        norm_new, gamma, max_factor)
-      keep = jnp.isfinite(norm_new)
-      u_prev = jax.tree_util.tree_map(
-          lambda new: jnp.where(keep, new, jnp.zeros_like(new)), u_new
-      )
-    return lr, optax.tree.zeros_like(u_new), u_prev
+                        new_dot, gamma, max_factor)
+    else:
+      # <U_new, G_new> is non-finite when either sum holds a NaN or an Inf
+      # (or when it overflows): the same drop test as |U_new|² over SGD.
+      new_dot = tree_vdot(u_new, g_new).astype(lr.dtype)
+      lr = _newton_rate(lr, tree_vdot(u_prev, g_new), prev_dot, new_dot,
+                        gamma, max_factor)
+    keep = jnp.isfinite(new_dot)
+    u_prev = jax.tree_util.tree_map(
+        lambda new: jnp.where(keep, new, jnp.zeros_like(new)), u_new
+    )
+    if not sgd:
+      prev_dot = jnp.where(keep, new_dot, jnp.zeros_like(new_dot))
+    return lr, u_prev, prev_dot, jnp.logical_not(keep)
 
-  def update_fn(updates, state, params=None, **extra_args):
+  def window_end(lr, u_new, u_prev, g_new, prev_dot, dropped):
+    if per_leaf:
+      # The rule leaf by leaf; over SGD the unused slots carry stand-ins.
+      out = jax.tree_util.tree_map(
+          end_one, lr, u_new, u_prev,
+          u_new if sgd else g_new, lr if sgd else prev_dot,
+      )
+      column = lambda i: jax.tree_util.tree_map(lambda _, o: o[i], lr, out)
+      lr, u_prev = column(0), column(1)
+      prev_dot = None if sgd else column(2)
+      dropped = jnp.any(jnp.stack(jax.tree_util.tree_leaves(column(3))))
+    else:
+      lr, u_prev, prev_dot, dropped = end_one(lr, u_new, u_prev, g_new, prev_dot)
+    zeros = lambda tree: jax.tree_util.tree_map(jnp.zeros_like, tree)
+    return (lr, zeros(u_new), u_prev, None if sgd else zeros(g_new), prev_dot,
+            dropped)
+
+  def restart(lr, u_new, u_prev, g_new, prev_dot, dropped):
+    # After a rollback: no usable window (as after a dropped one).
+    zeros = lambda tree: jax.tree_util.tree_map(jnp.zeros_like, tree)
+    return (lr, zeros(u_new), zeros(u_prev), None if sgd else zeros(g_new),
+            None if sgd else zeros(prev_dot), dropped)
+
+  def update_fn(updates, state, params=None, *, value=None, **extra_args):
+    lr = state.learning_rate
+    net = state.safety
+    if value is not None:
+      extra_args["value"] = value
+    if safety_net:
+      if params is None and jax.tree_util.tree_leaves(updates):
+        raise ValueError(
+            "params: newton_lr's safety net saves and restores checkpoints of "
+            "the params; call update(grads, state, params), or build it with "
+            "safety_net=False."
+        )
+      _checks.check_tree_like("params", params, updates, "the updates")
+      # Divergence: a blown-up or non-finite `value` now, or a dropped
+      # (non-finite) window sum at the previous call.
+      save, rollback, cost = _checkpoint.net_decide(net, value, jnp.asarray(True))
+      checkpoint, updates = _checkpoint.save_if(
+          save, net.checkpoint, params, state.direction_state, lr, cost, updates)
     u, direction_state = direction.update(
         updates, state.direction_state, params, **extra_args
     )
-    lr = state.learning_rate
-    if per_leaf:
+    if safety_net:
+      neg = jax.tree_util.tree_map(jnp.negative, lr)
+      new_updates = _checkpoint.step_or_rollback(
+          rollback, u, neg if per_leaf else jnp.negative(lr),
+          checkpoint.params, params, updates)
+      direction_state = _checkpoint.restore_if(
+          rollback, direction_state, checkpoint.direction_state)
+      backed_off = _checkpoint.backoff_rate(lr, net, checkpoint)
+      lr = jax.tree_util.tree_map(
+          lambda b, r: jnp.where(rollback, b, r), backed_off, lr)
+    elif per_leaf:
       new_updates = jax.tree_util.tree_map(_scale, u, lr)
     else:
       new_updates = jax.tree_util.tree_map(lambda x: _scale(x, lr), u)
-    acc = jax.tree_util.tree_map(lambda a, x: a + x.astype(a.dtype), state.acc, u)
+    add = lambda a, x: a + x.astype(a.dtype)
+    acc = jax.tree_util.tree_map(add, state.acc, u)
+    grad_acc = None if sgd else jax.tree_util.tree_map(add, state.grad_acc, updates)
+    operands = (lr, acc, state.u_prev, grad_acc, state.prev_dot,
+                jnp.zeros([], jnp.bool_))
+    if safety_net:
+      # A rollback call restarts the window; like a window end, the reset
+      # runs in a loop of 0 or 1 trips, so other calls copy no buffer.
+      operands = _run_if(rollback, restart, operands)
+      is_end = jnp.logical_not(rollback)
+    else:
+      is_end = jnp.asarray(True)
+    if window > 1:
+      is_end = is_end & (state.window_step >= window - 1)
+    if window == 1 and not safety_net:
+      lr, acc, u_prev, grad_acc, prev_dot, dropped = window_end(*operands)
+    else:
+      lr, acc, u_prev, grad_acc, prev_dot, dropped = _run_if(
+          is_end, window_end, operands)
     if window == 1:
-      lr, acc, u_prev = window_end(lr, acc, state.u_prev)
       window_step = state.window_step
     else:
-      is_end = state.window_step >= window - 1
-      lr, acc, u_prev = _run_if(is_end, window_end, (lr, acc, state.u_prev))
       window_step = jnp.where(
           is_end, jnp.zeros_like(state.window_step), state.window_step + 1
       )
+    if safety_net:
+      window_step = jnp.where(rollback, jnp.zeros_like(window_step), window_step)
+      lr = _checkpoint.clip_to_band(lr, lr0)
+      net = _checkpoint.net_update(net, checkpoint, save, rollback, cost,
+                                   pending=dropped)
     new_state = NewtonLRState(
         count=optax.safe_increment(state.count),
         learning_rate=lr,
         window_step=window_step,
         acc=acc,
         u_prev=u_prev,
+        grad_acc=grad_acc,
+        prev_dot=prev_dot,
         direction_state=direction_state,
+        safety=net,
     )
     return new_updates, new_state
 

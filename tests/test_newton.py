@@ -19,6 +19,13 @@ import optax_lr
 from optax_lr import newton as newton_module
 
 
+
+def _paper_rule(*args, **kwargs):
+  """``newton_lr`` without its safety net: the rule and its own guards, as
+  DESIGN.md states them (the net, which rolls back where these guards drop a
+  window, has its tests in test_safety.py)."""
+  return optax_lr.newton_lr(*args, safety_net=False, **kwargs)
+
 def _standard_promotion(tx):
   """Runs ``tx`` under standard promotion: optax's Adam bias correction raises
   a float to an int32 power, which the suite's strict promotion rejects. Only
@@ -47,6 +54,24 @@ def _run_grads(tx, params, grads_seq):
     return jax.lax.scan(body, tx.init(params), grads_seq)
 
   return run(params, grads_seq)
+
+
+def _pass_through():
+  """u = g through the general (non-SGD) path: not recognised as the identity."""
+
+  def update(updates, state, params=None):
+    return jax.tree_util.tree_map(lambda g: g * 1.0, updates), state
+
+  return optax.GradientTransformation(optax.init_empty_state, update)
+
+
+def _preconditioned(scale):
+  """u = scale * g elementwise, a fixed diagonal preconditioner."""
+
+  def update(updates, state, params=None):
+    return jax.tree_util.tree_map(lambda g: g * scale, updates), state
+
+  return optax.GradientTransformation(optax.init_empty_state, update)
 
 
 # ---------------------------------------------------------------- validation
@@ -122,7 +147,7 @@ def test_hand_computed_windows_with_nan_window_and_recovery():
   # W3 holds a NaN: rate kept, U_prev reset to 0. W4 sums to 2: d = 0, kept
   # (only stored). W5 sums to 1 against 2: factor 1.2 again.
   grads = jnp.array([1, 1, .5, .5, np.nan, 1, 1, 1, .5, .5], jnp.float32)
-  tx = optax_lr.newton_lr(0.5, update_every=2, gamma=0.2)
+  tx = _paper_rule(0.5, update_every=2, gamma=0.2)
   state, rates = _run_grads(tx, jnp.zeros([]), grads)
   expected = 0.5 * np.array([1, 1, 1, 1.2, 1.2, 1.2, 1.2, 1.2, 1.2, 1.44])
   np.testing.assert_allclose(np.asarray(rates), expected, rtol=1e-6)
@@ -132,7 +157,7 @@ def test_hand_computed_windows_with_nan_window_and_recovery():
 @pytest.mark.parametrize("bad", [np.inf, -np.inf])
 def test_inf_window_keeps_rate_and_resets(bad):
   grads = jnp.array([1, 1, .5, .5, bad, 0, 1, 1, .5, .5], jnp.float32)
-  tx = optax_lr.newton_lr(0.5, update_every=2, gamma=0.2)
+  tx = _paper_rule(0.5, update_every=2, gamma=0.2)
   state, rates = _run_grads(tx, jnp.zeros([]), grads)
   expected = 0.5 * np.array([1, 1, 1, 1.2, 1.2, 1.2, 1.2, 1.2, 1.2, 1.44])
   np.testing.assert_allclose(np.asarray(rates), expected, rtol=1e-6)
@@ -143,7 +168,7 @@ def test_per_leaf_nan_only_touches_its_leaf():
   # window from W2 on: its window sums halve, r/d = 1).
   a = jnp.array([1, 1, .5, .5, np.nan, 1, 1, 1, .5, .5], jnp.float32)
   b = jnp.array([8, 8, 4, 4, 2, 2, 1, 1, .5, .5], jnp.float32)
-  tx = optax_lr.newton_lr(0.5, update_every=2, gamma=0.2, per_leaf=True)
+  tx = _paper_rule(0.5, update_every=2, gamma=0.2, per_leaf=True)
   params = {"a": jnp.zeros([]), "b": jnp.zeros([])}
   _, rates = _run_grads(tx, params, {"a": a, "b": b})
   np.testing.assert_allclose(
@@ -198,11 +223,11 @@ def test_overflowing_window_norm_is_dropped():
 def test_rate_stays_within_the_finite_normal_range():
   dtype_info = np.finfo(np.float32)
   tiny_step = jnp.array([1.0, np.nextafter(np.float32(1), np.float32(0))] * 3, jnp.float32)
-  tx = optax_lr.newton_lr(1e37, update_every=1, gamma=0.2)
+  tx = _paper_rule(1e37, update_every=1, gamma=0.2)
   _, rates = _run_grads(tx, jnp.zeros([]), tiny_step)
   assert float(rates[-1]) == dtype_info.max
   flip = jnp.array([1.0, -1.0] * 20, jnp.float32)
-  tx = optax_lr.newton_lr(1e-30, update_every=1, gamma=3.0)
+  tx = _paper_rule(1e-30, update_every=1, gamma=3.0)
   _, rates = _run_grads(tx, jnp.zeros([]), flip)
   assert float(rates[-1]) == dtype_info.tiny
 
@@ -220,6 +245,137 @@ def test_rule_never_gives_a_bad_rate_on_extreme_inputs():
       assert rate.dtype == np.float32
       assert np.all(np.isfinite(rate)) and np.all(rate > 0)
       assert np.all(rate.astype(np.float64) <= float(np.float32(lr)) * 100.0 * (1 + 1e-6))
+
+
+# ---------------------------------------------------------------- gradient sums (non-SGD directions)
+
+
+def test_gradient_sums_hand_computed_with_a_preconditioned_direction():
+  # u = (1, 10) * g, K = 1, eta_0 = 0.5, gamma = 0.2.
+  # W1: g = (1, 1), U = (1, 10): only recorded, <U1, G1> = 11.
+  # W2: g = (0.5, -0.1): r = <U1, G2> = 0.5 - 1 = -0.5, d = 11 + 0.5 = 11.5,
+  #     factor 1 - 0.2 * 0.5 / 11.5. (DESIGN.md's literal rule on direction
+  #     sums: U2 = (0.5, -1), r = -9.5, d = 110.5, factor 1 - 0.2 * 9.5 / 110.5.)
+  # W3: g = (0.25, 0.25): <U2, G2> = 0.25 + 0.1 = 0.35, r = <U2, G3> = 0.125 -
+  #     0.25 = -0.125, d = 0.475, factor 1 - 0.2 * 0.125 / 0.475.
+  grads = jnp.array([[1.0, 1.0], [0.5, -0.1], [0.25, 0.25]], jnp.float32)
+  tx = optax_lr.newton_lr(
+      0.5, update_every=1, gamma=0.2,
+      direction=_preconditioned(jnp.array([1.0, 10.0], jnp.float32)))
+  state, rates = _run_grads(tx, jnp.zeros(2), grads)
+  f2 = 1 - 0.2 * 0.5 / 11.5
+  f3 = 1 - 0.2 * 0.125 / 0.475
+  np.testing.assert_allclose(np.asarray(rates), [0.5, 0.5 * f2, 0.5 * f2 * f3], rtol=1e-6)
+  # <U3, G3> = (0.25, 2.5) . (0.25, 0.25), kept for the next window end.
+  np.testing.assert_allclose(float(state.prev_dot), 0.25 * 0.25 + 2.5 * 0.25, rtol=1e-6)
+  assert not np.isclose(f2, 1 - 0.2 * 9.5 / 110.5, rtol=1e-3)  # the rules differ
+
+
+@pytest.mark.parametrize("per_leaf", [False, True])
+def test_general_rule_reduces_to_sgd_when_the_direction_is_the_gradient(per_leaf):
+  # A direction that returns g (but is not `optax.identity`) takes the general
+  # path, with a gradient buffer; U = G there, so every rate, NaN window
+  # included, is the SGD rule's, bit for bit.
+  grads = jnp.array([1, 1, .5, .5, np.nan, 1, 1, 1, .5, .5], jnp.float32)
+  params = {"a": jnp.zeros([]), "b": jnp.zeros(2)}
+  grads = {"a": grads, "b": jnp.stack([grads[::-1], -2 * grads], axis=1)}
+  sgd = optax_lr.newton_lr(0.5, update_every=2, per_leaf=per_leaf)
+  general = optax_lr.newton_lr(0.5, update_every=2, per_leaf=per_leaf,
+                               direction=_pass_through())
+  state_sgd, rates_sgd = _run_grads(sgd, params, grads)
+  state_gen, rates_gen = _run_grads(general, params, grads)
+  for x, y in zip(jax.tree_util.tree_leaves(rates_sgd), jax.tree_util.tree_leaves(rates_gen)):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+  assert len(set(np.asarray(jax.tree_util.tree_leaves(rates_gen)[0]).tolist())) > 1
+  assert state_sgd.grad_acc is None and state_gen.grad_acc is not None
+
+
+@pytest.mark.parametrize("scale", [2.0, 1e-3])
+def test_rates_do_not_depend_on_a_constant_scale_of_the_direction(scale):
+  # u = c g multiplies r and d by c: the factors are those of SGD.
+  grads = jnp.array([1, 1, .5, .5, np.nan, 1, 1, 1, .5, .5], jnp.float32)
+  tx = _paper_rule(0.5, update_every=2, gamma=0.2,
+                          direction=_preconditioned(jnp.float32(scale)))
+  _, rates = _run_grads(tx, jnp.zeros([]), grads)
+  expected = 0.5 * np.array([1, 1, 1, 1.2, 1.2, 1.2, 1.2, 1.2, 1.2, 1.44])
+  np.testing.assert_allclose(np.asarray(rates), expected, rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "direction, extra_buffers",
+    [(None, 2), (optax.identity(), 2), (optax.trace(0.9), 3),
+     (optax.chain(optax.add_decayed_weights(1e-4), optax.trace(0.9)), 3)],
+)
+def test_param_sized_buffers_two_over_sgd_three_otherwise(direction, extra_buffers):
+  params = {"w": jnp.ones((3, 2)), "b": jnp.ones(2)}
+  for per_leaf in (False, True):
+    state = _paper_rule(0.1, update_every=3, per_leaf=per_leaf,
+                               direction=direction).init(params)
+    own = state._replace(direction_state=None)
+    sized = [x for x in jax.tree_util.tree_leaves(own) if x.shape in ((3, 2), (2,))]
+    assert len(sized) == 2 * extra_buffers  # two leaves per buffer
+    if extra_buffers == 2:
+      assert state.grad_acc is None and state.prev_dot is None
+    else:
+      assert (jax.tree_util.tree_structure(state.grad_acc)
+              == jax.tree_util.tree_structure(params))
+      assert (jax.tree_util.tree_structure(state.prev_dot)
+              == jax.tree_util.tree_structure(state.learning_rate))
+
+
+# ---------------------------------------------------------------- dtypes
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16, jnp.float32])
+def test_window_sums_are_at_least_float32_and_updates_keep_the_leaf_dtype(dtype):
+  params = {"w": jnp.ones((2, 3), dtype), "b": jnp.ones(3, jnp.float32)}
+  for direction in (None, optax.trace(0.9)):
+    tx = optax_lr.newton_lr(0.1, update_every=2, direction=direction)
+    state = tx.init(params)
+    grads = jax.tree_util.tree_map(lambda p: jnp.full_like(p, 0.5), params)
+    for _ in range(3):
+      updates, state = tx.update(grads, state, params)
+    assert updates["w"].dtype == dtype and updates["b"].dtype == jnp.float32
+    for buffer in (state.acc, state.u_prev) + (() if direction is None else (state.grad_acc,)):
+      assert buffer["w"].dtype == jnp.float32 and buffer["b"].dtype == jnp.float32
+    assert state.learning_rate.dtype == jnp.float32
+
+
+def test_window_sums_stay_float64_under_x64():
+  with jax.enable_x64(True):
+    params = {"w": jnp.ones(2, jnp.float64), "h": jnp.ones(2, jnp.bfloat16)}
+    state = optax_lr.newton_lr(0.1, update_every=2, direction=optax.trace(0.9)).init(params)
+    assert state.acc["w"].dtype == jnp.float64 and state.grad_acc["w"].dtype == jnp.float64
+    assert state.acc["h"].dtype == jnp.float32 and state.u_prev["h"].dtype == jnp.float32
+    assert state.prev_dot.dtype == jnp.float64
+
+
+@pytest.mark.parametrize("direction", [None, _pass_through()])
+def test_bfloat16_params_give_the_float32_rates(direction):
+  # Windows of 200 calls of bf16-exact gradients (1.1015625, then 0.75, then
+  # 0.5). Summed in f32 the sums are exact: 220.3125 and 150, factor
+  # 1 + 0.2 (150/220.3125) / (1 - 150/220.3125) = 1.42667. Summed in bf16 they
+  # would be 204 and 178 (8-bit mantissa: past 128 each term rounds to a whole
+  # number), factor 2.37.
+  window = 200
+  values = np.repeat(np.array([1.1015625, 0.75, 0.5], np.float32), window)
+  vec = np.array([1.0, -2.0, 0.5], np.float32)
+  grads32 = jnp.asarray(values[:, None] * vec)
+  grads16 = grads32.astype(jnp.bfloat16)
+  assert np.array_equal(np.asarray(grads16.astype(jnp.float32)), np.asarray(grads32))
+  tx = optax_lr.newton_lr(0.1, update_every=window, gamma=0.2, direction=direction)
+  state16, rates16 = _run_grads(tx, jnp.zeros(3, jnp.bfloat16), grads16)
+  _, rates32 = _run_grads(tx, jnp.zeros(3, jnp.float32), grads32)
+  np.testing.assert_allclose(np.asarray(rates16), np.asarray(rates32), rtol=1e-6)
+  expected = 1 + 0.2 * (150 / 220.3125) / (1 - 150 / 220.3125)
+  np.testing.assert_allclose(float(rates16[2 * window - 1]), 0.1 * expected, rtol=1e-6)
+  assert state16.acc.dtype == jnp.float32
+  # What a bf16 window sum would have given: far off.
+  bf16_sum = lambda v: float(jax.lax.scan(
+      lambda c, x: (c + x, None), jnp.bfloat16(0), jnp.full(window, v, jnp.bfloat16))[0])
+  a, b = bf16_sum(1.1015625), bf16_sum(0.75)
+  assert (a, b) == (204.0, 178.0)
+  assert abs((1 + 0.2 * (b / a) / (1 - b / a)) / expected - 1) > 0.5
 
 
 # ---------------------------------------------------------------- float64 reference
@@ -245,21 +401,29 @@ def _noise(num_steps, seed=0):
 
 
 def _reference(num_steps, lr0, window, gamma, max_factor, per_leaf, adam):
-  """The window rule in float64 numpy, with plain loops over steps and leaves."""
+  """The window rule in float64 numpy, with plain loops over steps and leaves.
+
+  Sums of directions U and of gradients G per window; r = <U_prev, G_new>,
+  d = <U_prev, G_prev> - r. Over SGD (u = g) this is r = <U_prev, U_new>,
+  d = |U_prev|^2 - r.
+  """
   names = ("a", "b")
   noise = _noise(num_steps)
   w = {k: W0[k].copy() for k in names}
   m = {k: np.zeros_like(W0[k]) for k in names}
   v = {k: np.zeros_like(W0[k]) for k in names}
   acc = {k: np.zeros_like(W0[k]) for k in names}
+  gacc = {k: np.zeros_like(W0[k]) for k in names}
   prev = {k: np.zeros_like(W0[k]) for k in names}
+  prev_gacc = {k: np.zeros_like(W0[k]) for k in names}
   lr = {k: lr0 for k in names} if per_leaf else lr0
   branches = set()
   trajectory, rates = [], []
   for t in range(num_steps):
-    u = {}
+    u, grad = {}, {}
     for k in names:
       g = H[k] * w[k] + C * w[k] ** 3 - noise[k][t]
+      grad[k] = g
       if adam:
         m[k] = 0.9 * m[k] + 0.1 * g
         v[k] = 0.999 * v[k] + 0.001 * g * g
@@ -271,12 +435,13 @@ def _reference(num_steps, lr0, window, gamma, max_factor, per_leaf, adam):
     for k in names:
       w[k] = w[k] - (lr[k] if per_leaf else lr) * u[k]
       acc[k] = acc[k] + u[k]
+      gacc[k] = gacc[k] + grad[k]
     if (t + 1) % window == 0:
       groups = [[k] for k in names] if per_leaf else [list(names)]
       for group in groups:
-        r = sum(float(np.sum(prev[k] * acc[k])) for k in group)
-        s = sum(float(np.sum(prev[k] * prev[k])) for k in group)
-        nn = sum(float(np.sum(acc[k] * acc[k])) for k in group)
+        r = sum(float(np.sum(prev[k] * gacc[k])) for k in group)
+        s = sum(float(np.sum(prev[k] * prev_gacc[k])) for k in group)
+        nn = sum(float(np.sum(acc[k] * gacc[k])) for k in group)
         d = s - r
         factor = 1.0
         if s == 0:
@@ -293,8 +458,11 @@ def _reference(num_steps, lr0, window, gamma, max_factor, per_leaf, adam):
         else:
           lr = lr * factor
         for k in group:
-          prev[k] = acc[k].copy() if np.isfinite(nn) else np.zeros_like(acc[k])
+          keep = np.isfinite(nn)
+          prev[k] = acc[k].copy() if keep else np.zeros_like(acc[k])
+          prev_gacc[k] = gacc[k].copy() if keep else np.zeros_like(gacc[k])
           acc[k] = np.zeros_like(acc[k])
+          gacc[k] = np.zeros_like(gacc[k])
     trajectory.append({k: w[k].copy() for k in names})
     rates.append(dict(lr) if per_leaf else lr)
   return trajectory, rates, branches
@@ -454,7 +622,7 @@ def test_window_end_work_runs_only_at_window_ends():
   # runs at window ends only.
   params = {"w": jnp.ones((4, 3)), "b": jnp.ones(3)}
   for per_leaf in (False, True):
-    tx = optax_lr.newton_lr(0.1, update_every=4, per_leaf=per_leaf)
+    tx = _paper_rule(0.1, update_every=4, per_leaf=per_leaf)
     jaxpr = jax.make_jaxpr(lambda g, s: tx.update(g, s, params))(params, tx.init(params))
     outer = [eqn.primitive.name for eqn in jaxpr.eqns]
     assert outer.count("while") == 1
@@ -476,21 +644,100 @@ def test_window_end_runs_exactly_at_window_ends():
   assert int(state.window_step) == 0
 
 
-def test_init_buffers_are_fresh():
+@pytest.mark.parametrize("direction", [None, optax.trace(0.9)])
+def test_init_buffers_are_fresh(direction):
   params = {"w": jnp.ones(3), "v": jnp.ones(3)}
-  tx = optax_lr.newton_lr(0.1, update_every=2, per_leaf=True)
+  tx = optax_lr.newton_lr(0.1, update_every=2, per_leaf=True, direction=direction)
   leaves = jax.tree_util.tree_leaves(tx.init(params))
   pointers = [x.unsafe_buffer_pointer() for x in leaves]
   pointers += [x.unsafe_buffer_pointer() for x in jax.tree_util.tree_leaves(params)]
   assert len(set(pointers)) == len(pointers)
 
 
+# ---------------------------------------------------------------- optax contrib targets
+
+
+def _contrib_target(name):
+  """(initial params, target params, loss) of optax's contrib test targets
+  (`_setup_parabola`, `_setup_rosenbrock`, `_setup_matrix_parabola`,
+  `_setup_mixed_tensor_target` in optax/contrib/_common_test.py), float32."""
+  if name == "parabola":
+    target = jnp.array([1.0, -1.0, 1.0])
+    return jnp.array([-1.0, 10.0, 1.0]), target, lambda p: jnp.sum((p - target) ** 2)
+  if name == "rosenbrock":
+    loss = lambda p: (1.0 - p[0]) ** 2 + 100.0 * (p[1] - p[0] ** 2) ** 2
+    return jnp.zeros(2), jnp.array([1.0, 1.0]), loss
+  if name == "matrix_parabola":
+    target = jnp.array([[3.0, -2.0], [1.0, 4.0]])
+    return jnp.zeros((2, 2)), target, lambda p: jnp.sum((p - target) ** 2)
+  target = (jnp.array([1.0, -1.0, 2.0]), jnp.array([[1.0, 0.0], [-1.0, 1.0]]))
+  loss = lambda p: jnp.sum((p[0] - target[0]) ** 2) + jnp.sum((p[1] - target[1]) ** 2)
+  return (jnp.zeros(3), jnp.zeros((2, 2))), target, loss
+
+
+CONTRIB_DIRECTIONS = {
+    "sgd": lambda: None,
+    "momentum": lambda: optax.trace(0.9),
+    "adam": lambda: _standard_promotion(optax.scale_by_adam()),
+}
+
+# Window sums cancel an oscillation that alternates from step to step, so the
+# rule cannot see Rosenbrock's stiff direction (curvature up to 1002 at the
+# minimum, against 0.4 along the valley) go unstable: the rate climbs past the
+# stability limit (2 / 1002 = 2.0e-3 for SGD, 2 (1 + 0.9) / 1002 = 3.8e-3 for
+# momentum; it reaches 6.7e-3 and 4.2e-3) and the params overflow inside one
+# window. SGD and momentum at a constant 1e-3 converge there. The safety net
+# (on by default) handles it.
+_STIFF_BLIND_SPOT = pytest.mark.xfail(
+    strict=True, reason="window sums cannot see a stiff direction go unstable")
+# SGD on the mixed target converges to the float32 floor with the rate at 0.2;
+# there the steps round away, the gradients repeat, r ~ <U_prev, G_prev> reads
+# as a flat loss and the factor jumps (0.2 -> 2.2, past the stability limit 1):
+# the params overflow. Also handled by the safety net.
+_FLOAT32_FLOOR = pytest.mark.xfail(
+    strict=True, reason="at the float32 floor repeated gradients read as a flat loss")
+
+
+@pytest.mark.parametrize(
+    "direction, target",
+    [pytest.param(d, t, marks=(_STIFF_BLIND_SPOT if (t == "rosenbrock" and d != "adam")
+                               else _FLOAT32_FLOOR if (t, d) == ("mixed", "sgd") else ()))
+     for d in CONTRIB_DIRECTIONS
+     for t in ("parabola", "rosenbrock", "matrix_parabola", "mixed")],
+)
+def test_converges_on_optax_contrib_targets(direction, target):
+  """optax's contrib convergence test (30k steps, rtol = atol = 3e-2) with
+  the defaults, windows of 50 and a small initial rate; the rate stays below
+  10. (Over Adam on Rosenbrock the rule on direction sums alone ran the rate
+  to 1e13 and the params to 7e12.)"""
+  params, final, loss = _contrib_target(target)
+  # The rule alone: with its safety net and the loss passed as `value`,
+  # newton_lr converges on all twelve (tests/test_defaults.py).
+  tx = _paper_rule(1e-3, update_every=50, direction=CONTRIB_DIRECTIONS[direction]())
+
+  @jax.jit
+  def run(params):
+    def body(carry, _):
+      params, state = carry
+      updates, state = tx.update(jax.grad(loss)(params), state, params)
+      return (optax.apply_updates(params, updates), state), optax_lr.current_lr(state)
+
+    (params, _), rates = jax.lax.scan(body, (params, tx.init(params)), None, length=30_000)
+    return params, jnp.max(rates)
+
+  params, max_rate = run(params)
+  for got, want in zip(jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(final)):
+    np.testing.assert_allclose(got, want, rtol=3e-2, atol=3e-2)
+  assert float(max_rate) < 10.0, float(max_rate)
+
+
 # ---------------------------------------------------------------- robustness (digits)
 
 
-def test_robust_to_the_initial_rate_on_digits():
-  """The paper's headline claim on real data: from initial rates 1e-4 .. 1,
-  the final validation losses of `newton_lr` spread far less than SGD's."""
+def _digits_final_val_losses(tx, with_rate, rates):
+  """Final validation losses of a 64-32-10 MLP on sklearn's digits (8 epochs
+  of batches of 32), one run per initial rate, vmapped; `with_rate(state, lr)`
+  puts the initial rate into a fresh state."""
   x, y = load_digits(return_X_y=True)
   rng = np.random.default_rng(0)
   perm = rng.permutation(len(x))
@@ -515,30 +762,52 @@ def test_robust_to_the_initial_rate_on_digits():
     logits = h @ params["w2"] + params["b2"]
     return optax.softmax_cross_entropy_with_integer_labels(logits, yb).mean()
 
-  def final_val_losses(tx, with_rate):
-    def train(lr):
-      params = init_mlp()
+  def train(lr):
+    params = init_mlp()
 
-      def body(carry, idx):
-        params, state = carry
-        grads = jax.grad(loss)(params, x_train[idx], y_train[idx])
-        updates, state = tx.update(grads, state, params)
-        return (optax.apply_updates(params, updates), state), None
+    def body(carry, idx):
+      params, state = carry
+      grads = jax.grad(loss)(params, x_train[idx], y_train[idx])
+      updates, state = tx.update(grads, state, params)
+      return (optax.apply_updates(params, updates), state), None
 
-      state = with_rate(tx.init(params), lr)
-      (params, state), _ = jax.lax.scan(body, (params, state), order)
-      return loss(params, x_val, y_val)
+    state = with_rate(tx.init(params), lr)
+    (params, state), _ = jax.lax.scan(body, (params, state), order)
+    return loss(params, x_val, y_val)
 
-    return np.asarray(jax.jit(jax.vmap(train))(jnp.logspace(-4, 0, 5, dtype=jnp.float32)))
+  return np.asarray(jax.jit(jax.vmap(train))(jnp.asarray(rates, jnp.float32)))
 
+
+DIGITS_STEPS_PER_EPOCH = 1297 // 32
+
+
+def test_robust_to_the_initial_rate_on_digits():
+  """The paper's headline claim on real data: from initial rates 1e-4 .. 1,
+  the final validation losses of `newton_lr` spread far less than SGD's."""
+  rates = np.logspace(-4, 0, 5)
   sgd = optax.inject_hyperparams(optax.sgd)(learning_rate=0.1)
-  sgd_losses = final_val_losses(
-      sgd, lambda s, lr: s._replace(hyperparams={**s.hyperparams, "learning_rate": lr}))
-  newton = optax_lr.newton_lr(0.1, steps_per_epoch=steps_per_epoch)
-  newton_losses = final_val_losses(newton, lambda s, lr: s._replace(learning_rate=lr))
+  sgd_losses = _digits_final_val_losses(
+      sgd, lambda s, lr: s._replace(hyperparams={**s.hyperparams, "learning_rate": lr}),
+      rates)
+  newton = optax_lr.newton_lr(0.1, steps_per_epoch=DIGITS_STEPS_PER_EPOCH)
+  newton_losses = _digits_final_val_losses(
+      newton, lambda s, lr: s._replace(learning_rate=lr), rates)
 
   assert np.all(np.isfinite(newton_losses)), newton_losses
   assert np.std(sgd_losses) > 0.5, sgd_losses  # the grid really spans bad rates
   assert np.std(newton_losses) < 0.25 * np.std(sgd_losses), (newton_losses, sgd_losses)
   assert np.max(newton_losses) < 0.6, newton_losses
   assert np.mean(newton_losses) < np.mean(sgd_losses)
+
+
+def test_over_adam_trains_digits_from_small_initial_rates():
+  """Over Adam the rule needs the gradient sums. On direction sums alone
+  (DESIGN.md's literal rule) Adam's correlated, sign-like directions make the
+  measured curvature vanish and the rate climbs too high: measured here
+  0.16-0.38 (and chance level, 2.3, on a 64-128-128-10 MLP over 30 epochs),
+  against 0.05-0.07 with the gradient sums."""
+  newton = optax_lr.newton_lr(1e-3, steps_per_epoch=DIGITS_STEPS_PER_EPOCH,
+                              direction=_standard_promotion(optax.scale_by_adam()))
+  losses = _digits_final_val_losses(
+      newton, lambda s, lr: s._replace(learning_rate=lr), [1e-4, 1e-3, 1e-2])
+  assert np.all(losses < 0.12), losses

@@ -162,6 +162,11 @@ NET_CASES = [
             lambda lr, **kw: optax_lr.marthe(lr, mu=0.9, hyper_lr_step=0.0,
                                              hyper_lr=1e-5, **kw),
             needs=("value", "loss_fn")),
+    NetCase("newton_lr",
+            lambda lr, **kw: optax_lr.newton_lr(lr, update_every=10, **kw)),
+    NetCase("newton_lr_per_leaf",
+            lambda lr, **kw: optax_lr.newton_lr(lr, update_every=10,
+                                                per_leaf=True, **kw)),
     NetCase("aslr_window",
             lambda lr, **kw: optax_lr.aslr(lr, steps_per_epoch=10, **kw),
             banded=False),
@@ -240,8 +245,10 @@ def test_the_net_changes_nothing_where_nothing_diverges(case):
   # The same numbers with and without the net on a healthy run, to rounding:
   # XLA contracts `w - eta * u` into one fused multiply-add on one path and
   # not on the other (1 ulp per step).
-  with_net = _train(case, case.make(0.01), 200)
-  without = _train(case, case.make(0.01, safety_net=False), 200)
+  # (60 steps: newton_lr's windows would take the rate past this
+  # quadratic's stability limit later on, which the net then catches.)
+  with_net = _train(case, case.make(0.01), 60)
+  without = _train(case, case.make(0.01, safety_net=False), 60)
   assert not np.asarray(with_net[2]).any()
   np.testing.assert_allclose(np.asarray(with_net[0]), np.asarray(without[0]),
                              rtol=1e-5, atol=1e-7)
@@ -324,3 +331,34 @@ def test_kappa_selection_needs_the_net():
   with pytest.raises(ValueError, match="safety_net"):
     optax_lr.marthe(0.1, safety_net=False)
   optax_lr.marthe(0.1, hyper_lr_step=1e-3, safety_net=False)
+
+
+def test_aslr_rolls_back_at_the_call_after_a_diverged_epoch():
+  tx = optax_lr.aslr(0.3)
+  w = W0
+  state = optax_lr.observe(tx.init(w), 5.0)  # the initial model's cost
+  grads = jax.grad(quadratic)(w)
+  step = jax.jit(lambda g, s, p: tx.update(g, s, p))
+  # The call after an improving epoch end saves the params it receives.
+  updates, state = step(grads, state, w)
+  w = optax_lr.apply_updates(w, updates, state)
+  saved = np.asarray(w)
+  state = optax_lr.observe(state, 4.0)
+  updates, state = step(jax.grad(quadratic)(w), state, w)
+  np.testing.assert_array_equal(np.asarray(state.safety.checkpoint.params), saved)
+  w = optax_lr.apply_updates(w, updates, state) * jnp.float32(jnp.nan)
+  # A NaN epoch: the next call lands on the checkpoint with the centre saved
+  # with it (0.3); a second divergence from it gives a tenth (0.03).
+  state = optax_lr.observe(state, float("nan"))
+  assert bool(state.safety.pending)
+  updates, state = step(jax.grad(quadratic)(w), state, w)
+  w = optax_lr.apply_updates(w, updates, state)
+  np.testing.assert_array_equal(np.asarray(w), saved)
+  assert bool(state.safety.rolled_back)
+  np.testing.assert_allclose(float(optax_lr.current_lr(state)), 0.3, rtol=1e-6)
+  updates, state = step(jax.grad(quadratic)(w), state, w)  # one step
+  w = optax_lr.apply_updates(w, updates, state)
+  state = optax_lr.observe(state, float("inf"))
+  updates, state = step(jax.grad(quadratic)(w), state, w)
+  np.testing.assert_allclose(float(optax_lr.current_lr(state)), 0.03, rtol=1e-6)
+  assert (int(state.digit), int(state.exponent)) == (3, -2)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import random
 import time
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -20,6 +20,7 @@ import numpy as np
 import optax
 
 import optax_lr
+from optax_lr import _checkpoint
 
 
 # ---------------------------------------------------------------- models
@@ -64,12 +65,21 @@ def random_batch(key: jax.Array, batch: int, features: int | tuple, classes: int
 EXTRA_ARG_NAMES = ("value", "loss_fn", "val_grads")
 
 
+def _set_since_save(state: Any, since_save: jax.Array) -> Any:
+  """``state`` with every safety net's ``since_save`` counter set to ``since_save``."""
+  is_net = lambda x: isinstance(x, _checkpoint.SafetyNetState)
+  return jax.tree_util.tree_map(
+      lambda x: x._replace(since_save=since_save) if is_net(x) else x,
+      state, is_leaf=is_net)
+
+
 def make_train_step(
     tx: optax.GradientTransformation,
     loss_fn: Callable[[Any, Any], jax.Array],
     needs: Sequence[str] = (),
     *,
     hvp: bool = False,
+    no_saves: bool = False,
 ) -> Callable:
   """A jit-compiled train step ``(params, state, batch) -> (params, state, loss)``.
 
@@ -83,12 +93,21 @@ def make_train_step(
       separate validation batch is the user's, not the method's).
     hvp: add one forward-over-reverse Hessian-vector product along the
       gradient, folded into the update (the "grad + one HVP" anchor).
+    no_saves: time only steps that do not save a checkpoint. Each call sets
+      the safety net's ``since_save`` counter (``optax_lr._checkpoint``) to
+      0 before ``tx.update``, so the save condition (``since_save >=
+      SAVE_EVERY - 1``) is false; the 0 is a runtime argument of the compiled
+      step (not donated, not a constant XLA could fold), so the step is the
+      production program, with its ``lax.cond`` taking the no-save branch. A
+      state without a safety net is left as it is (the argument goes unused).
   """
   unknown = set(needs) - set(EXTRA_ARG_NAMES)
   if unknown:
     raise ValueError(f"needs: unknown extra args {sorted(unknown)}")
 
-  def step(params, state, batch):
+  def step(params, state, batch, since_save=None):
+    if since_save is not None:
+      state = _set_since_save(state, since_save)
     batch_loss = lambda p: loss_fn(p, batch)
     loss, grads = jax.value_and_grad(batch_loss)(params)
     if hvp:
@@ -105,7 +124,11 @@ def make_train_step(
     params = optax_lr.apply_updates(params, updates, state)
     return params, state, loss
 
-  return jax.jit(step, donate_argnums=(0, 1))
+  compiled = jax.jit(step, donate_argnums=(0, 1))
+  if not no_saves:
+    return compiled
+  zero = jnp.zeros([], jnp.int32)
+  return lambda params, state, batch: compiled(params, state, batch, zero)
 
 
 @dataclasses.dataclass
@@ -116,6 +139,7 @@ class Candidate:
   tx: optax.GradientTransformation
   needs: Sequence[str] = ()
   hvp: bool = False
+  no_saves: bool = False  # see make_train_step
 
 
 def time_candidates(
@@ -127,11 +151,17 @@ def time_candidates(
     rounds: int = 15,
     steps_per_round: int = 20,
     seed: int = 0,
+    final_states: Optional[dict] = None,
 ) -> dict[str, float]:
-  """Median seconds per step of each candidate, interleaved in one run."""
+  """Median seconds per step of each candidate, interleaved in one run.
+
+  ``final_states``, when given, receives each candidate's optimizer state
+  after its last timed step (e.g. to check that no step rolled back).
+  """
   runners = {}
   for cand in candidates:
-    step = make_train_step(cand.tx, loss_fn, cand.needs, hvp=cand.hvp)
+    step = make_train_step(cand.tx, loss_fn, cand.needs, hvp=cand.hvp,
+                           no_saves=cand.no_saves)
     params = init_params()
     carry = [params, cand.tx.init(params)]
     # Compile and warm up outside the timed rounds.
@@ -152,6 +182,8 @@ def time_candidates(
         carry[0], carry[1], loss = step(carry[0], carry[1], batch)
       jax.block_until_ready((carry[0], carry[1], loss))
       times[name].append((time.perf_counter() - start) / steps_per_round)
+  if final_states is not None:
+    final_states.update({name: carry[1] for name, (_, carry) in runners.items()})
   return {name: float(np.median(ts)) for name, ts in times.items()}
 
 

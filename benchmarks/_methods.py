@@ -11,17 +11,23 @@ here; no script names a method. A :class:`Method` says:
   validation_loss)`` at each epoch end;
 * how to read its effective learning rate from its state (``lr_of``), and which
   params to evaluate (``eval_params``: schedule-free SGD evaluates its
-  averaged iterate).
+  averaged iterate, AALR its best checkpoint through ``optax_lr.best_params``);
+* where its rate comes from when it is not swept: a fixed rate
+  (``fixed_lr``), or a rate computed from the task before training
+  (``rate_from_task``: ASLR's paper pipeline, range test then ``aslr``).
 
-The hyperparameters other than the initial rate are fixed here, once, for
-every task and every initial rate: the papers' defaults where they give one,
-otherwise a value chosen once on digits and then left alone (the point of the
-robustness figures is what a method does when only the initial rate is wrong).
+The optax_lr methods run with the library's defaults only: no
+hyperparameter but the initial rate is set here (HD, RTHO and MARTHE use
+their tuning-free hyper-rate rules, every method its default safety net), and
+each gets the training loss as ``value``, as a production train step would
+pass it (the safety net reads it). For the optax methods, the hyperparameters
+other than the rate are fixed here, once, for every task and every rate.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from typing import Any, Callable, Optional, Sequence
 
 import jax
@@ -40,6 +46,14 @@ SPEED_LR = 0.01
 # third of it, 200 steps: no window end in a timed round of 20 steps is
 # likely, and the window end is a lax.cond anyway).
 SPEED_STEPS_PER_EPOCH = 600
+# The range test of ASLR's pipeline: plain SGD, rates swept exponentially
+# from RANGE_TEST_MIN_LR to RANGE_TEST_MAX_LR over RANGE_TEST_STEPS training
+# batches (in the seed's training order), the library's default suggestion.
+RANGE_TEST_MIN_LR = 1e-5
+RANGE_TEST_MAX_LR = 10.0
+RANGE_TEST_STEPS = 200
+# The rate grid of the hand-tuned references (sgd, sgd with momentum, adam).
+HAND_TUNED_GRID = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0)
 
 
 def _fresh(tx: optax.GradientTransformation) -> optax.GradientTransformationExtraArgs:
@@ -134,6 +148,11 @@ class Method:
     lr_of: ``(state, lr) -> f32 scalar``, the effective rate, for the plots.
     eval_params: ``(state, params) -> params`` to evaluate.
     fixed_lr: not swept: one run at this rate, whatever the initial rates.
+    rate_from_task: not swept: ``(TaskSeed) -> rate``, the rate of one seed's
+      run, computed from the task before training (e.g. a range test).
+    factory: the library function ``make`` calls, when ``make`` forwards
+      keyword options to it (``build(lr, n, safety_net=False)``): what
+      :meth:`accepts` inspects.
     hvp: timing anchor only: the step adds one Hessian-vector product.
     rate_means: what the swept initial rate sets, for the tables' notes.
   """
@@ -147,6 +166,8 @@ class Method:
   lr_of: Callable[[Any, float], jax.Array] = _optax_lr_rate
   eval_params: Callable[[Any, Any], Any] = _identity_params
   fixed_lr: Optional[float] = None
+  rate_from_task: Optional[Callable[["TaskSeed"], float]] = None
+  factory: Optional[Callable[..., Any]] = None
   hvp: bool = False
   rate_means: str = "the initial learning rate"
 
@@ -154,13 +175,51 @@ class Method:
     unknown = set(self.needs) - set(EXTRA_ARG_NAMES)
     if unknown:
       raise ValueError(f"{self.name}: unknown extra args {sorted(unknown)}")
+    if self.fixed_lr is not None and self.rate_from_task is not None:
+      raise ValueError(f"{self.name}: fixed_lr and rate_from_task are exclusive")
 
-  def build(self, lr: float, steps_per_epoch: int) -> optax.GradientTransformationExtraArgs:
+  @property
+  def swept(self) -> bool:
+    """Whether the method runs from each initial rate of a sweep."""
+    return self.fixed_lr is None and self.rate_from_task is None
+
+  def accepts(self, option: str) -> bool:
+    """Whether ``build`` can pass the keyword ``option`` to the library call.
+
+    Read from the library function's signature at call time, so an option a
+    method gains later (``safety_net``) is picked up without a change here.
+    """
+    if self.factory is None:
+      return False
+    return option in inspect.signature(self.factory).parameters
+
+  def build(self, lr: float, steps_per_epoch: int,
+            **options) -> optax.GradientTransformationExtraArgs:
+    """The method at rate ``lr``; ``options`` go to the library call."""
+    rejected = [o for o in options if not self.accepts(o)]
+    if rejected:
+      raise ValueError(f"{self.name}: the library call takes no {rejected}")
     rate = self.fixed_lr if self.fixed_lr is not None else lr
-    return _fresh(self.make(rate, steps_per_epoch))
+    return _fresh(self.make(rate, steps_per_epoch, **options))
 
   def rate(self, lr: float) -> float:
     return self.fixed_lr if self.fixed_lr is not None else lr
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskSeed:
+  """What a method may look at before training, for one seed's run.
+
+  Attributes:
+    loss: ``(params, batch) -> scalar``, the model's training loss.
+    params: the seed's initial params (the run starts from them again).
+    train_batches: ``(x, y)`` with a leading batch axis: the seed's training
+      batches in the order its run will see them.
+  """
+
+  loss: Callable[[Any, Any], jax.Array]
+  params: Any
+  train_batches: Any
 
 
 def extra_args(needs: Sequence[str], *, loss, batch_loss, val_grads_fn) -> dict:
@@ -205,50 +264,107 @@ def _standard_promotion(tx):
 
 # ------------------------------------------------------------- optax_lr
 
-# Hypergradient hyper-learning rates. HD's additive step is in units of
-# <g_t, u_{t-1}> (loss-gradient scale), the multiplicative one is scale-free;
-# RTHO/MARTHE read E = the validation loss of a validation minibatch, as the
-# MARTHE paper's experiments do; HD keeps Baydin et al.'s E = L.
-HD_HYPER_LR = 1e-3
-HD_MULT_HYPER_LR = 5e-2
-RTHO_HYPER_LR = 1e-4
-MARTHE_HYPER_LR_STEP = 1e-3
+def range_test_suggestion(task: TaskSeed) -> float:
+  """The rate ``optax_lr.lr_range_test`` suggests for SGD on one seed's task.
+
+  The sweep runs on the seed's first ``RANGE_TEST_STEPS`` training batches
+  from its initial params (which it does not change: the run then starts
+  from them, as fastai's ``lr_find`` restores the model).
+  """
+  x, y = task.train_batches
+  result = optax_lr.lr_range_test(
+      task.loss, task.params, (x[:RANGE_TEST_STEPS], y[:RANGE_TEST_STEPS]),
+      optimizer=optax.sgd, min_lr=RANGE_TEST_MIN_LR, max_lr=RANGE_TEST_MAX_LR,
+      num_steps=RANGE_TEST_STEPS)
+  return float(result.suggestion)
+
+
+_RANGE_TEST_MEANS = (f"nothing: the rate lr_range_test suggests (SGD, "
+                     f"{RANGE_TEST_MIN_LR:g} ... {RANGE_TEST_MAX_LR:g} over "
+                     f"{RANGE_TEST_STEPS} training batches) per seed")
+
+
+def _best_params(state, params):
+  return optax_lr.best_params(state, params)
+
+
+# Every optax_lr method with its defaults; `options` reach the library call
+# (the benchmarks pass only `safety_net=False`, for the speed of the net).
+# RTHO and MARTHE get the gradient of a validation minibatch as `val_grads`
+# (E = the validation loss, as the MARTHE paper's experiments do); HD keeps
+# Baydin et al.'s E = L.
+# Every optax_lr method runs over the same direction, fixed once for all
+# tasks and rates: momentum 0.9 as a (debiased) average of the gradients,
+# `optax.ema`, rather than optax.trace's sum. Both give the same directions up
+# to a factor 1 / (1 - 0.9) = 10; with the average a rate means what it
+# means for SGD, so the initial rates 1e-4 ... 1 span the same range of steps
+# for every method (with the sum, rate 1 is a step of 10 and kills the
+# ReLU network within a few steps, too fast for any rule to react).
+MOMENTUM = 0.9
+
+
+def _direction() -> optax.GradientTransformation:
+  return optax.ema(MOMENTUM, debias=True)
+
 
 OPTAX_LR_METHODS: tuple[Method, ...] = (
     Method(
         "hd",
-        lambda lr, n: optax_lr.hypergradient_descent(lr, HD_HYPER_LR),
+        lambda lr, n, **options: optax_lr.hypergradient_descent(lr, direction=_direction(), **options),
+        needs=("value",),
+        factory=optax_lr.hypergradient_descent,
     ),
     Method(
         "hd_mult",
-        lambda lr, n: optax_lr.hypergradient_descent(
-            lr, HD_MULT_HYPER_LR, multiplicative=True),
+        lambda lr, n, **options: optax_lr.hypergradient_descent(
+            lr, multiplicative=True, direction=_direction(), **options),
+        needs=("value",),
+        factory=optax_lr.hypergradient_descent,
     ),
     Method(
         "rtho",
-        lambda lr, n: optax_lr.rtho(lr, RTHO_HYPER_LR),
-        needs=("loss_fn", "val_grads"),
+        lambda lr, n, **options: optax_lr.rtho(lr, direction=_direction(), **options),
+        needs=("value", "loss_fn", "val_grads"),
+        factory=optax_lr.rtho,
     ),
     Method(
         "marthe",
-        lambda lr, n: optax_lr.marthe(lr, hyper_lr_step=MARTHE_HYPER_LR_STEP),
-        needs=("loss_fn", "val_grads"),
+        lambda lr, n, **options: optax_lr.marthe(lr, direction=_direction(), **options),
+        needs=("value", "loss_fn", "val_grads"),
+        factory=optax_lr.marthe,
     ),
     Method(
         "newton_lr",
-        lambda lr, n: optax_lr.newton_lr(lr, steps_per_epoch=n),
+        lambda lr, n, **options: optax_lr.newton_lr(lr, steps_per_epoch=n, direction=_direction(), **options),
+        needs=("value",),
+        factory=optax_lr.newton_lr,
     ),
     Method(
         "aslr",
-        lambda lr, n: optax_lr.aslr(lr),
+        lambda lr, n, **options: optax_lr.aslr(lr, direction=_direction(), **options),
+        needs=("value",),
         epoch_level=True,
+        factory=optax_lr.aslr,
         rate_means="the initial centre (rounded to one digit)",
+    ),
+    # ASLR as its paper prescribes: the range test picks the initial rate.
+    Method(
+        "aslr_range_test",
+        lambda lr, n, **options: optax_lr.aslr(lr, direction=_direction(), **options),
+        needs=("value",),
+        epoch_level=True,
+        rate_from_task=range_test_suggestion,
+        factory=optax_lr.aslr,
+        rate_means=_RANGE_TEST_MEANS + ", as ASLR's initial centre",
     ),
     Method(
         "aalr",
-        lambda lr, n: optax_lr.aalr(lr),
+        lambda lr, n, **options: optax_lr.aalr(lr, direction=_direction(), **options),
+        needs=("value",),
         epoch_level=True,
         observe_initial=True,
+        eval_params=_best_params,
+        factory=optax_lr.aalr,
     ),
 )
 
@@ -262,6 +378,11 @@ BASELINES: tuple[Method, ...] = (
     Method("sgd_hand_picked", lambda lr, n: optax.sgd(lr), library="optax",
            lr_of=_constant_rate, fixed_lr=HAND_PICKED_SGD_LR,
            rate_means=f"nothing: SGD at the hand-picked {HAND_PICKED_SGD_LR}"),
+    # The range test's suggestion trained at a constant rate (the rate lives
+    # in the state, so the seeds' runs share one compilation).
+    Method("sgd_range_test", lambda lr, n: optax.inject_hyperparams(optax.sgd)(lr),
+           library="optax", rate_from_task=range_test_suggestion,
+           rate_means=_RANGE_TEST_MEANS + ", SGD at that constant rate"),
     Method(
         "reduce_on_plateau",
         lambda lr, n: _standard_promotion(optax.chain(
@@ -329,6 +450,22 @@ SPEED_ANCHORS: tuple[Method, ...] = (
            lambda lr, n: _standard_promotion(optax.contrib.mechanize(optax.sgd(1.0))),
            library="optax"),
     Method("grad_hvp_sgd", lambda lr, n: optax.sgd(lr), library="optax", hvp=True),
+)
+
+# ------------------------------------------------------------- hand-tuned references
+
+# Each is run over HAND_TUNED_GRID; the best rate (seed mean) is the reference
+# a self-tuning method is measured against. The rate lives in the state
+# (inject_hyperparams): one compilation per optimizer for the whole grid.
+HAND_TUNED: tuple[Method, ...] = (
+    Method("sgd", lambda lr, n: optax.inject_hyperparams(optax.sgd)(lr),
+           library="optax"),
+    Method("sgd_momentum",
+           lambda lr, n: optax.inject_hyperparams(optax.sgd)(lr, momentum=0.9),
+           library="optax"),
+    Method("adam",
+           lambda lr, n: _standard_promotion(optax.inject_hyperparams(optax.adam)(lr)),
+           library="optax"),
 )
 
 COMPARE_METHODS: tuple[Method, ...] = OPTAX_LR_METHODS + BASELINES

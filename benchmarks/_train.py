@@ -6,8 +6,9 @@ a run costs one compilation and one dispatch; it is ``vmap``-ed over seeds
 optimizer state donated. The train step is the production one: gradient,
 the extra args the method needs (``_methods.extra_args``), ``tx.update``,
 ``optax_lr.apply_updates``; at each epoch end the validation and test losses
-are evaluated and, for epoch-level methods, ``optax_lr.observe(state,
-validation_loss)`` is applied.
+are evaluated (on ``method.eval_params``, e.g. AALR's best checkpoint) and,
+for epoch-level methods, ``optax_lr.observe(state, validation_loss)`` is
+applied with the validation loss of the params being trained.
 """
 
 from __future__ import annotations
@@ -79,6 +80,13 @@ def _run_fn(model: _models.Model, method: _methods.Method, tx, lr: float,
     return (model.loss(eval_params, valid), model.loss(eval_params, test),
             model.accuracy(eval_params, test))
 
+  def observed_cost(params, data):
+    # What an epoch-level method observes is the loss of the params it is
+    # training, not of the params reported (AALR's best checkpoint): it
+    # compares that loss with its best. (Identical when eval_params is the
+    # identity; XLA computes it once then.)
+    return model.loss(params, (data["x_valid"], data["y_valid"]))
+
   def epoch(carry, xs, data):
     params, state = carry
     order, val_order = xs  # [steps, batch] indices into train and valid
@@ -88,7 +96,7 @@ def _run_fn(model: _models.Model, method: _methods.Method, tx, lr: float,
         step, (params, state), (batches, val_batches))
     valid_loss, test_loss, test_acc = evaluate(params, state, data)
     if method.epoch_level:
-      state = optax_lr.observe(state, valid_loss)
+      state = optax_lr.observe(state, observed_cost(params, data))
     return (params, state), dict(train_loss=losses, lr=lrs, valid_loss=valid_loss,
                                  test_loss=test_loss, test_acc=test_acc)
 
@@ -96,17 +104,32 @@ def _run_fn(model: _models.Model, method: _methods.Method, tx, lr: float,
     """``orders``: (train, valid) batch indices, each [epochs, steps, batch]."""
     init_valid, init_test, init_acc = evaluate(params, state, data)
     if method.observe_initial:
-      state = optax_lr.observe(state, init_valid)
+      state = optax_lr.observe(state, observed_cost(params, data))
     (params, state), hist = jax.lax.scan(
         lambda c, xs: epoch(c, xs, data), (params, state), orders)
     hist["init"] = dict(valid_loss=init_valid, test_loss=init_test, test_acc=init_acc)
+    hist["params_finite"] = params_finite(params)
     return params, state, hist
 
   return run
 
 
+def params_finite(params) -> jax.Array:
+  """Scalar bool: every entry of every leaf of ``params`` is finite."""
+  leaves = jax.tree_util.tree_leaves(params)
+  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in leaves]))
+
+
 @dataclasses.dataclass
 class RunResult:
+  """One method's runs from one initial rate (or rate source), every seed.
+
+  ``lr`` is the swept (or fixed) rate; NaN for a rate computed per seed from
+  the task, whose rates are in ``seed_rates`` (the rate of each seed's run in
+  every case). ``history["params_finite"]`` ([seeds] bool) says whether the
+  params were finite at the end of the run.
+  """
+
   method: str
   lr: float
   history: dict  # numpy arrays with a leading seed axis
@@ -114,6 +137,7 @@ class RunResult:
   run_s: float  # this run's share of its group's compiled run
   steps: int  # update calls per seed
   group: int = 0  # runs of one method with the same group shared a compilation
+  seed_rates: tuple = ()  # the rate each seed's run started from
 
 
 def batch_orders(splits: _data.Splits, setting: Setting, seeds) -> tuple:
@@ -141,11 +165,38 @@ def _signature(closed_jaxpr) -> tuple:
   return str(closed_jaxpr.jaxpr), consts
 
 
+def init_states(tx):
+  """``params -> state``, both with a leading seed axis: ``tx.init`` per seed."""
+  return jax.jit(jax.vmap(tx.init))
+
+
+def init_states_per_seed(txs):
+  """Like :func:`init_states`, with seed ``s``'s state from ``txs[s].init``."""
+
+  def init(params):
+    states = [tx.init(jax.tree_util.tree_map(lambda x, s=s: x[s], params))
+              for s, tx in enumerate(txs)]
+    return jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *states)
+
+  return jax.jit(init)
+
+
+def run_signature(run, init, params, seed_args, shared_args) -> tuple:
+  """What identifies ``run``'s traced program (one seed, abstract inputs)."""
+  one_seed = lambda tree: jax.tree_util.tree_map(
+      lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype), tree)
+  return _signature(jax.make_jaxpr(run)(
+      one_seed(params), one_seed(jax.eval_shape(init, params)),
+      *one_seed(seed_args), *shared_args))
+
+
 def run_grouped(items, params, seed_args, shared_args):
-  """Runs every ``(key, tx, run)`` of ``items`` on every seed, sharing compilations.
+  """Runs every ``(key, init, run)`` of ``items`` on every seed, sharing compilations.
 
   ``run(params, state, *seed_args, *shared_args) -> outputs`` is one seed's
-  run with ``tx``. Items whose runs trace to the same program (their
+  run; ``init(params) -> state`` builds every seed's initial optimizer state
+  (:func:`init_states`, or :func:`init_states_per_seed` when the seeds start
+  from different rates). Items whose runs trace to the same program (their
   differences live only in the optimizer's initial state) share one
   compilation: their states are stacked and the run is ``vmap``-ed over items
   and seeds, jit-compiled with params and state donated. Items whose runs
@@ -154,7 +205,7 @@ def run_grouped(items, params, seed_args, shared_args):
   which hyperparameters in their state.
 
   Args:
-    items: a list of ``(key, tx, run)``.
+    items: a list of ``(key, init, run)``.
     params: the initial params of each seed, with a leading seed axis.
     seed_args: arrays with a leading seed axis (batch orders, ...).
     shared_args: arrays shared by all seeds and items (the data).
@@ -164,18 +215,13 @@ def run_grouped(items, params, seed_args, shared_args):
     the times being the item's share of its group's, and ``group`` the index
     of the compilation the item ran in.
   """
-  one = lambda tree: jax.tree_util.tree_map(lambda x: x[0], tree)
   groups: dict[tuple, list] = {}
-  abstract = lambda tree: jax.tree_util.tree_map(
-      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), tree)
-  for key, tx, run in items:
+  for key, init, run in items:
     if len(items) == 1:  # nothing to share: spare the trace
       sig = ()
     else:
-      sig = _signature(jax.make_jaxpr(run)(
-          abstract(one(params)), jax.eval_shape(tx.init, one(params)),
-          *abstract(one(seed_args)), *shared_args))
-    groups.setdefault(sig, []).append((key, tx, run))
+      sig = run_signature(run, init, params, seed_args, shared_args)
+    groups.setdefault(sig, []).append((key, init, run))
 
   n_seed, n_shared = len(seed_args), len(shared_args)
   results = {}
@@ -185,7 +231,7 @@ def run_grouped(items, params, seed_args, shared_args):
     batched = jax.jit(
         jax.vmap(per_seed, in_axes=(0, 0) + (None,) * (n_seed + n_shared)),
         donate_argnums=(0, 1))
-    states = [jax.jit(jax.vmap(tx.init))(params) for _, tx, _ in members]
+    states = [init(params) for _, init, _ in members]
     state = jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *states)
     stacked = jax.tree_util.tree_map(
         lambda x: jnp.broadcast_to(x, (len(members),) + x.shape).copy(), params)
@@ -212,26 +258,69 @@ def train_rates(model: _models.Model, method: _methods.Method, lrs, splits: _dat
 
   The runs from all rates share one compilation when the rate lives only in
   the optimizer's initial state, as in every optax_lr method (see
-  :func:`run_grouped`).
+  :func:`run_grouped`). A method with a ``fixed_lr`` runs once at it; one
+  with a ``rate_from_task`` runs once, each seed from the rate computed for
+  it (``lrs`` is ignored for both).
   """
-  if method.fixed_lr is not None:
-    lrs = [lrs[0]]
   data = {name: jnp.asarray(getattr(splits, name)) for name in splits._fields}
   params = jax.vmap(model.init)(jnp.stack([jax.random.PRNGKey(s) for s in seeds]))
+  orders = batch_orders(splits, setting, seeds)
+  if method.rate_from_task is not None:
+    return [_train_task_rated(model, method, splits, setting, seeds, params, orders, data)]
+  if method.fixed_lr is not None:
+    lrs = [lrs[0]]
   items = []
   for lr in lrs:
     tx = method.build(lr, setting.steps_per_epoch)
-    items.append((lr, tx, _run_fn(model, method, tx, method.rate(lr), setting)))
-  done = run_grouped(items, params, (batch_orders(splits, setting, seeds),), (data,))
-  results = []
-  for lr in lrs:
-    (_, _, hist), compile_s, run_s, group = done[lr]
-    # [seed, epoch, step] -> [seed, epoch * step] for the per-step series.
-    for name in ("train_loss", "lr"):
-      hist[name] = hist[name].reshape(hist[name].shape[0], -1)
-    results.append(RunResult(method.name, float(lr), hist, compile_s, run_s,
-                             setting.epochs * setting.steps_per_epoch, group))
-  return results
+    items.append((lr, init_states(tx), _run_fn(model, method, tx, method.rate(lr), setting)))
+  done = run_grouped(items, params, (orders,), (data,))
+  return [_result(method, float(lr), (method.rate(lr),) * len(seeds), done[lr], setting)
+          for lr in lrs]
+
+
+def _result(method, lr, seed_rates, done, setting) -> RunResult:
+  (_, _, hist), compile_s, run_s, group = done
+  # [seed, epoch, step] -> [seed, epoch * step] for the per-step series.
+  for name in ("train_loss", "lr"):
+    hist[name] = hist[name].reshape(hist[name].shape[0], -1)
+  return RunResult(method.name, lr, hist, compile_s, run_s,
+                   setting.epochs * setting.steps_per_epoch, group,
+                   tuple(float(r) for r in seed_rates))
+
+
+def task_seeds(model, splits, params, orders) -> list[_methods.TaskSeed]:
+  """Per seed, what ``rate_from_task`` may look at: loss, params, train batches."""
+  train_order = np.asarray(orders[0])  # [seeds, epochs, steps, batch]
+  tasks = []
+  for s in range(train_order.shape[0]):
+    order = train_order[s].reshape(-1, train_order.shape[-1])  # [epochs * steps, batch]
+    tasks.append(_methods.TaskSeed(
+        loss=model.loss,
+        params=jax.tree_util.tree_map(lambda x, s=s: x[s], params),
+        train_batches=(jnp.asarray(splits.x_train[order]),
+                       jnp.asarray(splits.y_train[order]))))
+  return tasks
+
+
+def _train_task_rated(model, method, splits, setting, seeds, params, orders, data):
+  """One run per seed, each from the rate ``method.rate_from_task`` computes for it.
+
+  The seeds' optimizers differ only in their rate; when it lives in the
+  state (their runs trace to the same program, which is checked), all seeds
+  run in one compilation, each from its own initial state.
+  """
+  rates = [method.rate_from_task(task)
+           for task in task_seeds(model, splits, params, orders)]
+  txs = [method.build(rate, setting.steps_per_epoch) for rate in rates]
+  runs = [_run_fn(model, method, tx, rate, setting) for tx, rate in zip(txs, rates)]
+  init = init_states_per_seed(txs)
+  if len(runs) > 1 and len(set(
+      run_signature(run, init, params, (orders,), (data,)) for run in runs)) > 1:
+    raise ValueError(
+        f"{method.name}: the runs of different seeds trace to different programs; "
+        "a rate computed per seed must live in the optimizer state")
+  done = run_grouped([("task", init, runs[0])], params, (orders,), (data,))
+  return _result(method, math.nan, rates, done["task"], setting)
 
 
 def score(loss: np.ndarray, num_classes: int) -> np.ndarray:

@@ -3,7 +3,9 @@
 A small MLP (flax) learns scikit-learn's 8x8 digits with every method of
 ``benchmarks/_methods.py`` (the optax_lr methods; plain SGD swept over the same
 rates and at a hand-picked rate; ``optax.contrib``'s reduce_on_plateau,
-prodigy, dog, mechanize and schedule_free_sgd), each from every initial rate.
+prodigy, dog, mechanize and schedule_free_sgd), each from every initial rate
+(ASLR also through its paper's pipeline, and SGD at a constant rate, from the
+rate ``optax_lr.lr_range_test`` suggests).
 The digits are split three ways: the weights train on ``train``; the methods
 may look at ``valid`` (ASLR and AALR get its loss through
 ``optax_lr.observe`` at each epoch end, RTHO and MARTHE the gradient of a
@@ -104,9 +106,13 @@ def plot(results, methods, rates, setting, path):
     ax_loss, ax_lr = axes[i // 2, 2 * (i % 2)], axes[i // 2, 2 * (i % 2) + 1]
     for j, r in enumerate(results[m.name]):
       h = r.history
-      label = (f"{m.rate(r.lr):g} (fixed)" if m.fixed_lr is not None
-               else f"{r.lr:g}")
-      color = "k" if m.fixed_lr is not None else colors[j]
+      if m.fixed_lr is not None:
+        label = f"{m.rate(r.lr):g} (fixed)"
+      elif m.rate_from_task is not None:
+        label = f"{r.seed_rates[0]:.3g} (from the task)"
+      else:
+        label = f"{r.lr:g}"
+      color = colors[j] if m.swept else "k"
       epochs = np.arange(setting.epochs + 1)
       loss = np.concatenate([h["init"]["test_loss"][:1], h["test_loss"][0]])
       ax_loss.plot(epochs, loss, color=color, label=label)
@@ -159,7 +165,7 @@ def main(argv=None) -> dict:
     accs = np.array([r.history["test_acc"][0, -1] for r in runs])
     scored = _train.score(losses, splits.num_classes)
     cells = [f"{_report.fmt(l)} / {100 * a:4.1f}" for l, a in zip(losses, accs)]
-    if m.fixed_lr is not None:
+    if not m.swept:
       cells = [cells[0]] + ["  (same run)"] * (len(args.rates) - 1)
     stats = _train.summary(scored)
     rows.append([m.name] + cells + [_report.fmt(stats["worst"]),
@@ -171,10 +177,11 @@ def main(argv=None) -> dict:
         "epoch_level": m.epoch_level,
         "rate_means": m.rate_means,
         "fixed_lr": m.fixed_lr,
+        "rate_from_task": m.rate_from_task is not None,
         "ms_per_step": ms[m.name],
         "summary_of_scored_final_loss": stats,
         "runs": [{
-            "initial_rate": r.lr,
+            "initial_rate": r.seed_rates[0],
             "final_test_loss": r.history["test_loss"][0, -1],
             "final_test_accuracy": r.history["test_acc"][0, -1],
             "final_valid_loss": r.history["valid_loss"][0, -1],

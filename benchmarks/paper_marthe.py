@@ -264,7 +264,8 @@ def main(argv=None) -> dict:
     by_method.setdefault(method, []).append((hyper, tx, needs))
   results = {}
   for method in _report.progress(list(by_method), desc="online", quiet=args.no_progress):
-    items = [((method, h), tx, online_run(tx, needs)) for h, tx, needs in by_method[method]]
+    items = [((method, h), _train.init_states(tx), online_run(tx, needs))
+             for h, tx, needs in by_method[method]]
     for key, (out, _, _, _) in _train.run_grouped(items, params, seed_args, (data,)).items():
       results[key] = out
 

@@ -13,7 +13,26 @@ look at ``valid``; the loss reported is the ``test`` split's). For each
 method the final loss is averaged over the seeds at each rate, and the table
 gives the mean ± std of those across the initial rates, as the NTLR paper
 reports "SGD 0.661 ± 0.774 vs 0.095 ± 0.054" (MNIST, MLP), with the worst rate
-and the number of diverged runs (a non-finite final loss scores ln 10).
+and the number of diverged runs (a non-finite final loss scores ln 10). The
+methods whose rate is not swept run once per seed: ASLR through its paper's
+pipeline and SGD at a constant rate, both from the rate ``lr_range_test``
+suggests on the seed's training batches (``aslr_range_test``,
+``sgd_range_test``).
+
+Then the hand-tuned references, optax's sgd, sgd with momentum 0.9 and adam,
+train over the rate grid ``_methods.HAND_TUNED_GRID``, and a *targets* table
+per task checks the issue's targets:
+
+* no run of an optax_lr method ends with non-finite params;
+* each optax_lr method's worst final held-out loss (seed mean, worst initial
+  rate; ASLR's is that of its range-test pipeline) is at most
+  ``HAND_TUNED_BOUND`` (1.25) times the best held-out loss of any hand-tuned
+  optimizer at its best grid rate (seed mean);
+* newton_lr, AALR and the best hypergradient method (lowest worst case among
+  ``HYPERGRADIENT_METHODS``) are at least as robust as ``optax.contrib.dog``:
+  worst case no higher than dog's;
+* SGD at the range test's suggestion ends within ``RANGE_TEST_BOUND`` (1.5)
+  times the held-out loss of SGD at its best grid rate.
 
 Usage::
 
@@ -38,6 +57,16 @@ from benchmarks import _report
 from benchmarks import _train
 
 DEFAULT_RATES = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
+# Worst-case loss of each optax_lr method over the best hand-tuned loss.
+HAND_TUNED_BOUND = 1.25
+# SGD at the range test's suggestion over SGD at its best grid rate.
+RANGE_TEST_BOUND = 1.5
+# The best of these (lowest worst case) is held to dog's robustness.
+HYPERGRADIENT_METHODS = ("hd", "hd_mult", "rtho", "marthe")
+# Also held to dog's robustness.
+AS_ROBUST_AS_DOG = ("newton_lr", "aalr")
+# The worst case of ASLR for the targets is its paper's pipeline.
+TARGET_ROW_OF = {"aslr": "aslr_range_test"}
 
 
 def task(name: str, quick: bool, epochs: int | None):
@@ -72,25 +101,205 @@ def plot(report, path):
       style = "-" if entry["library"] == "optax_lr" else "--"
       ax.errorbar(rates * (1 + 0.03 * methods.index(m)), loss.mean(1), yerr=loss.std(1),
                   fmt=style, marker="o", ms=3, capsize=2, color=color, label=m, lw=1.2)
+    best = ds["targets"]["best_hand_tuned"]
+    title = f"{name}: {ds['model']}, {ds['epochs']} epochs"
+    if best is not None:
+      ax.axhline(best["loss"], color="k", lw=0.8, ls=":", label="best hand-tuned")
+      ax.axhline(HAND_TUNED_BOUND * best["loss"], color="r", lw=0.8, ls=":",
+                 label=f"{HAND_TUNED_BOUND}x best hand-tuned")
+      title += f"\nbest hand-tuned: {best['optimizer']} at {best['rate']:g}, {best['loss']:.3f}"
     ax.set_xscale("log")
     ax.set_yscale("log")
-    ax.set_xlabel("initial rate")
+    ax.set_xlabel("initial rate (range-test rows: the seeds' geometric mean)")
     ax.set_ylabel("final held-out loss (mean ± std over seeds)")
-    ax.set_title(f"{name}: {ds['model']}, {ds['epochs']} epochs", fontsize=10)
-  handles, labels = axes[0, 0].get_legend_handles_labels()
+    ax.set_title(title, fontsize=10)
+  handles, labels = axes[0, -1].get_legend_handles_labels()
   fig.legend(handles, labels, fontsize=8, loc="outside right upper")
   fig.suptitle("robustness to the initial rate (solid: optax_lr, dashed: optax)")
   _report.save_figure(fig, path)
   plt.close(fig)
 
 
+def _seed_mean_scored(runs, num_classes):
+  """(final test loss [runs, seeds], scored loss [runs, seeds]) of ``runs``."""
+  loss = np.stack([r.history["test_loss"][:, -1] for r in runs])
+  return loss, _train.score(loss, num_classes)
+
+
+def run_methods(methods, model, rates, splits, setting, seeds, quiet):
+  """Trains every method from every rate; returns ``(entries, table rows)``."""
+  entries, rows = {}, []
+  for m in _report.progress(methods, desc="methods", quiet=quiet):
+    runs = _train.train_rates(model, m, rates, splits, setting, seeds=seeds)
+    loss, scored = _seed_mean_scored(runs, splits.num_classes)  # [runs, seeds]
+    acc = np.stack([r.history["test_acc"][:, -1] for r in runs])
+    params_finite = np.stack([r.history["params_finite"] for r in runs])
+    seed_rates = np.array([r.seed_rates for r in runs])  # [runs, seeds]
+    stats = _train.summary(scored.mean(1))
+    diverged = int((~np.isfinite(loss)).sum())
+    nonfinite_params = int((~params_finite).sum())
+    entries[m.name] = {
+        "library": m.library, "rate_means": m.rate_means, "swept": m.swept,
+        # For a rate computed per seed: the geometric mean of the seeds' rates.
+        "initial_rates": np.exp(np.log(seed_rates).mean(1)),
+        "seed_rates": seed_rates,
+        "final_test_loss": loss, "final_test_accuracy": acc,
+        "scored_loss": scored, "across_rates": stats, "diverged_runs": diverged,
+        "params_finite": params_finite, "nonfinite_params_runs": nonfinite_params,
+        "runs": int(loss.size),
+    }
+    if m.swept:
+      per_rate = " ".join(f"{x:.3f}" for x in scored.mean(1))
+    else:
+      per_rate = (f"{scored.mean():.3f} from "
+                  + " ".join(f"{x:.3g}" for x in seed_rates[0]))
+    rows.append([m.name, f"{stats['mean']:.3f} ± {stats['std']:.3f}",
+                 _report.fmt(stats["worst"]), per_rate,
+                 f"{100 * acc.mean():.1f}", f"{diverged}/{loss.size}",
+                 f"{nonfinite_params}/{loss.size}"])
+  return entries, rows
+
+
+def run_hand_tuned(model, grid, splits, setting, seeds, quiet):
+  """Each hand-tuned optimizer over the rate grid: its best rate and loss."""
+  refs = {}
+  for m in _report.progress(_methods.HAND_TUNED, desc="hand-tuned", quiet=quiet):
+    runs = _train.train_rates(model, m, grid, splits, setting, seeds=seeds)
+    loss, scored = _seed_mean_scored(runs, splits.num_classes)
+    per_rate = scored.mean(1)
+    best = int(np.argmin(per_rate))
+    refs[m.name] = {
+        "grid": list(grid), "final_test_loss": loss, "scored_loss": scored,
+        "seed_mean_loss": per_rate, "best_rate": grid[best],
+        "best_loss": float(per_rate[best]),
+    }
+  return refs
+
+
+def _worst(entry) -> tuple[float, str]:
+  """Worst seed-mean loss of a method and the rate (or rate source) it came from."""
+  per_rate = np.asarray(entry["scored_loss"]).mean(1)
+  if not entry["swept"]:
+    return float(per_rate.max()), "range test"
+  return float(per_rate.max()), _report.rate_label(entry["initial_rates"][int(per_rate.argmax())])
+
+
+def targets(entries: dict, refs: dict) -> dict:
+  """The issue's targets on one task, from the method entries and the references."""
+  best_name = min(refs, key=lambda n: refs[n]["best_loss"]) if refs else None
+  best = (None if best_name is None else
+          {"optimizer": best_name, "rate": refs[best_name]["best_rate"],
+           "loss": refs[best_name]["best_loss"]})
+  dog_worst = entries["dog"]["across_rates"]["worst"] if "dog" in entries else None
+  hypergradient = [n for n in HYPERGRADIENT_METHODS if n in entries]
+  best_hypergradient = (min(hypergradient, key=lambda n: entries[n]["across_rates"]["worst"])
+                        if hypergradient else None)
+  held_to_dog = set(AS_ROBUST_AS_DOG) | {best_hypergradient}
+
+  methods = {}
+  for name, entry in entries.items():
+    if entry["library"] != "optax_lr":
+      continue
+    worst, worst_at = _worst(entry)
+    ratio = None if best is None else worst / best["loss"]
+    methods[name] = {
+        "worst_loss": worst,
+        "worst_at": worst_at,
+        "ratio_to_best_hand_tuned": ratio,
+        "within_bound": None if ratio is None else bool(ratio <= HAND_TUNED_BOUND),
+        "nonfinite_params_runs": entry["nonfinite_params_runs"],
+        "runs": entry["runs"],
+        "as_robust_as_dog": (bool(worst <= dog_worst)
+                             if name in held_to_dog and dog_worst is not None else None),
+        # ASLR's target row is its pipeline's; its raw sweep is for information.
+        "counts": name not in TARGET_ROW_OF,
+    }
+
+  range_test = None
+  if "sgd_range_test" in entries and "sgd" in refs:
+    entry = entries["sgd_range_test"]
+    loss = float(np.asarray(entry["scored_loss"]).mean())
+    ratio = loss / refs["sgd"]["best_loss"]
+    range_test = {
+        "suggestions": np.asarray(entry["seed_rates"])[0],
+        "loss": loss,
+        "best_sgd_grid_rate": refs["sgd"]["best_rate"],
+        "best_sgd_grid_loss": refs["sgd"]["best_loss"],
+        "ratio": ratio, "bound": RANGE_TEST_BOUND, "met": bool(ratio <= RANGE_TEST_BOUND),
+    }
+
+  counted = [t for t in methods.values() if t["counts"]]
+  checks = ([t["within_bound"] for t in counted]
+            + [t["nonfinite_params_runs"] == 0 for t in methods.values()]
+            + [t["as_robust_as_dog"] for t in methods.values()
+               if t["as_robust_as_dog"] is not None]
+            + ([range_test["met"]] if range_test else []))
+  return {
+      "best_hand_tuned": best,
+      "hand_tuned_bound": HAND_TUNED_BOUND,
+      "dog_worst": dog_worst,
+      "best_hypergradient": best_hypergradient,
+      "methods": methods,
+      "range_test": range_test,
+      "all_met": bool(checks) and all(c is True for c in checks),
+  }
+
+
+def _verdict(ok) -> str:
+  return "-" if ok is None else ("PASS" if ok else "FAIL")
+
+
+def print_targets(name: str, target: dict, refs: dict) -> None:
+  """The hand-tuned references and the targets table of one task."""
+  if refs:
+    grid = next(iter(refs.values()))["grid"]
+    print(f"\n{name}: hand-tuned references, final held-out loss per rate "
+          f"{' '.join(map(_report.rate_label, grid))} (seed mean)")
+    print(_report.table(
+        ["optimizer", "per grid rate", "best rate", "best loss"],
+        [[n, " ".join(f"{x:.3f}" for x in r["seed_mean_loss"]),
+          _report.rate_label(r["best_rate"]), _report.fmt(r["best_loss"])]
+         for n, r in refs.items()]))
+  best = target["best_hand_tuned"]
+  print(f"\n{name}: targets (best hand-tuned: "
+        + ("none run" if best is None else
+           f"{best['optimizer']} at {_report.rate_label(best['rate'])}, "
+           f"{best['loss']:.3f}")
+        + f"; dog's worst: {_report.fmt(target['dog_worst'])}; best hypergradient "
+        f"method: {target['best_hypergradient']})")
+  rows = []
+  for method, t in target["methods"].items():
+    label = method if t["counts"] else f"{method} (info: see {TARGET_ROW_OF[method]})"
+    rows.append([
+        label, _report.fmt(t["worst_loss"]), t["worst_at"],
+        _report.fmt(t["ratio_to_best_hand_tuned"]),
+        _verdict(t["within_bound"]) if t["counts"] else "(info)",
+        f"{t['nonfinite_params_runs']}/{t['runs']}",
+        _verdict(t["as_robust_as_dog"]),
+    ])
+  print(_report.table(
+      ["method", "worst", "worst at", "/ best hand-tuned",
+       f"<= {HAND_TUNED_BOUND}x", "non-finite params", "as robust as dog"], rows))
+  rt = target["range_test"]
+  if rt is not None:
+    print(f"range test: SGD at the suggestion ("
+          + " ".join(f"{x:.3g}" for x in rt["suggestions"])
+          + f") {rt['loss']:.3f}; SGD at its best grid rate "
+          f"{_report.rate_label(rt['best_sgd_grid_rate'])} {rt['best_sgd_grid_loss']:.3f}; "
+          f"ratio {rt['ratio']:.3f} (<= {rt['bound']}x: {_verdict(rt['met'])})")
+  print(f"all targets met on {name}: {'yes' if target['all_met'] else 'no'}")
+
+
 def main(argv=None) -> dict:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--quick", action="store_true", help="tiny models, 2 epochs, 2 rates")
+  parser.add_argument("--quick", action="store_true",
+                      help="tiny models, 2 epochs, 2 rates, 2 grid rates")
   parser.add_argument("--datasets", nargs="+", default=["digits", "mnist1d"],
                       choices=["digits", "mnist1d"])
   parser.add_argument("--methods", nargs="+", default=None)
   parser.add_argument("--rates", type=float, nargs="+", default=None)
+  parser.add_argument("--grid", type=float, nargs="+", default=None,
+                      help="rate grid of the hand-tuned references")
   parser.add_argument("--seeds", type=int, nargs="+", default=None)
   parser.add_argument("--epochs", type=int, default=None)
   parser.add_argument("--out", default="results/robustness.json")
@@ -100,6 +309,7 @@ def main(argv=None) -> dict:
   if args.quick:
     _train.fast_compilation()
   rates = args.rates or ([1e-2, 1.0] if args.quick else list(DEFAULT_RATES))
+  grid = args.grid or ([1e-2, 0.1] if args.quick else list(_methods.HAND_TUNED_GRID))
   seeds = args.seeds or ([0, 1] if args.quick else [0, 1, 2])
   methods = _methods.by_name(_methods.COMPARE_METHODS, args.methods)
   # The hand-picked SGD has no initial rate to be robust to.
@@ -110,45 +320,44 @@ def main(argv=None) -> dict:
       "command": "python -m benchmarks.robustness" + ("" if argv is None else " " + " ".join(argv)),
       "machine": _report.machine(),
       "initial_rates": rates,
+      "hand_tuned_grid": grid,
       "seeds": seeds,
       "score": "final test-split loss, mean over seeds per rate, then mean ± std "
                "across rates; a non-finite loss scores ln(10)",
+      "targets": {
+          "hand_tuned_bound": HAND_TUNED_BOUND,
+          "range_test_bound": RANGE_TEST_BOUND,
+          "as_robust_as_dog": list(AS_ROBUST_AS_DOG) + ["best of " + " ".join(HYPERGRADIENT_METHODS)],
+          "target_row_of": TARGET_ROW_OF,
+      },
       "datasets": {},
   }
   for name in args.datasets:
     if name == "mnist1d" and not _data.have_mnist1d():
       print("mnist1d is not installed: skipping it (pip install -e '.[examples]')")
       continue
+    task_start = time.perf_counter()
     splits, model, setting = task(name, args.quick, args.epochs)
     print(f"\n{name}: {len(splits.y_train)}/{len(splits.y_valid)}/{len(splits.y_test)} "
           f"train/valid/test; {model.name}; batch {setting.batch_size}, "
           f"{setting.epochs} epochs of {setting.steps_per_epoch} steps")
-    entries, rows = {}, []
-    for m in _report.progress(methods, desc=name, quiet=args.no_progress):
-      runs = _train.train_rates(model, m, rates, splits, setting, seeds=seeds)
-      loss = np.stack([r.history["test_loss"][:, -1] for r in runs])  # [rates, seeds]
-      acc = np.stack([r.history["test_acc"][:, -1] for r in runs])
-      scored = _train.score(loss, splits.num_classes)
-      stats = _train.summary(scored.mean(1))
-      diverged = int((~np.isfinite(loss)).sum())
-      entries[m.name] = {
-          "library": m.library, "rate_means": m.rate_means,
-          "initial_rates": rates, "final_test_loss": loss, "final_test_accuracy": acc,
-          "scored_loss": scored, "across_rates": stats, "diverged_runs": diverged,
-      }
-      rows.append([m.name, f"{stats['mean']:.3f} ± {stats['std']:.3f}",
-                   _report.fmt(stats["worst"]),
-                   " ".join(f"{x:.3f}" for x in scored.mean(1)),
-                   f"{100 * acc.mean():.1f}", f"{diverged}/{loss.size}"])
+    entries, rows = run_methods(methods, model, rates, splits, setting, seeds,
+                                args.no_progress)
+    refs = run_hand_tuned(model, grid, splits, setting, seeds, args.no_progress)
     print(f"final held-out loss across initial rates {' '.join(map(_report.rate_label, rates))} "
           f"({len(seeds)} seeds)")
     print(_report.table(["method", "mean ± std", "worst", "per rate (seed mean)",
-                         "acc %", "diverged"], rows))
+                         "acc %", "diverged", "non-finite params"], rows))
+    target = targets(entries, refs)
+    print_targets(name, target, refs)
     report["datasets"][name] = {
         "model": model.name, "epochs": setting.epochs, "batch_size": setting.batch_size,
         "steps_per_epoch": setting.steps_per_epoch,
         "split": [len(splits.y_train), len(splits.y_valid), len(splits.y_test)],
         "methods": entries,
+        "hand_tuned": refs,
+        "targets": target,
+        "wall_s": time.perf_counter() - task_start,
     }
   plot(report, args.png)
   report["wall_s"] = time.perf_counter() - start

@@ -37,9 +37,9 @@ def make_tx(method: str, steps_per_epoch: int) -> optax.GradientTransformation:
   momentum = optax.trace(0.9)
   return {
       "hypergradient_descent": lambda: optax_lr.hypergradient_descent(
-          0.01, hyper_lr=1e-3, direction=momentum),
-      "rtho": lambda: optax_lr.rtho(0.01, hyper_lr=1e-5, direction=momentum),
-      "marthe": lambda: optax_lr.marthe(0.01, hyper_lr_step=1e-6, direction=momentum),
+          0.01, direction=momentum),
+      "rtho": lambda: optax_lr.rtho(0.01, direction=momentum),
+      "marthe": lambda: optax_lr.marthe(0.01, direction=momentum),
       "newton_lr": lambda: optax_lr.newton_lr(0.01, steps_per_epoch=steps_per_epoch),
       "aslr": lambda: optax_lr.aslr(0.05, direction=momentum),
       "aalr": lambda: optax_lr.aalr(0.05, warmup_patience=2, direction=momentum),

@@ -39,14 +39,12 @@ def make_tx(method: str, steps_per_epoch: int) -> optax.GradientTransformation:
   """Each method over SGD with momentum, at settings that train digits well."""
   momentum = optax.trace(0.9)
   if method == "hypergradient_descent":
-    return optax_lr.hypergradient_descent(0.01, hyper_lr=1e-3, direction=momentum)
+    return optax_lr.hypergradient_descent(0.01, direction=momentum)
   if method == "rtho":
-    return optax_lr.rtho(0.01, hyper_lr=1e-5, direction=momentum)
+    return optax_lr.rtho(0.01, direction=momentum)
   if method == "marthe":
-    return optax_lr.marthe(0.01, hyper_lr_step=1e-6, direction=momentum)
+    return optax_lr.marthe(0.01, direction=momentum)
   if method == "newton_lr":
-    # Over plain SGD, the paper's setting: its window sums of momentum or Adam
-    # directions stay correlated and the rate kept growing on digits.
     return optax_lr.newton_lr(0.01, steps_per_epoch=steps_per_epoch)
   if method == "aslr":
     return optax_lr.aslr(0.05, direction=momentum)

@@ -136,9 +136,9 @@ METHOD = "marthe"  # any key below
 momentum = optax.trace(0.9)
 METHODS = {
     "hypergradient_descent": lambda: optax_lr.hypergradient_descent(
-        0.01, hyper_lr=1e-3, direction=momentum),
-    "rtho": lambda: optax_lr.rtho(0.01, hyper_lr=1e-5, direction=momentum),
-    "marthe": lambda: optax_lr.marthe(0.01, hyper_lr_step=1e-6, direction=momentum),
+        0.01, direction=momentum),
+    "rtho": lambda: optax_lr.rtho(0.01, direction=momentum),
+    "marthe": lambda: optax_lr.marthe(0.01, direction=momentum),
     "newton_lr": lambda: optax_lr.newton_lr(0.01, steps_per_epoch=steps_per_epoch),
     "aslr": lambda: optax_lr.aslr(0.05, direction=momentum),
     "aalr": lambda: optax_lr.aalr(0.05, warmup_patience=2, direction=momentum),
@@ -302,8 +302,8 @@ def train(tx, needs_loss_fn):
         extra = {"val_grads": jax.grad(loss_fn)(params, x_val, y_val)}
         if needs_loss_fn:
             extra["loss_fn"] = lambda p: loss_fn(p, x, y)
-        updates, state = tx.update(grads, state, params, **extra)
-        params = optax.apply_updates(params, updates)
+        updates, state = tx.update(grads, state, params, value=loss, **extra)
+        params = optax_lr.apply_updates(params, updates, state)
         return (params, state), {"loss": loss, **record(state)}
 
     @jax.jit
@@ -322,9 +322,10 @@ def train(tx, needs_loss_fn):
 
 momentum = optax.trace(0.9)
 runs = {
-    "HD (μ = 0)": train(optax_lr.hypergradient_descent(0.01, hyper_lr=1e-3, direction=momentum), False),
-    "RTHO (μ = 1)": train(optax_lr.rtho(0.01, hyper_lr=1e-5, direction=momentum), True),
-    "MARTHE (μ, β adapted)": train(optax_lr.marthe(0.01, hyper_lr_step=1e-6, direction=momentum), True),
+    # The defaults: no hyper-learning rate to tune.
+    "HD (μ = 0)": train(optax_lr.hypergradient_descent(0.01, direction=momentum), False),
+    "RTHO (μ = 1)": train(optax_lr.rtho(0.01, direction=momentum), True),
+    "MARTHE (μ, β adapted)": train(optax_lr.marthe(0.01, direction=momentum), True),
 }
 for name, (logs, val) in runs.items():
     print(f"{name:24s} final η {logs['lr'][-1]:.4f}  validation loss {val[-1]:.4f}")'''),
@@ -342,7 +343,7 @@ axes[1, 1].plot(marthe_logs["beta"], color="C2")
 axes[0, 0].set(title="learning rate η", xlabel="step")
 axes[0, 1].set(title="tangent norm ‖Z‖", xlabel="step", yscale="log")
 axes[0, 2].set_yscale("symlog", linthresh=1e-2)
-axes[0, 2].set(title="hypergradient h = ⟨Z, ∇E⟩", xlabel="step")
+axes[0, 2].set(title="normalised hypergradient ⟨Z, ∇E⟩ / (‖Z‖ ‖∇E‖)", xlabel="step")
 axes[1, 0].set(title="MARTHE's μ (adapted)", xlabel="step", ylim=(-0.05, 1.05))
 axes[1, 1].set(title="MARTHE's β (adapted)", xlabel="step")
 axes[1, 2].set(title="validation loss", xlabel="step", yscale="log")
@@ -351,9 +352,11 @@ plt.tight_layout()
 plt.show()'''),
     md('''\
 HD's tangent is one step long, so its hypergradient is myopic; RTHO's tangent
-accumulates the whole trajectory (its norm grows), so a small β is needed;
-MARTHE discounts the past with μ and grows β while consecutive hypergradients
-agree.'''),
+accumulates the whole trajectory (its norm grows); MARTHE discounts the past
+with μ and grows β while consecutive hypergradients agree. With their
+defaults all three read the hypergradient normalised by the norms it
+multiplies (a cosine), so no hyper-learning rate depends on the loss's scale,
+and MARTHE selects its κ itself (divided by 10 at each divergence).'''),
 ]
 
 # --------------------------------------------------------------------------

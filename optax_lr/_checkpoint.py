@@ -56,6 +56,7 @@ __all__ = [
     "Checkpoint",
     "SafetyNetState",
     "backoff_rate",
+    "band",
     "clip_to_band",
     "checkpoint_init",
     "fresh_copy",
@@ -91,6 +92,12 @@ class Checkpoint(NamedTuple):
   rate: Any
 
 
+def _rate_dtype(rate: Any):
+  # A per-leaf rate of empty params has no leaf: costs are then float32.
+  leaves = jax.tree_util.tree_leaves(rate)
+  return leaves[0].dtype if leaves else jnp.dtype(jnp.float32)
+
+
 def fresh_copy(tree: Any) -> Any:
   # `init` must return buffers aliased with nothing, so a step can donate them.
   return jax.tree_util.tree_map(lambda x: jnp.array(x, copy=True), tree)
@@ -99,7 +106,7 @@ def fresh_copy(tree: Any) -> Any:
 def checkpoint_init(params: Any, direction_state: Any, rate: jax.Array,
                     cost: Optional[jax.Array] = None) -> Checkpoint:
   """A checkpoint of the initial params and the fresh direction state."""
-  dtype = jax.tree_util.tree_leaves(rate)[0].dtype
+  dtype = _rate_dtype(rate)
   return Checkpoint(
       params=fresh_copy(params),
       direction_state=fresh_copy(direction_state),
@@ -194,6 +201,11 @@ class SafetyNetState(NamedTuple):
   pending_save: jax.Array
   rolled_back: jax.Array  # [] bool: the call that produced this state rolled back.
   rollbacks: jax.Array  # [] int32: rollbacks so far (saturating).
+  # Like the rate ([] A, or a pytree of them): the initial rate, whose band
+  # [rate / RATE_BAND, rate * RATE_BAND] the method's rate stays in. A state
+  # field, not a constant of the compiled step: runs from different initial
+  # rates share one compilation.
+  initial_rate: Any
   # [] int32: divergences since the last save, each after at least one step
   # from the checkpoint (a bad input that persists over the rollback call
   # does not count twice); sets the rate after a rollback.
@@ -202,7 +214,7 @@ class SafetyNetState(NamedTuple):
 
 def net_init(params: Any, direction_state: Any, rate: Any) -> SafetyNetState:
   """A safety net whose first checkpoint is the initial point."""
-  dtype = jax.tree_util.tree_leaves(rate)[0].dtype
+  dtype = _rate_dtype(rate)
   return SafetyNetState(
       checkpoint=checkpoint_init(params, direction_state, rate),
       first_cost=jnp.full([], jnp.inf, dtype),
@@ -211,6 +223,7 @@ def net_init(params: Any, direction_state: Any, rate: Any) -> SafetyNetState:
       pending_save=jnp.zeros([], jnp.bool_),
       rolled_back=jnp.zeros([], jnp.bool_),
       rollbacks=jnp.zeros([], jnp.int32),
+      initial_rate=fresh_copy(rate),
       failures=jnp.zeros([], jnp.int32),
   )
 
@@ -292,6 +305,7 @@ def net_update(net: SafetyNetState, checkpoint: Checkpoint, save: jax.Array,
           rollback, jnp.minimum(net.rollbacks, jnp.iinfo(jnp.int32).max - 1) + 1,
           net.rollbacks,
       ).astype(jnp.int32),
+      initial_rate=net.initial_rate,
       failures=jnp.minimum(failures, _MAX_FAILURES).astype(jnp.int32),
   )
 
@@ -318,11 +332,20 @@ def backoff_rate(rate: Any, net: SafetyNetState,
   return jax.tree_util.tree_map(one, rate, checkpoint.rate)
 
 
-def clip_to_band(rate: Any, initial_rate: float) -> Any:
-  """``rate`` (a scalar or a pytree of them) clipped to ``initial_rate``'s band."""
-  low, high = initial_rate / RATE_BAND, initial_rate * RATE_BAND
+def band(initial_rate: Any) -> tuple[Any, Any]:
+  """``(low, high)``: ``initial / RATE_BAND`` and ``initial * RATE_BAND`` (+inf for 0)."""
+  low = jax.tree_util.tree_map(lambda r: r / RATE_BAND, initial_rate)
+  high = jax.tree_util.tree_map(
+      lambda r: jnp.where(r > 0, r * RATE_BAND, jnp.inf).astype(r.dtype),
+      initial_rate)
+  return low, high
+
+
+def clip_to_band(rate: Any, net: SafetyNetState) -> Any:
+  """``rate`` (a scalar or a pytree of them) clipped to the net's band."""
+  low, high = band(net.initial_rate)
   return jax.tree_util.tree_map(
-      lambda r: jnp.clip(r, low, high).astype(r.dtype), rate)
+      lambda r, lo, hi: jnp.clip(r, lo, hi).astype(r.dtype), rate, low, high)
 
 
 def net_epoch_end(net: SafetyNetState, cost: jax.Array, best: jax.Array

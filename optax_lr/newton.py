@@ -32,6 +32,7 @@ see :func:`newton_lr`.
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 import operator
@@ -468,7 +469,9 @@ def newton_lr(
       column = lambda i: jax.tree_util.tree_map(lambda _, o: o[i], lr, out)
       lr, u_prev = column(0), column(1)
       prev_dot = None if sgd else column(2)
-      dropped = jnp.any(jnp.stack(jax.tree_util.tree_leaves(column(3))))
+      dropped = functools.reduce(jnp.logical_or,
+                                 jax.tree_util.tree_leaves(column(3)),
+                                 jnp.zeros([], jnp.bool_))
     else:
       lr, u_prev, prev_dot, dropped = end_one(lr, u_new, u_prev, g_new, prev_dot)
     zeros = lambda tree: jax.tree_util.tree_map(jnp.zeros_like, tree)
@@ -521,16 +524,18 @@ def newton_lr(
     grad_acc = None if sgd else jax.tree_util.tree_map(add, state.grad_acc, updates)
     operands = (lr, acc, state.u_prev, grad_acc, state.prev_dot,
                 jnp.zeros([], jnp.bool_))
-    if safety_net:
-      # A rollback call restarts the window; like a window end, the reset
-      # runs in a loop of 0 or 1 trips, so other calls copy no buffer.
-      operands = _run_if(rollback, restart, operands)
-      is_end = jnp.logical_not(rollback)
-    else:
-      is_end = jnp.asarray(True)
+    is_end = jnp.asarray(True)
     if window > 1:
-      is_end = is_end & (state.window_step >= window - 1)
-    if window == 1 and not safety_net:
+      is_end = state.window_step >= window - 1
+    if safety_net:
+      # A rollback call restarts the window instead. Both run in the same
+      # loop of 0 or 1 trips, so other calls copy no buffer.
+      lr, acc, u_prev, grad_acc, prev_dot, dropped = _run_if(
+          is_end | rollback,
+          lambda *ops: jax.lax.cond(rollback, restart, window_end, *ops),
+          operands)
+      is_end = is_end & jnp.logical_not(rollback)
+    elif window == 1:
       lr, acc, u_prev, grad_acc, prev_dot, dropped = window_end(*operands)
     else:
       lr, acc, u_prev, grad_acc, prev_dot, dropped = _run_if(
@@ -543,7 +548,7 @@ def newton_lr(
       )
     if safety_net:
       window_step = jnp.where(rollback, jnp.zeros_like(window_step), window_step)
-      lr = _checkpoint.clip_to_band(lr, lr0)
+      lr = _checkpoint.clip_to_band(lr, net)
       net = _checkpoint.net_update(net, checkpoint, save, rollback, cost,
                                    pending=dropped)
     new_state = NewtonLRState(

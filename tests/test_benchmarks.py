@@ -10,6 +10,7 @@ progress bar and the MNIST-1D task, which is what the checks below expect.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import math
@@ -50,17 +51,37 @@ def test_registry_is_consistent():
   names = [m.name for m in _methods.COMPARE_METHODS]
   assert len(names) == len(set(names))
   assert {m.name for m in _methods.OPTAX_LR_METHODS} >= {
-      "hd", "rtho", "marthe", "newton_lr", "aslr", "aalr"}
-  # The optax methods the issue names are all compared.
+      "hd", "hd_mult", "rtho", "marthe", "newton_lr", "aslr", "aslr_range_test", "aalr"}
+  # The optax methods the issue names are all compared, and the range test's
+  # suggestion trained at a constant rate.
   assert {"sgd", "reduce_on_plateau", "prodigy", "dog", "mechanize",
-          "schedule_free_sgd"} <= set(names)
+          "schedule_free_sgd", "sgd_range_test"} <= set(names)
   anchors = {m.name for m in _methods.SPEED_ANCHORS}
   assert {"sgd", "sgd_momentum", "adam", "reduce_on_plateau", "prodigy",
           "dadapt_adamw", "dog", "mechanize", "grad_hvp_sgd"} == anchors
+  assert [m.name for m in _methods.HAND_TUNED] == ["sgd", "sgd_momentum", "adam"]
+  assert _methods.HAND_TUNED_GRID == (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0)
+  for m in _methods.OPTAX_LR_METHODS:
+    # Defaults only, and the training loss for the safety net.
+    assert "value" in m.needs, m.name
+    assert m.factory is not None, m.name
+  # No tuned hyper-rates are left in the registry.
+  assert not [n for n in dir(_methods) if "HYPER_LR" in n]
+  by_name = {m.name: m for m in _methods.COMPARE_METHODS}
+  assert not by_name["aslr_range_test"].swept and not by_name["sgd_range_test"].swept
+  assert by_name["aslr"].swept and not by_name["sgd_hand_picked"].swept
   with pytest.raises(ValueError, match="unknown methods"):
     _methods.by_name(_methods.COMPARE_METHODS, ["no_such_method"])
   with pytest.raises(ValueError, match="unknown extra args"):
     _methods.Method("bad", lambda lr, n: None, needs=("grads",))
+  with pytest.raises(ValueError, match="exclusive"):
+    _methods.Method("bad", lambda lr, n: None, fixed_lr=0.1, rate_from_task=lambda t: 0.1)
+  # Options reach the library call only where its signature takes them.
+  assert not by_name["sgd"].accepts("safety_net")
+  with pytest.raises(ValueError, match="takes no"):
+    by_name["sgd"].build(0.1, 10, safety_net=False)
+  assert by_name["hd"].accepts("safety_net")
+  assert not by_name["hd"].accepts("no_such_option")
 
 
 def test_grouped_runs_equal_separate_runs():
@@ -70,9 +91,10 @@ def test_grouped_runs_equal_separate_runs():
   splits = _data.digits()
   model = _models.mlp((64,), (8,))
   setting = _train.setting_for(splits, 1, 100)
-  hd = _methods.by_name(_methods.COMPARE_METHODS, ["hd"])[0]
-  together = _train.train_rates(model, hd, [0.01, 0.3], splits, setting, seeds=(0, 1))
-  alone = _train.train_rates(model, hd, [0.3], splits, setting, seeds=(0, 1))
+  # SGD through inject_hyperparams keeps its rate in the state.
+  sgd = _methods.by_name(_methods.COMPARE_METHODS, ["sgd"])[0]
+  together = _train.train_rates(model, sgd, [0.01, 0.3], splits, setting, seeds=(0, 1))
+  alone = _train.train_rates(model, sgd, [0.3], splits, setting, seeds=(0, 1))
   assert together[0].group == together[1].group
   np.testing.assert_allclose(together[1].history["lr"], alone[0].history["lr"], rtol=1e-5)
   np.testing.assert_allclose(together[1].history["test_loss"], alone[0].history["test_loss"],
@@ -81,10 +103,54 @@ def test_grouped_runs_equal_separate_runs():
   assert not np.allclose(together[0].history["lr"], together[1].history["lr"])
   assert not np.allclose(together[1].history["train_loss"][0],
                          together[1].history["train_loss"][1])
+  assert together[0].seed_rates == (0.01, 0.01)
+  assert together[0].history["params_finite"].shape == (2,)
+  assert together[0].history["params_finite"].all()
   dog = _methods.by_name(_methods.COMPARE_METHODS, ["dog"])[0]
   runs = _train.train_rates(model, dog, [0.01, 0.3], splits, setting)
   assert runs[0].history["lr"][0, 0] == pytest.approx(0.01)  # dog's first step
   assert runs[0].group != runs[1].group
+
+
+def test_rate_from_task_runs_each_seed_from_its_rate():
+  """A rate computed per seed (the range test) trains each seed exactly as a
+  run of that seed alone at that rate; all seeds share one compilation."""
+  _train.fast_compilation()
+  splits = _data.digits()
+  model = _models.mlp((64,), (8,))
+  setting = _train.setting_for(splits, 1, 100)
+  by_name = {m.name: m for m in _methods.COMPARE_METHODS}
+  (run,) = _train.train_rates(model, by_name["sgd_range_test"], [123.0], splits, setting,
+                              seeds=(0, 1))
+  assert math.isnan(run.lr) and len(run.seed_rates) == 2
+  assert all(_methods.RANGE_TEST_MIN_LR <= r <= _methods.RANGE_TEST_MAX_LR
+             for r in run.seed_rates)
+  for s, rate in enumerate(run.seed_rates):
+    (alone,) = _train.train_rates(model, by_name["sgd"], [rate], splits, setting,
+                                  seeds=(s,))
+    np.testing.assert_allclose(run.history["lr"][s], rate, rtol=1e-6)
+    np.testing.assert_allclose(run.history["test_loss"][s], alone.history["test_loss"][0],
+                               rtol=1e-5)
+  # The suggestion is the library's, on the seed's own training batches.
+  params = jax.vmap(model.init)(jax.numpy.stack([jax.random.PRNGKey(s) for s in (0, 1)]))
+  orders = _train.batch_orders(splits, setting, (0, 1))
+  tasks = _train.task_seeds(model, splits, params, orders)
+  assert _methods.range_test_suggestion(tasks[1]) == pytest.approx(run.seed_rates[1])
+
+
+def test_eval_params_do_not_change_training():
+  """AALR is evaluated on its best checkpoint, but observes (and so trains on)
+  the validation loss of the params it is training."""
+  _train.fast_compilation()
+  splits = _data.digits()
+  model = _models.mlp((64,), (8,))
+  setting = _train.setting_for(splits, 4, 100)
+  aalr = _methods.by_name(_methods.COMPARE_METHODS, ["aalr"])[0]
+  plain = dataclasses.replace(aalr, eval_params=lambda state, params: params)
+  (best,) = _train.train_rates(model, aalr, [0.3], splits, setting)
+  (final,) = _train.train_rates(model, plain, [0.3], splits, setting)
+  np.testing.assert_array_equal(best.history["lr"], final.history["lr"])
+  np.testing.assert_array_equal(best.history["train_loss"], final.history["train_loss"])
 
 
 def test_score_and_summary():
@@ -125,31 +191,151 @@ def test_speed(tmp_path, capsys):
                        "marthe", "aalr"] + _outputs(tmp_path, "speed"))
   out = capsys.readouterr().out
   cnn = _load(tmp_path / "speed.json")["models"]["cnn"]
-  assert set(cnn["median_ratio_to_sgd"]) == {"sgd", "grad_hvp_sgd", "marthe", "aalr"}
+  marthe = _methods.by_name(_methods.OPTAX_LR_METHODS, ["marthe"])[0]
+  has_net = marthe.accepts("safety_net")
+  assert set(cnn["median_ratio_to_sgd"]) == (
+      {"sgd", "grad_hvp_sgd", "marthe", "aalr"} | ({"marthe_net_off"} if has_net else set()))
   assert cnn["median_ratio_to_sgd"]["sgd"] == 1.0
-  targets = {(t["method"], t["baseline"]) for t in report["models"]["cnn"]["targets"]}
-  assert targets == {("marthe", "grad_hvp_sgd"), ("aalr", "sgd")}
-  assert "target marthe / grad_hvp_sgd" in out
+  targets = {(t["method"], t["measured_as"], t["baseline"])
+             for t in report["models"]["cnn"]["targets"]}
+  # The first release's targets are measured with the net off.
+  assert targets == {("marthe", "marthe_net_off" if has_net else "marthe", "grad_hvp_sgd"),
+                     ("aalr", "aalr", "sgd")}
+  assert "target marthe" in out and "/ grad_hvp_sgd" in out
+  # The net's own target: one row per net method timed (AALR has none).
+  (net,) = cnn["safety_net_targets"]
+  assert net["method"] == "marthe" and net["bound"] == speed.NET_BOUND
+  if has_net:
+    assert net["status"] == "measured" and net["rollbacks_while_timed"] == 0
+    assert net["ratio_net_on_to_off"] == pytest.approx(
+        np.median([r["marthe"] / r["marthe_net_off"] for r in cnn["seconds_per_step_runs"]]))
+    assert net["met"] == (net["ratio_net_on_to_off"] <= speed.NET_BOUND)
+  else:
+    assert net["status"] == "n/a" and net["met"] is None
+  assert "net on / net off" in out
   _check_png(tmp_path, "speed")
 
 
-def test_robustness(tmp_path):
+def test_speed_times_steps_that_do_not_save():
+  """``no_saves`` steps keep the initial checkpoint; ordinary steps save."""
+  from benchmarks import _harness  # pylint: disable=g-import-not-at-top
+  hd = _methods.by_name(_methods.OPTAX_LR_METHODS, ["hd"])[0]
+  if not hd.accepts("safety_net"):
+    pytest.skip("hd has no safety net")
+  sizes = (8, 8, 4)
+  batch = _harness.random_batch(jax.random.PRNGKey(0), 4, sizes[0], sizes[-1])
+  finals = {}
+  for no_saves in (True, False):
+    tx = hd.build(0.01, 100)
+    step = _harness.make_train_step(tx, _harness.mlp_loss, hd.needs, no_saves=no_saves)
+    params = _harness.init_mlp(jax.random.PRNGKey(1), sizes)
+    state = tx.init(params)
+    for _ in range(45):  # past two save points
+      params, state, _ = step(params, state, batch)
+    finals[no_saves] = state.safety
+  assert int(finals[True].since_save) == 1 and int(finals[True].rollbacks) == 0
+  assert math.isinf(float(finals[True].checkpoint.cost))  # never saved
+  assert math.isfinite(float(finals[False].checkpoint.cost))  # saved
+
+
+def test_robustness(tmp_path, capsys):
   from benchmarks import robustness  # pylint: disable=g-import-not-at-top
   # digits runs through the same code in test_compare; MNIST-1D when installed.
   dataset = "mnist1d" if _data.have_mnist1d() else "digits"
-  robustness.main(["--quick", "--datasets", dataset, "--methods", "sgd", "aslr",
+  methods = ["sgd", "aslr", "aslr_range_test", "sgd_range_test", "aalr", "dog"]
+  robustness.main(["--quick", "--datasets", dataset, "--methods", *methods,
                    "--no-progress"] + _outputs(tmp_path, "robustness"))
+  out = capsys.readouterr().out
   saved = _load(tmp_path / "robustness.json")
-  expected = {dataset}
-  assert set(saved["datasets"]) == expected
-  for name in expected:
-    methods = saved["datasets"][name]["methods"]
-    assert set(methods) == {"sgd", "aslr"}
-    for entry in methods.values():
-      assert np.asarray(entry["scored_loss"]).shape == (2, 2)  # rates x seeds
-      stats = entry["across_rates"]
-      assert stats["worst"] >= stats["mean"] >= 0
+  assert set(saved["datasets"]) == {dataset}
+  ds = saved["datasets"][dataset]
+  assert set(ds["methods"]) == set(methods)
+  for name, entry in ds["methods"].items():
+    runs = 2 if entry["swept"] else 1  # two quick rates, or one range test
+    assert np.asarray(entry["scored_loss"]).shape == (runs, 2)  # runs x seeds
+    assert np.asarray(entry["params_finite"]).shape == (runs, 2)
+    assert np.asarray(entry["seed_rates"]).shape == (runs, 2)
+    assert entry["runs"] == 2 * runs
+    assert entry["nonfinite_params_runs"] == int((~np.asarray(entry["params_finite"])).sum())
+    stats = entry["across_rates"]
+    assert stats["worst"] >= stats["mean"] >= 0
+  # The seeds' suggestions are shared by the ASLR pipeline and constant SGD.
+  assert (ds["methods"]["aslr_range_test"]["seed_rates"]
+          == ds["methods"]["sgd_range_test"]["seed_rates"])
+
+  refs = ds["hand_tuned"]
+  assert set(refs) == {"sgd", "sgd_momentum", "adam"}
+  for ref in refs.values():
+    assert np.asarray(ref["scored_loss"]).shape == (2, 2)  # grid x seeds
+    assert ref["best_loss"] == pytest.approx(min(ref["seed_mean_loss"]))
+
+  targets = ds["targets"]
+  best = targets["best_hand_tuned"]
+  assert best["loss"] == pytest.approx(min(r["best_loss"] for r in refs.values()))
+  assert refs[best["optimizer"]]["best_rate"] == best["rate"]
+  assert targets["dog_worst"] == pytest.approx(ds["methods"]["dog"]["across_rates"]["worst"])
+  assert set(targets["methods"]) == {"aslr", "aslr_range_test", "aalr"}  # the optax_lr ones
+  for name, t in targets["methods"].items():
+    entry = ds["methods"][name]
+    assert t["worst_loss"] == pytest.approx(np.asarray(entry["scored_loss"]).mean(1).max())
+    assert t["ratio_to_best_hand_tuned"] == pytest.approx(t["worst_loss"] / best["loss"])
+    assert t["within_bound"] == (t["ratio_to_best_hand_tuned"] <= robustness.HAND_TUNED_BOUND)
+    assert t["nonfinite_params_runs"] == entry["nonfinite_params_runs"]
+  assert targets["methods"]["aslr_range_test"]["worst_at"] == "range test"
+  assert not targets["methods"]["aslr"]["counts"]  # ASLR's target is its pipeline
+  assert targets["methods"]["aalr"]["as_robust_as_dog"] == (
+      targets["methods"]["aalr"]["worst_loss"] <= targets["dog_worst"])
+  assert targets["methods"]["aslr_range_test"]["as_robust_as_dog"] is None
+  rt = targets["range_test"]
+  assert rt["suggestions"] == ds["methods"]["sgd_range_test"]["seed_rates"][0]
+  assert rt["best_sgd_grid_loss"] == pytest.approx(refs["sgd"]["best_loss"])
+  assert rt["ratio"] == pytest.approx(rt["loss"] / rt["best_sgd_grid_loss"])
+  assert rt["met"] == (rt["ratio"] <= robustness.RANGE_TEST_BOUND)
+  assert isinstance(targets["all_met"], bool)
+  assert f"{dataset}: targets" in out and "range test: SGD at the suggestion" in out
   _check_png(tmp_path, "robustness")
+
+
+def _entry(per_rate, library="optax_lr", swept=True, nonfinite=0):
+  """A robustness entry with these seed-mean losses (two identical seeds)."""
+  scored = np.repeat(np.asarray(per_rate, float)[:, None], 2, axis=1)
+  return {"library": library, "swept": swept, "scored_loss": scored,
+          "initial_rates": np.geomspace(1e-4, 1, len(per_rate)),
+          "seed_rates": np.full(scored.shape, 0.1),
+          "across_rates": _train.summary(scored.mean(1)),
+          "nonfinite_params_runs": nonfinite, "runs": scored.size}
+
+
+def test_robustness_targets_logic():
+  from benchmarks import robustness  # pylint: disable=g-import-not-at-top
+  refs = {"sgd": {"best_loss": 0.12, "best_rate": 0.1},
+          "adam": {"best_loss": 0.10, "best_rate": 1e-3}}
+  entries = {
+      "hd": _entry([0.11, 0.12]),  # ratio 1.2: within 1.25
+      "marthe": _entry([0.11, 0.13]),  # 1.3: not
+      "newton_lr": _entry([0.10, 0.20], nonfinite=1),
+      "aslr": _entry([0.5, 2.3]),
+      "aslr_range_test": _entry([0.12], swept=False),
+      "dog": _entry([0.12, 0.125], library="optax"),
+      "sgd_range_test": _entry([0.15], library="optax", swept=False),
+  }
+  t = robustness.targets(entries, refs)
+  assert t["best_hand_tuned"] == {"optimizer": "adam", "rate": 1e-3, "loss": 0.10}
+  assert t["best_hypergradient"] == "hd"
+  assert set(t["methods"]) == {"hd", "marthe", "newton_lr", "aslr", "aslr_range_test"}
+  hd, marthe, newton = (t["methods"][n] for n in ("hd", "marthe", "newton_lr"))
+  assert hd["ratio_to_best_hand_tuned"] == pytest.approx(1.2) and hd["within_bound"]
+  assert not marthe["within_bound"]
+  # Held to dog: the best hypergradient method, newton_lr (and AALR); not MARTHE.
+  assert hd["as_robust_as_dog"] is True and marthe["as_robust_as_dog"] is None
+  assert newton["as_robust_as_dog"] is False and newton["nonfinite_params_runs"] == 1
+  assert hd["worst_at"] == "1" and t["methods"]["aslr_range_test"]["worst_at"] == "range test"
+  assert not t["methods"]["aslr"]["counts"]
+  assert t["range_test"]["ratio"] == pytest.approx(1.25) and t["range_test"]["met"]
+  assert not t["all_met"]
+  # Only what passes: HD and the ASLR pipeline (the raw sweep is information).
+  passing = {n: entries[n] for n in ("hd", "aslr", "aslr_range_test", "dog", "sgd_range_test")}
+  assert robustness.targets(passing, refs)["all_met"]
 
 
 def test_paper_marthe(tmp_path):

@@ -69,8 +69,9 @@ __all__ = [
     "step_or_rollback",
 ]
 
-# A rollback divides the rate by this factor (the paper of MARTHE "decimates"
-# its hyper-step on divergence; a diverging rate gets the same treatment).
+# Each further divergence from the same checkpoint divides the rate saved
+# with it by this factor (MARTHE's paper "decimates" its hyper-step on
+# divergence; a diverging rate gets the same treatment).
 BACKOFF = 10.0
 # A training loss above this many times its reference level is a divergence.
 DIVERGENCE_FACTOR = 10.0
@@ -103,14 +104,12 @@ def fresh_copy(tree: Any) -> Any:
   return jax.tree_util.tree_map(lambda x: jnp.array(x, copy=True), tree)
 
 
-def checkpoint_init(params: Any, direction_state: Any, rate: jax.Array,
-                    cost: Optional[jax.Array] = None) -> Checkpoint:
-  """A checkpoint of the initial params and the fresh direction state."""
-  dtype = _rate_dtype(rate)
+def checkpoint_init(params: Any, direction_state: Any, rate: Any) -> Checkpoint:
+  """A checkpoint of the initial params and direction state, cost unknown."""
   return Checkpoint(
       params=fresh_copy(params),
       direction_state=fresh_copy(direction_state),
-      cost=jnp.full([], jnp.inf, dtype) if cost is None else cost.astype(dtype),
+      cost=jnp.full([], jnp.inf, _rate_dtype(rate)),
       rate=fresh_copy(rate),
   )
 

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-__all__ = ["check_direction", "check_loss_fn", "check_tree_like"]
+__all__ = ["check_direction", "check_loss_fn", "check_params", "check_tree_like"]
 
 
 def check_direction(direction: Any) -> None:
@@ -82,3 +82,21 @@ def check_loss_fn(loss_fn: Any, params: Any, method: str) -> None:
         f"loss_fn: {method} needs loss_fn(params) to be a scalar float loss, "
         f"got {out}."
     )
+
+
+def check_params(params: Any, updates: Any, method: str, why: str) -> None:
+  """Raises ``ValueError`` unless ``params`` are given and shaped like ``updates``.
+
+  Args:
+    params: the ``params`` argument of an update call.
+    updates: the gradients it received.
+    method: the method's name, for the message.
+    why: what the params are for, e.g. ``"its safety net's checkpoint"``.
+  """
+  # `None` is also the empty params tree: missing only if updates are not.
+  if params is None and jax.tree_util.tree_leaves(updates):
+    raise ValueError(
+        f"params: {method} needs the params ({why}): call "
+        "update(grads, state, params)."
+    )
+  check_tree_like("params", params, updates, "the updates")

@@ -338,13 +338,8 @@ def aalr(
     )
 
   def update_fn(updates, state, params=None, *, value=None, **extra_args):
-    # `None` is also the empty params tree: missing only if updates are not.
-    if params is None and jax.tree_util.tree_leaves(updates):
-      raise ValueError(
-          "params: aalr saves and restores checkpoints of the params; call "
-          "update(grads, state, params)."
-      )
-    _checks.check_tree_like("params", params, updates, "the updates")
+    _checks.check_params(params, updates, "aalr",
+                         "it saves and restores checkpoints of them")
     rollback = state.pending == ROLLBACK
     save = state.pending == SAVE
     extra = extra_args if value is None else {**extra_args, "value": value}

@@ -34,6 +34,8 @@ __all__ = ["ASLRState", "aslr"]
 # The exponent stays in [_MIN_EXP, _MAX_EXP]: the band (d ± ½)·10^e is then a
 # normal, finite float32 number (float32's normal range is 1.2e-38..3.4e38),
 # and 10^|e| is looked up in a table rather than computed with `pow`.
+_NET_NEEDS_PARAMS = ("for its safety net's checkpoint; or build it with "
+                     "safety_net=False")
 _MIN_EXP = -30
 _MAX_EXP = 30
 
@@ -260,6 +262,18 @@ def aslr(
     seed: an int seeding the PRNG key kept in the state.
     direction: the unscaled descent direction, ``optax.identity()`` (SGD) by
       default; ``optax.trace(0.9)``, ``optax.scale_by_adam()`` or any chain.
+    safety_net: keep a checkpoint of the params and the direction state,
+      saved by the update call after each improving epoch end, and roll back
+      to it after a diverged epoch (a non-finite cost, or one above ten times
+      the best) or a non-finite or blown-up ``value``: the centre then
+      returns to the one saved with the checkpoint, a decade lower for each
+      further divergence from it, and the search restarts. ``update`` then
+      needs ``params``. ``False`` saves one params copy and one
+      direction-state copy of memory.
+
+  Its paper's recipe for the initial centre is the learning-rate range
+  test: ``optax_lr.aslr(float(optax_lr.lr_range_test(loss_fn, params,
+  batches).suggestion))`` (``benchmarks/robustness.py`` runs it so).
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``. ``optax_lr.current_lr``
@@ -331,13 +345,7 @@ def aslr(
     dtype = state.min_cost.dtype
     net = state.safety
     if safety_net:
-      if params is None and jax.tree_util.tree_leaves(updates):
-        raise ValueError(
-            "params: aslr's safety net saves and restores checkpoints of the "
-            "params; call update(grads, state, params), or build it with "
-            "safety_net=False."
-        )
-      _checks.check_tree_like("params", params, updates, "the updates")
+      _checks.check_params(params, updates, "aslr", _NET_NEEDS_PARAMS)
       # Saves happen at improving epoch ends; a diverged epoch, or a
       # non-finite or blown-up training loss, rolls back.
       save, rollback, cost = _checkpoint.net_decide(

@@ -493,13 +493,8 @@ def _engine(
 
 
 def _check_params(params, grads, name):
-  # `None` is also the empty params tree: missing only if grads are not.
-  if params is None and jax.tree_util.tree_leaves(grads):
-    raise ValueError(
-        f"params: {name} needs the params (for its tangent or its safety "
-        "net's checkpoint): call update(grads, state, params)."
-    )
-  _checks.check_tree_like("params", params, grads, "the gradients")
+  _checks.check_params(params, grads, name,
+                       "for its tangent or its safety net's checkpoint")
 
 
 def _safe_ratio(numerator, denominator):

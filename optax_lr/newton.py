@@ -490,13 +490,9 @@ def newton_lr(
     if value is not None:
       extra_args["value"] = value
     if safety_net:
-      if params is None and jax.tree_util.tree_leaves(updates):
-        raise ValueError(
-            "params: newton_lr's safety net saves and restores checkpoints of "
-            "the params; call update(grads, state, params), or build it with "
-            "safety_net=False."
-        )
-      _checks.check_tree_like("params", params, updates, "the updates")
+      _checks.check_params(
+          params, updates, "newton_lr",
+          "for its safety net's checkpoint; or build it with safety_net=False")
       # Divergence: a blown-up or non-finite `value` now, or a dropped
       # (non-finite) window sum at the previous call.
       save, rollback, cost = _checkpoint.net_decide(net, value, jnp.asarray(True))

@@ -25,24 +25,11 @@ import pytest
 
 import optax_lr
 
+from test_contract import _standard_promotion
+
 STEPS = 30_000
 INITIAL_RATE = 1e-3
 TOLERANCE = 3e-2
-
-
-def _standard_promotion(tx):
-  """optax's Adam bias correction mixes dtypes that strict promotion rejects."""
-
-  def init(params):
-    with jax.numpy_dtype_promotion("standard"):
-      return tx.init(params)
-
-  def update(updates, state, params=None, **extra_args):
-    with jax.numpy_dtype_promotion("standard"):
-      return optax.with_extra_args_support(tx).update(
-          updates, state, params, **extra_args)
-
-  return optax.GradientTransformationExtraArgs(init, update)
 
 
 DIRECTIONS = {

@@ -19,6 +19,7 @@ import optax
 import pytest
 
 import optax_lr
+from optax_lr import hypergradient
 from optax_lr.hypergradient import HypergradientState
 
 
@@ -647,3 +648,64 @@ def test_non_finite_hypergradient_keeps_scalars_and_resets_tangents(poison):
     assert float(state.learning_rate) == float(after.learning_rate)
   else:
     assert float(state.learning_rate) != float(after.learning_rate)
+
+
+# ---------------------------------------------------------------- defaults
+
+
+def _normalised_reference(eta0, mu, beta0, kappa, steps, curvatures, w0):
+  """Float64 numpy reference of the scale-free rule on 0.5 sum(c w^2), SGD.
+
+  h_hat = <Z, g> / (|Z| |g|) (0 where a norm is 0), with Z = -u_prev for
+  mu = 0; beta = clip(beta + kappa h_hat h_hat_prev, 0, 0.5) when kappa > 0;
+  eta = eta exp(-beta h_hat); Z <- mu (Z - eta H Z) - g.
+  """
+  c, w = np.asarray(curvatures, np.float64), np.asarray(w0, np.float64)
+  eta, beta, h_prev = eta0, beta0, 0.0
+  z, u_prev, rates = np.zeros_like(w), np.zeros_like(w), []
+  for _ in range(steps):
+    g = c * w
+    tangent = -u_prev if mu == 0 else z
+    norms = np.linalg.norm(tangent) * np.linalg.norm(g)
+    h = 0.0 if norms == 0 else tangent @ g / norms
+    if kappa > 0:
+      beta = min(max(beta + kappa * h * h_prev, 0.0), 0.5)
+    eta = eta * np.exp(-beta * h)
+    z = mu * (z - eta * c * z) - g
+    u_prev, h_prev = g, h
+    w = w - eta * g
+    rates.append(eta)
+  return np.array(rates), w
+
+
+@pytest.mark.parametrize("name,make,mu,beta0,kappa", [
+    ("hd", lambda: optax_lr.hypergradient_descent(0.02, safety_net=False),
+     0.0, hypergradient.DEFAULT_HYPER_LR, 0.0),
+    ("rtho", lambda: optax_lr.rtho(0.02, safety_net=False),
+     1.0, hypergradient.DEFAULT_HYPER_LR, 0.0),
+    # kappa selection with a fixed mu; no divergence here, so no rollback.
+    ("marthe", lambda: optax_lr.marthe(0.02, mu=0.5),
+     0.5, 0.0, hypergradient.DEFAULT_HYPER_LR_STEP),
+])
+def test_scale_free_defaults_match_a_float64_reference(name, make, mu, beta0, kappa):
+  curvatures, w0 = jnp.array([1.0, 3.0, 5.0]), jnp.array([1.0, -2.0, 0.5])
+  loss = lambda w: 0.5 * jnp.sum(curvatures * w * w)
+  tx = make()
+
+  @jax.jit
+  def run(w):
+    def body(carry, _):
+      w, s = carry
+      u, s = tx.update(jax.grad(loss)(w), s, w, loss_fn=loss, value=loss(w))
+      w = optax_lr.apply_updates(w, u, s)
+      return (w, s), s.learning_rate
+    return jax.lax.scan(body, (w, tx.init(w)), None, length=40)
+
+  (w, _), rates = run(w0)
+  want_rates, want_w = _normalised_reference(0.02, mu, beta0, kappa, 40,
+                                             curvatures, w0)
+  # float32 against float64 over 40 compounding steps.
+  np.testing.assert_allclose(np.asarray(rates), want_rates, rtol=1e-4)
+  np.testing.assert_allclose(np.asarray(w), want_w, rtol=1e-4, atol=1e-7)
+  # The rate moved: the defaults adapt it.
+  assert abs(want_rates[-1] / 0.02 - 1) > 0.05, name

@@ -307,41 +307,47 @@ def _direction() -> optax.GradientTransformation:
   return optax.ema(MOMENTUM, debias=True)
 
 
+def _with_direction(options: dict) -> dict:
+  # A `direction` given to `Method.build` (speed.py times plain SGD
+  # directions, the first release's setting) replaces the default one.
+  return {"direction": _direction(), **options}
+
+
 OPTAX_LR_METHODS: tuple[Method, ...] = (
     Method(
         "hd",
-        lambda lr, n, **options: optax_lr.hypergradient_descent(lr, direction=_direction(), **options),
+        lambda lr, n, **options: optax_lr.hypergradient_descent(lr, **_with_direction(options)),
         needs=("value",),
         factory=optax_lr.hypergradient_descent,
     ),
     Method(
         "hd_mult",
         lambda lr, n, **options: optax_lr.hypergradient_descent(
-            lr, multiplicative=True, direction=_direction(), **options),
+            lr, multiplicative=True, **_with_direction(options)),
         needs=("value",),
         factory=optax_lr.hypergradient_descent,
     ),
     Method(
         "rtho",
-        lambda lr, n, **options: optax_lr.rtho(lr, direction=_direction(), **options),
+        lambda lr, n, **options: optax_lr.rtho(lr, **_with_direction(options)),
         needs=("value", "loss_fn", "val_grads"),
         factory=optax_lr.rtho,
     ),
     Method(
         "marthe",
-        lambda lr, n, **options: optax_lr.marthe(lr, direction=_direction(), **options),
+        lambda lr, n, **options: optax_lr.marthe(lr, **_with_direction(options)),
         needs=("value", "loss_fn", "val_grads"),
         factory=optax_lr.marthe,
     ),
     Method(
         "newton_lr",
-        lambda lr, n, **options: optax_lr.newton_lr(lr, steps_per_epoch=n, direction=_direction(), **options),
+        lambda lr, n, **options: optax_lr.newton_lr(lr, steps_per_epoch=n, **_with_direction(options)),
         needs=("value",),
         factory=optax_lr.newton_lr,
     ),
     Method(
         "aslr",
-        lambda lr, n, **options: optax_lr.aslr(lr, direction=_direction(), **options),
+        lambda lr, n, **options: optax_lr.aslr(lr, **_with_direction(options)),
         needs=("value",),
         epoch_level=True,
         factory=optax_lr.aslr,
@@ -350,7 +356,7 @@ OPTAX_LR_METHODS: tuple[Method, ...] = (
     # ASLR as its paper prescribes: the range test picks the initial rate.
     Method(
         "aslr_range_test",
-        lambda lr, n, **options: optax_lr.aslr(lr, direction=_direction(), **options),
+        lambda lr, n, **options: optax_lr.aslr(lr, **_with_direction(options)),
         needs=("value",),
         epoch_level=True,
         rate_from_task=range_test_suggestion,
@@ -359,7 +365,7 @@ OPTAX_LR_METHODS: tuple[Method, ...] = (
     ),
     Method(
         "aalr",
-        lambda lr, n, **options: optax_lr.aalr(lr, direction=_direction(), **options),
+        lambda lr, n, **options: optax_lr.aalr(lr, **_with_direction(options)),
         needs=("value",),
         epoch_level=True,
         observe_initial=True,

@@ -57,6 +57,7 @@ import time
 
 import jax
 import numpy as np
+import optax
 
 from benchmarks import _harness
 from benchmarks import _methods
@@ -103,8 +104,13 @@ def candidates(names=None) -> list[_harness.Candidate]:
       m for m in _methods.OPTAX_LR_METHODS if m.rate_from_task is None]
   if names:
     methods = [m for m in methods if m.name in set(names)]
-  build = lambda m, **options: m.build(_methods.SPEED_LR, _methods.SPEED_STEPS_PER_EPOCH,
-                                       **options)
+  def build(m, **options):
+    # The optax_lr methods over plain SGD directions, as the first release
+    # timed them against their anchors (robustness and compare use momentum).
+    if m.library == "optax_lr":
+      options = {"direction": optax.identity(), **options}
+    return m.build(_methods.SPEED_LR, _methods.SPEED_STEPS_PER_EPOCH, **options)
+
   cands = []
   for m in methods:
     cands.append(_harness.Candidate(m.name, build(m), needs=tuple(m.needs), hvp=m.hvp,

@@ -15,9 +15,9 @@ step and restores the direction state. ``optax_lr.apply_updates`` lands
 exactly on the checkpoint on such a call (also from NaN params, where
 ``params + update`` would stay NaN).
 
-Both are ``lax.cond`` branches on a scalar flag, so a call that neither saves
-nor rolls back reads and copies no checkpoint: its update still fuses with
-the gradient and with the caller's ``params + updates``.
+A save is a ``lax.cond`` on a scalar flag, so a call that does not save
+copies nothing; a rollback is an elementwise select between the step and
+``checkpoint - params``, fused with the step (it reads the checkpoint).
 
 The safety net's policy (:class:`SafetyNetState`, :func:`net_decide`):
 
@@ -152,9 +152,10 @@ def step_or_rollback(rollback: jax.Array, directions: Any, scales: Any,
   ``scales`` is one scalar (``-η``) or a tree of scalars like ``directions``
   (per-leaf rates). The product is taken in the scale's dtype and rounded
   once to the dtype of the matching leaf of ``like`` (the gradients). The
-  cond only picks what to scale and by how much: on ordinary calls it passes
-  ``u`` through untouched, so ``scale * u`` still fuses with the caller's
-  ``params + updates`` (and with the gradient).
+  choice is an elementwise select, which fuses with the product (and with the
+  caller's ``params + updates``): it reads the checkpoint on every call, which
+  measured cheaper on CPU than a ``lax.cond`` per leaf (HD's step: 1.02x
+  against 1.06x the step without a net).
   """
   if not isinstance(scales, jax.Array) or jnp.ndim(scales) != 0:
     scales = jax.tree_util.tree_map(lambda s, _: s, scales, directions)
@@ -162,13 +163,8 @@ def step_or_rollback(rollback: jax.Array, directions: Any, scales: Any,
     scales = jax.tree_util.tree_map(lambda _: scales, directions)
 
   def leaf(u, scale, saved, p, g):
-    one = jnp.ones([], scale.dtype)
-    x, s = jax.lax.cond(
-        rollback,
-        lambda: ((saved - p).astype(u.dtype), one),
-        lambda: (u, scale),
-    )
-    return (s * x.astype(scale.dtype)).astype(jnp.result_type(g))
+    step = (scale * u.astype(scale.dtype)).astype(jnp.result_type(g))
+    return jnp.where(rollback, (saved - p).astype(step.dtype), step)
 
   return jax.tree_util.tree_map(leaf, directions, scales, checkpoint_params,
                                 params, like)

@@ -228,8 +228,13 @@ def aalr(
     looked at.
 
   "Diverged" is the paper's "L is NaN": a NaN, ``+inf`` or ``-inf`` cost (an
-  exploding loss overflows to inf before it turns NaN). A large but finite
-  loss is just not an improvement. A checkpoint carries its cost
+  exploding loss overflows to inf before it turns NaN), and, beyond the
+  paper, a cost above ten times ``L*`` (``L* + 9|L*|``; the safety net's
+  test in ``optax_lr._checkpoint``): such a blown-up epoch, typically right
+  after a doubling, is handled as a NaN one (a rollback to the checkpoint)
+  instead of training on from a wrecked model until it overflows (without
+  it, SGD on Rosenbrock from rate 1e-3 kept doubling into its unstable
+  regime and ended at (0.94, 0.88) after 30k steps). A checkpoint carries its cost
   (``checkpoint_cost``), as the paper saves and loads "θ and L*" together,
   and every rollback restores ``L*`` to it: in phase 1 that is ``L_0``, the
   initial model's cost, or ``+inf`` when none was observed (the next epoch is
@@ -246,9 +251,10 @@ def aalr(
   and ``L*`` (the epoch end that decided it restored ``L*`` already; costs
   observed since then were those of the discarded params) and sets
   ``rolled_back``, so that ``optax_lr.apply_updates`` lands exactly on the
-  checkpoint (also from NaN params). Both are ``lax.cond`` branches: other
-  calls read and copy no checkpoint, and their step fuses with the gradient
-  and with ``params + updates`` as plain SGD's does. In ``steps_per_epoch``
+  checkpoint (also from NaN params). A save is a ``lax.cond`` branch (other
+  calls copy nothing) and a rollback an elementwise select fused with the
+  step (other calls read the checkpoint but copy nothing), so the step fuses
+  with the gradient and with ``params + updates``. In ``steps_per_epoch``
   mode a rollback call trains nothing, so its ``value`` (the loss of the
   discarded params) belongs to no epoch window.
   Two epoch ends with no update call between them: a pending rollback stays
@@ -345,8 +351,8 @@ def aalr(
     extra = extra_args if value is None else {**extra_args, "value": value}
     # Save: the params and direction state this call receives, and L*, their
     # cost; rollback: `checkpoint - params` instead of the step, and the
-    # direction state restored. The shared machinery of `_checkpoint`: both
-    # are lax.conds, so ordinary calls read and copy no checkpoint.
+    # direction state restored. The shared machinery of `_checkpoint`: a
+    # save is a lax.cond, a rollback a select fused with the step.
     saved, updates = _checkpoint.save_if(
         save,
         _checkpoint.Checkpoint(

@@ -29,6 +29,10 @@ Usage::
 Writes ``results/paper_marthe.json`` and ``results/paper_marthe.png`` (the
 paper's Figure 2: LRS-OPT schedules; online schedules at each method's best β
 against LRS-OPT's; mean validation accuracy against β).
+
+The methods run the paper's rules with explicit hyper-learning rates and
+``safety_net=False``: the safety net (on by default since issue 11) is not
+part of the paper, and a rollback would change what is reproduced.
 """
 
 from __future__ import annotations
@@ -55,15 +59,17 @@ def configs(betas, kappas, mus):
   out = {("constant", 0.0): (optax.inject_hyperparams(optax.sgd)(ETA0), ())}
   hvp = ("loss_fn", "val_grads")
   for b in betas:
-    out[("hd", b)] = (optax_lr.hypergradient_descent(ETA0, b), ("val_grads",))
-    out[("rtho", b)] = (optax_lr.rtho(ETA0, b), hvp)
+    out[("hd", b)] = (optax_lr.hypergradient_descent(ETA0, b, safety_net=False), ("val_grads",))
+    out[("rtho", b)] = (optax_lr.rtho(ETA0, b, safety_net=False), hvp)
     for mu in mus:
       out[(f"marthe_mu{mu:g}", b)] = (
-          optax_lr.marthe(ETA0, hyper_lr=b, hyper_lr_step=0.0, mu=mu), hvp)
+          optax_lr.marthe(ETA0, hyper_lr=b, hyper_lr_step=0.0, mu=mu,
+                          safety_net=False), hvp)
     out[("marthe_hmu", b)] = (
-        optax_lr.marthe(ETA0, hyper_lr=b, hyper_lr_step=0.0), hvp)
+        optax_lr.marthe(ETA0, hyper_lr=b, hyper_lr_step=0.0, safety_net=False), hvp)
   for k in kappas:
-    out[("marthe", k)] = (optax_lr.marthe(ETA0, hyper_lr=0.0, hyper_lr_step=k), hvp)
+    out[("marthe", k)] = (optax_lr.marthe(ETA0, hyper_lr=0.0, hyper_lr_step=k,
+                                          safety_net=False), hvp)
   return out
 
 

@@ -24,6 +24,10 @@ Usage::
 Writes ``results/paper_toys.json`` and ``results/paper_toys.png`` (left:
 contours and the trajectories at each method's best β; centre: best and
 final objective against β; right: the learning rates).
+
+The methods run the paper's rules with explicit hyper-learning rates and
+``safety_net=False``: the safety net (on by default since issue 11) is not
+part of the paper, and a rollback would change what is reproduced.
 """
 
 from __future__ import annotations
@@ -61,9 +65,10 @@ FUNCTIONS = {
 }
 
 METHODS = {
-    "hd": lambda eta0, beta: optax_lr.hypergradient_descent(eta0, beta),
-    "rtho": lambda eta0, beta: optax_lr.rtho(eta0, beta),
-    "marthe": lambda eta0, beta: optax_lr.marthe(eta0, hyper_lr=beta, hyper_lr_step=0.0),
+    "hd": lambda eta0, beta: optax_lr.hypergradient_descent(eta0, beta, safety_net=False),
+    "rtho": lambda eta0, beta: optax_lr.rtho(eta0, beta, safety_net=False),
+    "marthe": lambda eta0, beta: optax_lr.marthe(eta0, hyper_lr=beta, hyper_lr_step=0.0,
+                                                    safety_net=False),
 }
 
 
@@ -82,7 +87,7 @@ def trajectory(f, tx, w0, steps):
 
 
 def run_all(f, w0, eta0, betas, steps):
-  out = {"gd": jax.jit(lambda: trajectory(f, optax_lr.hypergradient_descent(eta0, 0.0),
+  out = {"gd": jax.jit(lambda: trajectory(f, optax_lr.hypergradient_descent(eta0, 0.0, safety_net=False),
                                           w0, steps))()}
   for name, make in METHODS.items():
     for beta in betas:

@@ -325,10 +325,10 @@ def _engine(
             "current batch for Hessian-vector products: call "
             "update(grads, state, params, loss_fn=lambda p: loss(p, batch))."
         )
+    if uses_tangent or safety_net:
       _check_params(params, grads, name)
+    if uses_tangent:
       _checks.check_loss_fn(loss_fn, params, name)
-    if safety_net:
-      _check_params(params, grads, name)
     if val_grads is not None:
       _checks.check_tree_like("val_grads", val_grads, grads, "the gradients")
       extra_args["val_grads"] = val_grads

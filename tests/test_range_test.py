@@ -191,7 +191,7 @@ def test_suggestion_at_analytic_steepest_point(t0):
   assert float(res.suggestion) == pytest.approx(float(res.lrs[round(t0)]))
 
 
-@hypothesis.settings(max_examples=25, deadline=None)
+@hypothesis.settings(max_examples=25, deadline=None, derandomize=True)
 @hypothesis.given(
     values=st.lists(st.floats(1.0, 3.0, width=32), min_size=20, max_size=20),
     smoothing=st.sampled_from([0.0, 0.3, 0.9]),
@@ -386,7 +386,7 @@ def test_rules_stop_at_divergence():
     assert res.suggestion == res.lrs[expected] / divisor
 
 
-@hypothesis.settings(max_examples=25, deadline=None)
+@hypothesis.settings(max_examples=25, deadline=None, derandomize=True)
 @hypothesis.given(
     values=st.lists(st.floats(1.0, 3.0, width=32), min_size=20, max_size=20),
     smoothing=st.sampled_from([0.0, 0.3, 0.9]),

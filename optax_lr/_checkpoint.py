@@ -64,6 +64,7 @@ __all__ = [
     "net_epoch_end",
     "net_init",
     "net_update",
+    "net_rollback",
     "restore_if",
     "save_if",
     "step_or_rollback",
@@ -361,3 +362,10 @@ def net_epoch_end(net: SafetyNetState, cost: jax.Array, best: jax.Array
       pending=net.pending | diverged,
       pending_save=(net.pending_save | improved) & jnp.logical_not(diverged),
   )
+
+
+def net_rollback(state: Any) -> Optional[tuple[jax.Array, Any]]:
+  """The ``rollback`` hook of ``_monitor.register_method`` for a state whose
+  ``safety`` field holds a :class:`SafetyNetState` (``None`` without a net)."""
+  net = state.safety
+  return None if net is None else (net.rolled_back, net.checkpoint.params)

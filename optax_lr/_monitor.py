@@ -84,7 +84,8 @@ def register_method(
       applied by :func:`observe`. ``None`` for step-level methods, which
       :func:`observe` leaves untouched.
     rollback: ``state -> (rolled_back, checkpoint)`` (or ``None`` when this
-      state holds no checkpoint): ``rolled_back`` is a scalar bool, true when the update call that produced ``state`` returned
+      state holds no checkpoint): ``rolled_back`` is a scalar bool, true when
+      the update call that produced ``state`` returned
       a rollback to ``checkpoint`` (a params-like pytree).
       :func:`apply_updates` then lands exactly on ``checkpoint``.
     best_params: ``state -> (has_best, checkpoint)`` (or ``None`` when this

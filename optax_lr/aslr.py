@@ -140,12 +140,8 @@ def _epoch_end(state: ASLRState, cost: jax.Array) -> ASLRState:
   )
 
 
-def _rolled_back(state):
-  net = state.safety
-  return None if net is None else (net.rolled_back, net.checkpoint.params)
-
-
-_monitor.register_method(ASLRState, epoch_end=_epoch_end, rollback=_rolled_back)
+_monitor.register_method(
+    ASLRState, epoch_end=_epoch_end, rollback=_checkpoint.net_rollback)
 
 
 def _backed_off(state: ASLRState, net, checkpoint) -> dict:

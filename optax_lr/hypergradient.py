@@ -158,14 +158,8 @@ class HypergradientState(NamedTuple):
   safety: Optional[_checkpoint.SafetyNetState]
 
 
-def _rolled_back(state):
-  net = state.safety
-  if net is None:
-    return None
-  return net.rolled_back, net.checkpoint.params
-
-
-_monitor.register_method(HypergradientState, rollback=_rolled_back)
+_monitor.register_method(
+    HypergradientState, rollback=_checkpoint.net_rollback)
 
 
 # --------------------------------------------------------------------------

@@ -84,12 +84,7 @@ class NewtonLRState(NamedTuple):
   safety: Optional[_checkpoint.SafetyNetState] = None
 
 
-def _rolled_back(state):
-  net = state.safety
-  return None if net is None else (net.rolled_back, net.checkpoint.params)
-
-
-_monitor.register_method(NewtonLRState, rollback=_rolled_back)
+_monitor.register_method(NewtonLRState, rollback=_checkpoint.net_rollback)
 
 
 # ---------------------------------------------------------------- validation

@@ -313,6 +313,15 @@ def _with_direction(options: dict) -> dict:
   return {"direction": _direction(), **options}
 
 
+_ASLR = Method(
+    "aslr",
+    lambda lr, n, **options: optax_lr.aslr(lr, **_with_direction(options)),
+    needs=("value",),
+    epoch_level=True,
+    factory=optax_lr.aslr,
+    rate_means="the initial centre (rounded to one digit)",
+)
+
 OPTAX_LR_METHODS: tuple[Method, ...] = (
     Method(
         "hd",
@@ -345,22 +354,12 @@ OPTAX_LR_METHODS: tuple[Method, ...] = (
         needs=("value",),
         factory=optax_lr.newton_lr,
     ),
-    Method(
-        "aslr",
-        lambda lr, n, **options: optax_lr.aslr(lr, **_with_direction(options)),
-        needs=("value",),
-        epoch_level=True,
-        factory=optax_lr.aslr,
-        rate_means="the initial centre (rounded to one digit)",
-    ),
+    _ASLR,
     # ASLR as its paper prescribes: the range test picks the initial rate.
-    Method(
-        "aslr_range_test",
-        lambda lr, n, **options: optax_lr.aslr(lr, **_with_direction(options)),
-        needs=("value",),
-        epoch_level=True,
+    dataclasses.replace(
+        _ASLR,
+        name="aslr_range_test",
         rate_from_task=range_test_suggestion,
-        factory=optax_lr.aslr,
         rate_means=_RANGE_TEST_MEANS + ", as ASLR's initial centre",
     ),
     Method(

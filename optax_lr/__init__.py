@@ -9,6 +9,7 @@ from optax_lr._monitor import apply_updates
 from optax_lr._monitor import best_params
 from optax_lr._monitor import current_lr
 from optax_lr._monitor import observe
+from optax_lr._partition import partition_loss
 from optax_lr.aalr import aalr
 from optax_lr.aslr import aslr
 from optax_lr import flax_utils
@@ -46,6 +47,7 @@ __all__ = [
     "nnx_observe",
     "nnx_update",
     "observe",
+    "partition_loss",
     "per_epoch",
     "rtho",
     "sgdr_schedule",

@@ -114,6 +114,7 @@ import optax
 from optax_lr import _checkpoint
 from optax_lr import _checks
 from optax_lr import _monitor
+from optax_lr import _partition
 from optax_lr._tree import accumulation_dtype
 from optax_lr._tree import tree_cosine
 from optax_lr._tree import tree_sum_squares
@@ -143,8 +144,8 @@ class HypergradientState(NamedTuple):
   # Z_{t+1}: params-like, each leaf in its dtype promoted to >= float32;
   # None for mu = 0 (HD), whose tangent is -u_prev.
   tangent: Any
-  # Tangent of the direction state's float leaves, a flat tuple in
-  # flattening order (leaf dtype promoted to >= float32); None for mu = 0.
+  # Tangent of the direction state: structured like it, each float leaf's
+  # dtype promoted to >= float32, None at its integer leaves; None for mu = 0.
   direction_tangent: Any
   # u_t: params-like in the params' dtypes; None for a fixed mu > 0 (RTHO),
   # which never reads it.
@@ -186,30 +187,16 @@ RATE_BAND = _checkpoint.RATE_BAND
 # Validation (host side, at construction).
 
 
-def _scalar(name: str, value: Any) -> float:
-  """A concrete finite real scalar as a Python float."""
-  if isinstance(value, jax.core.Tracer) or callable(value):
-    raise ValueError(f"{name} must be a concrete number, got {value!r}")
-  arr = None if isinstance(value, (str, bytes)) else np.asarray(value)
-  if arr is None or arr.ndim != 0 or arr.dtype.kind not in "iuf":
-    raise ValueError(f"{name} must be a real scalar, got {value!r}")
-  x = float(arr.item())
-  if not math.isfinite(x):
-    raise ValueError(f"{name} must be finite, got {value!r}")
-  return x
-
-
 def _bool(name: str, value: Any) -> bool:
   if not isinstance(value, (bool, np.bool_)):
     raise ValueError(f"{name} must be a bool, got {name}={value!r}")
   return bool(value)
 
 
-def _non_negative(name: str, value: Any) -> float:
-  x = _scalar(name, value)
-  if x < 0:
-    raise ValueError(f"{name} must be >= 0, got {value!r}")
-  return x
+def _non_negative(name: str, value: Any) -> Any:
+  """A finite scalar >= 0: a float, or an array injected by ``inject_hyperparams``."""
+  return _checks.real(name, value, lambda x: math.isfinite(x) and x >= 0,
+                      "finite and >= 0")
 
 
 # --------------------------------------------------------------------------
@@ -258,10 +245,14 @@ def _engine(
   _checks.check_direction(direction)
   direction = optax.with_extra_args_support(direction)
   adaptive_mu = mu is None
-  # mu = 0 is HD: the tangent is -u_prev, no Z, no loss_fn, no HVP.
-  uses_tangent = adaptive_mu or mu > 0
+  # mu = 0 is HD: the tangent is -u_prev, no Z, no loss_fn, no HVP. The
+  # structure may depend on mu and kappa only when they are Python numbers:
+  # optax.inject_hyperparams passes arrays (traced under jit) to `init` and
+  # to every `update`, which must agree, so an array takes the general path
+  # (a tangent for any mu, beta adapted by any kappa, 0 included: exact).
+  uses_tangent = adaptive_mu or _checks.is_array(mu) or mu > 0
   keeps_u_prev = not uses_tangent or adaptive_mu
-  adapts_beta = hyper_lr_step > 0
+  adapts_beta = _checks.is_array(hyper_lr_step) or hyper_lr_step > 0
 
   def init_fn(params):
     dtype = accumulation_dtype(params)
@@ -274,10 +265,12 @@ def _engine(
       tangent = jax.tree_util.tree_map(
           lambda p: jnp.zeros_like(p, dtype=_tangent_dtype(p)), params
       )
-      direction_tangent = tuple(
-          jnp.zeros_like(leaf, dtype=_tangent_dtype(leaf))
-          for leaf in jax.tree_util.tree_leaves(direction_state)
-          if _is_float(leaf)
+      # Structured like the direction state (None at its integer leaves),
+      # so optax.tree.map_params finds the params-shaped parts in it.
+      direction_tangent = jax.tree_util.tree_map(
+          lambda leaf: (jnp.zeros_like(leaf, dtype=_tangent_dtype(leaf))
+                        if _is_float(leaf) else None),
+          direction_state,
       )
     else:
       tangent = direction_tangent = None
@@ -310,7 +303,6 @@ def _engine(
   def update_fn(updates, state, params=None, *, loss_fn=None, val_grads=None,
                 value=None, **extra_args):
     grads = updates
-    objective_grads = grads if val_grads is None else val_grads
     dtype = state.learning_rate.dtype
     if uses_tangent:
       if loss_fn is None:
@@ -324,8 +316,11 @@ def _engine(
     if uses_tangent:
       _checks.check_loss_fn(loss_fn, params, name)
     if val_grads is not None:
+      # Inside optax.partition a full val_grads arrives: take this group's.
+      val_grads = _partition.mask_like(val_grads, grads)
       _checks.check_tree_like("val_grads", val_grads, grads, "the gradients")
       extra_args["val_grads"] = val_grads
+    objective_grads = grads if val_grads is None else val_grads
     if loss_fn is not None:
       extra_args["loss_fn"] = loss_fn
     if value is not None:
@@ -347,7 +342,9 @@ def _engine(
       mu_t = q ** (1 / (state.horizon + 1))
       finite = finite & jnp.isfinite(g1)
     else:
-      mu_t = state.mu
+      # A fixed mu is read from the factory, not the state, so a value
+      # injected by optax.inject_hyperparams takes effect (equal otherwise).
+      mu_t = jnp.asarray(mu, dtype)
     horizon = state.mu * (1 + state.horizon)
     if normalized or safety_net:
       # |v_t|^2: finite exactly when the objective's gradient is, whatever
@@ -362,13 +359,15 @@ def _engine(
 
     # Step 3: beta grows when consecutive hypergradients agree (gradient
     # descent on beta; the paper's printed minus sign would shrink it).
-    kappa = state.hyper_lr_step
+    # kappa and a fixed beta likewise come from the factory; kappa selection
+    # keeps its decimated kappa in the state.
+    kappa = state.hyper_lr_step if select_kappa else jnp.asarray(hyper_lr_step, dtype)
     if adapts_beta:
       beta_t = jnp.maximum(state.hyper_lr + kappa * h * state.hypergradient, 0)
       if normalized:
         beta_t = jnp.minimum(beta_t, MAX_NORMALIZED_HYPER_LR)
     else:
-      beta_t = state.hyper_lr
+      beta_t = jnp.asarray(hyper_lr, dtype)
 
     # Step 4.
     if multiplicative:
@@ -514,13 +513,14 @@ def _tangent_step(direction, grads, direction_state, params, loss_fn,
   )
 
   # Tangent of the direction state: stored float leaves, float0 elsewhere.
-  leaves, treedef = jax.tree_util.tree_flatten(direction_state)
-  slots = _float_slots(leaves, direction_tangent)
-  state_tangent = jax.tree_util.tree_unflatten(treedef, [
-      np.zeros(jnp.shape(leaf), jax.dtypes.float0) if slot is None
-      else slot.astype(jnp.result_type(leaf))
-      for leaf, slot in zip(leaves, slots)
-  ])
+  # (`direction_state` leads the tree maps: a None in the stored tangent sits
+  # where it has an integer leaf.)
+  state_tangent = jax.tree_util.tree_map(
+      lambda leaf, slot: (np.zeros(jnp.shape(leaf), jax.dtypes.float0)
+                          if slot is None
+                          else slot.astype(jnp.result_type(leaf))),
+      direction_state, direction_tangent,
+  )
 
   def step(g, s, w):
     return direction.update(g, s, w, **extra_args)
@@ -541,23 +541,13 @@ def _tangent_step(direction, grads, direction_state, params, loss_fn,
     return jnp.where(finite, new, jnp.zeros_like(new))
 
   new_tangent = jax.tree_util.tree_map(advance, tangent, du, hessian_z, u)
-  new_direction_tangent = tuple(
-      jnp.where(finite, mu.astype(old.dtype) * d.astype(old.dtype),
-                jnp.zeros_like(old))
-      for d, old in zip(
-          jax.tree_util.tree_leaves(d_state),
-          _float_slots(jax.tree_util.tree_leaves(new_direction_state),
-                       direction_tangent),
-      )
-      if old is not None
+  new_direction_tangent = jax.tree_util.tree_map(
+      lambda d, old: None if old is None else jnp.where(
+          finite, mu.astype(old.dtype) * d.astype(old.dtype),
+          jnp.zeros_like(old)),
+      d_state, direction_tangent,
   )
   return u, new_direction_state, new_tangent, new_direction_tangent
-
-
-def _float_slots(leaves, direction_tangent):
-  """Aligns the stored tangents with ``leaves``: ``None`` at non-float ones."""
-  stored = iter(direction_tangent)
-  return [next(stored) if _is_float(leaf) else None for leaf in leaves]
 
 
 # --------------------------------------------------------------------------
@@ -621,6 +611,19 @@ def hypergradient_descent(
     ...   w = w + updates
     >>> bool(optax_lr.current_lr(state) > 0.01)  # consecutive steps agree
     True
+
+  Pitfalls:
+    The optimizer goes in ``direction=``, never before the method in an
+    ``optax.chain``: ``optax.chain(optax.scale_by_adam(), optax_lr.hypergradient_descent(lr))`` runs, but
+    the method then takes Adam's output for the gradient, so its
+    hypergradient and tangent ignore Adam's dependence on the rate and a
+    rollback cannot restore Adam's moments. Measured for RTHO after ten Adam
+    steps on a 3-parameter problem (README, "Pitfalls"): the tangent
+    ``dw/dη`` is ``[6.426, -9.918, 9.603]`` with ``direction=``, equal to
+    ``jax.jvp`` through the unrolled steps, and ``[5.021, -8.780, 8.931]``
+    in the chain. Inside ``optax.partition``, pass
+    ``loss_fn=optax_lr.partition_loss(loss_fn, params)`` (with the full
+    params) where the method needs ``loss_fn``.
 
   References:
     Baydin, Cornish, Martinez-Rubio, Schmidt, Wood, `Online Learning Rate
@@ -707,6 +710,19 @@ def rtho(
     ...   w = w + updates
     >>> bool(optax_lr.current_lr(state) > 0.01)
     True
+
+  Pitfalls:
+    The optimizer goes in ``direction=``, never before the method in an
+    ``optax.chain``: ``optax.chain(optax.scale_by_adam(), optax_lr.rtho(lr))`` runs, but
+    the method then takes Adam's output for the gradient, so its
+    hypergradient and tangent ignore Adam's dependence on the rate and a
+    rollback cannot restore Adam's moments. Measured for RTHO after ten Adam
+    steps on a 3-parameter problem (README, "Pitfalls"): the tangent
+    ``dw/dη`` is ``[6.426, -9.918, 9.603]`` with ``direction=``, equal to
+    ``jax.jvp`` through the unrolled steps, and ``[5.021, -8.780, 8.931]``
+    in the chain. Inside ``optax.partition``, pass
+    ``loss_fn=optax_lr.partition_loss(loss_fn, params)`` (with the full
+    params) where the method needs ``loss_fn``.
 
   References:
     Franceschi, Donini, Frasconi, Pontil, `Forward and Reverse Gradient-Based
@@ -805,6 +821,19 @@ def marthe(
     >>> bool(optax_lr.current_lr(state) > 0.01), bool(state.mu > 0)
     (True, True)
 
+  Pitfalls:
+    The optimizer goes in ``direction=``, never before the method in an
+    ``optax.chain``: ``optax.chain(optax.scale_by_adam(), optax_lr.marthe(lr))`` runs, but
+    the method then takes Adam's output for the gradient, so its
+    hypergradient and tangent ignore Adam's dependence on the rate and a
+    rollback cannot restore Adam's moments. Measured for RTHO after ten Adam
+    steps on a 3-parameter problem (README, "Pitfalls"): the tangent
+    ``dw/dη`` is ``[6.426, -9.918, 9.603]`` with ``direction=``, equal to
+    ``jax.jvp`` through the unrolled steps, and ``[5.021, -8.780, 8.931]``
+    in the chain. Inside ``optax.partition``, pass
+    ``loss_fn=optax_lr.partition_loss(loss_fn, params)`` (with the full
+    params) where the method needs ``loss_fn``.
+
   References:
     Donini, Franceschi, Pontil, Majumder, Frasconi, `Scheduling the Learning
     Rate via Hypergradients: New Insights and a New Algorithm
@@ -825,9 +854,7 @@ def marthe(
   else:
     hyper_lr_step = _non_negative("hyper_lr_step", hyper_lr_step)
   if mu is not None:
-    mu = _scalar("mu", mu)
-    if not 0 <= mu <= 1:
-      raise ValueError(f"mu must be in [0, 1] or None, got {mu!r}")
+    mu = _checks.real("mu", mu, lambda x: 0 <= x <= 1, "in [0, 1] or None")
   return _engine(
       learning_rate, hyper_lr=hyper_lr, hyper_lr_step=hyper_lr_step, mu=mu,
       multiplicative=False, normalized=select_kappa, select_kappa=select_kappa,

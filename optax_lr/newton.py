@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import functools
 import math
-import numbers
 import operator
 from typing import Any, NamedTuple, Optional
 
@@ -90,20 +89,15 @@ _monitor.register_method(NewtonLRState, rollback=_checkpoint.net_rollback)
 # ---------------------------------------------------------------- validation
 
 
-def _real(name: str, value: Any) -> float:
-  if isinstance(value, bool):
-    raise ValueError(f"{name} must be a real number, got {name}={value!r}")
-  if not isinstance(value, numbers.Real):
-    try:  # concrete 0-d arrays are fine
-      value = np.asarray(value).item()
-    except (TypeError, ValueError, AttributeError):
-      raise ValueError(f"{name} must be a real number, got {name}={value!r}") from None
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-      raise ValueError(f"{name} must be a real number, got {name}={value!r}")
-  return float(value)
+def _finite_positive(x: float) -> bool:
+  return math.isfinite(x) and x > 0
 
 
 def _positive_int(name: str, value: Any) -> int:
+  if _checks.is_traced(value):
+    raise ValueError(
+        f"{name} sets the window length, which shapes the state: give it as a "
+        f"static_arg of optax.inject_hyperparams, got {name}={value!r}")
   if isinstance(value, bool):
     raise ValueError(f"{name} must be a positive int, got {name}={value!r}")
   try:
@@ -116,9 +110,12 @@ def _positive_int(name: str, value: Any) -> int:
 
 
 def _window_length(update_every, steps_per_epoch, fraction) -> int:
-  fraction = _real("fraction", fraction)
-  if not (fraction > 0 and math.isfinite(fraction)):
-    raise ValueError(f"fraction must be finite and > 0, got fraction={fraction!r}")
+  if _checks.is_traced(fraction):
+    raise ValueError(
+        "fraction sets the window length, which shapes the state: give it "
+        "as a static_arg of optax.inject_hyperparams, got "
+        f"fraction={fraction!r}")
+  fraction = float(_checks.real("fraction", fraction, _finite_positive, "finite and > 0"))
   if (update_every is None) == (steps_per_epoch is None):
     raise ValueError(
         "give exactly one of update_every and steps_per_epoch, got "
@@ -144,6 +141,8 @@ def _newton_rate(lr, r, s, n, gamma, max_factor):
   """
   dtype = lr.dtype
   r, s, n = (jnp.asarray(x).astype(dtype) for x in (r, s, n))
+  # Injected (inject_hyperparams) values arrive in the params' dtype.
+  gamma, max_factor = (jnp.asarray(x).astype(dtype) for x in (gamma, max_factor))
   # A NaN or Inf entry in U_new makes n non-finite, one in U_prev makes s
   # non-finite, and an inner product that overflowed is caught the same way.
   finite = jnp.isfinite(r) & jnp.isfinite(s) & jnp.isfinite(n)
@@ -381,23 +380,19 @@ def newton_lr(
     Retsinas, Sfikas, Filntisis, Maragos, *Newton-based Trainable Learning
     Rate*, ICASSP 2023; the authors' code: https://github.com/georgeretsi/NTLR
   """
-  lr0 = _real("learning_rate", learning_rate)
   # Checked in this order so that no cast to float32 overflows.
-  if not (math.isfinite(lr0) and 0 < lr0 <= float(np.finfo(np.float32).max)
-          and np.float32(lr0) > 0):
-    raise ValueError(
-        "learning_rate must be finite and > 0 (also in float32), got "
-        f"learning_rate={learning_rate!r}"
-    )
+  lr0 = _checks.real(
+      "learning_rate", learning_rate,
+      lambda x: (math.isfinite(x) and 0 < x <= float(np.finfo(np.float32).max)
+                 and np.float32(x) > 0),
+      "finite and > 0 (also in float32)")
   window = _window_length(update_every, steps_per_epoch, fraction)
-  gamma = _real("gamma", gamma)
-  if not (gamma > 0 and math.isfinite(gamma)):
-    raise ValueError(f"gamma must be finite and > 0, got gamma={gamma!r}")
-  max_factor = _real("max_factor", max_factor)
-  if not (max_factor >= 1 and math.isfinite(max_factor)):
-    raise ValueError(
-        f"max_factor must be finite and >= 1, got max_factor={max_factor!r}"
-    )
+  # gamma and max_factor are read in `update` from here, so values injected
+  # by optax.inject_hyperparams take effect at the next window end.
+  gamma = _checks.real("gamma", gamma, _finite_positive, "finite and > 0")
+  max_factor = _checks.real("max_factor", max_factor,
+                            lambda x: math.isfinite(x) and x >= 1,
+                            "finite and >= 1")
   if not isinstance(per_leaf, (bool, np.bool_)):
     raise ValueError(f"per_leaf must be a bool, got per_leaf={per_leaf!r}")
   per_leaf = bool(per_leaf)

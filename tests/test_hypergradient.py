@@ -293,6 +293,8 @@ def test_tangent_is_forward_mode_derivative_of_unrolled_training(name):
   # carry exactly d s_t / d eta; integer leaves (Adam's count) carry none.
   want_state = [np.asarray(d) for d in jax.tree_util.tree_leaves(ds)
                 if np.asarray(d).dtype != jax.dtypes.float0]
+  # Stored structured like the direction state, None at integer leaves.
+  state_tangents = jax.tree_util.tree_leaves(state_tangents)
   assert len(state_tangents) == len(want_state)
   for got, want in zip(state_tangents, want_state):
     np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12)
@@ -316,23 +318,24 @@ def smoothed_bukin(p):
   return jnp.sqrt(jnp.sqrt((y - 0.01 * x) ** 2 + BUKIN_EPS) + BUKIN_EPS)
 
 
-def _gradient_descent_runs(tx, f, p0, betas, steps=500):
-  """500 steps of ``tx`` on ``f`` for each hyper-learning rate in ``betas``.
+def _gradient_descent_runs(factory, eta0, f, p0, betas, steps=500):
+  """500 steps of ``factory(eta0, beta)`` on ``f`` for each ``beta`` in ``betas``.
 
-  ``beta`` lives in the state (``hyper_lr``), so one compiled run serves all
-  of them through ``vmap``. Returns the objective after every step and the
-  learning rates, each ``[len(betas), steps]``.
+  ``beta`` is injected with ``optax.inject_hyperparams``, so one compiled run
+  serves all of them through ``vmap``. Returns the objective after every
+  step and the learning rates, each ``[len(betas), steps]``.
   """
+  tx = optax.inject_hyperparams(factory)(eta0, 0.0, safety_net=False)
 
   def one(beta):
     state = tx.init(p0)
-    state = state._replace(hyper_lr=beta.astype(state.hyper_lr.dtype))
+    state = state._replace(hyperparams={**state.hyperparams, "hyper_lr": beta})
 
     def body(carry, _):
       p, s = carry
       updates, s = tx.update(jax.grad(f)(p), s, p, loss_fn=f)
       p = optax.apply_updates(p, updates)
-      return (p, s), (f(p), s.learning_rate)
+      return (p, s), (f(p), s.inner_state.learning_rate)
 
     return jax.lax.scan(body, (p0, state), None, length=steps)[1]
 
@@ -345,9 +348,9 @@ def test_figure1_beale_rtho_reaches_lower_values_than_hd():
   # accumulated one keeps raising the rate.
   p0, eta0, betas = jnp.array([1.0, 1.5]), 1e-4, [1e-7, 3e-7, 1e-6]
   hd_values, _ = _gradient_descent_runs(
-      optax_lr.hypergradient_descent(eta0, 0.0, safety_net=False), beale, p0, betas)
+      optax_lr.hypergradient_descent, eta0, beale, p0, betas)
   rtho_values, _ = _gradient_descent_runs(
-      optax_lr.rtho(eta0, 0.0, safety_net=False), beale, p0, betas)
+      optax_lr.rtho, eta0, beale, p0, betas)
   assert np.all(np.isfinite(hd_values)) and np.all(np.isfinite(rtho_values))
   best_hd, best_rtho = hd_values.min(axis=1), rtho_values.min(axis=1)
   np.testing.assert_array_less(best_rtho, 0.5 * best_hd)
@@ -359,9 +362,9 @@ def test_figure1_smoothed_bukin_hd_does_better_than_rtho():
   p0, eta0, betas = jnp.array([-5.0, 2.0]), 1e-2, [1e-5, 1e-4]
   minimum = np.sqrt(np.sqrt(BUKIN_EPS) + BUKIN_EPS)
   hd_values, _ = _gradient_descent_runs(
-      optax_lr.hypergradient_descent(eta0, 0.0, safety_net=False), smoothed_bukin, p0, betas)
+      optax_lr.hypergradient_descent, eta0, smoothed_bukin, p0, betas)
   rtho_values, rtho_rates = _gradient_descent_runs(
-      optax_lr.rtho(eta0, 0.0, safety_net=False), smoothed_bukin, p0, betas)
+      optax_lr.rtho, eta0, smoothed_bukin, p0, betas)
   hd_gap, rtho_gap = hd_values[:, -1] - minimum, rtho_values[:, -1] - minimum
   np.testing.assert_array_less(hd_gap, 0.1 * rtho_gap)
   assert np.all(rtho_rates.max(axis=1) > 10 * eta0)  # resonance ...

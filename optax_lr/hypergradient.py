@@ -795,7 +795,12 @@ def marthe(
       (0 keeps :math:`\beta` fixed), or ``None`` (the default): the paper's
       :math:`\kappa` selection on the scale-free hypergradient (module
       docstring, "Defaults"), which needs no tuning and the safety net.
-    mu: a fixed discount in ``[0, 1]``, or ``None`` to adapt it.
+    mu: a fixed discount in ``[0, 1]``, or ``None`` to adapt it. A Python
+      ``0.0`` is HD (no tangent); an array (``optax.inject_hyperparams``)
+      keeps a tangent whatever its value, since the state's layout cannot
+      depend on a traced value (``mu = 0`` then gives HD's rates, at RTHO's
+      cost). A fixed ``mu``, a fixed ``hyper_lr_step`` and (for HD and RTHO)
+      ``hyper_lr`` are read at every update, so injected values take effect.
     direction: optax transformation giving the unscaled descent direction
       :math:`u_t` (default ``optax.identity()``: SGD).
     safety_net: checkpoint and roll back on divergence (module docstring);

@@ -328,6 +328,11 @@ def newton_lr(
   divergence before the numbers overflow. It costs one params copy and one
   direction-state copy; ``safety_net=False`` removes it.
 
+  Under ``optax.inject_hyperparams``, ``update_every``, ``steps_per_epoch``
+  and ``fraction`` set the window length, which shapes the state: give them
+  as ``static_args``. ``gamma`` and ``max_factor`` are read at every window
+  end, so injected values take effect; ``learning_rate`` is only ``η_0``.
+
   Args:
     learning_rate: the initial rate ``η_0 > 0`` (finite and nonzero in
       float32).

@@ -352,6 +352,85 @@ def test_train_state_stock_apply_gradients_cannot_take_extra_args():
   assert int(state.opt_state.window.steps) == 1
 
 
+# Scripts of update calls ("step", value) and epoch ends ("observe", cost)
+# that end with a rollback from finite params; "saved" is the index of the
+# step after which the params are the checkpoint rolled back to (a save
+# stores the params the saving call receives).
+_ROLLBACK_SCRIPTS = {
+    # Phase 2 after one good epoch saves the next step's params; a blown-up
+    # epoch rolls back to them.
+    "aalr": (lambda: optax_lr.aalr(0.5, warmup_patience=1),
+             [("observe", 10.0), ("step", None), ("observe", 5.0),
+              ("step", None), ("step", None), ("observe", 1e6),
+              ("step", None)], 0),
+    # The safety net saves at its 20th healthy call, then a loss 10^6 times
+    # the first rolls back to that save.
+    "hd_safety_net": (lambda: optax_lr.hypergradient_descent(0.01),
+                      [("step", 1.0)] * 21 + [("step", 1e6)], 18),
+}
+
+
+def _run_script(path, make, script):
+  """Params after each step of ``script``, applied through ``path``."""
+  tx = make()
+  model = NnxMLP(nnx.Rngs(0))
+  params = _pure(nnx.state(model, nnx.Param))
+  grads = jax.tree_util.tree_map(lambda p: 0.1 * jnp.ones_like(p), params)
+  kwargs = lambda value: {} if value is None else {"value": jnp.float32(value)}
+  history = []
+  if path == "nnx":
+    optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
+    nnx_grads = nnx.grad(lambda m: _mse(m(X[0]), Y[0]))(model)
+    nnx_grads = jax.tree_util.tree_map(lambda g: 0.1 * jnp.ones_like(g), nnx_grads)
+    for event, number in script:
+      if event == "observe":
+        optax_lr.nnx_observe(optimizer, number)
+      else:
+        optimizer.update(model, nnx_grads, **kwargs(number))  # Flax's own update
+        history.append(_pure(nnx.state(model, nnx.Param)))
+    return history
+  if path == "train_state":
+    state = train_state.TrainState.create(apply_fn=None, params=params, tx=tx)
+    for event, number in script:
+      if event == "observe":
+        state = state.replace(opt_state=optax_lr.observe(state.opt_state, number))
+      else:
+        assert number is None  # stock apply_gradients takes no extra args
+        state = state.apply_gradients(grads=grads)
+        history.append(state.params)
+    return history
+  state = tx.init(params)
+  for event, number in script:
+    if event == "observe":
+      state = optax_lr.observe(state, number)
+    else:
+      updates, state = tx.update(grads, state, params, **kwargs(number))
+      params = (optax.apply_updates(params, updates) if path == "optax"
+                else optax_lr.apply_updates(params, updates, state))
+      history.append(params)
+  return history
+
+
+@pytest.mark.parametrize("path", ["optax", "nnx", "train_state"])
+@pytest.mark.parametrize("name", sorted(_ROLLBACK_SCRIPTS))
+def test_stock_update_paths_land_a_rollback_to_rounding(name, path):
+  """The update of a rollback call is ``checkpoint - params``: with finite
+  params, optax's and Flax's own update paths land on the checkpoint to
+  rounding (only ``optax_lr.apply_updates`` also lands from NaN params)."""
+  make, script, saved = _ROLLBACK_SCRIPTS[name]
+  if path == "train_state" and any(v is not None for e, v in script if e == "step"):
+    pytest.skip("TrainState.apply_gradients cannot pass `value`")
+  exact = _run_script("exact", make, script)
+  stock = _run_script(path, make, script)
+  # The exact path lands on the saved params bit for bit ...
+  jax.tree_util.tree_map(np.testing.assert_array_equal, exact[-1], exact[saved])
+  assert not np.array_equal(exact[-2]["out"]["kernel"], exact[saved]["out"]["kernel"])
+  # ... and every stock path to rounding.
+  jax.tree_util.tree_map(
+      lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6),
+      stock[-1], exact[-1])
+
+
 def test_apply_gradients_rejects_overwrite_with_gradient_collections():
   state = _linen_state(optax.sgd(0.1))
   grads = {"params": state.params, "_overwrite_with_gradient": {}}

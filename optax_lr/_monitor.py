@@ -247,8 +247,18 @@ def observe(opt_state: Any, cost: Any) -> Any:
     cost: a scalar, e.g. the validation loss after the epoch. NaN and Inf are
       valid inputs: each method says how it treats them.
 
+  A method built with ``steps_per_epoch=N`` (ASLR, AALR) ends its epochs
+  itself, from the mean ``value`` of each window of update calls; it is
+  driven by one or the other, never both, and ``observe`` refuses it rather
+  than end each of its epochs twice.
+
   Returns:
     The state with every epoch-level method advanced by one epoch.
+
+  Raises:
+    ValueError: at trace time, when ``opt_state`` holds a method built with
+      ``steps_per_epoch`` (the state's structure tells: it has an epoch
+      window).
 
   Example:
     >>> import jax.numpy as jnp, optax, optax_lr

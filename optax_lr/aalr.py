@@ -30,6 +30,7 @@ from typing import Any, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from optax_lr import _checkpoint
@@ -60,7 +61,9 @@ class AALRState(NamedTuple):
   # before the first update call, then L* at each save.
   checkpoint_cost: jax.Array
   good_epochs: jax.Array  # [] int32: phase 1's counter i of good epochs in a row.
-  warmup_patience: jax.Array  # [] int32: good epochs that end phase 1 (constant).
+  # [] int32: good epochs that end phase 1, written by every update call (an
+  # injected value takes effect from the next call).
+  warmup_patience: jax.Array
   patience: jax.Array  # [] int32: phase 2's p, epochs between checks.
   epochs_to_check: jax.Array  # [] int32: phase-2 epochs left before the next check.
   second_chance: jax.Array  # [] bool: the current phase-2 period is the second try.
@@ -68,7 +71,9 @@ class AALRState(NamedTuple):
   rolled_back: jax.Array  # [] bool: the update call that produced this state rolled back.
   checkpoint: Any  # params-like: the initial params in phase 1, then the last save.
   checkpoint_inner: Any  # the direction state saved with `checkpoint`.
-  window: _monitor.EpochWindow  # the training-loss window (steps_per_epoch mode).
+  # The training-loss window with steps_per_epoch, else None: `observe`
+  # refuses a state that ends its epochs itself.
+  window: Optional[_monitor.EpochWindow]
   inner_state: Any  # the direction's state.
 
 
@@ -182,9 +187,30 @@ def _best_params(state: AALRState) -> tuple[jax.Array, Any]:
   return rollback | saved_best, state.checkpoint
 
 
+def _observed_epoch_end(state: AALRState, cost: jax.Array) -> AALRState:
+  """``optax_lr.observe``'s epoch end: refused when the state has a window.
+
+  With ``steps_per_epoch`` the update call ends the epochs itself (it calls
+  :func:`_epoch_end` directly); observing a cost as well would end each
+  epoch twice. The window's presence is the state's static structure, so
+  this raises at trace time, inside ``jit`` too.
+  """
+  if state.window is not None:
+    raise ValueError(_OBSERVE_WITH_WINDOW.format(method="aalr"))
+  return _epoch_end(state, cost)
+
+
+_OBSERVE_WITH_WINDOW = (
+    "optax_lr.observe: this {method} state was built with steps_per_epoch, so "
+    "its update call ends every epoch itself, from the mean `value` of each "
+    "window; observing a cost too would end every epoch twice. Use one or the "
+    "other: steps_per_epoch=N with update(..., value=loss), or "
+    "steps_per_epoch=None (the default) with optax_lr.observe(state, cost)."
+)
+
 _monitor.register_method(
     AALRState,
-    epoch_end=_epoch_end,
+    epoch_end=_observed_epoch_end,
     rollback=lambda state: (state.rolled_back, state.checkpoint),
     best_params=_best_params,
 )
@@ -199,6 +225,42 @@ def _check_positive_int(name, value, allow_none=False):
   if value < 1:
     raise ValueError(f"{name} must be >= 1, got {name}={value!r}.")
   return int(value)
+
+
+def _check_warmup_patience(value) -> Any:
+  """A Python int >= 1, or an integer array (injected; traced: unchecked)."""
+  if not _checks.is_array(value):
+    return _check_positive_int("warmup_patience", value)
+  if jnp.shape(value) != () or not jnp.issubdtype(value.dtype, jnp.integer):
+    raise ValueError(
+        f"warmup_patience must be a positive int, got warmup_patience={value!r}.")
+  if not _checks.is_traced(value) and int(np.asarray(value).item()) < 1:
+    raise ValueError(f"warmup_patience must be >= 1, got warmup_patience={value!r}.")
+  return value
+
+
+def _check_steps_per_epoch(value) -> Optional[int]:
+  if _checks.is_array(value):
+    raise ValueError(
+        "steps_per_epoch must be None or a positive Python int: it decides "
+        "whether the state has an epoch window. Under "
+        "optax.inject_hyperparams pass static_args=('steps_per_epoch',); got "
+        f"steps_per_epoch={value!r}."
+    )
+  return _check_positive_int("steps_per_epoch", value, allow_none=True)
+
+
+def _patience(warmup_patience) -> jax.Array:
+  # A traced patience was not checked: below 1 it acts as 1 (phase 1 ends at
+  # the first good epoch), as a checked one could at the least.
+  return jnp.maximum(jnp.asarray(warmup_patience, jnp.int32), 1)
+
+
+def _initial_rate(learning_rate, dtype) -> jax.Array:
+  # A traced rate was not checked: NaN becomes the smallest normal rate and
+  # the clamp keeps the rest in the positive normal floats, as for any η.
+  rate = jnp.full([], learning_rate, dtype)
+  return _clamp_rate(jnp.where(jnp.isnan(rate), jnp.finfo(dtype).tiny, rate))
 
 
 def aalr(
@@ -263,12 +325,28 @@ def aalr(
   the direction state. At the end of training, ``optax_lr.best_params``
   returns the checkpoint where it is the best model (phase 2).
 
+  Epoch ends come from ``optax_lr.observe(state, cost)`` or, with
+  ``steps_per_epoch=N``, from the update call itself; one or the other:
+  ``observe`` refuses a state built with ``steps_per_epoch`` (each epoch
+  would end twice), which therefore starts with ``L* = L_0 = +inf`` (no
+  initial model's cost).
+
+  Under ``optax.inject_hyperparams``, ``steps_per_epoch`` goes in
+  ``static_args`` (it decides whether the state has an epoch window);
+  ``learning_rate`` and ``warmup_patience`` may be injected. The rate is read
+  by ``init`` only (η is the method's afterwards: a later change of the
+  injected value has no effect); the patience by every update call, which
+  writes it into the state, so a change takes effect from the next call.
+  Traced values cannot be checked: a NaN rate starts at the smallest normal
+  float, a patience below 1 acts as 1.
+
   Args:
     learning_rate: the initial η, ``> 0`` (the paper uses 0.1).
-    warmup_patience: good epochs in a row that end phase 1 (the paper's 10).
+    warmup_patience: good epochs in a row that end phase 1 (the paper's 10),
+      an int ``>= 1``.
     steps_per_epoch: ``None`` (epoch ends from ``optax_lr.observe``) or the
-      window length ``N``; then every update needs ``value=loss`` and the
-      cost is the window's mean training loss.
+      window length ``N``; then every update needs ``value=loss``, the cost
+      is the window's mean training loss, and ``observe`` raises.
     direction: the unscaled descent direction, ``optax.identity()`` (SGD) by
       default; the paper uses ``optax.trace(0.9)`` with weight decay.
 
@@ -281,9 +359,11 @@ def aalr(
   Raises:
     ValueError: for a non-positive or non-finite ``learning_rate``, a bad
       ``warmup_patience`` or ``steps_per_epoch``, a ``direction`` that is not
-      an ``optax.GradientTransformation``; at trace time when ``params`` are
-      missing or not shaped like the updates, or ``steps_per_epoch`` is set
-      without ``value``.
+      an ``optax.GradientTransformation`` (concrete values are checked under
+      ``inject_hyperparams`` too, e.g. by an eager ``init``); at trace time
+      when ``params`` are missing or not shaped like the updates, or
+      ``steps_per_epoch`` is set without ``value``, or ``optax_lr.observe``
+      is given a state built with ``steps_per_epoch``.
 
   Example:
     >>> import jax.numpy as jnp, optax_lr
@@ -301,35 +381,43 @@ def aalr(
     >>> optax_lr.apply_updates(params, updates, state)['w']
     Array([1., 2.], dtype=float32)
 
+    Under ``optax.inject_hyperparams``, with ``steps_per_epoch`` static:
+
+    >>> import jax, optax
+    >>> tx = optax.inject_hyperparams(optax_lr.aalr, static_args=(
+    ...     'steps_per_epoch',))(learning_rate=0.4, warmup_patience=2)
+    >>> state = jax.jit(tx.init)(params)
+    >>> updates, state = jax.jit(tx.update)({'w': jnp.ones(2)}, state, params)
+    >>> print(round(float(optax_lr.current_lr(state)), 6), updates['w'])
+    0.4 [-0.4 -0.4]
+
   References:
     "A Simple Dynamic Learning Rate Tuning Algorithm for Automated Training of
     DNNs", ICLR 2020 submission, https://openreview.net/forum?id=rJxyqkSYDH
   """
-  if isinstance(learning_rate, bool) or not isinstance(learning_rate, numbers.Real):
-    raise ValueError(
-        f"learning_rate must be a positive real number, got {learning_rate!r}."
-    )
-  if not (math.isfinite(float(learning_rate)) and float(learning_rate) > 0):
-    raise ValueError(
-        f"learning_rate must be finite and > 0, got learning_rate={learning_rate!r}."
-    )
-  warmup_patience = _check_positive_int("warmup_patience", warmup_patience)
-  steps_per_epoch = _check_positive_int("steps_per_epoch", steps_per_epoch, True)
+  # Under optax.inject_hyperparams this runs in init and in every update,
+  # with learning_rate and warmup_patience as arrays (traced under jit): the
+  # rate is read by init only (η is the method's afterwards), the patience
+  # by every update call.
+  initial_rate = _checks.real("learning_rate", learning_rate,
+                              lambda x: math.isfinite(x) and x > 0,
+                              "finite and > 0")
+  warmup_patience = _check_warmup_patience(warmup_patience)
+  steps_per_epoch = _check_steps_per_epoch(steps_per_epoch)
   direction = optax.identity() if direction is None else direction
   _checks.check_direction(direction)
   direction = optax.with_extra_args_support(direction)
-  initial_rate = float(learning_rate)
 
   def init_fn(params):
     dtype = accumulation_dtype(params)
     return AALRState(
         count=jnp.zeros([], jnp.int32),
-        learning_rate=_clamp_rate(jnp.full([], initial_rate, dtype)),
+        learning_rate=_initial_rate(initial_rate, dtype),
         phase=jnp.ones([], jnp.int32),
         best_cost=jnp.full([], jnp.inf, dtype),
         checkpoint_cost=jnp.full([], jnp.inf, dtype),
         good_epochs=jnp.zeros([], jnp.int32),
-        warmup_patience=jnp.full([], warmup_patience, jnp.int32),
+        warmup_patience=_patience(warmup_patience),
         patience=jnp.ones([], jnp.int32),
         epochs_to_check=jnp.ones([], jnp.int32),
         second_chance=jnp.zeros([], jnp.bool_),
@@ -339,7 +427,7 @@ def aalr(
         # direction state is what every phase-1 rollback restores.
         checkpoint=_checkpoint.fresh_copy(params),
         checkpoint_inner=_checkpoint.fresh_copy(direction.init(params)),
-        window=_monitor.window_init(dtype),
+        window=None if steps_per_epoch is None else _monitor.window_init(dtype),
         inner_state=direction.init(params),
     )
 
@@ -376,6 +464,7 @@ def aalr(
         best_cost=jnp.where(rollback, checkpoint_cost, state.best_cost),
         pending=jnp.full([], NONE, jnp.int32),
         rolled_back=rollback,
+        warmup_patience=_patience(warmup_patience),
         checkpoint=checkpoint,
         checkpoint_cost=checkpoint_cost,
         checkpoint_inner=checkpoint_inner,

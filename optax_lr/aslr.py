@@ -15,6 +15,7 @@ negative. The float value is computed from ``(d, e)`` only where it is used.
 
 from __future__ import annotations
 
+import decimal
 import math
 import numbers
 from typing import Any, NamedTuple, Optional
@@ -53,7 +54,9 @@ class ASLRState(NamedTuple):
   search_dir: jax.Array  # [] int32, +1 or -1: the walk's current direction.
   key: jax.Array  # [2] uint32: raw PRNG key, split at every update call.
   leaf_rates: Any  # params-like tree of [] float32: rates drawn at the last call.
-  window: _monitor.EpochWindow  # the training-loss window (steps_per_epoch mode).
+  # The training-loss window with steps_per_epoch, else None: `observe`
+  # refuses a state that ends its epochs itself.
+  window: Optional[_monitor.EpochWindow]
   inner_state: Any  # the direction's state.
   # The safety net (checkpoint saved at improvements, rollback on a diverged
   # epoch or loss); None with safety_net=False.
@@ -140,8 +143,29 @@ def _epoch_end(state: ASLRState, cost: jax.Array) -> ASLRState:
   )
 
 
+def _observed_epoch_end(state: ASLRState, cost: jax.Array) -> ASLRState:
+  """``optax_lr.observe``'s epoch end: refused when the state has a window.
+
+  With ``steps_per_epoch`` the update call ends the epochs itself (it calls
+  :func:`_epoch_end` directly); observing a cost as well would end each
+  epoch twice. The window's presence is the state's static structure, so
+  this raises at trace time, inside ``jit`` too.
+  """
+  if state.window is not None:
+    raise ValueError(_OBSERVE_WITH_WINDOW.format(method="aslr"))
+  return _epoch_end(state, cost)
+
+
+_OBSERVE_WITH_WINDOW = (
+    "optax_lr.observe: this {method} state was built with steps_per_epoch, so "
+    "its update call ends every epoch itself, from the mean `value` of each "
+    "window; observing a cost too would end every epoch twice. Use one or the "
+    "other: steps_per_epoch=N with update(..., value=loss), or "
+    "steps_per_epoch=None (the default) with optax_lr.observe(state, cost)."
+)
+
 _monitor.register_method(
-    ASLRState, epoch_end=_epoch_end, rollback=_checkpoint.net_rollback)
+    ASLRState, epoch_end=_observed_epoch_end, rollback=_checkpoint.net_rollback)
 
 
 def _backed_off(state: ASLRState, net, checkpoint) -> dict:
@@ -169,31 +193,152 @@ def _backed_off(state: ASLRState, net, checkpoint) -> dict:
   )
 
 
-def _split_initial_rate(learning_rate) -> tuple[int, int]:
-  """``learning_rate`` rounded to one significant digit, as ``(d, e)``."""
-  if isinstance(learning_rate, bool) or not isinstance(learning_rate, numbers.Real):
-    raise ValueError(
-        f"learning_rate must be a positive real number, got {learning_rate!r}."
-    )
-  value = float(learning_rate)
-  if not (math.isfinite(value) and value > 0):
-    raise ValueError(
-        f"learning_rate must be finite and > 0, got learning_rate={learning_rate!r}."
-    )
-  # Formatting rounds the exact binary value correctly (ties to even).
-  mantissa, exponent = f"{value:.0e}".split("e")
-  digit, exponent = int(mantissa), int(exponent)
+# ---------------------------------------------------------------------------
+# Hyperparameters: Python numbers from a direct call, arrays (traced under
+# jit) from optax.inject_hyperparams. Concrete values are validated here, a
+# traced one only by its shape and dtype.
+
+# The traced rounding's relative tolerance, in epsilons of its computing
+# dtype (float32 or float64); see `_split_rate_array`.
+_ROUNDING_EPS = 64
+
+
+def _round_half_up(value: float) -> tuple[int, int]:
+  """``value > 0`` rounded half up to one decimal digit, as ``(d, e)``.
+
+  The decimal rounded is the shortest repr of the float, the number the user
+  wrote, not its binary value: ``0.15`` is stored as ``0.14999999999999999...``
+  and ``0.95`` as ``0.94999999999999995...`` (rounded down, 0.1 and 0.9),
+  ``0.45`` as ``0.45000000000000001...`` (up), and exact ties such as
+  ``0.25`` went to even (0.2). In decimal, ``0.15 -> 0.2``, ``0.45 -> 0.5``,
+  ``0.25 -> 0.3``, ``0.0015 -> 0.002``, ``0.95 -> 1`` and ``9.5 -> 10``
+  (``d = 1, e = 1``).
+  """
+  context = decimal.Context(prec=40)
+  written = decimal.Decimal(repr(float(value)))
+  exponent = written.adjusted()  # floor(log10 value), exactly
+  digit = int(written.scaleb(-exponent, context).quantize(
+      decimal.Decimal(1), rounding=decimal.ROUND_HALF_UP, context=context))
+  # 9.5·10^e rounds up to 10·10^e, which is 1·10^(e+1).
+  return (1, exponent + 1) if digit == 10 else (digit, exponent)
+
+
+def _split_rate_array(rate: jax.Array) -> tuple[jax.Array, jax.Array]:
+  r""":func:`_round_half_up` of an array rate, in ``jnp``: int32 ``(d, e)``.
+
+  An injected rate arrives as a float of the params' dtype, not as the
+  decimal the user wrote: float32's ``0.45`` is ``0.449999988...``. With
+  ``e = floor(log10 rate)`` and ``m = rate / 10^e`` (in ``[1, 10)``),
+
+  .. math:: d = \lfloor m\,(1 + \tau) + \tfrac12 \rfloor,
+     \qquad \tau = \max(64\,\epsilon, \epsilon_{in}),
+
+  ``ε`` the epsilon of the computing dtype (float32, or float64 for a
+  float64 rate) and ``ε_in`` that of the rate's own dtype (a bf16 or f16
+  rate is that far from the decimal written). In float32 ``m`` is within
+  about ``2e-7`` (relative) of the written decimal: the rate's rounding, one
+  correctly rounded division or multiplication, and ``10^e`` from a table
+  of correctly rounded powers. So every tie ``x.5`` rounds up, while
+  ``τ ≈ 7.6e-6`` stays below the ``1e-4`` relative gap between a tie and its
+  nearest value with 4 significant digits (``4.499`` against ``4.5``): such
+  literals round as the Python path rounds them. A ``log10`` one ulp off at a
+  power of ten gives ``m`` just below 1 (``d = 1``) or ``d = 10``, carried
+  into ``e`` as for ``9.5 -> 10``.
+
+  A traced rate cannot be checked: it is clamped to ``[1e-30, 9e30]``, NaN
+  and rates ``<= 0`` to ``1e-30``.
+  """
+  rate = jnp.asarray(rate)
+  given = rate.dtype
+  floating = jnp.issubdtype(given, jnp.floating)
+  wide = floating and jnp.finfo(given).bits >= 32
+  dtype = given if wide else jnp.dtype(jnp.float32)
+  tol = _ROUNDING_EPS * float(jnp.finfo(dtype).eps)
+  if floating:
+    tol = max(tol, float(jnp.finfo(given).eps))
+  x = rate.astype(dtype)
+  x = jnp.minimum(jnp.where(x > 0, x, 1e-30), 9e30)  # NaN > 0 is false
+  exponent = jnp.clip(jnp.floor(jnp.log10(x)), _MIN_EXP, _MAX_EXP).astype(jnp.int32)
+  mantissa = _scaled(x, -exponent)
+  digit = jnp.floor(mantissa * (1 + tol) + 0.5).astype(jnp.int32)
+  carry = digit >= 10
+  digit = jnp.where(carry, 1, digit)
+  exponent = jnp.where(carry, exponent + 1, exponent)
+  # Unreachable from a rate <= 9e30, kept so the exponent bound is explicit.
+  over = exponent > _MAX_EXP
+  digit = jnp.clip(jnp.where(over, 9, digit), 1, 9).astype(jnp.int32)
+  exponent = jnp.minimum(exponent, _MAX_EXP).astype(jnp.int32)
+  return digit, exponent
+
+
+def _check_learning_rate(learning_rate) -> Any:
+  """``(d, e)`` of a Python rate, or the array rate itself (rounded in init).
+
+  Raises ``ValueError`` for a concrete rate that is not finite and > 0 or
+  does not round into ``[1e-30, 9e30]``, and for any non-scalar or
+  non-real value, traced or not.
+  """
+  rate = _checks.real("learning_rate", learning_rate,
+                      lambda x: math.isfinite(x) and x > 0, "finite and > 0")
+  if _checks.is_traced(rate):
+    return rate
+  value = float(np.asarray(rate).item()) if _checks.is_array(rate) else rate
+  digit, exponent = _round_half_up(value)
   if not _MIN_EXP <= exponent <= _MAX_EXP:
     raise ValueError(
         f"learning_rate must round to a value in [1e{_MIN_EXP}, 9e{_MAX_EXP}], "
         f"got learning_rate={learning_rate!r}."
     )
-  return digit, exponent
+  return rate if _checks.is_array(rate) else (digit, exponent)
+
+
+def _check_seed(seed) -> Any:
+  """A Python int in ``[0, 2**64)`` for a concrete seed; a traced one as is."""
+  if _checks.is_array(seed):
+    if jnp.shape(seed) != () or not jnp.issubdtype(seed.dtype, jnp.integer):
+      raise ValueError(f"seed must be an int, got seed={seed!r}.")
+    if _checks.is_traced(seed):
+      return seed
+    value = int(np.asarray(seed).item())
+  elif isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+    raise ValueError(f"seed must be an int, got seed={seed!r}.")
+  else:
+    value = int(seed)
+  if not 0 <= value < 2**64:
+    raise ValueError(f"seed must be in [0, 2**64), got seed={seed!r}.")
+  return value
+
+
+def _key_from_seed(seed) -> jax.Array:
+  """The raw ``[2] uint32`` PRNG key of ``seed``: its high and low 32-bit words.
+
+  All 64 bits count: ``[seed >> 32, seed mod 2**32]``, which below ``2**32``
+  is ``jax.random.PRNGKey(seed)``. (``PRNGKey`` of a Python int keeps only its
+  low 32 bits unless x64 is on: seeds ``2**32`` and ``0`` would collide.)
+  """
+  if not _checks.is_array(seed):
+    return jnp.asarray(np.array([seed >> 32, seed & 0xFFFFFFFF], np.uint32))
+  # Traced (inject_hyperparams): optax made the Python int an int32 array, so
+  # the seed is below 2**31 and its high word 0; an int64 one (x64) has both.
+  seed = jnp.asarray(seed)
+  if jnp.iinfo(seed.dtype).bits == 64:
+    wide = seed.astype(jnp.uint64)
+    return jnp.stack([(wide >> 32).astype(jnp.uint32),
+                      (wide & 0xFFFFFFFF).astype(jnp.uint32)])
+  low = seed.astype(jnp.uint32)
+  return jnp.stack([jnp.zeros_like(low), low])
 
 
 def _check_steps_per_epoch(steps_per_epoch) -> Optional[int]:
   if steps_per_epoch is None:
     return None
+  if _checks.is_array(steps_per_epoch):
+    raise ValueError(
+        "steps_per_epoch must be None or a positive Python int: it decides "
+        "whether the state has an epoch window. Under "
+        "optax.inject_hyperparams pass static_args=('steps_per_epoch',); got "
+        f"steps_per_epoch={steps_per_epoch!r}."
+    )
   if isinstance(steps_per_epoch, bool) or not isinstance(steps_per_epoch, numbers.Integral):
     raise ValueError(
         f"steps_per_epoch must be None or a positive int, got {steps_per_epoch!r}."
@@ -220,7 +365,12 @@ def aslr(
   r"""ASLR: random per-leaf rates around a centre found by a digit search.
 
   The centre :math:`c = d\cdot 10^e` (``d`` in 1..9) starts at
-  ``learning_rate`` rounded to one significant digit. Every update call draws,
+  ``learning_rate`` rounded half up to one significant decimal digit:
+  :math:`e = \lfloor \log_{10} r \rfloor`, :math:`d = \lfloor r/10^e +
+  \tfrac12 \rfloor`, and ``d = 10`` is ``1·10^(e+1)``. The decimal rounded is
+  the one written (the float's shortest repr), not its binary value: 0.15
+  gives 0.2, 0.45 gives 0.5, 0.25 gives 0.3, 0.0015 gives 0.002, 0.95 gives
+  1 and 9.5 gives 10. Every update call draws,
   for each leaf ``i`` of the params (the paper's per-layer rates),
 
   .. math::
@@ -247,15 +397,32 @@ def aslr(
 
   Epoch ends come from ``optax_lr.observe(state, cost)`` (e.g. a validation
   loss, as the paper monitors), or, with ``steps_per_epoch=N``, from the mean
-  of the ``value`` extra argument over each window of ``N`` update calls.
-  Apart from the direction's own state, no param-sized buffer is kept.
+  of the ``value`` extra argument over each window of ``N`` update calls;
+  one or the other: ``observe`` refuses a state built with
+  ``steps_per_epoch`` (each epoch would end twice). Apart from the
+  direction's own state, no param-sized buffer is kept.
+
+  Under ``optax.inject_hyperparams``, ``steps_per_epoch`` goes in
+  ``static_args`` (it decides whether the state has an epoch window);
+  ``learning_rate`` and ``seed`` may be injected, and are read by ``init``
+  only: afterwards the search owns the centre and the state the PRNG key,
+  so a later change of the injected values has no effect. An injected rate
+  is a float of the params' dtype, not the decimal written: it is rounded
+  in ``jnp`` with a relative tolerance (``64`` float32 epsilons, or the
+  rate's own epsilon for bf16/f16), so that float32 values of decimals with
+  up to 4 significant digits round as above (bf16 and f16 ones: 2 digits);
+  a traced rate cannot be checked, and is clamped into ``[1e-30, 9e30]``. An injected seed is an
+  int32 array unless x64 is on, so below ``2**31``.
 
   Args:
-    learning_rate: the initial centre, ``> 0``; rounded to one significant
-      digit (exact binary ties to even: 0.25 gives 0.2).
+    learning_rate: the initial centre, ``> 0``; rounded half up to one
+      significant decimal digit (0.25 gives 0.3), within ``[1e-30, 9e30]``.
     steps_per_epoch: ``None`` (epoch ends from ``observe``) or the window
-      length ``N``; then every update needs ``value=loss``.
-    seed: an int seeding the PRNG key kept in the state.
+      length ``N``; then every update needs ``value=loss``, and ``observe``
+      raises.
+    seed: an int in ``[0, 2**64)`` seeding the PRNG key kept in the state;
+      all 64 bits count: the raw key is ``[seed >> 32, seed mod 2**32]``,
+      ``jax.random.PRNGKey(seed)`` for a seed below ``2**32``.
     direction: the unscaled descent direction, ``optax.identity()`` (SGD) by
       default; ``optax.trace(0.9)``, ``optax.scale_by_adam()`` or any chain.
     safety_net: keep a checkpoint of the params and the direction state,
@@ -277,9 +444,12 @@ def aslr(
 
   Raises:
     ValueError: for a non-positive or non-finite ``learning_rate`` (or one
-      outside ``[1e-30, 9e30]``), a bad ``steps_per_epoch`` or ``seed``, a
-      ``direction`` that is not an ``optax.GradientTransformation``; and at
-      trace time when ``steps_per_epoch`` is set and ``value`` is missing.
+      that rounds outside ``[1e-30, 9e30]``), a bad ``steps_per_epoch``, a
+      ``seed`` outside ``[0, 2**64)``, a ``direction`` that is not an
+      ``optax.GradientTransformation`` (concrete values are checked under
+      ``inject_hyperparams`` too, e.g. by an eager ``init``); and at trace
+      time when ``steps_per_epoch`` is set and ``value`` is missing, or when
+      ``optax_lr.observe`` is given a state built with ``steps_per_epoch``.
 
   Example:
     >>> import jax.numpy as jnp, optax_lr
@@ -296,15 +466,34 @@ def aslr(
     >>> 0.15 <= rate <= 0.25, bool(jnp.allclose(updates['w'], -rate))
     (True, True)
 
+    The initial centre, rounded half up in decimal:
+
+    >>> def centre(rate):
+    ...   state = optax_lr.aslr(rate).init({'w': jnp.ones(3)})
+    ...   return int(state.digit), int(state.exponent)
+    >>> [centre(r) for r in (0.15, 0.45, 0.25, 0.0015, 0.95, 9.5, 0.1234)]
+    [(2, -1), (5, -1), (3, -1), (2, -3), (1, 0), (1, 1), (1, -1)]
+
+    Under ``optax.inject_hyperparams``, with ``steps_per_epoch`` static:
+
+    >>> import jax, optax
+    >>> tx = optax.inject_hyperparams(optax_lr.aslr, static_args=(
+    ...     'steps_per_epoch',))(learning_rate=0.45, seed=1)
+    >>> state = jax.jit(tx.init)({'w': jnp.ones(3)})
+    >>> print(round(float(optax_lr.current_lr(state)), 6))
+    0.5
+
   References:
     Khodamoradi, Denolf, Vissers, Kastner, "ASLR: An Adaptive Scheduler for
     Learning Rate" (the arXiv listing of this title; the authors' code:
     https://github.com/Xilinx/AdaptiveSchedulers)
   """
-  digit0, exponent0 = _split_initial_rate(learning_rate)
+  # Under optax.inject_hyperparams this runs in init and in every update,
+  # with learning_rate and seed as arrays (traced under jit): both are read
+  # by init only, the search owning its centre and the state its key after.
+  initial_rate = _check_learning_rate(learning_rate)
   steps_per_epoch = _check_steps_per_epoch(steps_per_epoch)
-  if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
-    raise ValueError(f"seed must be an int, got seed={seed!r}.")
+  seed = _check_seed(seed)
   direction = optax.identity() if direction is None else direction
   _checks.check_direction(direction)
   direction = optax.with_extra_args_support(direction)
@@ -316,8 +505,11 @@ def aslr(
   def init_fn(params):
     dtype = accumulation_dtype(params)
     direction_state = direction.init(params)
-    digit = jnp.asarray(digit0, jnp.int32)
-    exponent = jnp.asarray(exponent0, jnp.int32)
+    if _checks.is_array(initial_rate):
+      digit, exponent = _split_rate_array(initial_rate)
+    else:
+      digit = jnp.asarray(initial_rate[0], jnp.int32)
+      exponent = jnp.asarray(initial_rate[1], jnp.int32)
     centre = _centre(digit, exponent, dtype)
     return ASLRState(
         count=jnp.zeros([], jnp.int32),
@@ -328,10 +520,10 @@ def aslr(
         radius=jnp.zeros([], jnp.int32),
         walked=jnp.zeros([], jnp.int32),
         search_dir=jnp.ones([], jnp.int32),
-        key=jnp.array(jax.random.PRNGKey(int(seed)), copy=True),
+        key=_key_from_seed(seed),
         # Before the first draw the leaves' rates are the centre.
         leaf_rates=jax.tree_util.tree_map(lambda _: jnp.array(centre, copy=True), params),
-        window=_monitor.window_init(dtype),
+        window=None if steps_per_epoch is None else _monitor.window_init(dtype),
         inner_state=direction_state,
         safety=(_checkpoint.net_init(params, direction_state, centre)
                 if safety_net else None),

@@ -63,29 +63,33 @@ def make_train_step(
     epoch_every: int,
     cost_scale: Optional[Callable[[jax.Array], jax.Array]] = None,
     loss_of: Callable[[Any, Any], jax.Array] = mlp_loss,
+    observe: Optional[Callable[[Any, jax.Array], Any]] = None,
 ):
   """``(params, state, t, batch) -> (params, state, loss)``, one training step.
 
   ``loss_of(params, batch)`` (default: the MLP's) is differentiated; the
   update gets the extra arguments ``case.needs``. After every
-  ``epoch_every``-th call an epoch ends: ``optax_lr.observe(state, cost)``
-  with the batch loss times ``cost_scale(t)``; states without an epoch-level
-  method pass through ``observe`` unchanged, so every method runs the same
-  step.
+  ``epoch_every``-th call an epoch ends: ``observe(state, cost)`` (default
+  ``optax_lr.observe`` for a case driven by it, ``case.epoch_level``) with
+  the batch loss times ``cost_scale(t)``. Other cases get no epoch ends: a
+  method with ``steps_per_epoch`` ends its own, and ``observe`` refuses it.
   """
+  if observe is None and case.epoch_level:
+    observe = optax_lr.observe
 
   def step(params, state, t, batch):
     loss_fn = lambda p: loss_of(p, batch)
     loss, grads = jax.value_and_grad(loss_fn)(params)
     updates, state = tx.update(grads, state, params, **case.extra_args(loss_fn, params))
     params = optax_lr.apply_updates(params, updates, state)
-    cost = loss if cost_scale is None else loss * cost_scale(t)
-    state = jax.lax.cond(
-        (t + 1) % epoch_every == 0,
-        lambda s: optax_lr.observe(s, cost),
-        lambda s: s,
-        state,
-    )
+    if observe is not None:
+      cost = loss if cost_scale is None else loss * cost_scale(t)
+      state = jax.lax.cond(
+          (t + 1) % epoch_every == 0,
+          lambda s: observe(s, cost),
+          lambda s: s,
+          state,
+      )
     return params, state, loss
 
   return step
@@ -269,5 +273,16 @@ def combined_runner():
         total = total + mlp_loss(sub, batch)
     return total
 
-  step = make_train_step(every, tx, epoch_every=SHARDED_EPOCH_EVERY, loss_of=loss)
+  observed = [case.name for case in METHODS if case.epoch_level]
+
+  def observe(state, cost):
+    # Epoch ends for the groups `observe` drives; the windowed ones end
+    # their own epochs (and refuse `observe`).
+    inner = dict(state.inner_states)
+    for name in observed:
+      inner[name] = optax_lr.observe(inner[name], cost)
+    return state._replace(inner_states=inner)
+
+  step = make_train_step(every, tx, epoch_every=SHARDED_EPOCH_EVERY, loss_of=loss,
+                         observe=observe)
   return tx, _scan_run(step), params

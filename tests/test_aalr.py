@@ -14,6 +14,7 @@ float32 arithmetic here is exact; landings on checkpoints are compared with
 
 import math
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -153,10 +154,11 @@ def _check(state, params, ref):
 def run_script(costs, *, window, decay=0.0, calls_per_epoch=2, poison=(), warmup=3):
   """Drives aalr and the reference through `costs`, checking every call.
 
-  Observe mode: `calls_per_epoch` update calls, then `observe(cost)`. Window
-  mode: the update's `value` is the epoch's cost, NaN on rollback calls (which
-  belong to no window). Epochs listed in `poison` get NaN/Inf gradients, so
-  the params are NaN or Inf when the rollback comes.
+  Observe mode: the initial model's cost 10 is observed, then each epoch is
+  `calls_per_epoch` update calls and `observe(cost)`. Window mode (no cost
+  observed at all): the update's `value` is the epoch's cost, NaN on
+  rollback calls (which belong to no window). Epochs listed in `poison` get
+  NaN/Inf gradients, so the params are NaN or Inf when the rollback comes.
   """
   direction = optax.trace(decay) if decay else None
   tx = optax_lr.aalr(
@@ -164,8 +166,14 @@ def run_script(costs, *, window, decay=0.0, calls_per_epoch=2, poison=(), warmup
       steps_per_epoch=calls_per_epoch if window else None,
   )
   params = {"w": jnp.asarray(PARAMS0, jnp.float32)}
-  state = optax_lr.observe(tx.init(params), 10.0)  # J(θ) of the initial model
-  ref = Reference(0.25, warmup, PARAMS0, decay, 10.0)
+  state = tx.init(params)
+  if window:
+    # The update call ends every epoch, and observe refuses the state: the
+    # initial model's cost is not observed (L* and L_0 start at +inf).
+    ref = Reference(0.25, warmup, PARAMS0, decay, math.inf)
+  else:
+    state = optax_lr.observe(state, 10.0)  # J(θ) of the initial model
+    ref = Reference(0.25, warmup, PARAMS0, decay, 10.0)
   step = _make_step(tx, window)
   observe = jax.jit(lambda s, c: optax_lr.observe(s, c))  # own jit cache
   log = []
@@ -632,3 +640,139 @@ def test_update_needs_params_and_window_mode_needs_value():
   tx = optax_lr.aalr(0.1, steps_per_epoch=3)
   with pytest.raises(ValueError, match="value"):
     tx.update(params, tx.init(params), params)
+
+
+def test_bad_array_values_are_named():
+  with pytest.raises(ValueError, match="warmup_patience"):
+    optax_lr.aalr(0.1, warmup_patience=np.float32(2.0))
+  with pytest.raises(ValueError, match="warmup_patience"):
+    optax_lr.aalr(0.1, warmup_patience=np.int32(0))
+  with pytest.raises(ValueError, match="learning_rate"):
+    optax_lr.aalr(np.ones(2, np.float32))
+
+
+# ---------------------------------------------------------------- one epoch source
+
+
+def test_observe_refuses_a_state_that_ends_its_epochs_itself():
+  params = {"w": jnp.ones(2)}
+  tx = optax_lr.aalr(0.1, steps_per_epoch=3)
+  state = tx.init(params)
+  with pytest.raises(ValueError, match="steps_per_epoch.*one or the other"):
+    optax_lr.observe(state, 1.0)
+  with pytest.raises(ValueError, match="twice"):  # at trace time, under jit
+    jax.jit(optax_lr.observe)(state, jnp.float32(1.0))
+  multi = optax.MultiSteps(tx, every_k_schedule=2)
+  with pytest.raises(ValueError, match="steps_per_epoch"):
+    optax_lr.observe(multi.init(params), 1.0)
+  # Without a window, observe drives it, and the state has no window at all.
+  state = optax_lr.aalr(0.1).init(params)
+  assert state.window is None
+  assert float(optax_lr.observe(state, 1.0).best_cost) == 1.0
+
+
+# ---------------------------------------------------------------- inject_hyperparams
+
+
+def _inject_params():
+  return {"a": jnp.array([1.0, -2.0, 3.0], jnp.float32),
+          "b": jnp.full((2, 2), 0.5, jnp.float32)}
+
+
+def _inject_loss(params):
+  return sum(jnp.sum(0.5 * x**2 + jnp.sin(x)) for x in jax.tree_util.tree_leaves(params))
+
+
+def _run_side_by_side(plain, injected, steps, extra_at, cost_at):
+  """Runs both, jitted, asserting equal updates, params and (inner) states.
+
+  ``extra_at(t)``: the update's extra args; ``cost_at(t)``: a cost to observe
+  after step ``t``, or None. Returns the plain run's ``(rate, phase)`` after
+  each step.
+  """
+  close = lambda a, b: chex.assert_trees_all_close(a, b, rtol=1e-5)
+  params = _inject_params()
+  state_p, state_i = jax.jit(plain.init)(params), jax.jit(injected.init)(params)
+  assert isinstance(state_i, optax.InjectStatefulHyperparamsState)
+  close(state_i.inner_state, state_p)
+  update_p, update_i = jax.jit(plain.update), jax.jit(injected.update)
+  observe = jax.jit(optax_lr.observe)
+  apply = jax.jit(optax_lr.apply_updates)
+  params_p = params_i = params
+  seen = []
+  for t in range(steps):
+    grads = jax.grad(_inject_loss)(params_p)
+    updates_p, state_p = update_p(grads, state_p, params_p, **extra_at(t))
+    updates_i, state_i = update_i(grads, state_i, params_i, **extra_at(t))
+    close(updates_i, updates_p)
+    close(state_i.inner_state, state_p)
+    params_p = apply(params_p, updates_p, state_p)
+    params_i = apply(params_i, updates_i, state_i)
+    close(params_i, params_p)
+    cost = cost_at(t)
+    if cost is not None:
+      state_p = observe(state_p, jnp.float32(cost))
+      state_i = observe(state_i, jnp.float32(cost))
+      close(state_i.inner_state, state_p)
+    close(optax_lr.current_lr(state_i), optax_lr.current_lr(state_p))
+    seen.append((float(optax_lr.current_lr(state_p)), int(state_p.phase)))
+  return seen
+
+
+def test_inject_hyperparams_gives_the_same_updates_and_state():
+  kwargs = dict(warmup_patience=2, direction=optax.trace(0.5))
+  plain = optax_lr.aalr(0.3, **kwargs)
+  injected = optax.inject_hyperparams(optax_lr.aalr, static_args=("steps_per_epoch",))(
+      learning_rate=0.3, **kwargs)
+  # Epoch ends after every 2nd call: good, worse (halve, roll back to the
+  # initial params), good twice (phase 2, save), better (double, save), NaN
+  # (halve, roll back to the checkpoint), worse twice (second chance, halve).
+  costs = {1: 5.0, 3: 6.0, 5: 4.0, 7: 3.0, 9: 2.0, 11: np.nan, 13: 2.5, 15: 2.5}
+  seen = _run_side_by_side(plain, injected, 18, lambda t: {}, costs.get)
+  assert {phase for _, phase in seen} == {1, 2}
+  assert len({rate for rate, _ in seen}) > 2
+
+
+def test_inject_hyperparams_in_window_mode():
+  plain = optax_lr.aalr(0.3, warmup_patience=1, steps_per_epoch=2)
+  injected = optax.inject_hyperparams(optax_lr.aalr, static_args=("steps_per_epoch",))(
+      learning_rate=0.3, warmup_patience=1, steps_per_epoch=2)
+  values = [4.0, 4.0, 5.0, 5.0, 3.0, 3.0, 2.0, 2.0, 2.5, 2.5, 2.5, 2.5, 1.0, 1.0]
+  seen = _run_side_by_side(
+      plain, injected, len(values), lambda t: {"value": jnp.float32(values[t])},
+      lambda t: None)
+  assert {phase for _, phase in seen} == {1, 2}
+  assert len({rate for rate, _ in seen}) > 2
+
+
+def test_injected_warmup_patience_takes_effect_at_the_next_update():
+  params = _inject_params()
+  grads = jax.grad(_inject_loss)(params)
+  tx = optax.inject_hyperparams(optax_lr.aalr)(learning_rate=0.25, warmup_patience=5)
+  update = jax.jit(tx.update)
+  state = optax_lr.observe(jax.jit(tx.init)(params), 4.0)  # the initial model
+  state.hyperparams["warmup_patience"] = jnp.asarray(1, jnp.int32)
+  _, state = update(grads, state, params)
+  assert int(state.inner_state.warmup_patience) == 1
+  state = optax_lr.observe(state, 3.0)  # one good epoch is now enough
+  assert int(state.inner_state.phase) == 2
+  assert float(optax_lr.current_lr(state)) == 0.5
+
+
+@pytest.mark.parametrize(
+    "name, value, match",
+    [("learning_rate", -1.0, "learning_rate"), ("learning_rate", np.nan, "learning_rate"),
+     ("learning_rate", np.inf, "learning_rate"), ("warmup_patience", 0, "warmup_patience"),
+     ("warmup_patience", 2.5, "warmup_patience"), ("steps_per_epoch", 3, "static_args")],
+)
+def test_bad_concrete_values_under_inject_hyperparams_raise(name, value, match):
+  tx = optax.inject_hyperparams(optax_lr.aalr)(**{"learning_rate": 0.1, name: value})
+  with pytest.raises(ValueError, match=match):
+    tx.init(_inject_params())  # eager: the factory sees concrete arrays
+
+
+def test_traced_values_are_clamped_not_checked():
+  tx = optax.inject_hyperparams(optax_lr.aalr)(learning_rate=np.nan, warmup_patience=-3)
+  state = jax.jit(tx.init)(_inject_params()).inner_state
+  assert float(state.learning_rate) == np.finfo(np.float32).tiny
+  assert int(state.warmup_patience) == 1

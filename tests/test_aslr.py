@@ -9,6 +9,7 @@ with the implementation, which walks a digit and an exponent instead.
 import decimal
 import math
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -16,6 +17,7 @@ import optax
 import pytest
 
 import optax_lr
+from optax_lr.aslr import _round_half_up
 
 D = decimal.Decimal
 
@@ -136,16 +138,86 @@ def test_exponent_bounds_keep_the_centre_finite_and_positive():
   assert np.all(np.isfinite(lrs)) and np.all(lrs > 0)
 
 
-@pytest.mark.parametrize(
-    "rate, digit, exponent",
-    [(0.123, 1, -1), (0.0456, 5, -2), (0.96, 1, 0), (0.25, 2, -1), (3e-4, 3, -4),
-     (7, 7, 0), (15.0, 2, 1)],
-)
-def test_initial_rate_rounded_to_one_significant_digit(rate, digit, exponent):
+# Half up in decimal, on the number written (the float's shortest repr):
+# 0.15, 0.35, 0.85 and 0.95 are binary values just below their ties, and
+# 0.25 and 2.5 exact ties, which rounding the binary value (formatting,
+# ties to even) would take down; 0.45, 0.055 and 0.0015 lie just above.
+ROUNDING_TABLE = [
+    (0.123, 1, -1), (0.0456, 5, -2), (0.96, 1, 0), (3e-4, 3, -4), (7, 7, 0),
+    (15.0, 2, 1), (0.15, 2, -1), (0.45, 5, -1), (0.25, 3, -1), (0.35, 4, -1),
+    (0.85, 9, -1), (0.0015, 2, -3), (9.5, 1, 1), (0.95, 1, 0), (2.5, 3, 0),
+    (0.149, 1, -1), (0.1499, 1, -1), (0.0549, 5, -2), (0.055, 6, -2), (1, 1, 0),
+    (1500, 2, 3), (1449, 1, 3), (9.99e-4, 1, -3), (1e-30, 1, -30),
+    (9e30, 9, 30), (9.49e30, 9, 30),
+]
+
+
+@pytest.mark.parametrize("rate, digit, exponent", ROUNDING_TABLE)
+def test_initial_rate_rounded_half_up_in_decimal(rate, digit, exponent):
   state = optax_lr.aslr(rate).init({"w": jnp.ones(2)})
   assert (int(state.digit), int(state.exponent)) == (digit, exponent)
   assert state.digit.dtype == jnp.int32 and state.exponent.dtype == jnp.int32
   assert float(optax_lr.current_lr(state)) == pytest.approx(digit * 10.0**exponent)
+
+
+def test_injected_rates_round_by_the_table_too():
+  rates = [row[0] for row in ROUNDING_TABLE]
+  digits, exponents = _injected_split(jnp.asarray(rates, jnp.float32))
+  got = list(zip(np.asarray(digits).tolist(), np.asarray(exponents).tolist()))
+  assert got == [(d, e) for _, d, e in ROUNDING_TABLE]
+
+
+@jax.jit
+@jax.vmap
+def _injected_split(rate):
+  """``(d, e)`` of ``rate`` through ``inject_hyperparams``' jitted init."""
+  tx = optax.inject_hyperparams(optax_lr.aslr)(learning_rate=rate)
+  state = tx.init({"w": jnp.ones(1, jnp.float32)}).inner_state
+  return state.digit, state.exponent
+
+
+def _literal_grid(digits, exponents):
+  """Every decimal k·10^e with k < 10^digits, as Python floats."""
+  return [float(f"{k}e{e}") for e in exponents for k in range(1, 10**digits)]
+
+
+@pytest.mark.parametrize(
+    "dtype, digits, exponents",
+    [(jnp.float32, 4, range(-6, 2)), (jnp.bfloat16, 2, range(-6, 2)),
+     (jnp.float16, 2, range(-4, 2))],
+)
+def test_traced_rounding_agrees_with_the_python_rule(dtype, digits, exponents):
+  # Each literal rounded in Python (the decimal written) and, through the
+  # injected init, in jnp from its value in `dtype`: float32 holds every
+  # decimal with 4 significant digits, bf16 and f16 those with 2.
+  literals = _literal_grid(digits, exponents)
+  want = np.array([_round_half_up(x) for x in literals])
+  d, e = _injected_split(jnp.asarray(literals, dtype))
+  got = np.stack([np.asarray(d), np.asarray(e)], axis=1)
+  wrong = np.nonzero(np.any(got != want, axis=1))[0]
+  assert wrong.size == 0, [(literals[i], got[i], want[i]) for i in wrong[:10]]
+
+
+def test_python_rounding_of_a_sample_through_the_public_factory():
+  rng = np.random.default_rng(0)
+  literals = _literal_grid(4, range(-6, 2))
+  for i in rng.choice(len(literals), 60, replace=False):
+    rate = literals[i]
+    state = optax_lr.aslr(rate).init({"w": jnp.ones(1)})
+    d, e = _round_half_up(rate)
+    assert (int(state.digit), int(state.exponent)) == (d, e)
+    # The rule itself, on exact decimals.
+    written = D(repr(rate))
+    rounded = written.scaleb(-written.adjusted()).quantize(
+        D(1), rounding=decimal.ROUND_HALF_UP).scaleb(written.adjusted())
+    assert D(d).scaleb(e) == rounded
+
+
+def test_traced_rates_are_clamped_not_checked():
+  rates = jnp.asarray([-1.0, 0.0, np.nan, np.inf, 1e-35, 3e33], jnp.float32)
+  d, e = _injected_split(rates)
+  assert list(zip(np.asarray(d).tolist(), np.asarray(e).tolist())) == [
+      (1, -30), (1, -30), (1, -30), (9, 30), (1, -30), (9, 30)]
 
 
 # ---------------------------------------------------------------- the draws
@@ -297,7 +369,136 @@ def test_bad_steps_per_epoch(steps):
     optax_lr.aslr(0.1, steps_per_epoch=steps)
 
 
-@pytest.mark.parametrize("seed", [1.5, "1", None])
+@pytest.mark.parametrize(
+    "seed", [1.5, "1", None, True, -1, 2**64, np.float32(1.0), np.int32(-3),
+             np.ones(2, np.int32)])
 def test_bad_seed(seed):
   with pytest.raises(ValueError, match="seed"):
     optax_lr.aslr(0.1, seed=seed)
+
+
+def _key(seed):
+  return tuple(np.asarray(optax_lr.aslr(0.1, seed=seed).init({"w": jnp.ones(1)}).key).tolist())
+
+
+def test_seed_uses_all_64_bits():
+  # jax.random.PRNGKey keeps only the low 32 bits of a Python int (without
+  # x64): 2**32 and 2**40 would be seed 0 again.
+  seeds = [0, 1, 2**32 - 1, 2**32, 2**32 + 1, 2**40, 2**63, 2**64 - 1]
+  keys = [_key(s) for s in seeds]
+  assert len(set(keys)) == len(seeds)
+  assert _key(2**40) == (256, 0) and _key(2**64 - 1) == (2**32 - 1, 2**32 - 1)
+  assert _key(np.uint64(2**40)) == (256, 0)
+  # Below 2**32 the key is jax.random.PRNGKey's: the draws of existing seeds
+  # are unchanged.
+  for seed in (0, 1, 12345, 2**31, 2**32 - 1):
+    assert _key(seed) == tuple(np.asarray(jax.random.PRNGKey(seed)).tolist())
+
+
+# ---------------------------------------------------------------- one epoch source
+
+
+def test_observe_refuses_a_state_that_ends_its_epochs_itself():
+  params = {"w": jnp.ones(2)}
+  tx = optax_lr.aslr(0.1, steps_per_epoch=2)
+  state = tx.init(params)
+  with pytest.raises(ValueError, match="steps_per_epoch.*one or the other"):
+    optax_lr.observe(state, 1.0)
+  with pytest.raises(ValueError, match="twice"):  # at trace time, under jit
+    jax.jit(optax_lr.observe)(state, jnp.float32(1.0))
+  # Found at any depth: in a chain, under inject_hyperparams.
+  chained = optax.chain(optax.clip(1.0), tx)
+  with pytest.raises(ValueError, match="steps_per_epoch"):
+    optax_lr.observe(chained.init(params), 1.0)
+  injected = optax.inject_hyperparams(optax_lr.aslr, static_args=("steps_per_epoch",))(
+      learning_rate=0.1, steps_per_epoch=2)
+  with pytest.raises(ValueError, match="steps_per_epoch"):
+    optax_lr.observe(injected.init(params), 1.0)
+  # Without a window, observe drives it, and the state has no window at all.
+  state = optax_lr.aslr(0.1).init(params)
+  assert state.window is None
+  assert float(optax_lr.observe(state, 1.0).min_cost) == 1.0
+
+
+# ---------------------------------------------------------------- inject_hyperparams
+
+
+def _inject_params():
+  return {"a": jnp.array([1.0, -2.0, 3.0], jnp.float32),
+          "b": jnp.full((2, 2), 0.5, jnp.float32)}
+
+
+def _inject_loss(params):
+  return sum(jnp.sum(0.5 * x**2 + jnp.sin(x)) for x in jax.tree_util.tree_leaves(params))
+
+
+def _run_side_by_side(plain, injected, steps, extra_at, cost_at):
+  """Runs both, jitted, asserting equal updates and (inner) states every step.
+
+  ``extra_at(t)``: the update's extra args; ``cost_at(t)``: a cost to observe
+  after step ``t``, or None. Returns the centres of the plain run.
+  """
+  close = lambda a, b: chex.assert_trees_all_close(a, b, rtol=1e-5)
+  params = _inject_params()
+  state_p, state_i = jax.jit(plain.init)(params), jax.jit(injected.init)(params)
+  assert isinstance(state_i, optax.InjectStatefulHyperparamsState)
+  close(state_i.inner_state, state_p)
+  update_p, update_i = jax.jit(plain.update), jax.jit(injected.update)
+  observe = jax.jit(optax_lr.observe)
+  apply = jax.jit(optax_lr.apply_updates)
+  params_p = params_i = params
+  centres = []
+  for t in range(steps):
+    grads = jax.grad(_inject_loss)(params_p)
+    updates_p, state_p = update_p(grads, state_p, params_p, **extra_at(t))
+    updates_i, state_i = update_i(grads, state_i, params_i, **extra_at(t))
+    close(updates_i, updates_p)
+    close(state_i.inner_state, state_p)
+    params_p = apply(params_p, updates_p, state_p)
+    params_i = apply(params_i, updates_i, state_i)
+    close(params_i, params_p)
+    cost = cost_at(t)
+    if cost is not None:
+      state_p = observe(state_p, jnp.float32(cost))
+      state_i = observe(state_i, jnp.float32(cost))
+      close(state_i.inner_state, state_p)
+    close(optax_lr.current_lr(state_i), optax_lr.current_lr(state_p))
+    centres.append(float(optax_lr.current_lr(state_p)))
+  return centres
+
+
+@pytest.mark.parametrize("safety_net", [True, False])
+def test_inject_hyperparams_gives_the_same_updates_and_state(safety_net):
+  kwargs = dict(seed=5, direction=optax.trace(0.9), safety_net=safety_net)
+  plain = optax_lr.aslr(0.45, **kwargs)
+  injected = optax.inject_hyperparams(optax_lr.aslr, static_args=("steps_per_epoch",))(
+      learning_rate=0.45, **kwargs)
+  # Epoch ends after every 3rd call: better, worse (the search moves), a NaN
+  # (a diverged epoch: the safety net rolls back), worse, better.
+  costs = {2: 3.0, 5: 4.0, 8: np.nan, 11: 5.0, 14: 1.0, 17: 2.0}
+  centres = _run_side_by_side(plain, injected, 18, lambda t: {}, costs.get)
+  assert centres[0] == pytest.approx(0.5)  # 0.45 rounded half up, injected too
+  assert len(set(centres)) > 2
+
+
+def test_inject_hyperparams_in_window_mode():
+  plain = optax_lr.aslr(0.01, steps_per_epoch=3, seed=2)
+  injected = optax.inject_hyperparams(optax_lr.aslr, static_args=("steps_per_epoch",))(
+      learning_rate=0.01, steps_per_epoch=3, seed=2)
+  values = [1.0, 1.0, 1.0, 2.0, 2.0, 2.0, 0.5, 0.5, 0.5, 3.0, 3.0, 3.0, 3.0, 3.0, 3.0]
+  centres = _run_side_by_side(
+      plain, injected, len(values), lambda t: {"value": jnp.float32(values[t])},
+      lambda t: None)
+  assert len(set(centres)) > 2
+
+
+@pytest.mark.parametrize(
+    "name, value, match",
+    [("learning_rate", -1.0, "learning_rate"), ("learning_rate", np.nan, "learning_rate"),
+     ("learning_rate", 1e-31, "learning_rate"), ("seed", -1, "seed"),
+     ("seed", 1.5, "seed"), ("steps_per_epoch", 3, "static_args")],
+)
+def test_bad_concrete_values_under_inject_hyperparams_raise(name, value, match):
+  tx = optax.inject_hyperparams(optax_lr.aslr)(**{"learning_rate": 0.01, name: value})
+  with pytest.raises(ValueError, match=match):
+    tx.init(_inject_params())  # eager: the factory sees concrete arrays

@@ -115,12 +115,13 @@ def _runner(case):
           loss_fn=lambda p: parabola(p) * m[3],
       )
       new_params = optax_lr.apply_updates(params, updates, new_state)
-      new_state = jax.lax.cond(
-          t % EPOCH == EPOCH - 1,
-          lambda s: optax_lr.observe(s, loss * m[1]),
-          lambda s: s,
-          new_state,
-      )
+      if case.epoch_level:  # windowed methods end their own epochs
+        new_state = jax.lax.cond(
+            t % EPOCH == EPOCH - 1,
+            lambda s: optax_lr.observe(s, loss * m[1]),
+            lambda s: s,
+            new_state,
+        )
       ok = _all_finite(new_params) | jnp.logical_not(guard)
       keep = lambda new, old: jax.tree_util.tree_map(
           lambda a, b: jnp.where(ok, a, b), new, old

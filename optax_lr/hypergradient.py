@@ -116,8 +116,8 @@ from optax_lr import _checks
 from optax_lr import _monitor
 from optax_lr import _partition
 from optax_lr._tree import accumulation_dtype
-from optax_lr._tree import tree_cosine
-from optax_lr._tree import tree_sum_squares
+from optax_lr._tree import tree_cosine_and_finite
+from optax_lr._tree import tree_max_abs
 from optax_lr._tree import tree_vdot
 
 __all__ = [
@@ -334,28 +334,41 @@ def _engine(
       g1 = -tree_vdot(state.u_prev, objective_grads).astype(dtype)
     if not uses_tangent:
       h = g1
-    finite = jnp.isfinite(h)
+    # The scale-free rules (normalized, multiplicative) read only a cosine,
+    # which tree_cosine computes over the whole float range; the raw h
+    # under- or overflows (float32 trees near 1e-20 or 1e20) where the
+    # cosine is fine, so only the rules that read h raw need it finite.
+    if normalized or multiplicative:
+      finite = jnp.ones([], jnp.bool_)
+    else:
+      finite = jnp.isfinite(h)
     if adaptive_mu:
       nonzero = g1 != 0
       ratio = h / jnp.where(nonzero, g1, jnp.ones_like(g1))
       q = jnp.where(nonzero, jnp.clip(ratio, 0, 1), jnp.zeros_like(ratio))
       mu_t = q ** (1 / (state.horizon + 1))
-      finite = finite & jnp.isfinite(g1)
+      finite = finite & jnp.isfinite(h) & jnp.isfinite(g1)
     else:
       # A fixed mu is read from the factory, not the state, so a value
       # injected by optax.inject_hyperparams takes effect (equal otherwise).
       mu_t = jnp.asarray(mu, dtype)
     horizon = state.mu * (1 + state.horizon)
-    if normalized or safety_net:
-      # |v_t|^2: finite exactly when the objective's gradient is, whatever
-      # the tangent does (an overflowing tangent only resets it, below).
-      objective_sq = tree_sum_squares(objective_grads).astype(dtype)
-    if normalized:
-      # The scale-free hypergradient: h_t / (|Z_t| |v_t|), a cosine in [-1, 1].
+    # Whether v_t is finite, at any scale (|v_t|^2 overflows for float32
+    # gradients near 1e20), whatever the tangent does (an overflowing tangent
+    # only resets it, below): the safety net's test that training diverged.
+    if normalized or multiplicative:
+      # The scale-free rules' cosine, without under- or overflow at any
+      # scale (NaN when either tree holds a NaN or an Inf), gives the flag at
+      # no extra pass. Over HD (mu = 0) the tangent is -u_{t-1}.
       tangent = state.tangent if uses_tangent else state.u_prev
-      norms = jnp.sqrt(tree_sum_squares(tangent).astype(dtype)) * jnp.sqrt(objective_sq)
-      h = _safe_ratio(h, norms)
-      finite = finite & jnp.isfinite(norms)
+      cosine, objective_finite = tree_cosine_and_finite(tangent, objective_grads)
+      cosine = cosine.astype(dtype)
+    elif safety_net:
+      objective_finite = jnp.isfinite(tree_max_abs(objective_grads))
+    if normalized:
+      # The scale-free hypergradient h_t / (|Z_t| |v_t|), in [-1, 1].
+      h = cosine if uses_tangent else -cosine
+      finite = finite & jnp.isfinite(h)
 
     # Step 3: beta grows when consecutive hypergradients agree (gradient
     # descent on beta; the paper's printed minus sign would shrink it).
@@ -371,7 +384,10 @@ def _engine(
 
     # Step 4.
     if multiplicative:
-      cosine = tree_cosine(state.u_prev, objective_grads).astype(dtype)
+      # Baydin's rule reads the normalized hypergradient -cos(u_{t-1}, v_t);
+      # the state records that, not the raw h, which may overflow.
+      h = -cosine
+      finite = finite & jnp.isfinite(h)
       eta_t = jnp.maximum(state.learning_rate * (1 + beta_t * cosine), 0)
     elif normalized:
       # exp keeps the rate positive: it can shrink, never reach 0.
@@ -397,7 +413,7 @@ def _engine(
       # Training diverged when the gradients did; a non-finite hypergradient
       # with finite gradients is an overflowing tangent, which the guard
       # above handles by resetting it.
-      healthy = jnp.isfinite(objective_sq) & jnp.isfinite(eta_t)
+      healthy = objective_finite & jnp.isfinite(eta_t)
       # The band that keeps the rate from running away or collapsing for good.
       low, high = _checkpoint.band(net.initial_rate)
       if select_kappa:
@@ -488,13 +504,6 @@ def _engine(
 def _check_params(params, grads, name):
   _checks.check_params(params, grads, name,
                        "for its tangent or its safety net's checkpoint")
-
-
-def _safe_ratio(numerator, denominator):
-  """``numerator / denominator``, 0 where the denominator is 0."""
-  positive = denominator > 0
-  safe = jnp.where(positive, denominator, jnp.ones_like(denominator))
-  return jnp.where(positive, numerator / safe, jnp.zeros_like(numerator))
 
 
 def _tangent_step(direction, grads, direction_state, params, loss_fn,

@@ -46,7 +46,7 @@ from optax_lr import _checkpoint
 from optax_lr import _checks
 from optax_lr import _monitor
 from optax_lr._tree import accumulation_dtype
-from optax_lr._tree import tree_sum_squares
+from optax_lr._tree import tree_gram
 from optax_lr._tree import tree_vdot
 
 __all__ = ["NewtonLRState", "newton_lr"]
@@ -134,6 +134,9 @@ def _window_length(update_every, steps_per_epoch, fraction) -> int:
 
 def _newton_rate(lr, r, s, n, gamma, max_factor):
   """One window end's rate from ``r = <U_prev, U_new>``, ``s = |U_prev|²``, ``n = |U_new|²``.
+
+  Only ``r / (s - r)`` is read, so ``(r, s, n)`` may all be divided by one
+  positive scale (as :func:`~optax_lr._tree.tree_gram` returns them).
 
   Every input may be NaN, Inf, zero or denormal; the result is always a finite
   rate in ``[tiny, max]`` of ``lr``'s dtype, and ``lr`` itself when the window
@@ -437,9 +440,11 @@ def newton_lr(
   def end_one(lr, u_new, u_prev, g_new, prev_dot):
     """The rule on one group of leaves (the whole tree, or one leaf)."""
     if sgd:  # G = U: <U_prev, G_prev> = |U_prev|², and the new sums coincide.
-      new_dot = tree_sum_squares(u_new)
-      lr = _newton_rate(lr, tree_vdot(u_prev, u_new), tree_sum_squares(u_prev),
-                        new_dot, gamma, max_factor)
+      # The three sums over one common power of two (exact in binary): the
+      # rule reads only r / (s - r), and none of them under- or overflows,
+      # so new_dot is non-finite exactly when U_new holds a NaN or an Inf.
+      r, s, new_dot = tree_gram(u_prev, u_new)
+      lr = _newton_rate(lr, r, s, new_dot, gamma, max_factor)
     else:
       # <U_new, G_new> is non-finite when either sum holds a NaN or an Inf
       # (or when it overflows): the same drop test as |U_new|² over SGD.

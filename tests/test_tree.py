@@ -106,3 +106,206 @@ def test_sharded_reduction_matches_single_device():
   np.testing.assert_allclose(
       float(jax.jit(_tree.tree_norm)(xs)), np.sqrt(_np_dot(x, x)), rtol=1e-5
   )
+
+
+# ------------------------------------------------ range (issue 12)
+
+EPS32 = float(np.finfo(np.float32).eps)
+
+
+def _normal_tree(scale, seed, dtypes=(jnp.float32, jnp.float32, jnp.float32)):
+  """Leaves of the given dtypes, entries in +-[1, 2) * scale (no subnormals)."""
+  rng = np.random.default_rng(seed)
+  shapes = [(2, 3), (4,), ()]
+  return {
+      f"l{i}": jnp.asarray(
+          scale * rng.uniform(1, 2, s) * rng.choice([-1.0, 1.0], s), dtype)
+      for i, (s, dtype) in enumerate(zip(shapes, dtypes))
+  }
+
+
+def _ref_cosine(x, y):
+  """The cosine in float64 of each tree divided by a power of two near its max.
+
+  The division is exact, and keeps float64's own squares in range for trees
+  near 1e-300 or 1e300.
+  """
+  def normalized(tree):
+    flat = np.concatenate([np.asarray(v, np.float64).ravel()
+                           for v in jax.tree_util.tree_leaves(tree)])
+    return np.ldexp(flat, -int(np.frexp(np.abs(flat).max())[1]))
+  x, y = normalized(x), normalized(y)
+  return x @ y / np.sqrt((x @ x) * (y @ y))
+
+
+@pytest.mark.parametrize("scale_x,scale_y", [
+    (1e-37, 1e-37), (1e-37, 3e37), (1e-30, 1e30), (1e30, 1e-30),
+    (1e38, 1.0), (1e-20, 1e-20), (1e19, 1e19),
+])
+def test_cosine_extreme_scales_match_float64(scale_x, scale_y):
+  x, y = _normal_tree(scale_x, 0), _normal_tree(scale_y, 1)
+  got = jax.jit(_tree.tree_cosine)(x, y)
+  assert got.dtype == jnp.float32
+  assert abs(float(got) - _ref_cosine(x, y)) <= 4 * EPS32
+
+
+@pytest.mark.parametrize("scale", [1e-30, 1.0, 1e30])
+def test_cosine_mixed_leaf_dtypes(scale):
+  # bf16 shares float32's exponent range; f16 does not, so its leaf stays
+  # near 1 and the tree spans both scales.
+  dtypes = (jnp.bfloat16, jnp.float16, jnp.float32)
+  x = _normal_tree(scale, 2, (jnp.bfloat16, jnp.float32, jnp.float32))
+  y = _normal_tree(1 / scale, 3, (jnp.bfloat16, jnp.float32, jnp.float32))
+  x["l1"], y["l1"] = _normal_tree(1.0, 4, dtypes)["l1"], _normal_tree(1.0, 5, dtypes)["l1"]
+  assert x["l1"].dtype == jnp.float16
+  got = jax.jit(_tree.tree_cosine)(x, y)
+  assert got.dtype == jnp.float32
+  assert abs(float(got) - _ref_cosine(x, y)) <= 4 * EPS32
+
+
+@pytest.mark.parametrize("scale_x,scale_y", [(1e-300, 1e300), (1.0, 1e-200)])
+def test_cosine_float64_under_x64(scale_x, scale_y):
+  with jax.enable_x64(True):
+    dtypes = (jnp.float64, jnp.float32, jnp.float64)
+    x = _normal_tree(scale_x, 6, (jnp.float64,) * 3)
+    y = _normal_tree(scale_y, 7, (jnp.float64,) * 3)
+    y["l1"] = _normal_tree(1.0, 8, dtypes)["l1"]  # an f32 leaf in the mix
+    got = jax.jit(_tree.tree_cosine)(x, y)
+    assert got.dtype == jnp.float64
+    eps64 = float(np.finfo(np.float64).eps)
+    assert abs(float(got) - _ref_cosine(x, y)) <= 8 * eps64
+
+
+def test_cosine_is_exact_under_power_of_two_rescaling():
+  # Past the one-pass range each tree is rescaled by a power of two, so
+  # scaling either tree by another power of two changes no bit.
+  x, y = _normal_tree(1.0, 9), _normal_tree(1.0, 10)
+  scaled = lambda t, k: jax.tree_util.tree_map(lambda v: v * np.float32(2.0 ** k), t)
+  cos = jax.jit(_tree.tree_cosine)
+  reference = cos(scaled(x, -100), scaled(y, 100))
+  for kx, ky in [(-120, 120), (-70, -90), (110, 60), (120, -110)]:
+    assert cos(scaled(x, kx), scaled(y, ky)) == reference
+  # ... and the one-pass result agrees to an ulp or so.
+  assert abs(float(cos(x, y)) - float(reference)) <= 2 * EPS32
+
+
+def test_gram_is_exact_under_power_of_two_rescaling():
+  x, y = _normal_tree(1.0, 11), _normal_tree(1.0, 12)
+  scaled = lambda t, k: jax.tree_util.tree_map(lambda v: v * np.float32(2.0 ** k), t)
+  gram = jax.jit(_tree.tree_gram)
+  reference = gram(x, y)
+  for k in (-120, -64, 64, 120):
+    got = gram(scaled(x, k), scaled(y, k))
+    for a, b in zip(got, reference):
+      assert a == b
+  # The common scale puts the largest entry in [0.5, 1), in range.
+  largest = max(float(_tree.tree_max_abs(x)), float(_tree.tree_max_abs(y)))
+  k = int(np.frexp(largest)[1])
+  np.testing.assert_allclose(
+      [float(v) * 4.0 ** k for v in reference],
+      [_np_dot(x, y), _np_dot(x, x), _np_dot(y, y)], rtol=4 * EPS32)
+
+
+def test_gram_keeps_ratios_where_the_raw_sums_overflow():
+  x = jnp.array([3e30, 4e30], jnp.float32)
+  r, s, n = jax.jit(_tree.tree_gram)(x, 2 * x)
+  assert not np.isfinite(float(_tree.tree_sum_squares(x)))
+  assert (float(r / s), float(n / s)) == (2.0, 4.0)
+  x = jnp.array([3e-30, 4e-30], jnp.float32)
+  r, s, n = jax.jit(_tree.tree_gram)(x, 2 * x)
+  assert float(_tree.tree_sum_squares(x)) == 0.0
+  assert (float(r / s), float(n / s)) == (2.0, 4.0)
+
+
+@pytest.mark.parametrize("scale", [1e-37, 1e-30, 1e30, 1e37])
+def test_norm_extreme_scales(scale):
+  x = _normal_tree(scale, 13)
+  got = jax.jit(_tree.tree_norm)(x)
+  np.testing.assert_allclose(float(got), np.sqrt(_np_dot(x, x)), rtol=4 * EPS32)
+
+
+def test_norm_overflows_only_when_the_norm_does():
+  x = jnp.full(4, 3e38, jnp.float32)  # norm 6e38 > float32 max
+  assert float(jax.jit(_tree.tree_norm)(x)) == np.inf
+
+
+def test_max_abs():
+  x = {"a": jnp.array([1e30, -3e30]), "b": jnp.array(2.0, jnp.bfloat16), "n": None}
+  assert float(_tree.tree_max_abs(x)) == np.float32(3e30)
+  assert _tree.tree_max_abs(x).dtype == jnp.float32
+  assert float(_tree.tree_max_abs({})) == 0.0
+  assert float(_tree.tree_max_abs(jnp.array([1.0, -np.inf]))) == np.inf
+  assert np.isnan(float(_tree.tree_max_abs(jnp.array([np.inf, np.nan, 1.0]))))
+
+
+def test_empty_and_zero_trees():
+  zero = _normal_tree(0.0, 14)
+  one = _normal_tree(1e30, 15)
+  for fn in (_tree.tree_cosine, jax.jit(_tree.tree_cosine)):
+    assert float(fn({}, {})) == 0.0
+    assert float(fn([], [])) == 0.0
+    assert float(fn(zero, one)) == 0.0
+    assert float(fn(one, zero)) == 0.0
+    assert float(fn(zero, zero)) == 0.0
+  assert fn({}, {}).dtype == jnp.float32
+  assert float(jax.jit(_tree.tree_norm)(zero)) == 0.0
+  assert [float(v) for v in _tree.tree_gram({}, {})] == [0.0, 0.0, 0.0]
+  assert [float(v) for v in jax.jit(_tree.tree_gram)(zero, zero)] == [0.0, 0.0, 0.0]
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_inputs_give_non_finite_results(bad):
+  poisoned = {"a": jnp.array([1.0, bad]), "b": jnp.array(2.0)}
+  clean = {"a": jnp.array([1.0, 2.0]), "b": jnp.array(3.0)}
+  zero = jax.tree_util.tree_map(jnp.zeros_like, clean)
+  cos = jax.jit(_tree.tree_cosine)
+  for other in (clean, zero):
+    assert np.isnan(float(cos(poisoned, other)))
+    assert np.isnan(float(cos(other, poisoned)))
+  assert not np.isfinite(float(jax.jit(_tree.tree_norm)(poisoned)))
+  r, s, n = jax.jit(_tree.tree_gram)(poisoned, clean)
+  assert not np.isfinite(float(s))
+  r, s, n = jax.jit(_tree.tree_gram)(clean, poisoned)
+  assert not np.isfinite(float(n))
+
+
+@pytest.mark.parametrize("scale", [1e-30, 1.0, 1e30])
+def test_cosine_gradient_at_every_scale(scale):
+  # d cos / dx = y / (|x| |y|) - cos x / |x|²; the rescaled branch passes
+  # the right gradient (the power of two is a constant).
+  x, y = _normal_tree(scale, 16), _normal_tree(1.0, 17)
+  grad = jax.jit(jax.grad(_tree.tree_cosine))(x, y)
+  fx, fy = (np.concatenate([np.asarray(v, np.float64).ravel()
+                            for v in jax.tree_util.tree_leaves(t)]) for t in (x, y))
+  nx, ny = np.linalg.norm(fx), np.linalg.norm(fy)
+  want = fy / (nx * ny) - (fx @ fy) / (nx * ny) * fx / nx**2
+  got = np.concatenate([np.asarray(v, np.float64).ravel()
+                        for v in jax.tree_util.tree_leaves(grad)])
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+
+
+def test_cosine_under_vmap_mixes_both_branches():
+  xs = jnp.array([[1e-30, 2e-30], [1.0, 2.0], [1e30, -1e30]], jnp.float32)
+  ys = jnp.array([[1e30, 1e30], [2.0, 1.0], [1.0, 1.0]], jnp.float32)
+  got = jax.jit(jax.vmap(_tree.tree_cosine))(xs, ys)
+  want = [_ref_cosine(x, y) for x, y in zip(np.asarray(xs), np.asarray(ys))]
+  np.testing.assert_allclose(np.asarray(got, np.float64), want, atol=2 * EPS32)
+
+
+def test_sharded_scale_free_reductions_match_single_device():
+  devices = jax.devices()
+  if len(devices) < 8:
+    pytest.skip("needs 8 devices (set by conftest.py's XLA_FLAGS)")
+  mesh = jax.sharding.Mesh(np.array(devices[:8]).reshape(4, 2), ("data", "model"))
+  spec = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data", "model"))
+  rng = np.random.default_rng(2)
+  x = (rng.uniform(1, 2, (8, 6)) * 1e-30).astype(np.float32)
+  y = (rng.uniform(1, 2, (8, 6)) * 1e30).astype(np.float32)
+  xs, ys = jax.device_put(x, spec), jax.device_put(y, spec)
+  assert float(jax.jit(_tree.tree_cosine)(xs, ys)) == pytest.approx(
+      _ref_cosine(x, y), abs=4 * EPS32)
+  np.testing.assert_allclose(float(jax.jit(_tree.tree_norm)(ys)),
+                             np.sqrt(_np_dot(y, y)), rtol=4 * EPS32)
+  r, s, n = jax.jit(_tree.tree_gram)(xs, xs * np.float32(3))
+  assert float(r / s) == pytest.approx(3.0, rel=2 * EPS32)
+  assert float(jax.jit(_tree.tree_max_abs)(ys)) == np.abs(y).max()

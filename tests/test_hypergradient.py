@@ -712,3 +712,28 @@ def test_scale_free_defaults_match_a_float64_reference(name, make, mu, beta0, ka
   np.testing.assert_allclose(np.asarray(w), want_w, rtol=1e-4, atol=1e-7)
   # The rate moved: the defaults adapt it.
   assert abs(want_rates[-1] / 0.02 - 1) > 0.05, name
+
+
+@pytest.mark.parametrize("factory, extra", [
+    (optax_lr.hypergradient_descent, {}),
+    (optax_lr.rtho, {"loss_fn": lambda w: 0.5 * jnp.sum(w * w)}),
+])
+def test_injected_hyper_lr_takes_effect_at_the_next_update(factory, extra):
+  """A fixed beta is read at every update, not frozen in the state at init,
+  so an injected (scheduled, or edited) hyper_lr changes the next step."""
+  tx = optax.inject_hyperparams(factory)(0.1, hyper_lr=1e-2, safety_net=False)
+  w = jnp.array([1.0, -2.0])
+  grads = lambda w: w  # the gradient of 0.5 |w|^2
+  state = tx.init(w)
+  step = jax.jit(lambda w, s: tx.update(grads(w), s, w, **extra))
+  for _ in range(2):  # the second call has a hypergradient to apply
+    updates, state = step(w, state)
+    w = w + updates
+  moved = float(state.inner_state.learning_rate)
+  assert moved != pytest.approx(0.1)
+  state = state._replace(hyperparams={**state.hyperparams,
+                                      "hyper_lr": jnp.float32(0.0)})
+  for _ in range(3):
+    updates, state = step(w, state)
+    w = w + updates
+  assert float(state.inner_state.learning_rate) == moved  # beta = 0: frozen

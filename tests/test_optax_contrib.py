@@ -218,6 +218,17 @@ def test_inject_hyperparams_gives_the_same_updates_and_state(case):
 
 
 @CASES
+@pytest.mark.parametrize("bad", [-1.0, float("nan")], ids=["negative", "nan"])
+def test_inject_hyperparams_still_rejects_a_bad_concrete_rate(case, bad):
+  if not case.factory.__module__.startswith("optax_lr"):
+    pytest.skip("optax's own factories do not validate their rate")
+  params = [jnp.ones((2, 3))]
+  # An eager init hands the factory concrete arrays: they are validated.
+  with pytest.raises(ValueError, match="learning_rate"):
+    case.injected(bad).init(params)
+
+
+@CASES
 @pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float32], ids=["bf16", "f32"])
 def test_updates_have_the_params_dtype(case, dtype):
   opt = case.make(case.parabola_lr)

@@ -37,6 +37,11 @@ The safety net's policy (:class:`SafetyNetState`, :func:`net_decide`):
   further one from the same checkpoint divides it by :data:`BACKOFF` again.
 * **Save**: every :data:`SAVE_EVERY` calls at the earliest, on a healthy call
   whose loss (when given) is finite and no worse than the checkpoint's.
+  Without a loss, a save also needs the call's squared gradient norm
+  :math:`|g_t|^2` within :data:`GRADIENT_GROWTH` times its running average
+  (when the method passes it): a run that blows up without NaN yet has
+  gradients growing by orders of magnitude in a few calls, and a checkpoint
+  saved there would be rolled back to again and again.
 
 Memory: one params-sized checkpoint plus one copy of the direction state.
 """
@@ -51,6 +56,7 @@ import jax.numpy as jnp
 __all__ = [
     "BACKOFF",
     "DIVERGENCE_FACTOR",
+    "GRADIENT_GROWTH",
     "RATE_BAND",
     "SAVE_EVERY",
     "Checkpoint",
@@ -78,6 +84,10 @@ BACKOFF = 10.0
 DIVERGENCE_FACTOR = 10.0
 # Healthy update calls between two saves, at the least.
 SAVE_EVERY = 20
+# Without a `value`, a save needs |g_t|^2 <= GRADIENT_GROWTH * (its running
+# average over ~SAVE_EVERY calls): minibatch noise stays well within it, a
+# run blowing up (|g| growing x3 or more per call) does not.
+GRADIENT_GROWTH = 10.0
 # Methods with a net keep their rate within [eta_0 / RATE_BAND,
 # eta_0 * RATE_BAND]: no runaway, no collapse for good.
 RATE_BAND = 1e4
@@ -206,6 +216,9 @@ class SafetyNetState(NamedTuple):
   # from the checkpoint (a bad input that persists over the rollback call
   # does not count twice); sets the rate after a rollback.
   failures: jax.Array
+  # [] A: running average of |g_t|^2 over healthy calls (+inf before the
+  # first): what a save without a `value` compares the call's |g_t|^2 with.
+  grad_level: jax.Array
 
 
 def net_init(params: Any, direction_state: Any, rate: Any) -> SafetyNetState:
@@ -221,6 +234,7 @@ def net_init(params: Any, direction_state: Any, rate: Any) -> SafetyNetState:
       rollbacks=jnp.zeros([], jnp.int32),
       initial_rate=fresh_copy(rate),
       failures=jnp.zeros([], jnp.int32),
+      grad_level=jnp.full([], jnp.inf, dtype),
   )
 
 
@@ -234,7 +248,7 @@ def _cost(value: Any, dtype) -> Optional[jax.Array]:
 
 
 def net_decide(net: SafetyNetState, value: Any, healthy: jax.Array,
-               epoch_saves: bool = False
+               epoch_saves: bool = False, grad_sq: Optional[jax.Array] = None
                ) -> tuple[jax.Array, jax.Array, jax.Array]:
   """``(save, rollback, cost)`` for this update call.
 
@@ -245,6 +259,9 @@ def net_decide(net: SafetyNetState, value: Any, healthy: jax.Array,
     epoch_saves: save only where an epoch end asked for it
       (``net.pending_save``: an epoch-level method saves at improvements of
       its monitored cost) instead of every ``SAVE_EVERY`` healthy calls.
+    grad_sq: the call's squared gradient norm, read when ``value`` is
+      ``None``: a save then needs it within ``GRADIENT_GROWTH`` times
+      ``net.grad_level``.
 
   Returns:
     Scalar bools ``save`` and ``rollback`` (never both) and the cost to store
@@ -256,6 +273,11 @@ def net_decide(net: SafetyNetState, value: Any, healthy: jax.Array,
   good = jnp.asarray(True)
   if cost is None:
     cost = jnp.full([], jnp.inf, dtype)
+    if grad_sq is not None:
+      grad_sq = grad_sq.astype(dtype)
+      level = net.grad_level
+      good = jnp.isfinite(grad_sq) & (
+          (grad_sq <= GRADIENT_GROWTH * level) | jnp.logical_not(jnp.isfinite(level)))
   else:
     # The larger of the first loss and the checkpoint's, among the finite ones.
     saved = net.checkpoint.cost
@@ -275,12 +297,27 @@ def net_decide(net: SafetyNetState, value: Any, healthy: jax.Array,
 
 def net_update(net: SafetyNetState, checkpoint: Checkpoint, save: jax.Array,
                rollback: jax.Array, cost: jax.Array,
-               pending: Optional[jax.Array] = None) -> SafetyNetState:
+               pending: Optional[jax.Array] = None,
+               grad_sq: Optional[jax.Array] = None) -> SafetyNetState:
   """The net's state after a call that saved ``checkpoint`` or rolled back.
 
   ``pending``: a divergence the method found only after building this call's
-  update (e.g. a window sum); the next call rolls back.
+  update (e.g. a window sum); the next call rolls back. ``grad_sq``: the
+  call's squared gradient norm, averaged into ``grad_level`` (an
+  exponential average over about ``SAVE_EVERY`` calls, of inputs capped at
+  twice the average) unless it rolled back.
   """
+  level = net.grad_level
+  if grad_sq is not None:
+    grad_sq = grad_sq.astype(level.dtype)
+    # Each call moves the average by at most 5% up: a blow-up's gradients
+    # must not raise the bar its own checkpoint is judged by, while a
+    # sustained rise (or a fall) is followed within ~SAVE_EVERY calls.
+    capped = jnp.minimum(grad_sq, 2 * level)
+    averaged = jnp.where(jnp.isfinite(level),
+                         level + (capped - level) / SAVE_EVERY, grad_sq)
+    use = jnp.isfinite(grad_sq) & jnp.logical_not(rollback)
+    level = jnp.where(use, averaged, level)
   first = jnp.where(
       jnp.isfinite(net.first_cost) | jnp.logical_not(jnp.isfinite(cost)),
       net.first_cost, cost,
@@ -303,6 +340,7 @@ def net_update(net: SafetyNetState, checkpoint: Checkpoint, save: jax.Array,
       ).astype(jnp.int32),
       initial_rate=net.initial_rate,
       failures=jnp.minimum(failures, _MAX_FAILURES).astype(jnp.int32),
+      grad_level=level,
   )
 
 

@@ -59,8 +59,9 @@ Defaults (no hyper-hyperparameter to tune):
 
 The safety net (``safety_net=True``, the default; ``optax_lr._checkpoint``):
 every ``SAVE_EVERY`` = 20 healthy calls (with a training loss ``value`` no
-worse than the checkpoint's, when given) the params and the direction state
-are saved; a divergence (non-finite gradients, a non-finite ``value`` or one
+worse than the checkpoint's, when given; without one, with :math:`|g_t|^2`
+within ``GRADIENT_GROWTH`` = 10 times its running average) the params and
+the direction state are saved; a divergence (non-finite gradients, a non-finite ``value`` or one
 above ten times its reference, and under :math:`\kappa` selection a rate
 leaving its band) rolls back to them in the same call, resets the tangents,
 and sets the rate to the checkpoint's (then a tenth of it for each further
@@ -118,6 +119,7 @@ from optax_lr import _partition
 from optax_lr._tree import accumulation_dtype
 from optax_lr._tree import tree_cosine_and_finite
 from optax_lr._tree import tree_max_abs
+from optax_lr._tree import tree_sum_squares
 from optax_lr._tree import tree_vdot
 
 __all__ = [
@@ -418,7 +420,10 @@ def _engine(
       low, high = _checkpoint.band(net.initial_rate)
       if select_kappa:
         healthy = healthy & (eta_t >= low) & (eta_t <= high)
-      save, rollback, cost = _checkpoint.net_decide(net, value, healthy)
+      # Without a `value`, the gradient norm keeps saves off a blow-up.
+      grad_sq = None if value is not None else tree_sum_squares(grads)
+      save, rollback, cost = _checkpoint.net_decide(net, value, healthy,
+                                                    grad_sq=grad_sq)
       checkpoint, grads = _checkpoint.save_if(
           save, net.checkpoint, params, direction_state, state.learning_rate,
           cost, grads,
@@ -461,7 +466,8 @@ def _engine(
       new_direction_state = _checkpoint.restore_if(
           rollback, new_direction_state, checkpoint.direction_state
       )
-      net = _checkpoint.net_update(net, checkpoint, save, rollback, cost)
+      net = _checkpoint.net_update(net, checkpoint, save, rollback, cost,
+                                   grad_sq=grad_sq)
     else:
       new_updates = jax.tree_util.tree_map(
           lambda d, g: (-eta_t * d.astype(dtype)).astype(jnp.result_type(g)),

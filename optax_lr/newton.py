@@ -47,6 +47,7 @@ from optax_lr import _checks
 from optax_lr import _monitor
 from optax_lr._tree import accumulation_dtype
 from optax_lr._tree import tree_gram
+from optax_lr._tree import tree_sum_squares
 from optax_lr._tree import tree_vdot
 
 __all__ = ["NewtonLRState", "newton_lr"]
@@ -321,7 +322,8 @@ def newton_lr(
 
   The safety net (``safety_net=True``, the default; ``optax_lr._checkpoint``)
   checkpoints the params and the direction state every 20 healthy calls
-  (with a ``value`` no worse than the checkpoint's, when given), and rolls
+  (with a ``value`` no worse than the checkpoint's, when given; without one,
+  with :math:`|g|^2` within 10 times its running average), and rolls
   back to them, with the rate saved there (then a tenth of it for each
   further divergence from the same checkpoint), on a divergence: a training
   loss ``value`` that is non-finite or above ten times its reference, in the
@@ -495,7 +497,10 @@ def newton_lr(
           "for its safety net's checkpoint; or build it with safety_net=False")
       # Divergence: a blown-up or non-finite `value` now, or a dropped
       # (non-finite) window sum at the previous call.
-      save, rollback, cost = _checkpoint.net_decide(net, value, jnp.asarray(True))
+      # Without a `value`, the gradient norm keeps saves off a blow-up.
+      grad_sq = None if value is not None else tree_sum_squares(updates)
+      save, rollback, cost = _checkpoint.net_decide(
+          net, value, jnp.asarray(True), grad_sq=grad_sq)
       checkpoint, updates = _checkpoint.save_if(
           save, net.checkpoint, params, state.direction_state, lr, cost, updates)
     u, direction_state = direction.update(
@@ -546,7 +551,7 @@ def newton_lr(
       window_step = jnp.where(rollback, jnp.zeros_like(window_step), window_step)
       lr = _checkpoint.clip_to_band(lr, net)
       net = _checkpoint.net_update(net, checkpoint, save, rollback, cost,
-                                   pending=dropped)
+                                   pending=dropped, grad_sq=grad_sq)
     new_state = NewtonLRState(
         count=optax.safe_increment(state.count),
         learning_rate=lr,

@@ -362,3 +362,53 @@ def test_aslr_rolls_back_at_the_call_after_a_diverged_epoch():
   updates, state = step(jax.grad(quadratic)(w), state, w)
   np.testing.assert_allclose(float(optax_lr.current_lr(state)), 0.03, rtol=1e-6)
   assert (int(state.digit), int(state.exponent)) == (3, -2)
+
+
+# ------------------------------------------- no `value`: the gradient gate
+
+
+@pytest.mark.parametrize("level,grad_sq,save", [
+    (math.inf, 5.0, True),  # no average yet: the first gradient is fine
+    (2.0, 19.9, True),  # within GRADIENT_GROWTH = 10 times the average
+    (2.0, 20.1, False),  # a blow-up in the making: no save there
+    (2.0, math.inf, False),
+    (2.0, math.nan, False),
+])
+def test_without_value_a_save_needs_the_gradient_within_its_growth_bound(
+    level, grad_sq, save):
+  net = _net(since=_checkpoint.SAVE_EVERY)._replace(grad_level=jnp.float32(level))
+  got, rollback, _ = _checkpoint.net_decide(
+      net, None, jnp.asarray(True), grad_sq=jnp.float32(grad_sq))
+  assert bool(got) == save and not bool(rollback)
+
+
+def test_gradient_average_moves_at_most_five_percent_up_per_call():
+  net = _net()._replace(grad_level=jnp.float32(4.0))
+  keep = lambda g, rollback=False: _checkpoint.net_update(
+      net, net.checkpoint, jnp.bool_(False), jnp.bool_(rollback),
+      jnp.float32(math.inf), grad_sq=jnp.float32(g)).grad_level
+  # 4 + (min(1e6, 8) - 4) / 20 = 4.2; 4 + (2 - 4) / 20 = 3.9.
+  np.testing.assert_allclose(float(keep(1e6)), 4.2, rtol=1e-6)
+  np.testing.assert_allclose(float(keep(2.0)), 3.9, rtol=1e-6)
+  assert float(keep(1e6, rollback=True)) == 4.0  # a rollback call: unchanged
+  assert float(keep(math.nan)) == 4.0
+
+
+@pytest.mark.parametrize("direction", [None, optax.trace(0.9)], ids=["sgd", "momentum"])
+def test_newton_lr_without_value_survives_rosenbrock(direction):
+  """Without `value` the net sees only non-finite numbers and gradients:
+  before the gradient gate it saved points of a run already blowing up,
+  rolled back to them for ever and ended NaN (SGD, 100 steps an epoch)."""
+  rosenbrock = lambda p: (1 - p[0]) ** 2 + 100 * (p[1] - p[0] ** 2) ** 2
+  tx = optax_lr.newton_lr(1e-3, steps_per_epoch=100, direction=direction)
+
+  def body(carry, _):
+    params, state = carry
+    updates, state = tx.update(jax.grad(rosenbrock)(params), state, params)
+    return (optax_lr.apply_updates(params, updates, state), state), None
+
+  params = jnp.zeros(2)
+  (params, state), _ = jax.jit(
+      lambda p: jax.lax.scan(body, (p, tx.init(p)), None, length=30_000))(params)
+  np.testing.assert_allclose(params, [1.0, 1.0], rtol=3e-2, atol=3e-2)
+  assert int(state.safety.rollbacks) > 0  # it did diverge on the way

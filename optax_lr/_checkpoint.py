@@ -216,7 +216,7 @@ class SafetyNetState(NamedTuple):
   # from the checkpoint (a bad input that persists over the rollback call
   # does not count twice); sets the rate after a rollback.
   failures: jax.Array
-  # [] A: running average of |g_t|^2 over healthy calls (+inf before the
+  # [] A: running average of |g_t|^2 over healthy calls (0 before the
   # first): what a save without a `value` compares the call's |g_t|^2 with.
   grad_level: jax.Array
 
@@ -234,7 +234,7 @@ def net_init(params: Any, direction_state: Any, rate: Any) -> SafetyNetState:
       rollbacks=jnp.zeros([], jnp.int32),
       initial_rate=fresh_copy(rate),
       failures=jnp.zeros([], jnp.int32),
-      grad_level=jnp.full([], jnp.inf, dtype),
+      grad_level=jnp.zeros([], dtype),
   )
 
 
@@ -276,8 +276,9 @@ def net_decide(net: SafetyNetState, value: Any, healthy: jax.Array,
     if grad_sq is not None:
       grad_sq = grad_sq.astype(dtype)
       level = net.grad_level
+      # A level of 0: no average yet (or only zero gradients): no bar.
       good = jnp.isfinite(grad_sq) & (
-          (grad_sq <= GRADIENT_GROWTH * level) | jnp.logical_not(jnp.isfinite(level)))
+          (grad_sq <= GRADIENT_GROWTH * level) | (level == 0))
   else:
     # The larger of the first loss and the checkpoint's, among the finite ones.
     saved = net.checkpoint.cost
@@ -314,8 +315,8 @@ def net_update(net: SafetyNetState, checkpoint: Checkpoint, save: jax.Array,
     # must not raise the bar its own checkpoint is judged by, while a
     # sustained rise (or a fall) is followed within ~SAVE_EVERY calls.
     capped = jnp.minimum(grad_sq, 2 * level)
-    averaged = jnp.where(jnp.isfinite(level),
-                         level + (capped - level) / SAVE_EVERY, grad_sq)
+    averaged = jnp.where(level > 0, level + (capped - level) / SAVE_EVERY,
+                         grad_sq)
     use = jnp.isfinite(grad_sq) & jnp.logical_not(rollback)
     level = jnp.where(use, averaged, level)
   first = jnp.where(

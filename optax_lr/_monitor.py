@@ -40,6 +40,7 @@ __all__ = [
     "observe",
     "register_method",
     "register_wrapper",
+    "unless_windowed",
     "window_init",
     "window_step",
 ]
@@ -130,6 +131,33 @@ register_wrapper(
     inner=lambda state: state.inner_opt_state,
     emitted=lambda state: state.mini_step == 0,
 )
+
+
+_OBSERVE_WITH_WINDOW = (
+    "optax_lr.observe: this {method} state was built with steps_per_epoch, so "
+    "its update call ends every epoch itself, from the mean `value` of each "
+    "window; observing a cost too would end every epoch twice. Use one or the "
+    "other: steps_per_epoch=N with update(..., value=loss), or "
+    "steps_per_epoch=None (the default) with optax_lr.observe(state, cost)."
+)
+
+
+def unless_windowed(epoch_end: EpochEndFn, method: str) -> EpochEndFn:
+  """``epoch_end`` as :func:`observe`'s hook, refused for a windowed state.
+
+  With ``steps_per_epoch`` an epoch-level method's update call ends the
+  epochs itself (it calls ``epoch_end`` directly, from its ``window``);
+  observing a cost as well would end each epoch twice. The window's presence
+  is the state's static structure (``window`` is ``None`` without one), so
+  the hook raises ``ValueError`` at trace time, inside ``jit`` too.
+  """
+
+  def hook(state: State, cost: jax.Array) -> State:
+    if state.window is not None:
+      raise ValueError(_OBSERVE_WITH_WINDOW.format(method=method))
+    return epoch_end(state, cost)
+
+  return hook
 
 
 def _is_method(node: Any) -> bool:

@@ -187,30 +187,9 @@ def _best_params(state: AALRState) -> tuple[jax.Array, Any]:
   return rollback | saved_best, state.checkpoint
 
 
-def _observed_epoch_end(state: AALRState, cost: jax.Array) -> AALRState:
-  """``optax_lr.observe``'s epoch end: refused when the state has a window.
-
-  With ``steps_per_epoch`` the update call ends the epochs itself (it calls
-  :func:`_epoch_end` directly); observing a cost as well would end each
-  epoch twice. The window's presence is the state's static structure, so
-  this raises at trace time, inside ``jit`` too.
-  """
-  if state.window is not None:
-    raise ValueError(_OBSERVE_WITH_WINDOW.format(method="aalr"))
-  return _epoch_end(state, cost)
-
-
-_OBSERVE_WITH_WINDOW = (
-    "optax_lr.observe: this {method} state was built with steps_per_epoch, so "
-    "its update call ends every epoch itself, from the mean `value` of each "
-    "window; observing a cost too would end every epoch twice. Use one or the "
-    "other: steps_per_epoch=N with update(..., value=loss), or "
-    "steps_per_epoch=None (the default) with optax_lr.observe(state, cost)."
-)
-
 _monitor.register_method(
     AALRState,
-    epoch_end=_observed_epoch_end,
+    epoch_end=_monitor.unless_windowed(_epoch_end, "aalr"),
     rollback=lambda state: (state.rolled_back, state.checkpoint),
     best_params=_best_params,
 )

@@ -143,29 +143,11 @@ def _epoch_end(state: ASLRState, cost: jax.Array) -> ASLRState:
   )
 
 
-def _observed_epoch_end(state: ASLRState, cost: jax.Array) -> ASLRState:
-  """``optax_lr.observe``'s epoch end: refused when the state has a window.
-
-  With ``steps_per_epoch`` the update call ends the epochs itself (it calls
-  :func:`_epoch_end` directly); observing a cost as well would end each
-  epoch twice. The window's presence is the state's static structure, so
-  this raises at trace time, inside ``jit`` too.
-  """
-  if state.window is not None:
-    raise ValueError(_OBSERVE_WITH_WINDOW.format(method="aslr"))
-  return _epoch_end(state, cost)
-
-
-_OBSERVE_WITH_WINDOW = (
-    "optax_lr.observe: this {method} state was built with steps_per_epoch, so "
-    "its update call ends every epoch itself, from the mean `value` of each "
-    "window; observing a cost too would end every epoch twice. Use one or the "
-    "other: steps_per_epoch=N with update(..., value=loss), or "
-    "steps_per_epoch=None (the default) with optax_lr.observe(state, cost)."
-)
-
 _monitor.register_method(
-    ASLRState, epoch_end=_observed_epoch_end, rollback=_checkpoint.net_rollback)
+    ASLRState,
+    epoch_end=_monitor.unless_windowed(_epoch_end, "aslr"),
+    rollback=_checkpoint.net_rollback,
+)
 
 
 def _backed_off(state: ASLRState, net, checkpoint) -> dict:

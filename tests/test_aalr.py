@@ -14,13 +14,13 @@ float32 arithmetic here is exact; landings on checkpoints are compared with
 
 import math
 
-import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
 
+import _inject
 import optax_lr
 
 NONE, SAVE, ROLLBACK = "none", "save", "rollback"
@@ -674,49 +674,15 @@ def test_observe_refuses_a_state_that_ends_its_epochs_itself():
 # ---------------------------------------------------------------- inject_hyperparams
 
 
-def _inject_params():
-  return {"a": jnp.array([1.0, -2.0, 3.0], jnp.float32),
-          "b": jnp.full((2, 2), 0.5, jnp.float32)}
-
-
-def _inject_loss(params):
-  return sum(jnp.sum(0.5 * x**2 + jnp.sin(x)) for x in jax.tree_util.tree_leaves(params))
+_inject_params = _inject.inject_params
+_inject_loss = _inject.inject_loss
 
 
 def _run_side_by_side(plain, injected, steps, extra_at, cost_at):
-  """Runs both, jitted, asserting equal updates, params and (inner) states.
-
-  ``extra_at(t)``: the update's extra args; ``cost_at(t)``: a cost to observe
-  after step ``t``, or None. Returns the plain run's ``(rate, phase)`` after
-  each step.
-  """
-  close = lambda a, b: chex.assert_trees_all_close(a, b, rtol=1e-5)
-  params = _inject_params()
-  state_p, state_i = jax.jit(plain.init)(params), jax.jit(injected.init)(params)
-  assert isinstance(state_i, optax.InjectStatefulHyperparamsState)
-  close(state_i.inner_state, state_p)
-  update_p, update_i = jax.jit(plain.update), jax.jit(injected.update)
-  observe = jax.jit(optax_lr.observe)
-  apply = jax.jit(optax_lr.apply_updates)
-  params_p = params_i = params
-  seen = []
-  for t in range(steps):
-    grads = jax.grad(_inject_loss)(params_p)
-    updates_p, state_p = update_p(grads, state_p, params_p, **extra_at(t))
-    updates_i, state_i = update_i(grads, state_i, params_i, **extra_at(t))
-    close(updates_i, updates_p)
-    close(state_i.inner_state, state_p)
-    params_p = apply(params_p, updates_p, state_p)
-    params_i = apply(params_i, updates_i, state_i)
-    close(params_i, params_p)
-    cost = cost_at(t)
-    if cost is not None:
-      state_p = observe(state_p, jnp.float32(cost))
-      state_i = observe(state_i, jnp.float32(cost))
-      close(state_i.inner_state, state_p)
-    close(optax_lr.current_lr(state_i), optax_lr.current_lr(state_p))
-    seen.append((float(optax_lr.current_lr(state_p)), int(state_p.phase)))
-  return seen
+  """Runs both (``_inject.run_side_by_side``); the plain run's ``(rate, phase)``
+  after each step."""
+  states = _inject.run_side_by_side(plain, injected, steps, extra_at, cost_at)
+  return [(float(optax_lr.current_lr(s)), int(s.phase)) for s in states]
 
 
 def test_inject_hyperparams_gives_the_same_updates_and_state():

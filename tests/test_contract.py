@@ -45,6 +45,8 @@ class MethodCase:
       values (window lengths, seeds, patience): ``optax.inject_hyperparams``'s
       ``static_args``. ``factory``'s other numeric arguments are injected.
     needs: the extra arguments its update needs, from ``EXTRA_ARG_NAMES``.
+    passes: optional extra arguments it is given too, as a production step
+      should (``value`` for newton_lr's safety net).
     epoch_level: whether ``optax_lr.observe`` drives it.
     parabola_lr, rosenbrock_lr: the initial rates for the training checks.
     make: ``learning_rate -> GradientTransformationExtraArgs``, derived:
@@ -57,6 +59,7 @@ class MethodCase:
   kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict, hash=False)
   static_args: tuple[str, ...] = ()
   needs: tuple[str, ...] = ()
+  passes: tuple[str, ...] = ()
   epoch_level: bool = False
   parabola_lr: float = 0.1
   rosenbrock_lr: float = 1e-3
@@ -65,7 +68,7 @@ class MethodCase:
   )
 
   def __post_init__(self):
-    unknown = set(self.needs) - set(EXTRA_ARG_NAMES)
+    unknown = set(self.needs + self.passes) - set(EXTRA_ARG_NAMES)
     assert not unknown, f"{self.name}: unknown extra args {unknown}"
     if self.factory is None:
       return
@@ -93,14 +96,19 @@ class MethodCase:
         learning_rate=learning_rate, **self.kwargs
     )
 
+  @property
+  def given(self) -> tuple[str, ...]:
+    """Every extra argument a step gives it: ``needs`` and ``passes``."""
+    return self.needs + self.passes
+
   def extra_args(self, loss_fn, params):
-    """The keyword arguments this method's update needs at ``params``."""
+    """The keyword arguments this method's update is given at ``params``."""
     available = {
         "value": lambda: loss_fn(params),
         "loss_fn": lambda: loss_fn,
         "val_grads": lambda: jax.grad(loss_fn)(params),
     }
-    return {name: available[name]() for name in self.needs}
+    return {name: available[name]() for name in self.given}
 
 
 def _plain_sgd(learning_rate):
@@ -143,20 +151,20 @@ METHODS = [
     # Rosenbrock (with 4-5 calls it overshoots again and again, and the
     # backoffs pin the rate at its band floor, where r >= s keeps it).
     MethodCase("newton_lr_sgd", optax_lr.newton_lr, dict(update_every=10),
-               NEWTON_STATIC, needs=("value",)),
+               NEWTON_STATIC, passes=("value",)),
     MethodCase(
         "newton_lr_adam",
         optax_lr.newton_lr,
         dict(update_every=25, direction=_standard_promotion(optax.scale_by_adam())),
         NEWTON_STATIC,
-        needs=("value",),
+        passes=("value",),
     ),
     MethodCase(
         "newton_lr_per_leaf",
         optax_lr.newton_lr,
         dict(steps_per_epoch=30, per_leaf=True),
         NEWTON_STATIC,
-        needs=("value",),
+        passes=("value",),
     ),
     MethodCase("aslr", optax_lr.aslr, dict(seed=3), ASLR_STATIC, epoch_level=True),
     # With steps_per_epoch the update call ends the epochs itself, from the

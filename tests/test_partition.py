@@ -51,7 +51,7 @@ def extra_args(case, loss_fn, params, grads):
       "loss_fn": lambda: optax_lr.partition_loss(loss_fn, params),
       "val_grads": lambda: grads,  # the full tree: the method masks it
   }
-  return {name: available[name]() for name in case.needs}
+  return {name: available[name]() for name in case.given}
 
 
 def _partitioned_run(case, lr):
@@ -90,7 +90,7 @@ def _reference_run(case, lr):
         "loss_fn": lambda: body_loss,
         "val_grads": lambda: grads["body"],
     }
-    extra = {name: available[name]() for name in case.needs}
+    extra = {name: available[name]() for name in case.given}
     updates, state = tx.update(grads["body"], state, params["body"], **extra)
     body = optax_lr.apply_updates(params["body"], updates, state)
     return {"body": body, "head": head - HEAD_LR * grads["head"]}, state

@@ -368,7 +368,7 @@ def test_aslr_rolls_back_at_the_call_after_a_diverged_epoch():
 
 
 @pytest.mark.parametrize("level,grad_sq,save", [
-    (math.inf, 5.0, True),  # no average yet: the first gradient is fine
+    (0.0, 5.0, True),  # no average yet: the first gradient is fine
     (2.0, 19.9, True),  # within GRADIENT_GROWTH = 10 times the average
     (2.0, 20.1, False),  # a blow-up in the making: no save there
     (2.0, math.inf, False),

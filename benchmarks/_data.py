@@ -1,4 +1,4 @@
-"""The benchmarks' data sets: scikit-learn's digits and MNIST-1D, both offline.
+"""The benchmarks' data sets: scikit-learn's digits, MNIST-1D and the stdlib's source, all offline.
 
 Each loader returns a :class:`Splits` of float32 inputs and int32 labels:
 
@@ -89,3 +89,142 @@ def have_mnist1d() -> bool:
 
 
 LOADERS = {"digits": digits, "mnist1d": mnist1d}
+
+
+# ---------------------------------------------------------------- text
+
+
+class TextSplits(Splits):
+  """:class:`Splits` of byte windows: ``x`` a window of ``T`` bytes (int32),
+  ``y`` the same window shifted by one byte (the next byte at each position).
+
+  The classes are the 256 byte values whatever bytes occur, so a diverged
+  run scores ``ln 256`` nats per byte.
+  """
+
+  @property
+  def num_classes(self) -> int:
+    return 256
+
+
+# Folders of the standard library that are not its own source: test suites
+# (large, repetitive, and what a user would hold out anyway), installed
+# packages, caches.
+STDLIB_SKIPPED_DIRS = ("test", "tests", "idle_test", "site-packages", "dist-packages",
+                       "__pycache__")
+
+
+def stdlib_root() -> str:
+  """The standard library's folder of the running Python (no download)."""
+  import sysconfig  # pylint: disable=g-import-not-at-top
+
+  return sysconfig.get_paths()["stdlib"]
+
+
+def stdlib_files(root: str | None = None) -> list[str]:
+  """Every ``.py`` file under ``root`` (the stdlib), sorted, as paths relative to it.
+
+  Test folders, ``site-packages`` and caches are skipped (``STDLIB_SKIPPED_DIRS``).
+  """
+  import os  # pylint: disable=g-import-not-at-top
+
+  root = root or stdlib_root()
+  found = []
+  for folder, dirs, files in os.walk(root):
+    dirs[:] = sorted(d for d in dirs if d not in STDLIB_SKIPPED_DIRS)
+    for name in files:
+      if name.endswith(".py"):
+        found.append(os.path.relpath(os.path.join(folder, name), root))
+  return sorted(found)
+
+
+def split_files(files: list[str], sizes: dict[str, int], seed: int,
+                max_bytes: int, valid_fraction: float,
+                test_fraction: float) -> dict[str, list[str]]:
+  """Assigns whole files to ``test``, ``valid`` and ``train``, by a seeded shuffle.
+
+  The files are visited in the order of a permutation drawn with ``seed``;
+  each goes to ``test`` until that split holds ``test_fraction * max_bytes``
+  bytes, then to ``valid`` likewise, then to ``train`` until the total reaches
+  ``max_bytes`` (the remaining files are not used). A file is in at most one
+  split.
+  """
+  order = np.random.default_rng([seed, 7]).permutation(len(files))
+  quota = {"test": test_fraction * max_bytes, "valid": valid_fraction * max_bytes,
+           "train": (1.0 - valid_fraction - test_fraction) * max_bytes}
+  chosen = {"train": [], "valid": [], "test": []}
+  filled = dict.fromkeys(chosen, 0)
+  for i in order:
+    name = files[i]
+    for split in ("test", "valid", "train"):
+      if filled[split] < quota[split]:
+        chosen[split].append(name)
+        filled[split] += sizes[name]
+        break
+    else:
+      break
+  return {split: sorted(names) for split, names in chosen.items()}
+
+
+def stdlib_split(max_bytes: int = 4_000_000, valid_fraction: float = 0.1,
+                 test_fraction: float = 0.1, seed: int = 0,
+                 root: str | None = None) -> dict[str, list[str]]:
+  """The stdlib files of each split of :func:`stdlib_text` (paths relative to ``root``)."""
+  import os  # pylint: disable=g-import-not-at-top
+
+  root = root or stdlib_root()
+  files = stdlib_files(root)
+  sizes = {f: os.path.getsize(os.path.join(root, f)) for f in files}
+  return split_files(files, sizes, seed, max_bytes, valid_fraction, test_fraction)
+
+
+def _windows(text: np.ndarray, starts: np.ndarray, length: int):
+  idx = starts[:, None] + np.arange(length + 1)[None, :]
+  w = text[idx].astype(np.int32)
+  return w[:, :-1], w[:, 1:]
+
+
+def stdlib_text(context: int = 64, max_bytes: int = 4_000_000, valid_fraction: float = 0.1,
+                test_fraction: float = 0.1, train_windows: int | None = None,
+                eval_windows: int = 128, seed: int = 0,
+                root: str | None = None) -> TextSplits:
+  """Byte-level language modelling on the standard library's own Python source.
+
+  The text is on every machine (``sysconfig.get_paths()["stdlib"]``, no
+  download). Whole files are split three ways with a fixed seed
+  (:func:`split_files`; at most ``max_bytes`` bytes in all), each split's
+  files joined in sorted order with a NUL byte between files. The examples are
+  windows of ``context`` bytes and their next bytes:
+
+  * ``train``: ``train_windows`` windows at offsets drawn uniformly with the
+    seed (default: as many as fit end to end in the train text); the train
+    loop draws its batches among them;
+  * ``valid`` and ``test``: ``eval_windows`` windows at evenly spaced offsets,
+    spanning the whole split (the same windows for every method and run).
+
+  Returns a :class:`TextSplits`; :func:`stdlib_split` gives the files of each split.
+  """
+  import os  # pylint: disable=g-import-not-at-top
+
+  root = root or stdlib_root()
+  chosen = stdlib_split(max_bytes, valid_fraction, test_fraction, seed, root)
+  texts = {}
+  for split, names in chosen.items():
+    parts = []
+    for name in names:
+      with open(os.path.join(root, name), "rb") as f:
+        parts.append(f.read())
+    texts[split] = np.frombuffer(b"\0".join(parts), np.uint8)
+    if len(texts[split]) < 2 * (context + 1):
+      raise ValueError(f"the {split} split holds {len(texts[split])} bytes, too few "
+                       f"for windows of {context}: raise max_bytes")
+  rng = np.random.default_rng([seed, 8])
+  train = texts["train"]
+  n_train = train_windows or len(train) // context
+  x_train, y_train = _windows(train, rng.integers(0, len(train) - context, n_train), context)
+  evals = []
+  for split in ("valid", "test"):
+    text = texts[split]
+    starts = np.linspace(0, len(text) - context - 1, eval_windows).astype(np.int64)
+    evals += list(_windows(text, starts, context))
+  return TextSplits(x_train, y_train, *evals)

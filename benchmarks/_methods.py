@@ -215,11 +215,14 @@ class TaskSeed:
     params: the seed's initial params (the run starts from them again).
     train_batches: ``(x, y)`` with a leading batch axis: the seed's training
       batches in the order its run will see them.
+    optimizer: ``rate -> optimizer``, what a range test sweeps: plain SGD
+      (the ASLR paper's pipeline), AdamW on the tasks trained over Adam.
   """
 
   loss: Callable[[Any, Any], jax.Array]
   params: Any
   train_batches: Any
+  optimizer: Callable[[float], optax.GradientTransformation] = optax.sgd
 
 
 def extra_args(needs: Sequence[str], *, loss, batch_loss, val_grads_fn) -> dict:
@@ -265,7 +268,8 @@ def _standard_promotion(tx):
 # ------------------------------------------------------------- optax_lr
 
 def range_test_suggestion(task: TaskSeed) -> float:
-  """The rate ``optax_lr.lr_range_test`` suggests for SGD on one seed's task.
+  """The rate ``optax_lr.lr_range_test`` suggests for the task's optimizer
+  (SGD; AdamW on the Adam tasks) on one seed's task.
 
   The sweep runs on the seed's first ``RANGE_TEST_STEPS`` training batches
   from its initial params (which it does not change: the run then starts
@@ -274,12 +278,13 @@ def range_test_suggestion(task: TaskSeed) -> float:
   x, y = task.train_batches
   result = optax_lr.lr_range_test(
       task.loss, task.params, (x[:RANGE_TEST_STEPS], y[:RANGE_TEST_STEPS]),
-      optimizer=optax.sgd, min_lr=RANGE_TEST_MIN_LR, max_lr=RANGE_TEST_MAX_LR,
+      optimizer=task.optimizer, min_lr=RANGE_TEST_MIN_LR, max_lr=RANGE_TEST_MAX_LR,
       num_steps=RANGE_TEST_STEPS)
   return float(result.suggestion)
 
 
-_RANGE_TEST_MEANS = (f"nothing: the rate lr_range_test suggests (SGD, "
+_RANGE_TEST_MEANS = (f"nothing: the rate lr_range_test suggests (SGD, AdamW on "
+                     f"the Adam tasks; "
                      f"{RANGE_TEST_MIN_LR:g} ... {RANGE_TEST_MAX_LR:g} over "
                      f"{RANGE_TEST_STEPS} training batches) per seed")
 
@@ -294,8 +299,10 @@ def _best_params(state, params):
 # (E = the validation loss, as the MARTHE paper's experiments do); HD keeps
 # Baydin et al.'s E = L.
 # Every optax_lr method runs over the same direction, fixed once for all
-# tasks and rates: momentum 0.9 as a (debiased) average of the gradients,
-# `optax.ema`, rather than optax.trace's sum. Both give the same directions up
+# rates, and for every task but those trained over Adam (their
+# `_train.Setting.direction`: `adamw_direction` below): momentum 0.9 as a
+# (debiased) average of the gradients, `optax.ema`, rather than optax.trace's
+# sum. Both give the same directions up
 # to a factor 1 / (1 - 0.9) = 10; with the average a rate means what it
 # means for SGD, so the initial rates 1e-4 ... 1 span the same range of steps
 # for every method (with the sum, rate 1 is a step of 10 and kills the
@@ -485,3 +492,135 @@ def by_name(methods: Sequence[Method], names: Optional[Sequence[str]]) -> list[M
   if unknown:
     raise ValueError(f"unknown methods {unknown}; known: {sorted(known)}")
   return [m for m in methods if m.name in set(names)]
+
+
+# ------------------------------------------------------------- Adam tasks
+
+# The Transformer language model (``robustness``'s ``stdlib_lm`` task) trains
+# over Adam, as its users train it: every optax_lr method steps along the
+# AdamW direction ``chain(scale_by_adam(), add_decayed_weights(wd))`` (the
+# decoupled weight decay in the direction, so that ``-lr * u`` is AdamW's
+# step at rate ``lr``), and the references are the recipes people use.
+# The weight decay is GPT's 0.1 on the matrices (embeddings included), none on
+# biases and LayerNorm scales; prodigy and schedule_free_adamw take no mask and
+# decay every parameter.
+ADAMW_WEIGHT_DECAY = 0.1
+# Linear warm-up over this fraction of the run (the cosine recipe and
+# schedule_free_adamw's warm-up).
+ADAMW_WARMUP_FRACTION = 0.05
+# The initial rates of the Adam-direction sweeps, and the peak-rate grid of
+# the hand-tuned AdamW recipes.
+ADAM_RATES = (1e-4, 1e-3, 1e-2, 1e-1)
+ADAM_GRID = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2)
+
+
+def _matrices(params):
+  """The weight-decay mask: every leaf with two or more axes."""
+  return jax.tree_util.tree_map(lambda x: jnp.ndim(x) >= 2, params)
+
+
+def adamw_direction() -> optax.GradientTransformation:
+  """AdamW's unscaled direction: Adam's, plus decoupled weight decay."""
+  return optax.chain(optax.scale_by_adam(),
+                     optax.add_decayed_weights(ADAMW_WEIGHT_DECAY, mask=_matrices))
+
+
+def adamw(lr: float) -> optax.GradientTransformation:
+  """``optax.adamw(lr)`` with the weight decay of :func:`adamw_direction`, the
+  rate in the state (one compilation for a grid of rates)."""
+  return _standard_promotion(optax.chain(
+      adamw_direction(), optax.inject_hyperparams(optax.scale)(step_size=-lr)))
+
+
+def adamw_optimizer(learning_rate) -> optax.GradientTransformation:
+  """AdamW as an optax optimizer factory (``learning_rate`` keyword): what the
+  range test of the Adam tasks sweeps (``lr_range_test(optimizer=...)``)."""
+  return optax.chain(adamw_direction(), optax.scale_by_learning_rate(learning_rate))
+
+
+def warmup_cosine(total_steps: int):
+  """The unit schedule of the cosine recipe: linear warm-up from 0 to 1 over
+  ``ADAMW_WARMUP_FRACTION`` of the run, then cosine decay to 0 at its end."""
+  warmup = max(1, int(ADAMW_WARMUP_FRACTION * total_steps))
+  return optax.warmup_cosine_decay_schedule(0.0, 1.0, warmup, max(total_steps, warmup + 1))
+
+
+def _injected_rate(state, lr0):
+  del lr0
+  inject = _find(state, optax.InjectStatefulHyperparamsState)
+  return -_f32(inject.hyperparams["step_size"])
+
+
+def _cosine_rate_of(total_steps):
+  schedule = warmup_cosine(total_steps)
+
+  def rate(state, lr0):
+    # After an update the schedule's count has moved on: the step used count - 1.
+    count = _find(state, optax.ScaleByScheduleState).count
+    return _injected_rate(state, lr0) * _f32(schedule(jnp.maximum(count - 1, 0)))
+
+  return rate
+
+
+# Swept from the initial rates like the optax_lr methods: what needs no rate
+# grid (prodigy's d0 and dog's first step are what the initial rate sets).
+ADAM_BASELINES: tuple[Method, ...] = (
+    Method(
+        "prodigy",
+        lambda lr, n: _standard_promotion(optax.contrib.prodigy(
+            1.0, estim_lr0=lr, weight_decay=ADAMW_WEIGHT_DECAY)),
+        library="optax",
+        lr_of=_prodigy_rate,
+        rate_means="d0 (estim_lr0), the initial Adam-scale step estimate",
+    ),
+    Method(
+        "dog",
+        lambda lr, n: optax.contrib.dog(1.0, init_step=("learning_rate", lr),
+                                        weight_decay=ADAMW_WEIGHT_DECAY, mask=_matrices),
+        library="optax",
+        lr_of=_dog_rate,
+        rate_means="the first step's rate (init_step='learning_rate')",
+    ),
+)
+
+
+def adam_hand_tuned(total_steps: int) -> tuple[Method, ...]:
+  """The hand-tuned AdamW recipes of a run of ``total_steps`` updates.
+
+  Each runs over ``ADAM_GRID``; the best (rate, recipe) is the reference.
+  AdamW's rate lives in the state (one compilation for the grid);
+  schedule_free_adamw's is a constant of its update (one per rate).
+  """
+  warmup = max(1, int(ADAMW_WARMUP_FRACTION * total_steps))
+  return (
+      Method(
+          "adamw_cosine",
+          lambda lr, n: _standard_promotion(optax.chain(
+              adamw_direction(), optax.scale_by_schedule(warmup_cosine(total_steps)),
+              optax.inject_hyperparams(optax.scale)(step_size=-lr))),
+          library="optax",
+          lr_of=_cosine_rate_of(total_steps),
+          rate_means=f"the peak rate (linear warm-up over {warmup} steps, cosine "
+                     f"decay to 0 at step {total_steps})",
+      ),
+      Method("adamw", lambda lr, n: adamw(lr), library="optax", lr_of=_injected_rate),
+      Method(
+          "schedule_free_adamw",
+          lambda lr, n: _standard_promotion(optax.contrib.schedule_free_adamw(
+              lr, warmup_steps=warmup, weight_decay=ADAMW_WEIGHT_DECAY)),
+          library="optax",
+          lr_of=_constant_rate,
+          eval_params=_schedule_free_params,
+          rate_means=f"the rate after a linear warm-up over {warmup} steps",
+      ),
+  )
+
+
+# Timing anchors of the models trained over Adam (speed.py's transformer).
+ADAM_SPEED_ANCHORS: tuple[Method, ...] = (
+    Method("adamw", lambda lr, n: adamw(lr), library="optax"),
+    Method("schedule_free_adamw",
+           lambda lr, n: _standard_promotion(optax.contrib.schedule_free_adamw(
+               lr, warmup_steps=10, weight_decay=ADAMW_WEIGHT_DECAY)),
+           library="optax"),
+)

@@ -16,11 +16,13 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+from typing import Callable, Optional
 import warnings
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 import optax_lr
 from benchmarks import _data
@@ -42,9 +44,37 @@ def fast_compilation(enable: bool = True) -> None:
 
 @dataclasses.dataclass(frozen=True)
 class Setting:
+  """How a task trains.
+
+  Attributes:
+    epochs: epochs per run (an epoch ends with an evaluation, and an
+      ``observe`` for the epoch-level methods).
+    batch_size: examples per batch.
+    steps_per_epoch: update calls per epoch.
+    direction: ``() -> optax transformation``, the direction of every method
+      that takes a ``direction`` (the optax_lr ones); None: the registry's
+      (momentum, ``_methods._direction``).
+    range_test_optimizer: ``rate -> optimizer``, what the range test of
+      ``_methods.range_test_suggestion`` sweeps; None: plain SGD.
+  """
+
   epochs: int
   batch_size: int
   steps_per_epoch: int
+  direction: Optional[Callable[[], optax.GradientTransformation]] = None
+  range_test_optimizer: Optional[Callable[[float], optax.GradientTransformation]] = None
+
+  @property
+  def steps(self) -> int:
+    return self.epochs * self.steps_per_epoch
+
+
+def build(method: _methods.Method, lr: float, setting: Setting):
+  """``method`` at rate ``lr`` for ``setting`` (over its direction, if it has one)."""
+  options = {}
+  if setting.direction is not None and method.accepts("direction"):
+    options["direction"] = setting.direction()
+  return method.build(lr, setting.steps_per_epoch, **options)
 
 
 def setting_for(splits: _data.Splits, epochs: int, batch_size: int) -> Setting:
@@ -271,7 +301,7 @@ def train_rates(model: _models.Model, method: _methods.Method, lrs, splits: _dat
     lrs = [lrs[0]]
   items = []
   for lr in lrs:
-    tx = method.build(lr, setting.steps_per_epoch)
+    tx = build(method, lr, setting)
     items.append((lr, init_states(tx), _run_fn(model, method, tx, method.rate(lr), setting)))
   done = run_grouped(items, params, (orders,), (data,))
   return [_result(method, float(lr), (method.rate(lr),) * len(seeds), done[lr], setting)
@@ -288,8 +318,10 @@ def _result(method, lr, seed_rates, done, setting) -> RunResult:
                    tuple(float(r) for r in seed_rates))
 
 
-def task_seeds(model, splits, params, orders) -> list[_methods.TaskSeed]:
-  """Per seed, what ``rate_from_task`` may look at: loss, params, train batches."""
+def task_seeds(model, splits, params, orders,
+               optimizer=None) -> list[_methods.TaskSeed]:
+  """Per seed, what ``rate_from_task`` may look at: loss, params, train batches,
+  and the optimizer a range test sweeps (``optimizer``; None: plain SGD)."""
   train_order = np.asarray(orders[0])  # [seeds, epochs, steps, batch]
   tasks = []
   for s in range(train_order.shape[0]):
@@ -298,7 +330,8 @@ def task_seeds(model, splits, params, orders) -> list[_methods.TaskSeed]:
         loss=model.loss,
         params=jax.tree_util.tree_map(lambda x, s=s: x[s], params),
         train_batches=(jnp.asarray(splits.x_train[order]),
-                       jnp.asarray(splits.y_train[order]))))
+                       jnp.asarray(splits.y_train[order])),
+        **({} if optimizer is None else {"optimizer": optimizer})))
   return tasks
 
 
@@ -310,8 +343,9 @@ def _train_task_rated(model, method, splits, setting, seeds, params, orders, dat
   run in one compilation, each from its own initial state.
   """
   rates = [method.rate_from_task(task)
-           for task in task_seeds(model, splits, params, orders)]
-  txs = [method.build(rate, setting.steps_per_epoch) for rate in rates]
+           for task in task_seeds(model, splits, params, orders,
+                                  setting.range_test_optimizer)]
+  txs = [build(method, rate, setting) for rate in rates]
   runs = [_run_fn(model, method, tx, rate, setting) for tx, rate in zip(txs, rates)]
   init = init_states_per_seed(txs)
   if len(runs) > 1 and len(set(

@@ -7,6 +7,8 @@ Every method of ``benchmarks/_methods.py`` (``COMPARE_METHODS``) trains
   over the 15 runs with RTHO's and MARTHE's Hessian-vector products, took
   ~8 min per method here on 2 CPU cores),
 
+and a third task, ``stdlib_lm``, trains over Adam (see below),
+
 from each initial rate and each seed (initial weights and batch order), with
 the same train/valid/test protocol as ``benchmarks.compare`` (the methods may
 look at ``valid``; the loss reported is the ``test`` split's). For each
@@ -34,9 +36,31 @@ per task checks the issue's targets:
 * SGD at the range test's suggestion ends within ``RANGE_TEST_BOUND`` (1.5)
   times the held-out loss of SGD at its best grid rate.
 
+The ``stdlib_lm`` task is the workload of optax's users: a decoder-only
+Transformer (flax NNX, pre-norm, causal attention, learned positions, tied
+embeddings; ``_models.transformer_lm``) as a byte-level language model of the
+Python standard library's own source (``_data.stdlib_text``: read from
+``sysconfig.get_paths()["stdlib"]``, no download, whole files split
+train/valid/test with a fixed seed). The loss is in nats per byte. There
+every optax_lr method steps along AdamW's direction
+(``_methods.adamw_direction``: ``scale_by_adam`` plus decoupled weight decay,
+``Setting.direction``) from the initial rates ``_methods.ADAM_RATES`` (1e-4
+... 0.1), ASLR's range test sweeps AdamW, and the optax rows are prodigy and
+dog (``_methods.ADAM_BASELINES``); the hand-tuned references are the recipes
+people use (``_methods.adam_hand_tuned``): AdamW with linear warm-up and
+cosine decay, constant AdamW and schedule_free_adamw, each over the peak-rate
+grid ``_methods.ADAM_GRID``. The size flags (``--d-model``, ``--layers``,
+``--heads``, ``--context``, ``--batch-size``, ``--steps-per-epoch``,
+``--max-bytes``) scale it up on a GPU.
+
+Besides the loss figure, the script draws each method's effective rate per
+step (seed 0, one line per initial rate, with the best hand-tuned recipe's)
+for every task: ``<png>_rates_<task>.png``.
+
 Usage::
 
-    python -m benchmarks.robustness            # both data sets, 5 rates, 3 seeds
+    python -m benchmarks.robustness            # digits and MNIST-1D, 5 rates, 3 seeds
+    python -m benchmarks.robustness --datasets stdlib_lm    # the Transformer LM
     python -m benchmarks.robustness --quick    # a smoke run
     python -m benchmarks.robustness --datasets digits --methods sgd newton_lr
 
@@ -46,6 +70,8 @@ Writes ``results/robustness.json`` and ``results/robustness.png``.
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import os
 import time
 
 import numpy as np
@@ -69,17 +95,73 @@ AS_ROBUST_AS_DOG = ("newton_lr", "aalr")
 TARGET_ROW_OF = {"aslr": "aslr_range_test"}
 
 
-def task(name: str, quick: bool, epochs: int | None):
-  """(splits, model, setting) of a data set."""
+DATASETS = ("digits", "mnist1d", "stdlib_lm")
+# The stdlib_lm task's default size (one run: ~30 s on 2 shared CPU cores):
+# a 2-layer Transformer of width 64 (4 heads), context 64 bytes, batch 16,
+# 12 epochs of 50 steps (an epoch ends with an evaluation on the 128 valid and
+# 128 test windows, and an observe), 4 MB of source.
+LM_SIZE = dict(context=64, d_model=64, heads=4, layers=2, batch_size=16, epochs=12,
+               steps_per_epoch=50, max_bytes=4_000_000, eval_windows=128)
+# --quick: a tiny model, a few steps (the test suite's size).
+LM_QUICK = dict(context=16, d_model=16, heads=2, layers=1, batch_size=4, epochs=2,
+                steps_per_epoch=3, max_bytes=400_000, eval_windows=8)
+
+
+@dataclasses.dataclass
+class Task:
+  """One task: data, model, how it trains, and what runs on it."""
+
+  splits: _data.Splits
+  model: object  # _models.Model or _models.LanguageModel
+  setting: _train.Setting
+  methods: list  # swept from the initial rates (or rated from the task)
+  hand_tuned: list  # run over the grid: the references
+  rates: list
+  grid: list
+
+
+def lm_size(quick: bool, overrides: dict | None = None) -> dict:
+  """The stdlib_lm task's size: the defaults (or --quick's), then ``overrides``."""
+  size = dict(LM_QUICK if quick else LM_SIZE)
+  size.update({k: v for k, v in (overrides or {}).items() if v is not None})
+  return size
+
+
+def task(name: str, quick: bool, epochs: int | None, lm: dict | None = None) -> Task:
+  """A task's data, model, setting, methods, references, rates and grid.
+
+  ``lm``: size overrides of the stdlib_lm task (keys of ``LM_SIZE``).
+  """
+  if name == "stdlib_lm":
+    size = lm_size(quick, dict(lm or {}, epochs=epochs))
+    splits = _data.stdlib_text(context=size["context"], max_bytes=size["max_bytes"],
+                               eval_windows=size["eval_windows"])
+    model = _models.transformer_lm(size["context"], size["d_model"], size["heads"],
+                                   size["layers"])
+    setting = _train.Setting(size["epochs"], size["batch_size"], size["steps_per_epoch"],
+                             direction=_methods.adamw_direction,
+                             range_test_optimizer=_methods.adamw_optimizer)
+    return Task(splits, model, setting,
+                list(_methods.OPTAX_LR_METHODS + _methods.ADAM_BASELINES),
+                list(_methods.adam_hand_tuned(setting.steps)),
+                [1e-3, 0.1] if quick else list(_methods.ADAM_RATES),
+                [1e-3, 1e-2] if quick else list(_methods.ADAM_GRID))
+  # The hand-picked SGD has no initial rate to be robust to.
+  methods = [m for m in _methods.COMPARE_METHODS if m.fixed_lr is None]
+  hand_tuned = list(_methods.HAND_TUNED)
+  rates = [1e-2, 1.0] if quick else list(DEFAULT_RATES)
+  grid = [1e-2, 0.1] if quick else list(_methods.HAND_TUNED_GRID)
   if name == "digits":
     splits = _data.digits()
     model = _models.mlp((64,), (16,) if quick else (128, 128))
-    return splits, model, _train.setting_for(splits, epochs or (2 if quick else 30), 32)
+    setting = _train.setting_for(splits, epochs or (2 if quick else 30), 32)
+    return Task(splits, model, setting, methods, hand_tuned, rates, grid)
   if name == "mnist1d":
     splits = (_data.mnist1d(n_train=300, n_valid=100, num_samples=500) if quick
               else _data.mnist1d())
     model = _models.mlp((40,), (16,) if quick else (128, 128))
-    return splits, model, _train.setting_for(splits, epochs or (2 if quick else 30), 100)
+    setting = _train.setting_for(splits, epochs or (2 if quick else 30), 100)
+    return Task(splits, model, setting, methods, hand_tuned, rates, grid)
   raise ValueError(f"unknown data set {name!r}")
 
 
@@ -101,6 +183,9 @@ def plot(report, path):
       style = "-" if entry["library"] == "optax_lr" else "--"
       ax.errorbar(rates * (1 + 0.03 * methods.index(m)), loss.mean(1), yerr=loss.std(1),
                   fmt=style, marker="o", ms=3, capsize=2, color=color, label=m, lw=1.2)
+    for marker, (ref_name, ref) in zip("x+1234", ds["hand_tuned"].items()):
+      ax.plot(ref["grid"], ref["seed_mean_loss"], ls=":", marker=marker, ms=5, lw=0.8,
+              color="0.45", label=f"{ref_name} (hand-tuned grid)")
     best = ds["targets"]["best_hand_tuned"]
     title = f"{name}: {ds['model']}, {ds['epochs']} epochs"
     if best is not None:
@@ -114,10 +199,68 @@ def plot(report, path):
     ax.set_ylabel("final held-out loss (mean ± std over seeds)")
     ax.set_title(title, fontsize=10)
   handles, labels = axes[0, -1].get_legend_handles_labels()
-  fig.legend(handles, labels, fontsize=8, loc="outside right upper")
+  fig.legend(handles, labels, fontsize=8, loc="outside right center")
   fig.suptitle("robustness to the initial rate (solid: optax_lr, dashed: optax)")
   _report.save_figure(fig, path)
   plt.close(fig)
+
+
+def rates_png(png: str, dataset: str) -> str:
+  """Where the rate curves of ``dataset`` go, next to the loss figure ``png``."""
+  stem, ext = os.path.splitext(png)
+  return f"{stem}_rates_{dataset}{ext or '.png'}"
+
+
+def plot_rates(report, png):
+  """Per task, each method's effective rate per step (seed 0), one line per
+  initial rate, with the best hand-tuned recipe's schedule: why a method
+  ends where it ends."""
+  plt = _report.pyplot()
+  if plt is None:
+    return
+  for name, ds in report["datasets"].items():
+    methods = list(ds["methods"])
+    if not methods:
+      continue
+    best = ds["targets"]["best_hand_tuned"]
+    cols = min(4, len(methods))
+    rows = -(-len(methods) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False,
+                             sharex=True, layout="constrained")
+    for ax in axes.flat[len(methods):]:
+      ax.set_visible(False)
+    target = ds["targets"]["methods"]
+    for ax, m in zip(axes.flat, methods):
+      entry = ds["methods"][m]
+      curves = np.asarray(entry["lr_per_step_seed0"], np.float64)
+      rates = np.asarray(entry["initial_rates"], np.float64)
+      colors = plt.get_cmap("viridis")(np.linspace(0, 0.9, len(curves)))
+      final = np.asarray(entry["scored_loss"]).mean(1)
+      for color, rate, curve, loss in zip(colors, rates, curves, final):
+        label = (f"from {rate:.2g}: {loss:.3f}" if entry["swept"]
+                 else f"range test: {loss:.3f}")
+        ax.plot(np.arange(1, len(curve) + 1), np.where(curve > 0, curve, np.nan),
+                color=color, lw=1, label=label)
+      if best is not None:
+        ref = ds["hand_tuned"][best["optimizer"]]
+        curve = np.asarray(ref["lr_per_step_seed0_best"], np.float64)
+        ax.plot(np.arange(1, len(curve) + 1), np.where(curve > 0, curve, np.nan),
+                color="k", ls="--", lw=0.8,
+                label=f"{best['optimizer']} at {best['rate']:g}: {best['loss']:.3f}")
+      title = m
+      if m in target and target[m]["ratio_to_best_hand_tuned"] is not None:
+        title += f"  (worst / best hand-tuned {target[m]['ratio_to_best_hand_tuned']:.2f})"
+      ax.set_title(title, fontsize=9)
+      ax.set_yscale("log")
+      ax.legend(fontsize=6, loc="best")
+    for ax in axes[-1]:
+      ax.set_xlabel("step")
+    for ax in axes[:, 0]:
+      ax.set_ylabel("effective rate (seed 0)")
+    fig.suptitle(f"{name}: {ds['model']}, the rate each method steps with\n"
+                 "(legend: initial rate: final held-out loss, seed mean)", fontsize=10)
+    _report.save_figure(fig, rates_png(png, name))
+    plt.close(fig)
 
 
 def _seed_mean_scored(runs, num_classes):
@@ -147,6 +290,8 @@ def run_methods(methods, model, rates, splits, setting, seeds, quiet):
         "scored_loss": scored, "across_rates": stats, "diverged_runs": diverged,
         "params_finite": params_finite, "nonfinite_params_runs": nonfinite_params,
         "runs": int(loss.size),
+        # The effective rate per step of seed 0's run from each initial rate.
+        "lr_per_step_seed0": np.stack([r.history["lr"][0] for r in runs]),
     }
     if m.swept:
       per_rate = " ".join(f"{x:.3f}" for x in scored.mean(1))
@@ -160,10 +305,14 @@ def run_methods(methods, model, rates, splits, setting, seeds, quiet):
   return entries, rows
 
 
-def run_hand_tuned(model, grid, splits, setting, seeds, quiet):
-  """Each hand-tuned optimizer over the rate grid: its best rate and loss."""
+def run_hand_tuned(model, grid, splits, setting, seeds, quiet, hand_tuned=None):
+  """Each hand-tuned optimizer over the rate grid: its best rate and loss.
+
+  ``hand_tuned``: the task's references (default: ``_methods.HAND_TUNED``).
+  """
   refs = {}
-  for m in _report.progress(_methods.HAND_TUNED, desc="hand-tuned", quiet=quiet):
+  hand_tuned = _methods.HAND_TUNED if hand_tuned is None else hand_tuned
+  for m in _report.progress(hand_tuned, desc="hand-tuned", quiet=quiet):
     runs = _train.train_rates(model, m, grid, splits, setting, seeds=seeds)
     loss, scored = _seed_mean_scored(runs, splits.num_classes)
     per_rate = scored.mean(1)
@@ -172,6 +321,7 @@ def run_hand_tuned(model, grid, splits, setting, seeds, quiet):
         "grid": list(grid), "final_test_loss": loss, "scored_loss": scored,
         "seed_mean_loss": per_rate, "best_rate": grid[best],
         "best_loss": float(per_rate[best]),
+        "lr_per_step_seed0_best": runs[best].history["lr"][0],
     }
   return refs
 
@@ -290,40 +440,63 @@ def print_targets(name: str, target: dict, refs: dict) -> None:
   print(f"all targets met on {name}: {'yes' if target['all_met'] else 'no'}")
 
 
+def _select(methods, names):
+  """The methods of a task named in ``names`` (all when empty), in registry order."""
+  return list(methods) if not names else [m for m in methods if m.name in set(names)]
+
+
 def main(argv=None) -> dict:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--quick", action="store_true",
                       help="tiny models, 2 epochs, 2 rates, 2 grid rates")
   parser.add_argument("--datasets", nargs="+", default=["digits", "mnist1d"],
-                      choices=["digits", "mnist1d"])
-  parser.add_argument("--methods", nargs="+", default=None)
-  parser.add_argument("--rates", type=float, nargs="+", default=None)
+                      choices=list(DATASETS))
+  parser.add_argument("--methods", nargs="+", default=None,
+                      help="methods to run (each task runs those it has)")
+  parser.add_argument("--references", nargs="+", default=None,
+                      help="hand-tuned references to run (default: all of the task's)")
+  parser.add_argument("--rates", type=float, nargs="+", default=None,
+                      help="initial rates (default: the task's)")
   parser.add_argument("--grid", type=float, nargs="+", default=None,
-                      help="rate grid of the hand-tuned references")
+                      help="rate grid of the hand-tuned references (default: the task's)")
   parser.add_argument("--seeds", type=int, nargs="+", default=None)
   parser.add_argument("--epochs", type=int, default=None)
+  lm = parser.add_argument_group("stdlib_lm task size (default: LM_SIZE)")
+  for flag in ("context", "d-model", "heads", "layers", "batch-size", "steps-per-epoch",
+               "max-bytes", "eval-windows"):
+    lm.add_argument(f"--{flag}", type=int, default=None)
   parser.add_argument("--out", default="results/robustness.json")
   parser.add_argument("--png", default="results/robustness.png")
   parser.add_argument("--no-progress", action="store_true")
   args = parser.parse_args(argv)
   if args.quick:
     _train.fast_compilation()
-  rates = args.rates or ([1e-2, 1.0] if args.quick else list(DEFAULT_RATES))
-  grid = args.grid or ([1e-2, 0.1] if args.quick else list(_methods.HAND_TUNED_GRID))
   seeds = args.seeds or ([0, 1] if args.quick else [0, 1, 2])
-  methods = _methods.by_name(_methods.COMPARE_METHODS, args.methods)
-  # The hand-picked SGD has no initial rate to be robust to.
-  methods = [m for m in methods if m.fixed_lr is None]
+  lm_overrides = {k: getattr(args, k) for k in LM_SIZE if k != "epochs"}
+  tasks = {}
+  for name in args.datasets:
+    if name == "mnist1d" and not _data.have_mnist1d():
+      print("mnist1d is not installed: skipping it (pip install -e '.[examples]')")
+      continue
+    tasks[name] = lambda name=name: task(name, args.quick, args.epochs, lm_overrides)
+  for option, known in (("methods", [m.name for m in _methods.COMPARE_METHODS
+                                     + _methods.ADAM_BASELINES]),
+                        ("references", [m.name for m in _methods.HAND_TUNED
+                                        + _methods.adam_hand_tuned(1)])):
+    unknown = set(getattr(args, option) or ()) - set(known)
+    if unknown:
+      raise ValueError(f"unknown {option} {sorted(unknown)}; known: {sorted(set(known))}")
 
   start = time.perf_counter()
   report = {
       "command": "python -m benchmarks.robustness" + ("" if argv is None else " " + " ".join(argv)),
       "machine": _report.machine(),
-      "initial_rates": rates,
-      "hand_tuned_grid": grid,
+      "initial_rates": args.rates or "per task: datasets.<name>.initial_rates",
+      "hand_tuned_grid": args.grid or "per task: datasets.<name>.hand_tuned_grid",
       "seeds": seeds,
       "score": "final test-split loss, mean over seeds per rate, then mean ± std "
-               "across rates; a non-finite loss scores ln(10)",
+               "across rates; a non-finite loss scores ln(number of classes): "
+               "ln 10 on digits and MNIST-1D, ln 256 (nats per byte) on stdlib_lm",
       "targets": {
           "hand_tuned_bound": HAND_TUNED_BOUND,
           "range_test_bound": RANGE_TEST_BOUND,
@@ -332,18 +505,20 @@ def main(argv=None) -> dict:
       },
       "datasets": {},
   }
-  for name in args.datasets:
-    if name == "mnist1d" and not _data.have_mnist1d():
-      print("mnist1d is not installed: skipping it (pip install -e '.[examples]')")
-      continue
+  for name, make_task in tasks.items():
     task_start = time.perf_counter()
-    splits, model, setting = task(name, args.quick, args.epochs)
+    t = make_task()
+    splits, model, setting = t.splits, t.model, t.setting
+    rates, grid = args.rates or t.rates, args.grid or t.grid
+    methods = _select(t.methods, args.methods)
+    hand_tuned = _select(t.hand_tuned, args.references)
+    size = (f"{model.num_params()} params; " if hasattr(model, "num_params") else "")
     print(f"\n{name}: {len(splits.y_train)}/{len(splits.y_valid)}/{len(splits.y_test)} "
-          f"train/valid/test; {model.name}; batch {setting.batch_size}, "
+          f"train/valid/test; {model.name}; {size}batch {setting.batch_size}, "
           f"{setting.epochs} epochs of {setting.steps_per_epoch} steps")
     entries, rows = run_methods(methods, model, rates, splits, setting, seeds,
                                 args.no_progress)
-    refs = run_hand_tuned(model, grid, splits, setting, seeds, args.no_progress)
+    refs = run_hand_tuned(model, grid, splits, setting, seeds, args.no_progress, hand_tuned)
     print(f"final held-out loss across initial rates {' '.join(map(_report.rate_label, rates))} "
           f"({len(seeds)} seeds)")
     print(_report.table(["method", "mean ± std", "worst", "per rate (seed mean)",
@@ -354,12 +529,20 @@ def main(argv=None) -> dict:
         "model": model.name, "epochs": setting.epochs, "batch_size": setting.batch_size,
         "steps_per_epoch": setting.steps_per_epoch,
         "split": [len(splits.y_train), len(splits.y_valid), len(splits.y_test)],
+        "initial_rates": rates,
+        "hand_tuned_grid": grid,
+        "direction": ("momentum 0.9 (optax.ema)" if setting.direction is None else
+                      "AdamW: scale_by_adam + add_decayed_weights"
+                      f"({_methods.ADAMW_WEIGHT_DECAY}, matrices)"),
         "methods": entries,
         "hand_tuned": refs,
         "targets": target,
         "wall_s": time.perf_counter() - task_start,
     }
+    if hasattr(model, "num_params"):
+      report["datasets"][name]["num_params"] = model.num_params()
   plot(report, args.png)
+  plot_rates(report, args.png)
   report["wall_s"] = time.perf_counter() - start
   _report.write_json(args.out, report)
   print(f"total {report['wall_s']:.0f} s")

@@ -9,9 +9,17 @@ timed by ``_harness.time_candidates``: all candidates interleaved round by
 round in one process, each summarised by its median. The run is repeated
 ``--repeats`` times and each ratio is the median over the repeats.
 
-Models: the MLP 784-500-500-500-10 with batch 100 (pure jax, ``_harness``) and
-a small CNN on 32x32x3 images with batch 128 (flax; two 3x3 conv + pool
-blocks). Random data: only the cost matters here.
+Models: the MLP 784-500-500-500-10 with batch 100 (pure jax, ``_harness``), a
+small CNN on 32x32x3 images with batch 128 (flax; two 3x3 conv + pool
+blocks), and the Transformer language model of ``robustness``'s stdlib_lm
+task (flax NNX; 2 layers, width 64, 4 heads, context 64 bytes, batch 16 by
+default; ``--lm-*`` flags scale it up). Random data: only the cost matters
+here. On the MLP and the CNN the optax_lr methods step along plain SGD
+directions (the first release's setting); on the Transformer, a model trained
+over Adam (``ADAM_MODELS``), along AdamW's direction
+(``_methods.adamw_direction``), with optax's adamw and schedule_free_adamw
+as extra anchors (``_methods.ADAM_SPEED_ANCHORS``) and each step's ratio to
+adamw's reported.
 
 Epoch-level methods (ASLR, AALR) never meet an epoch end in the timed steps
 (epoch ends come from ``optax_lr.observe``, which the timed loop never
@@ -43,7 +51,8 @@ cheaper per step than prodigy (reported on CPU for information).
 
 Usage::
 
-    python -m benchmarks.speed                 # both models, 3 repeats (~5 min on 2 cores)
+    python -m benchmarks.speed                 # the three models, 3 repeats
+    python -m benchmarks.speed --models transformer
     python -m benchmarks.speed --quick         # tiny models, a smoke run
     python -m benchmarks.speed --models mlp --repeats 5
 
@@ -90,25 +99,38 @@ NET_OFF_OPTIONS = {
 }
 
 
+# The models trained over Adam: the optax_lr methods step along AdamW's
+# direction, and AdamW is an anchor.
+ADAM_MODELS = ("transformer",)
+ADAM_ANCHOR = "adamw"
+# The Transformer's default size: robustness's stdlib_lm task.
+LM_DEFAULT = dict(context=64, d_model=64, heads=4, layers=2, batch=16)
+LM_QUICK = dict(context=16, d_model=16, heads=2, layers=1, batch=4)
+
+
 def _has_net(method: _methods.Method) -> bool:
   return method.name in NET_METHODS and method.accepts("safety_net")
 
 
-def candidates(names=None) -> list[_harness.Candidate]:
+def candidates(names=None, adam: bool = False) -> list[_harness.Candidate]:
   """The anchors, every optax_lr method, and the net-off twin of each net method.
 
   The methods whose rate comes from the task (ASLR's range-test pipeline)
-  take the same step as their raw method and are not timed again.
+  take the same step as their raw method and are not timed again. ``adam``:
+  the model trains over Adam (``ADAM_MODELS``): the optax_lr methods step
+  along AdamW's direction, and the Adam anchors are timed too.
   """
-  methods = list(_methods.SPEED_ANCHORS) + [
-      m for m in _methods.OPTAX_LR_METHODS if m.rate_from_task is None]
+  anchors = list(_methods.SPEED_ANCHORS) + (list(_methods.ADAM_SPEED_ANCHORS) if adam else [])
+  methods = anchors + [m for m in _methods.OPTAX_LR_METHODS if m.rate_from_task is None]
   if names:
     methods = [m for m in methods if m.name in set(names)]
   def build(m, **options):
     # The optax_lr methods over plain SGD directions, as the first release
-    # timed them against their anchors (robustness and compare use momentum).
+    # timed them against their anchors (robustness and compare use momentum),
+    # or over AdamW's on a model trained over Adam.
     if m.library == "optax_lr":
-      options = {"direction": optax.identity(), **options}
+      direction = _methods.adamw_direction() if adam else optax.identity()
+      options = {"direction": direction, **options}
     return m.build(_methods.SPEED_LR, _methods.SPEED_STEPS_PER_EPOCH, **options)
 
   cands = []
@@ -153,8 +175,17 @@ def net_checks(names, states_per_repeat) -> dict:
   return checks
 
 
-def models(quick: bool) -> dict:
-  """name -> (init_params, loss_fn, batch, description)."""
+def models(quick: bool, lm: dict | None = None) -> dict:
+  """name -> (init_params, loss_fn, batch, description).
+
+  ``lm``: the Transformer's size overrides (keys of ``LM_DEFAULT``).
+  """
+  size = dict(LM_QUICK if quick else LM_DEFAULT)
+  size.update({k: v for k, v in (lm or {}).items() if v is not None})
+  lm_model = _models.transformer_lm(size["context"], size["d_model"], size["heads"],
+                                    size["layers"])
+  tokens = jax.random.randint(jax.random.PRNGKey(0), (2, size["batch"], size["context"]),
+                              0, lm_model.vocab)
   if quick:
     mlp_sizes, mlp_batch = (64, 32, 32, 10), 16
     cnn, cnn_shape, cnn_batch = _models.cnn2d((8, 8, 3), (4, 8)), (8, 8, 3), 8
@@ -173,6 +204,13 @@ def models(quick: bool) -> dict:
           cnn.loss,
           _harness.random_batch(jax.random.PRNGKey(0), cnn_batch, cnn_shape, 10),
           f"CNN {cnn.name}, batch {cnn_batch}",
+      ),
+      "transformer": (
+          lambda: lm_model.init(jax.random.PRNGKey(1)),
+          lm_model.loss,
+          (tokens[0], tokens[1]),
+          f"Transformer LM {lm_model.name} ({lm_model.num_params()} params), "
+          f"batch {size['batch']}",
       ),
   }
 
@@ -208,24 +246,27 @@ def plot(report, path):
 def main(argv=None) -> dict:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--quick", action="store_true", help="tiny models, few rounds")
-  parser.add_argument("--models", nargs="+", default=["mlp", "cnn"], choices=["mlp", "cnn"])
+  parser.add_argument("--models", nargs="+", default=["mlp", "cnn", "transformer"],
+                      choices=["mlp", "cnn", "transformer"])
   parser.add_argument("--methods", nargs="+", default=None,
                       help="subset of candidates (default: all)")
   parser.add_argument("--rounds", type=int, default=None)
   parser.add_argument("--steps-per-round", type=int, default=None)
   parser.add_argument("--repeats", type=int, default=None)
+  for flag in LM_DEFAULT:
+    parser.add_argument(f"--lm-{flag.replace('_', '-')}", type=int, default=None,
+                        help=f"Transformer's {flag} (default {LM_DEFAULT[flag]})")
   parser.add_argument("--out", default="results/speed.json")
   parser.add_argument("--png", default="results/speed.png")
   args = parser.parse_args(argv)
   # (rounds, steps per round) per model: the CNN step is ~10x the MLP's.
-  default_rounds = {"mlp": (21, 10), "cnn": (9, 5)}
+  default_rounds = {"mlp": (21, 10), "cnn": (9, 5), "transformer": (9, 5)}
   if args.quick:
-    default_rounds = {"mlp": (3, 5), "cnn": (3, 5)}
+    default_rounds = {"mlp": (3, 5), "cnn": (3, 5), "transformer": (3, 5)}
+  lm = {k: getattr(args, "lm_" + k) for k in LM_DEFAULT}
   repeats = args.repeats or (1 if args.quick else 3)
 
   start = time.perf_counter()
-  cands = candidates(args.methods)
-  names = [c.name for c in cands]
   report = {
       "command": "python -m benchmarks.speed" + ("" if argv is None else " " + " ".join(argv)),
       "machine": _report.machine(),
@@ -237,7 +278,10 @@ def main(argv=None) -> dict:
       "models": {},
   }
   for model_name in args.models:
-    init_params, loss_fn, batch, description = models(args.quick)[model_name]
+    init_params, loss_fn, batch, description = models(args.quick, lm)[model_name]
+    adam = model_name in ADAM_MODELS
+    cands = candidates(args.methods, adam=adam)
+    names = [c.name for c in cands]
     rounds = args.rounds or default_rounds[model_name][0]
     steps = args.steps_per_round or default_rounds[model_name][1]
     print(f"\n{description}: {len(cands)} candidates, {repeats} x {rounds} "
@@ -254,6 +298,8 @@ def main(argv=None) -> dict:
     ratio = lambda a, b: float(np.median([r[a] / r[b] for r in runs]))
     entry = {
         "description": description,
+        "optax_lr_direction": ("AdamW (scale_by_adam + add_decayed_weights)" if adam
+                               else "plain SGD (optax.identity)"),
         "rounds": rounds,
         "steps_per_round": steps,
         "seconds_per_step_runs": runs,
@@ -285,13 +331,28 @@ def main(argv=None) -> dict:
     if GPU_CHEAPER_THAN in names:
       entry[f"ratio_to_{GPU_CHEAPER_THAN}"] = {
           n: ratio(n, GPU_CHEAPER_THAN) for n in names if n not in GPU_EXEMPT}
+      optax_lr_names = [n for n in names if n in {m.name for m in _methods.OPTAX_LR_METHODS}
+                        and n not in GPU_EXEMPT]
+      entry[f"cheaper_than_{GPU_CHEAPER_THAN}"] = {
+          n: entry[f"ratio_to_{GPU_CHEAPER_THAN}"][n] < 1.0 for n in optax_lr_names}
+    if adam and ADAM_ANCHOR in names:
+      entry[f"ratio_to_{ADAM_ANCHOR}"] = {n: ratio(n, ADAM_ANCHOR) for n in names}
     report["models"][model_name] = entry
 
+    extra = [ADAM_ANCHOR] if f"ratio_to_{ADAM_ANCHOR}" in entry else []
     rows = [[n, f"{1e3 * entry['median_seconds_per_step'][n]:.3f}",
              _report.fmt(entry.get("median_ratio_to_sgd", {}).get(n, np.nan)),
              _report.fmt(entry.get(f"ratio_to_{GPU_CHEAPER_THAN}", {}).get(n, np.nan))]
+            + [_report.fmt(entry[f"ratio_to_{a}"][n]) for a in extra]
             for n in names]
-    print(_report.table(["step", "ms/step", "/ sgd", f"/ {GPU_CHEAPER_THAN}"], rows))
+    print(_report.table(["step", "ms/step", "/ sgd", f"/ {GPU_CHEAPER_THAN}"]
+                        + [f"/ {a}" for a in extra], rows))
+    cheaper = entry.get(f"cheaper_than_{GPU_CHEAPER_THAN}", {})
+    if cheaper:
+      print(f"  cheaper per step than {GPU_CHEAPER_THAN} (all but "
+            f"{'/'.join(GPU_EXEMPT)}; the issue's target on GPU, here on "
+            f"{jax.default_backend()}): "
+            + " ".join(f"{n} {'yes' if ok else 'NO'}" for n, ok in cheaper.items()))
     for t in targets:
       net = " (net off)" if t["measured_as"] != t["method"] else ""
       print(f"  target {t['method']}{net} / {t['baseline']} = {t['ratio']:.3f} "
@@ -308,7 +369,7 @@ def main(argv=None) -> dict:
       print(f"    {t['method']:<10} {t['ratio_net_on_to_off']:.3f}  "
             f"{'PASS' if t['met'] else 'FAIL'}{rolled}")
 
-  if "sgd" in names:
+  if any("median_ratio_to_sgd" in m for m in report["models"].values()):
     plot(report, args.png)
   report["wall_s"] = time.perf_counter() - start
   _report.write_json(args.out, report)

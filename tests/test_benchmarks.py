@@ -369,3 +369,142 @@ def test_paper_toys(tmp_path):
   assert report["functions"]["bukin_smoothed"]["minimum"] == pytest.approx(
       math.sqrt(math.sqrt(paper_toys.BUKIN_EPS) + paper_toys.BUKIN_EPS))
   _check_png(tmp_path, "paper_toys")
+
+
+# ------------------------------------------------------------------ the Transformer LM
+
+
+def _no_network(monkeypatch):
+  """Any socket connection fails: what runs under it downloads nothing."""
+  import socket  # pylint: disable=g-import-not-at-top
+
+  def refuse(*args, **kwargs):
+    raise AssertionError("the benchmark tried to open a network connection")
+
+  monkeypatch.setattr(socket.socket, "connect", refuse)
+  monkeypatch.setattr(socket.socket, "connect_ex", refuse)
+  monkeypatch.setattr(socket, "create_connection", refuse)
+
+
+def test_stdlib_text_is_local_and_split_by_file(monkeypatch):
+  import os  # pylint: disable=g-import-not-at-top
+  import sysconfig  # pylint: disable=g-import-not-at-top
+
+  _no_network(monkeypatch)
+  root = sysconfig.get_paths()["stdlib"]
+  split = _data.stdlib_split(max_bytes=300_000, seed=0)
+  files = {name: set(names) for name, names in split.items()}
+  assert all(files.values())
+  # Whole files, each in one split only, all from the local stdlib, no tests.
+  assert not (files["train"] & files["valid"] or files["train"] & files["test"]
+              or files["valid"] & files["test"])
+  for name in set().union(*files.values()):
+    assert name.endswith(".py") and os.path.isfile(os.path.join(root, name))
+    assert not set(name.split(os.sep)[:-1]) & set(_data.STDLIB_SKIPPED_DIRS), name
+  # The seed fixes the split; another seed draws another one.
+  assert _data.stdlib_split(max_bytes=300_000, seed=0) == split
+  assert _data.stdlib_split(max_bytes=300_000, seed=1) != split
+
+  splits = _data.stdlib_text(context=16, max_bytes=300_000, eval_windows=8)
+  assert splits.num_classes == 256
+  assert splits.x_train.shape[1] == 16 and splits.x_valid.shape == splits.x_test.shape == (8, 16)
+  for x, y in ((splits.x_train, splits.y_train), (splits.x_test, splits.y_test)):
+    assert x.dtype == y.dtype == np.int32 and 0 <= x.min() and x.max() < 256
+    np.testing.assert_array_equal(x[:, 1:], y[:, :-1])  # y is the next byte
+  # The test windows are bytes of the test files (and of no train file).
+  test_text = b"\0".join(open(os.path.join(root, n), "rb").read()
+                         for n in split["test"])
+  window = bytes(splits.x_test[3].astype(np.uint8))
+  assert window in test_text
+  np.testing.assert_array_equal(
+      _data.stdlib_text(context=16, max_bytes=300_000, eval_windows=8).x_train,
+      splits.x_train)  # deterministic
+
+
+def test_transformer_lm_is_causal():
+  model = _models.transformer_lm(context=8, d_model=16, heads=2, layers=1)
+  params = model.init(jax.random.PRNGKey(0))
+  assert model.num_params() == sum(x.size for x in jax.tree_util.tree_leaves(params))
+  x = jax.random.randint(jax.random.PRNGKey(1), (2, 8), 0, 256)
+  logits_fn = jax.jit(model.logits)
+  logits = logits_fn(params, x)
+  assert logits.shape == (2, 8, 256)
+  changed = logits_fn(params, x.at[:, 5].set((x[:, 5] + 1) % 256))
+  np.testing.assert_allclose(changed[:, :5], logits[:, :5], rtol=1e-5, atol=1e-6)
+  assert not np.allclose(changed[:, 5:], logits[:, 5:])
+  # At initialisation the next byte is about uniform: loss ~ ln 256.
+  y = jax.random.randint(jax.random.PRNGKey(2), (2, 8), 0, 256)
+  assert abs(float(jax.jit(model.loss)(params, (x, y))) - math.log(256)) < 0.1
+
+
+def test_robustness_stdlib_lm(tmp_path, capsys, monkeypatch):
+  """The Transformer LM task end to end at a tiny size: an optax_lr method over
+  AdamW's direction and one hand-tuned AdamW recipe."""
+  from benchmarks import robustness  # pylint: disable=g-import-not-at-top
+  _no_network(monkeypatch)
+  report = robustness.main(["--quick", "--datasets", "stdlib_lm", "--methods", "hd",
+                            "--references", "adamw_cosine", "--rates", "1e-2",
+                            "--seeds", "0", "--no-progress"] + _outputs(tmp_path, "robustness"))
+  out = capsys.readouterr().out
+  ds = report["datasets"]["stdlib_lm"]
+  size = robustness.LM_QUICK
+  assert ds["model"].startswith("transformer-lm") and ds["num_params"] > 0
+  assert ds["epochs"] == size["epochs"] and ds["steps_per_epoch"] == size["steps_per_epoch"]
+  assert set(ds["methods"]) == {"hd"} and set(ds["hand_tuned"]) == {"adamw_cosine"}
+  steps = size["epochs"] * size["steps_per_epoch"]
+  for entry in ds["methods"].values():
+    assert np.all(np.isfinite(entry["final_test_loss"]))
+    assert entry["params_finite"].all()
+    assert entry["lr_per_step_seed0"].shape == (1, steps)
+    assert np.all(np.isfinite(entry["lr_per_step_seed0"]))
+  ref = ds["hand_tuned"]["adamw_cosine"]
+  assert np.all(np.isfinite(ref["final_test_loss"])) and ref["grid"] == [1e-3, 1e-2]
+  # The cosine recipe warms up from 0 and decays: its rate peaks inside the run.
+  curve = ref["lr_per_step_seed0_best"]
+  assert curve.max() <= ref["best_rate"] * (1 + 1e-6) and curve[-1] < curve.max()
+  # Untrained bytes cost ln 256 nats; a few steps learn something.
+  assert ds["methods"]["hd"]["final_test_loss"].max() < math.log(256)
+  t = ds["targets"]
+  assert t["best_hand_tuned"]["optimizer"] == "adamw_cosine"
+  assert set(t["methods"]) == {"hd"} and t["range_test"] is None
+  assert "stdlib_lm: targets" in out
+  _check_png(tmp_path, "robustness")
+  assert (tmp_path / "robustness_rates_stdlib_lm.png").exists() == HAVE_MATPLOTLIB
+
+
+def test_adam_task_direction_and_range_test():
+  """On the Adam tasks the optax_lr methods step along AdamW's direction and
+  the range test sweeps AdamW; the other tasks keep momentum and SGD."""
+  from benchmarks import robustness  # pylint: disable=g-import-not-at-top
+  from benchmarks import speed  # pylint: disable=g-import-not-at-top
+  params = {"w": jax.numpy.ones((3, 2)), "b": jax.numpy.ones(2)}
+
+  def holds(tx, cls):
+    state = tx.init(params)
+    return any(isinstance(x, cls) for x in jax.tree_util.tree_leaves(
+        state, is_leaf=lambda x: isinstance(x, cls)))
+
+  import optax  # pylint: disable=g-import-not-at-top
+  hd = _methods.by_name(_methods.OPTAX_LR_METHODS, ["hd"])[0]
+  lm = robustness.task("stdlib_lm", True, None)
+  mlp = robustness.task("digits", True, None)
+  assert holds(_train.build(hd, 0.01, lm.setting), optax.ScaleByAdamState)
+  assert not holds(_train.build(hd, 0.01, mlp.setting), optax.ScaleByAdamState)
+  assert lm.setting.range_test_optimizer is _methods.adamw_optimizer
+  assert mlp.setting.range_test_optimizer is None
+  assert {m.name for m in lm.hand_tuned} == {"adamw_cosine", "adamw", "schedule_free_adamw"}
+  assert {"prodigy", "dog"} <= {m.name for m in lm.methods}
+  assert not {"sgd", "sgd_range_test"} & {m.name for m in lm.methods}
+  # AdamW's direction at rate lr is optax.adamw's step (weight decay on matrices).
+  grads = {"w": jax.numpy.full((3, 2), 0.5), "b": jax.numpy.full(2, -0.5)}
+  ours = _methods.adamw(1e-2)
+  want = optax.adamw(1e-2, weight_decay=_methods.ADAMW_WEIGHT_DECAY,
+                     mask=lambda p: {"w": True, "b": False})
+  u, _ = ours.update(grads, ours.init(params), params)
+  v, _ = want.update(grads, want.init(params), params)
+  jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6), u, v)
+  # speed.py times the Transformer's steps over AdamW's direction, with adamw.
+  cands = {c.name: c for c in speed.candidates(["hd", "adamw", "sgd"], adam=True)}
+  assert {"hd", "adamw", "sgd"} <= set(cands)
+  assert holds(cands["hd"].tx, optax.ScaleByAdamState)
+  assert "adamw" not in {c.name for c in speed.candidates(["hd", "adamw"])}

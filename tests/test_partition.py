@@ -54,6 +54,20 @@ def extra_args(case, loss_fn, params, grads):
   return {name: available[name]() for name in case.given}
 
 
+def _trajectory(case, step, state):
+  """``STEPS`` calls of ``step`` from the initial params (an epoch end every
+  4 for epoch-level methods): the params and the rates after each."""
+  params = init_params()
+  trajectory, rates = [], []
+  for t in range(STEPS):
+    params, state = step(params, state)
+    if case.epoch_level and t % 4 == 3:
+      state = optax_lr.observe(state, loss(params))
+    trajectory.append(params)
+    rates.append(optax_lr.current_lr(state))
+  return trajectory, rates
+
+
 def _partitioned_run(case, lr):
   tx = optax.partition({"body": case.make(lr), "head": optax.sgd(HEAD_LR)}, LABELS)
 
@@ -64,16 +78,7 @@ def _partitioned_run(case, lr):
                                **extra_args(case, loss, params, grads))
     return optax_lr.apply_updates(params, updates, state), state
 
-  params = init_params()
-  state = tx.init(params)
-  trajectory, rates = [], []
-  for t in range(STEPS):
-    params, state = step(params, state)
-    if case.epoch_level and t % 4 == 3:
-      state = optax_lr.observe(state, loss(params))
-    trajectory.append(params)
-    rates.append(optax_lr.current_lr(state))
-  return trajectory, rates
+  return _trajectory(case, step, tx.init(init_params()))
 
 
 def _reference_run(case, lr):
@@ -95,16 +100,7 @@ def _reference_run(case, lr):
     body = optax_lr.apply_updates(params["body"], updates, state)
     return {"body": body, "head": head - HEAD_LR * grads["head"]}, state
 
-  params = init_params()
-  state = tx.init(params["body"])
-  trajectory, rates = [], []
-  for t in range(STEPS):
-    params, state = step(params, state)
-    if case.epoch_level and t % 4 == 3:
-      state = optax_lr.observe(state, loss(params))
-    trajectory.append(params)
-    rates.append(optax_lr.current_lr(state))
-  return trajectory, rates
+  return _trajectory(case, step, tx.init(init_params()["body"]))
 
 
 @CASES

@@ -72,6 +72,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import sys
 import time
 
 import numpy as np
@@ -489,7 +490,8 @@ def main(argv=None) -> dict:
 
   start = time.perf_counter()
   report = {
-      "command": "python -m benchmarks.robustness" + ("" if argv is None else " " + " ".join(argv)),
+      "command": " ".join(["python -m benchmarks.robustness"]
+                          + (sys.argv[1:] if argv is None else list(argv))),
       "machine": _report.machine(),
       "initial_rates": args.rates or "per task: datasets.<name>.initial_rates",
       "hand_tuned_grid": args.grid or "per task: datasets.<name>.hand_tuned_grid",

@@ -62,6 +62,7 @@ Writes ``results/speed.json`` and ``results/speed.png``.
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 
 import jax
@@ -268,7 +269,8 @@ def main(argv=None) -> dict:
 
   start = time.perf_counter()
   report = {
-      "command": "python -m benchmarks.speed" + ("" if argv is None else " " + " ".join(argv)),
+      "command": " ".join(["python -m benchmarks.speed"]
+                          + (sys.argv[1:] if argv is None else list(argv))),
       "machine": _report.machine(),
       "setting": {"repeats": repeats,
                   "learning_rate": _methods.SPEED_LR,

@@ -329,27 +329,27 @@ def _engine(
       extra_args["value"] = value
 
     # Steps 1-2: the hypergradient h_t = <Z_t, v_t> and the one-step
-    # hypergradient g1 = -<u_{t-1}, v_t> (equal to h_t when mu = 0).
-    if uses_tangent:
-      h = tree_vdot(state.tangent, objective_grads).astype(dtype)
-    if keeps_u_prev:
-      g1 = -tree_vdot(state.u_prev, objective_grads).astype(dtype)
-    if not uses_tangent:
-      h = g1
-    # The scale-free rules (normalized, multiplicative) read only a cosine,
-    # which tree_cosine computes over the whole float range; the raw h
-    # under- or overflows (float32 trees near 1e-20 or 1e20) where the
-    # cosine is fine, so only the rules that read h raw need it finite.
-    if normalized or multiplicative:
-      finite = jnp.ones([], jnp.bool_)
-    else:
+    # hypergradient g1 = -<u_{t-1}, v_t> (equal to h_t when mu = 0). The
+    # scale-free rules (normalized, multiplicative) read only a cosine,
+    # computed below over the whole float range, where the raw h under- or
+    # overflows (float32 trees near 1e-20 or 1e20): the raw sums are taken
+    # only for the rules that read them (and adaptive mu's ratio h / g1).
+    reads_raw = adaptive_mu or not (normalized or multiplicative)
+    finite = jnp.ones([], jnp.bool_)
+    if reads_raw:
+      if uses_tangent:
+        h = tree_vdot(state.tangent, objective_grads).astype(dtype)
+      if keeps_u_prev:
+        g1 = -tree_vdot(state.u_prev, objective_grads).astype(dtype)
+      if not uses_tangent:
+        h = g1
       finite = jnp.isfinite(h)
     if adaptive_mu:
       nonzero = g1 != 0
       ratio = h / jnp.where(nonzero, g1, jnp.ones_like(g1))
       q = jnp.where(nonzero, jnp.clip(ratio, 0, 1), jnp.zeros_like(ratio))
       mu_t = q ** (1 / (state.horizon + 1))
-      finite = finite & jnp.isfinite(h) & jnp.isfinite(g1)
+      finite = finite & jnp.isfinite(g1)
     else:
       # A fixed mu is read from the factory, not the state, so a value
       # injected by optax.inject_hyperparams takes effect (equal otherwise).

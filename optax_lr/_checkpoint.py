@@ -36,7 +36,10 @@ The safety net's policy (:class:`SafetyNetState`, :func:`net_decide`):
   rollback restores the rate that was in use at the known-good point, each
   further one from the same checkpoint divides it by :data:`BACKOFF` again.
 * **Save**: every :data:`SAVE_EVERY` calls at the earliest, on a healthy call
-  whose loss (when given) is finite and no worse than the checkpoint's.
+  whose loss (when given) is finite and no worse than the checkpoint's. The
+  first checkpoint is the initial point, and the first call's loss (the
+  loss at those params) is its cost: a run that a too-high rate makes worse
+  than the untrained model, without a tenfold loss, saves nothing.
   Without a loss, a save also needs the call's squared gradient norm
   :math:`|g_t|^2` within :data:`GRADIENT_GROWTH` times its running average
   (when the method passes it): a run that blows up without NaN yet has
@@ -323,6 +326,17 @@ def net_update(net: SafetyNetState, checkpoint: Checkpoint, save: jax.Array,
       jnp.isfinite(net.first_cost) | jnp.logical_not(jnp.isfinite(cost)),
       net.first_cost, cost,
   )
+  # The very first call receives the initial params, which are the initial
+  # checkpoint: its loss is that checkpoint's cost. A save then needs a loss
+  # no worse than the untrained model's, so a run that a too-high rate
+  # damages from its first steps (dead units, saturated outputs: worse, yet
+  # not ten times worse) cannot save the damage and roll back to it.
+  first_call = ((net.since_save == 0) & (net.rollbacks == 0)
+                & jnp.logical_not(jnp.isfinite(net.first_cost)))
+  initial_cost = first_call & jnp.isfinite(cost) & jnp.logical_not(save | rollback)
+  checkpoint = checkpoint._replace(
+      cost=jnp.where(initial_cost, cost.astype(checkpoint.cost.dtype),
+                     checkpoint.cost))
   since = jnp.where(save | rollback, 0, jnp.minimum(net.since_save, SAVE_EVERY) + 1)
   new_failure = rollback & jnp.logical_not(net.rolled_back)
   failures = jnp.where(

@@ -148,6 +148,9 @@ class NetCase:
   needs: tuple[str, ...] = ("value",)
   # The rate never leaves [lr0 / RATE_BAND, lr0 * RATE_BAND].
   banded: bool = True
+  # Saves every SAVE_EVERY healthy calls at a loss no worse than the
+  # checkpoint's (ASLR saves at the epoch ends that improve its cost).
+  saves_by_loss: bool = True
 
 
 NET_CASES = [
@@ -169,7 +172,7 @@ NET_CASES = [
                                                 per_leaf=True, **kw)),
     NetCase("aslr_window",
             lambda lr, **kw: optax_lr.aslr(lr, steps_per_epoch=10, **kw),
-            banded=False),
+            banded=False, saves_by_loss=False),
 ]
 NETS = pytest.mark.parametrize("case", NET_CASES, ids=lambda c: c.name)
 
@@ -269,6 +272,47 @@ def test_the_net_costs_one_params_copy_and_one_direction_state_copy(case):
   # Params (64*32 + 32 floats) and Adam's mu, nu and count; plus scalars.
   expected = nbytes(params) + nbytes(adam.init(params))
   assert expected <= extra <= expected + 64
+
+
+@pytest.mark.parametrize("case", [c for c in NET_CASES if c.saves_by_loss],
+                         ids=lambda c: c.name)
+def test_a_run_worse_than_the_initial_model_never_saves(case):
+  # A too-high rate can damage a model in its first steps (dead units,
+  # saturated outputs) without a tenfold loss. The first call's loss is the
+  # initial checkpoint's cost, so no save stores the damage, and the
+  # divergence that follows rolls back to the initial params.
+  tx = case.make(0.01)
+
+  @jax.jit
+  def step(w, state, value):
+    available = {"value": value, "loss_fn": quadratic}
+    extra = {name: available[name] for name in case.needs}
+    updates, state = tx.update(jax.grad(quadratic)(w), state, w, **extra)
+    return optax_lr.apply_updates(w, updates, state), state
+
+  w, state = W0, tx.init(W0)
+  scripted = [1.0] + [5.0] * (3 * _checkpoint.SAVE_EVERY) + [100.0]
+  for t, value in enumerate(scripted):
+    w, state = step(w, state, jnp.float32(value))
+    if t == 0:
+      assert float(state.safety.checkpoint.cost) == 1.0
+  assert bool(state.safety.rolled_back)
+  np.testing.assert_array_equal(np.asarray(state.safety.checkpoint.params), W0)
+  np.testing.assert_array_equal(np.asarray(w), W0)
+
+
+def test_the_initial_checkpoint_takes_the_first_call_loss_only():
+  ckpt_of = lambda net: float(net.checkpoint.cost)
+  f, t = jnp.bool_(False), jnp.bool_(True)
+  net = _net()
+  first = _checkpoint.net_update(net, net.checkpoint, f, f, jnp.float32(2.0))
+  assert ckpt_of(first) == 2.0 and float(first.first_cost) == 2.0
+  # A later call's loss is not the initial params' loss.
+  later = _checkpoint.net_update(_net(since=3), net.checkpoint, f, f, jnp.float32(2.0))
+  assert ckpt_of(later) == math.inf
+  # Nor is the loss of a first call that rolls back (a non-finite gradient).
+  rolled = _checkpoint.net_update(net, net.checkpoint, f, t, jnp.float32(2.0))
+  assert ckpt_of(rolled) == math.inf
 
 
 def test_the_band_keeps_the_rate_from_running_away():

@@ -15,3 +15,7 @@ os.environ["XLA_FLAGS"] = (
 import jax  # noqa: E402  (must come after XLA_FLAGS)
 
 jax.config.update("jax_numpy_dtype_promotion", "strict")
+
+# The notebooks' jupytext sources are scripts, not test modules: importing
+# them (`pytest .` with --doctest-modules) would run the notebooks.
+collect_ignore = ["notebooks"]

@@ -185,24 +185,3 @@ def time_candidates(
   if final_states is not None:
     final_states.update({name: carry[1] for name, (_, carry) in runners.items()})
   return {name: float(np.median(ts)) for name, ts in times.items()}
-
-
-def ratio_table(times: dict[str, float], baseline: str) -> str:
-  """A plain-text table of per-step times and ratios to ``baseline``."""
-  base = times[baseline]
-  width = max(len(n) for n in times)
-  lines = [f"{'step':<{width}}  {'ms/step':>9}  {'ratio':>7}"]
-  for name, sec in times.items():
-    lines.append(f"{name:<{width}}  {1e3 * sec:>9.3f}  {sec / base:>7.3f}")
-  return "\n".join(lines)
-
-
-def write_json(report: Any, path: str) -> None:
-  """Writes ``report`` as indented JSON to ``path``, creating its folder."""
-  import json  # pylint: disable=g-import-not-at-top
-  import os  # pylint: disable=g-import-not-at-top
-
-  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-  with open(path, "w") as f:
-    json.dump(report, f, indent=2)
-  print(f"wrote {path}")

@@ -49,12 +49,41 @@ with the net off; "n/a" for a method whose library call has no
 ``safety_net`` keyword yet. On GPU also: every method other than RTHO/MARTHE
 cheaper per step than prodigy (reported on CPU for information).
 
+Parts (``PARTS``; not in the default run): ``--methods`` takes a part's
+name for its candidates with their anchors, or any of them by name, side by
+side with the rest. Each variant of a part (``VARIANTS``) runs with its
+safety net off where its library call has one, as the first release timed
+it; its direction is the model's (plain SGD; AdamW's on the Transformer)
+unless its name says otherwise (``_momentum``: ``optax.trace(0.9)``,
+``_adam``: ``scale_by_adam``). Informational ratios (``INFORMATION``) are
+printed without a verdict.
+
+* ``epoch``: ASLR and AALR on steps that are not epoch ends, in observe mode
+  (``aslr``, ``aalr``) and in window mode with a window no timed run closes
+  (``*_window``: the running mean of ``value`` and the ``lax.cond`` that
+  skips the epoch end), over plain SGD against sgd and over momentum
+  (``*_momentum``) against sgd_momentum, each <= 1.10x; for information, a
+  window of one step (``*_every_step``: an epoch end at every call) against
+  the window that never closes.
+* ``hypergradient``: the defaults' HD/RTHO/MARTHE, and the first release's
+  fixed hyper-rates (``hd_fixed``: additive, beta 1e-4, <= 1.10x
+  sgd_momentum; ``marthe_fixed``: hyper_lr_step 1e-6, <= 1.15x
+  grad_hvp_sgd), with the multiplicative rule, RTHO, MARTHE with mu 0.9, and
+  over momentum and Adam for information.
+* ``newton``: newton_lr against adam (the target above), and for
+  information newton_lr over ``scale_by_adam`` (four buffers) against adam,
+  and with a window of one step (``newton_lr_every_step``: the window-end
+  work at every call) against the 200-step window, which bounds what the
+  window's ``lax.cond`` saves.
+
 Usage::
 
     python -m benchmarks.speed                 # the three models, 3 repeats
     python -m benchmarks.speed --models transformer
     python -m benchmarks.speed --quick         # tiny models, a smoke run
     python -m benchmarks.speed --models mlp --repeats 5
+    python -m benchmarks.speed --models mlp --methods epoch hypergradient newton
+    python -m benchmarks.speed --models mlp --methods sgd aslr aslr_window
 
 Writes ``results/speed.json`` and ``results/speed.png``.
 """
@@ -76,13 +105,36 @@ from benchmarks import _report
 import optax_lr
 from optax_lr import _checkpoint
 
-# (method, baseline, bound): method's step costs at most bound x baseline's.
+# (method, baseline, bound): method's step costs at most bound x baseline's;
+# each is measured with the net off (the method's net-off twin, or a variant).
 TARGETS = (
     ("hd", "sgd_momentum", 1.10),
     ("marthe", "grad_hvp_sgd", 1.15),
     ("newton_lr", "adam", 1.10),
     ("aslr", "sgd", 1.10),
     ("aalr", "sgd", 1.10),
+    # The parts' (timed when named in --methods).
+    ("aslr_window", "sgd", 1.10),
+    ("aalr_window", "sgd", 1.10),
+    ("aslr_momentum", "sgd_momentum", 1.10),
+    ("aslr_window_momentum", "sgd_momentum", 1.10),
+    ("aalr_momentum", "sgd_momentum", 1.10),
+    ("aalr_window_momentum", "sgd_momentum", 1.10),
+    ("hd_fixed", "sgd_momentum", 1.10),
+    ("marthe_fixed", "grad_hvp_sgd", 1.15),
+)
+# (method, baseline): ratios reported for information, with no bound.
+INFORMATION = (
+    ("aslr_every_step", "aslr_window"),
+    ("aalr_every_step", "aalr_window"),
+    ("hd_mult_fixed", "sgd_momentum"),
+    ("hd_fixed_momentum", "sgd_momentum"),
+    ("rtho_fixed", "grad_hvp_sgd"),
+    ("marthe_fixed_mu0.9", "grad_hvp_sgd"),
+    ("marthe_fixed_momentum", "grad_hvp_sgd"),
+    ("marthe_fixed_adam", "grad_hvp_sgd"),
+    ("newton_lr_adam", "adam"),
+    ("newton_lr_every_step", "newton_lr"),
 )
 # On GPU: every method except these costs less per step than this anchor.
 GPU_CHEAPER_THAN = "prodigy"
@@ -109,8 +161,100 @@ LM_DEFAULT = dict(context=64, d_model=64, heads=4, layers=2, batch=16)
 LM_QUICK = dict(context=16, d_model=16, heads=2, layers=1, batch=4)
 
 
+# ---------------------------------------------------------------- parts
+
+# Far more update calls than any timed run: no window ever closes.
+_NEVER_ENDS = 10**9
+
+
+def _momentum() -> optax.GradientTransformation:
+  return optax.trace(0.9)
+
+
+def _adam() -> optax.GradientTransformation:
+  return _methods._standard_promotion(optax.scale_by_adam())  # pylint: disable=protected-access
+
+
+def _variant(name, factory, *, direction=None, needs=("value",), fixed_lr=None,
+             **fixed) -> _methods.Method:
+  """``factory(lr, **fixed)`` over ``direction()`` (None: the model's)."""
+  def make(lr, n, **options):
+    del n
+    if direction is not None:
+      options["direction"] = direction()
+    return factory(lr, **fixed, **options)
+  return _methods.Method(name, make, needs=tuple(needs), fixed_lr=fixed_lr, factory=factory)
+
+
+_TANGENT = ("value", "loss_fn")  # the training loss as E, as the first release timed
+VARIANTS: tuple[_methods.Method, ...] = (
+    _variant("aslr_window", optax_lr.aslr, steps_per_epoch=_NEVER_ENDS),
+    _variant("aslr_every_step", optax_lr.aslr, steps_per_epoch=1),
+    _variant("aalr_window", optax_lr.aalr, steps_per_epoch=_NEVER_ENDS),
+    _variant("aalr_every_step", optax_lr.aalr, steps_per_epoch=1),
+    _variant("aslr_momentum", optax_lr.aslr, direction=_momentum),
+    _variant("aslr_window_momentum", optax_lr.aslr, direction=_momentum,
+             steps_per_epoch=_NEVER_ENDS),
+    _variant("aalr_momentum", optax_lr.aalr, direction=_momentum),
+    _variant("aalr_window_momentum", optax_lr.aalr, direction=_momentum,
+             steps_per_epoch=_NEVER_ENDS),
+    _variant("hd_fixed", optax_lr.hypergradient_descent, hyper_lr=1e-4),
+    _variant("hd_mult_fixed", optax_lr.hypergradient_descent, hyper_lr=1e-3,
+             multiplicative=True),
+    _variant("hd_fixed_momentum", optax_lr.hypergradient_descent, direction=_momentum,
+             hyper_lr=1e-4),
+    _variant("marthe_fixed", optax_lr.marthe, needs=_TANGENT, hyper_lr_step=1e-6),
+    _variant("marthe_fixed_mu0.9", optax_lr.marthe, needs=_TANGENT, hyper_lr_step=1e-6,
+             mu=0.9),
+    _variant("rtho_fixed", optax_lr.rtho, needs=_TANGENT, hyper_lr=1e-6),
+    _variant("marthe_fixed_momentum", optax_lr.marthe, direction=_momentum, needs=_TANGENT,
+             hyper_lr_step=1e-6),
+    _variant("marthe_fixed_adam", optax_lr.marthe, direction=_adam, needs=_TANGENT,
+             fixed_lr=1e-3, hyper_lr_step=1e-9),
+    _variant("newton_lr_adam", optax_lr.newton_lr, direction=_adam, fixed_lr=1e-3,
+             steps_per_epoch=_methods.SPEED_STEPS_PER_EPOCH),
+    _variant("newton_lr_every_step", optax_lr.newton_lr, update_every=1),
+)
+# Each part: the candidates of one former per-method benchmark, anchors first.
+PARTS = {
+    "epoch": ("sgd", "sgd_momentum", "aslr", "aalr", "aslr_window", "aslr_every_step",
+              "aalr_window", "aalr_every_step", "aslr_momentum", "aslr_window_momentum",
+              "aalr_momentum", "aalr_window_momentum"),
+    "hypergradient": ("sgd", "sgd_momentum", "grad_hvp_sgd", "hd", "hd_mult", "rtho",
+                      "marthe", "hd_fixed", "hd_mult_fixed", "hd_fixed_momentum",
+                      "marthe_fixed", "marthe_fixed_mu0.9", "rtho_fixed",
+                      "marthe_fixed_momentum", "marthe_fixed_adam"),
+    "newton": ("sgd", "adam", "newton_lr", "newton_lr_adam", "newton_lr_every_step"),
+}
+
+
+def known_names() -> set[str]:
+  """Every name ``--methods`` takes: candidates, variants and parts."""
+  registry = (_methods.SPEED_ANCHORS + _methods.ADAM_SPEED_ANCHORS
+              + _methods.OPTAX_LR_METHODS + VARIANTS)
+  return {m.name for m in registry if m.rate_from_task is None} | set(PARTS)
+
+
+def expand(names):
+  """``names`` with each part's name replaced by its candidates (None: None)."""
+  if not names:
+    return names
+  return [n for name in names for n in PARTS.get(name, (name,))]
+
+
 def _has_net(method: _methods.Method) -> bool:
   return method.name in NET_METHODS and method.accepts("safety_net")
+
+
+def _net_off(name: str) -> bool:
+  """Whether candidate ``name`` runs with its safety net switched off."""
+  variant = {m.name: m for m in VARIANTS}.get(name)
+  return name.endswith(NET_OFF_SUFFIX) or bool(variant and variant.accepts("safety_net"))
+
+
+def _measured(name: str, names) -> str:
+  """The candidate a target measures ``name`` by: its net-off twin when timed."""
+  return name + NET_OFF_SUFFIX if name + NET_OFF_SUFFIX in names else name
 
 
 def candidates(names=None, adam: bool = False) -> list[_harness.Candidate]:
@@ -119,12 +263,15 @@ def candidates(names=None, adam: bool = False) -> list[_harness.Candidate]:
   The methods whose rate comes from the task (ASLR's range-test pipeline)
   take the same step as their raw method and are not timed again. ``adam``:
   the model trains over Adam (``ADAM_MODELS``): the optax_lr methods step
-  along AdamW's direction, and the Adam anchors are timed too.
+  along AdamW's direction, and the Adam anchors are timed too. ``names``:
+  the candidates to time (parts' names expand to theirs); the parts'
+  variants (``VARIANTS``) are timed only when named, with their net off.
   """
   anchors = list(_methods.SPEED_ANCHORS) + (list(_methods.ADAM_SPEED_ANCHORS) if adam else [])
   methods = anchors + [m for m in _methods.OPTAX_LR_METHODS if m.rate_from_task is None]
+  names = expand(names)
   if names:
-    methods = [m for m in methods if m.name in set(names)]
+    methods = [m for m in methods + list(VARIANTS) if m.name in set(names)]
   def build(m, **options):
     # The optax_lr methods over plain SGD directions, as the first release
     # timed them against their anchors (robustness and compare use momentum),
@@ -136,8 +283,9 @@ def candidates(names=None, adam: bool = False) -> list[_harness.Candidate]:
 
   cands = []
   for m in methods:
-    cands.append(_harness.Candidate(m.name, build(m), needs=tuple(m.needs), hvp=m.hvp,
-                                    no_saves=True))
+    options = {"safety_net": False} if _net_off(m.name) else {}
+    cands.append(_harness.Candidate(m.name, build(m, **options), needs=tuple(m.needs),
+                                    hvp=m.hvp, no_saves=True))
     if _has_net(m):
       off = build(m, safety_net=False, **NET_OFF_OPTIONS.get(m.name, {}))
       cands.append(_harness.Candidate(m.name + NET_OFF_SUFFIX, off,
@@ -227,8 +375,9 @@ def plot(report, path):
     ratios = report["models"][name]["median_ratio_to_sgd"]
     order = sorted(ratios, key=ratios.get)
     optax_lr_names = {m.name for m in _methods.OPTAX_LR_METHODS}
+    light = optax_lr_names | {m.name for m in VARIANTS}
     colors = ["tab:blue" if n in optax_lr_names
-              else "lightsteelblue" if n.removesuffix(NET_OFF_SUFFIX) in optax_lr_names
+              else "lightsteelblue" if n.removesuffix(NET_OFF_SUFFIX) in light
               else "tab:gray" for n in order]
     ax.barh(order, [ratios[n] for n in order], color=colors)
     ax.axvline(1.0, color="k", lw=0.8)
@@ -238,7 +387,8 @@ def plot(report, path):
     for y, n in enumerate(order):
       ax.text(ratios[n], y, f" {ratios[n]:.2f}", va="center", fontsize=8)
   fig.suptitle(f"per-step cost, {report['machine']['backend']} "
-               f"({report['machine']['cpu']}); blue: optax_lr (light: safety net off), "
+               f"({report['machine']['cpu']}); blue: optax_lr (light: safety net off, "
+               "or a part's variant), "
                "gray: optax")
   _report.save_figure(fig, path)
   plt.close(fig)
@@ -250,7 +400,8 @@ def main(argv=None) -> dict:
   parser.add_argument("--models", nargs="+", default=["mlp", "cnn", "transformer"],
                       choices=["mlp", "cnn", "transformer"])
   parser.add_argument("--methods", nargs="+", default=None,
-                      help="subset of candidates (default: all)")
+                      help="candidates to time, by name, or parts by name: "
+                           f"{', '.join(PARTS)} (default: every method, no part)")
   parser.add_argument("--rounds", type=int, default=None)
   parser.add_argument("--steps-per-round", type=int, default=None)
   parser.add_argument("--repeats", type=int, default=None)
@@ -260,6 +411,9 @@ def main(argv=None) -> dict:
   parser.add_argument("--out", default="results/speed.json")
   parser.add_argument("--png", default="results/speed.png")
   args = parser.parse_args(argv)
+  unknown = sorted(set(args.methods or ()) - known_names())
+  if unknown:
+    parser.error(f"--methods: unknown {unknown}; known: {sorted(known_names())}")
   # (rounds, steps per round) per model: the CNN step is ~10x the MLP's.
   default_rounds = {"mlp": (21, 10), "cnn": (9, 5), "transformer": (9, 5)}
   if args.quick:
@@ -312,13 +466,16 @@ def main(argv=None) -> dict:
     targets = []
     for method, base, bound in TARGETS:
       # The first release's targets hold with the net off.
-      measured = (method + NET_OFF_SUFFIX if method + NET_OFF_SUFFIX in names
-                  else method)
+      measured = _measured(method, names)
       if method in names and base in names:
         value = ratio(measured, base)
         targets.append({"method": method, "measured_as": measured, "baseline": base,
                         "bound": bound, "ratio": value, "met": value <= bound})
     entry["targets"] = targets
+    entry["information"] = [
+        {"method": method, "baseline": _measured(base, names),
+         "ratio": ratio(method, _measured(base, names))}
+        for method, base in INFORMATION if method in names and base in names]
     net_targets = []
     for method, check in net_checks(names, final_states).items():
       measured = check["status"] == "measured"
@@ -341,14 +498,14 @@ def main(argv=None) -> dict:
       entry[f"ratio_to_{ADAM_ANCHOR}"] = {n: ratio(n, ADAM_ANCHOR) for n in names}
     report["models"][model_name] = entry
 
-    extra = [ADAM_ANCHOR] if f"ratio_to_{ADAM_ANCHOR}" in entry else []
-    rows = [[n, f"{1e3 * entry['median_seconds_per_step'][n]:.3f}",
-             _report.fmt(entry.get("median_ratio_to_sgd", {}).get(n, np.nan)),
-             _report.fmt(entry.get(f"ratio_to_{GPU_CHEAPER_THAN}", {}).get(n, np.nan))]
-            + [_report.fmt(entry[f"ratio_to_{a}"][n]) for a in extra]
+    columns = {"sgd": entry.get("median_ratio_to_sgd"),
+               GPU_CHEAPER_THAN: entry.get(f"ratio_to_{GPU_CHEAPER_THAN}"),
+               ADAM_ANCHOR: entry.get(f"ratio_to_{ADAM_ANCHOR}")}
+    columns = {a: c for a, c in columns.items() if c is not None}
+    rows = [[n, f"{1e3 * entry['median_seconds_per_step'][n]:.3f}"]
+            + [_report.fmt(c.get(n, np.nan)) for c in columns.values()]
             for n in names]
-    print(_report.table(["step", "ms/step", "/ sgd", f"/ {GPU_CHEAPER_THAN}"]
-                        + [f"/ {a}" for a in extra], rows))
+    print(_report.table(["step", "ms/step"] + [f"/ {a}" for a in columns], rows))
     cheaper = entry.get(f"cheaper_than_{GPU_CHEAPER_THAN}", {})
     if cheaper:
       print(f"  cheaper per step than {GPU_CHEAPER_THAN} (all but "
@@ -356,9 +513,11 @@ def main(argv=None) -> dict:
             f"{jax.default_backend()}): "
             + " ".join(f"{n} {'yes' if ok else 'NO'}" for n, ok in cheaper.items()))
     for t in targets:
-      net = " (net off)" if t["measured_as"] != t["method"] else ""
+      net = " (net off)" if _net_off(t["measured_as"]) else ""
       print(f"  target {t['method']}{net} / {t['baseline']} = {t['ratio']:.3f} "
             f"(<= {t['bound']:.2f}: {'met' if t['met'] else 'MISSED'})")
+    for t in entry["information"]:
+      print(f"  information {t['method']} / {t['baseline']} = {t['ratio']:.3f}")
     if net_targets:
       print(f"  safety net, steps that do not save: net on / net off "
             f"(<= {NET_BOUND:.2f})")

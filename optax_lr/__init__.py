@@ -27,7 +27,7 @@ from optax_lr.schedules import inverse_time_decay
 from optax_lr.schedules import per_epoch
 from optax_lr.schedules import sgdr_schedule
 
-__version__ = "0.1.0"
+from optax_lr._version import __version__
 
 __all__ = [
     "RangeTestResult",

@@ -8,7 +8,7 @@ come from first-order quantities only:
 * ``∂²L_η/∂η² = uᵀ H u ≈ <u, ∇L(w) - ∇L(w - η u)> / η`` (a finite difference
   of gradients along ``u``, no Hessian),
 
-so the Newton step is multiplicative (the paper's Eq. 8):
+so the Newton step is multiplicative (the paper's Eq. 8)::
 
     η ← η · (1 + γ <u, ∇L(w - η u)> / <u, ∇L(w) - ∇L(w - η u)>).
 
@@ -17,7 +17,7 @@ over windows of ``K`` steps and applies the rule once per window, to two
 consecutive windows. With ``U_k`` the sum of the directions and ``G_k`` the sum
 of the gradients over window ``k``, ``r = <U_{k-1}, G_k>`` (minus the slope of
 the loss along the previous window's step) and ``d = <U_{k-1}, G_{k-1}> - r``
-(the finite-difference curvature along it):
+(the finite-difference curvature along it)::
 
     factor = 1 + γ r / d        (d > 0; else 1: the second derivative is not
                                  positive and the paper keeps η),

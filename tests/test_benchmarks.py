@@ -238,6 +238,69 @@ def test_speed_times_steps_that_do_not_save():
   assert math.isfinite(float(finals[False].checkpoint.cost))  # saved
 
 
+def test_speed_parts_are_consistent():
+  """Every part's candidates exist, every target and information line can be
+  reached from a part, and the variants run with their net off."""
+  from benchmarks import _harness  # pylint: disable=g-import-not-at-top
+  from benchmarks import speed  # pylint: disable=g-import-not-at-top
+  from optax_lr import _checkpoint  # pylint: disable=g-import-not-at-top
+  known = speed.known_names()
+  lines = [(t[0], t[1]) for t in speed.TARGETS] + list(speed.INFORMATION)
+  for part, names in speed.PARTS.items():
+    assert set(names) <= known, part
+    timed = {c.name for c in speed.candidates([part])}
+    assert set(names) <= timed, part
+  in_parts = {n for names in speed.PARTS.values() for n in names}
+  assert {n for line in lines for n in line} <= in_parts
+  assert {m.name for m in speed.VARIANTS} <= in_parts
+  # Nothing of a part's in the default run.
+  default = {c.name for c in speed.candidates()}
+  assert not default & {m.name for m in speed.VARIANTS}
+  params = _harness.init_mlp(jax.random.PRNGKey(1), (8, 8, 4))
+  is_net = lambda x: isinstance(x, _checkpoint.SafetyNetState)
+  for cand in speed.candidates([m.name for m in speed.VARIANTS]):
+    leaves = jax.tree_util.tree_leaves(cand.tx.init(params), is_leaf=is_net)
+    assert not any(is_net(x) for x in leaves), cand.name
+
+
+def test_speed_parts(tmp_path, capsys):
+  """The former per-method benchmarks' targets and information lines, by name."""
+  from benchmarks import speed  # pylint: disable=g-import-not-at-top
+  names = ["newton", "sgd_momentum", "aslr_window", "aalr_window", "aalr_every_step",
+           "hd_fixed", "grad_hvp_sgd", "marthe_fixed"]
+  speed.main(["--quick", "--models", "mlp", "--rounds", "1", "--steps-per-round", "1",
+              "--methods"] + names + _outputs(tmp_path, "speed"))
+  out = capsys.readouterr().out
+  mlp = _load(tmp_path / "speed.json")["models"]["mlp"]
+  newton_lr = _methods.by_name(_methods.OPTAX_LR_METHODS, ["newton_lr"])[0]
+  newton_lr_as = "newton_lr_net_off" if newton_lr.accepts("safety_net") else "newton_lr"
+  timed = set(speed.expand(names)) | ({newton_lr_as} - {"newton_lr"})
+  assert set(mlp["median_seconds_per_step"]) == timed
+  assert mlp["median_ratio_to_sgd"]["sgd"] == 1.0
+  targets = {t["method"]: t for t in mlp["targets"]}
+  assert {(t["method"], t["measured_as"], t["baseline"]) for t in targets.values()} == {
+      ("newton_lr", newton_lr_as, "adam"),
+      ("aslr_window", "aslr_window", "sgd"),
+      ("aalr_window", "aalr_window", "sgd"),
+      ("hd_fixed", "hd_fixed", "sgd_momentum"),
+      ("marthe_fixed", "marthe_fixed", "grad_hvp_sgd"),
+  }
+  for t in targets.values():
+    assert t["met"] == (t["ratio"] <= t["bound"])
+    verdict = "met" if t["met"] else "MISSED"
+    assert f"/ {t['baseline']} = {t['ratio']:.3f} (<= {t['bound']:.2f}: {verdict})" in out
+  # The variants run with their net off (AALR has none).
+  assert "target aslr_window (net off) / sgd" in out
+  assert "target hd_fixed (net off) / sgd_momentum" in out
+  assert "target aalr_window / sgd" in out
+  info = {(t["method"], t["baseline"]): t["ratio"] for t in mlp["information"]}
+  assert set(info) == {("newton_lr_adam", "adam"), ("newton_lr_every_step", newton_lr_as),
+                       ("aalr_every_step", "aalr_window")}
+  for (method, base), value in info.items():
+    assert f"information {method} / {base} = {value:.3f}" in out
+  _check_png(tmp_path, "speed")
+
+
 def test_robustness(tmp_path, capsys):
   from benchmarks import robustness  # pylint: disable=g-import-not-at-top
   # digits runs through the same code in test_compare; MNIST-1D when installed.

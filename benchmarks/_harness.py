@@ -21,6 +21,7 @@ import optax
 
 import optax_lr
 from optax_lr import _checkpoint
+from optax_lr._registry import EXTRA_ARG_NAMES
 
 
 # ---------------------------------------------------------------- models
@@ -61,9 +62,6 @@ def random_batch(key: jax.Array, batch: int, features: int | tuple, classes: int
 
 
 # ---------------------------------------------------------------- steps
-
-EXTRA_ARG_NAMES = ("value", "loss_fn", "val_grads")
-
 
 def _set_since_save(state: Any, since_save: jax.Array) -> Any:
   """``state`` with every safety net's ``since_save`` counter set to ``since_save``."""

@@ -36,8 +36,8 @@ import optax
 import optax.contrib
 
 import optax_lr
-
-EXTRA_ARG_NAMES = ("value", "loss_fn", "val_grads")
+from optax_lr._registry import EXTRA_ARG_NAMES
+from optax_lr._registry import standard_promotion
 
 # The rate of the hand-picked SGD reference and of the timed steps.
 HAND_PICKED_SGD_LR = 0.1
@@ -245,26 +245,6 @@ def extra_args(needs: Sequence[str], *, loss, batch_loss, val_grads_fn) -> dict:
   return extra
 
 
-def _standard_promotion(tx):
-  """``tx`` traced under standard dtype promotion.
-
-  optax's adam and reduce_on_plateau mix dtypes that a session with strict
-  promotion (the test suite's) rejects; the optax.contrib methods are wrapped
-  too, which changes nothing in the traced program.
-  """
-  tx = optax.with_extra_args_support(tx)
-
-  def init(params):
-    with jax.numpy_dtype_promotion("standard"):
-      return tx.init(params)
-
-  def update(updates, state, params=None, **extra):
-    with jax.numpy_dtype_promotion("standard"):
-      return tx.update(updates, state, params, **extra)
-
-  return optax.GradientTransformationExtraArgs(init, update)
-
-
 # ------------------------------------------------------------- optax_lr
 
 def range_test_suggestion(task: TaskSeed) -> float:
@@ -397,7 +377,7 @@ BASELINES: tuple[Method, ...] = (
            rate_means=_RANGE_TEST_MEANS + ", SGD at that constant rate"),
     Method(
         "reduce_on_plateau",
-        lambda lr, n: _standard_promotion(optax.chain(
+        lambda lr, n: standard_promotion(optax.chain(
             optax.inject_hyperparams(optax.sgd)(lr),
             optax.contrib.reduce_on_plateau(
                 factor=0.5, patience=3, accumulation_size=n),
@@ -409,7 +389,7 @@ BASELINES: tuple[Method, ...] = (
     ),
     Method(
         "prodigy",
-        lambda lr, n: _standard_promotion(optax.contrib.prodigy(1.0, estim_lr0=lr)),
+        lambda lr, n: standard_promotion(optax.contrib.prodigy(1.0, estim_lr0=lr)),
         library="optax",
         lr_of=_prodigy_rate,
         rate_means="d0 (estim_lr0), the initial Adam-scale step estimate",
@@ -423,7 +403,7 @@ BASELINES: tuple[Method, ...] = (
     ),
     Method(
         "mechanize",
-        lambda lr, n: _standard_promotion(optax.contrib.mechanize(
+        lambda lr, n: standard_promotion(optax.contrib.mechanize(
             optax.sgd(1.0), s_init=lr / _MECHANIC_BETAS,
             num_betas=_MECHANIC_BETAS)),
         library="optax",
@@ -444,22 +424,22 @@ BASELINES: tuple[Method, ...] = (
 SPEED_ANCHORS: tuple[Method, ...] = (
     Method("sgd", lambda lr, n: optax.sgd(lr), library="optax"),
     Method("sgd_momentum", lambda lr, n: optax.sgd(lr, momentum=0.9), library="optax"),
-    Method("adam", lambda lr, n: _standard_promotion(optax.adam(lr)), library="optax"),
+    Method("adam", lambda lr, n: standard_promotion(optax.adam(lr)), library="optax"),
     Method("reduce_on_plateau",
-           lambda lr, n: _standard_promotion(optax.chain(
+           lambda lr, n: standard_promotion(optax.chain(
                optax.sgd(lr),
                optax.contrib.reduce_on_plateau(accumulation_size=n))),
            library="optax", needs=("value",)),
     Method("prodigy",
-           lambda lr, n: _standard_promotion(optax.contrib.prodigy(1.0, estim_lr0=lr)),
+           lambda lr, n: standard_promotion(optax.contrib.prodigy(1.0, estim_lr0=lr)),
            library="optax"),
     Method("dadapt_adamw",
-           lambda lr, n: _standard_promotion(
+           lambda lr, n: standard_promotion(
                optax.contrib.dadapt_adamw(1.0, estim_lr0=lr)),
            library="optax"),
     Method("dog", lambda lr, n: optax.contrib.dog(1.0), library="optax"),
     Method("mechanize",
-           lambda lr, n: _standard_promotion(optax.contrib.mechanize(optax.sgd(1.0))),
+           lambda lr, n: standard_promotion(optax.contrib.mechanize(optax.sgd(1.0))),
            library="optax"),
     Method("grad_hvp_sgd", lambda lr, n: optax.sgd(lr), library="optax", hvp=True),
 )
@@ -476,7 +456,7 @@ HAND_TUNED: tuple[Method, ...] = (
            lambda lr, n: optax.inject_hyperparams(optax.sgd)(lr, momentum=0.9),
            library="optax"),
     Method("adam",
-           lambda lr, n: _standard_promotion(optax.inject_hyperparams(optax.adam)(lr)),
+           lambda lr, n: standard_promotion(optax.inject_hyperparams(optax.adam)(lr)),
            library="optax"),
 )
 
@@ -528,7 +508,7 @@ def adamw_direction() -> optax.GradientTransformation:
 def adamw(lr: float) -> optax.GradientTransformation:
   """``optax.adamw(lr)`` with the weight decay of :func:`adamw_direction`, the
   rate in the state (one compilation for a grid of rates)."""
-  return _standard_promotion(optax.chain(
+  return standard_promotion(optax.chain(
       adamw_direction(), optax.inject_hyperparams(optax.scale)(step_size=-lr)))
 
 
@@ -567,7 +547,7 @@ def _cosine_rate_of(total_steps):
 ADAM_BASELINES: tuple[Method, ...] = (
     Method(
         "prodigy",
-        lambda lr, n: _standard_promotion(optax.contrib.prodigy(
+        lambda lr, n: standard_promotion(optax.contrib.prodigy(
             1.0, estim_lr0=lr, weight_decay=ADAMW_WEIGHT_DECAY)),
         library="optax",
         lr_of=_prodigy_rate,
@@ -595,7 +575,7 @@ def adam_hand_tuned(total_steps: int) -> tuple[Method, ...]:
   return (
       Method(
           "adamw_cosine",
-          lambda lr, n: _standard_promotion(optax.chain(
+          lambda lr, n: standard_promotion(optax.chain(
               adamw_direction(), optax.scale_by_schedule(warmup_cosine(total_steps)),
               optax.inject_hyperparams(optax.scale)(step_size=-lr))),
           library="optax",
@@ -606,7 +586,7 @@ def adam_hand_tuned(total_steps: int) -> tuple[Method, ...]:
       Method("adamw", lambda lr, n: adamw(lr), library="optax", lr_of=_injected_rate),
       Method(
           "schedule_free_adamw",
-          lambda lr, n: _standard_promotion(optax.contrib.schedule_free_adamw(
+          lambda lr, n: standard_promotion(optax.contrib.schedule_free_adamw(
               lr, warmup_steps=warmup, weight_decay=ADAMW_WEIGHT_DECAY)),
           library="optax",
           lr_of=_constant_rate,
@@ -620,7 +600,7 @@ def adam_hand_tuned(total_steps: int) -> tuple[Method, ...]:
 ADAM_SPEED_ANCHORS: tuple[Method, ...] = (
     Method("adamw", lambda lr, n: adamw(lr), library="optax"),
     Method("schedule_free_adamw",
-           lambda lr, n: _standard_promotion(optax.contrib.schedule_free_adamw(
+           lambda lr, n: standard_promotion(optax.contrib.schedule_free_adamw(
                lr, warmup_steps=10, weight_decay=ADAMW_WEIGHT_DECAY)),
            library="optax"),
 )

@@ -1,7 +1,8 @@
 """Per-device optimizer-state memory on 1, 2, 4 and 8 devices, for every method.
 
 Params of an MLP are sharded FSDP-style (each leaf's leading axis split over a
-one-axis mesh) and every method of the contract suite's `METHODS` (all optax_lr
+one-axis mesh) and every method of the registry's `METHODS`
+(``optax_lr._registry``, which the contract suite runs too: all optax_lr
 methods and their direction variants, plus the plain-SGD anchor) builds its
 state from them. For each device count the script reports the bytes of
 optimizer state held by the fullest device, summed over the
@@ -37,7 +38,6 @@ if "--xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", "
 import argparse  # noqa: E402
 import json  # noqa: E402
 import pathlib  # noqa: E402
-import sys  # noqa: E402
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
@@ -47,22 +47,13 @@ from jax.sharding import NamedSharding  # noqa: E402
 from jax.sharding import PartitionSpec as P  # noqa: E402
 
 import optax_lr  # noqa: E402
+from optax_lr._registry import METHODS  # noqa: E402
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 DEVICE_COUNTS = (1, 2, 4, 8)
 FULL_SIZES = (512, 2048, 2048, 64)
 QUICK_SIZES = (64, 128, 64, 16)
 BATCH = 64
-
-
-def _methods():
-  """The contract suite's method list (one place names the methods)."""
-  sys.path.insert(0, str(REPO / "tests"))
-  try:
-    from test_contract import METHODS  # pylint: disable=g-import-not-at-top
-  finally:
-    sys.path.remove(str(REPO / "tests"))
-  return METHODS
 
 
 def _devices():
@@ -150,7 +141,7 @@ def main(argv=None) -> dict:
   header = "".join(f"{n:>12}" for n in DEVICE_COUNTS)
   print(f"{'method':38s}{header}   param-sized x devices / 1 device")
   results = {}
-  for case in _methods():
+  for case in METHODS:
     rows = [measure(case, sizes, n, devices, step) for n in DEVICE_COUNTS]
     total = [r[0] for r in rows]
     param_sized = [r[1] for r in rows]

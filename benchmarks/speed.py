@@ -104,6 +104,7 @@ from benchmarks import _models
 from benchmarks import _report
 import optax_lr
 from optax_lr import _checkpoint
+from optax_lr._registry import standard_promotion
 
 # (method, baseline, bound): method's step costs at most bound x baseline's;
 # each is measured with the net off (the method's net-off twin, or a variant).
@@ -172,7 +173,7 @@ def _momentum() -> optax.GradientTransformation:
 
 
 def _adam() -> optax.GradientTransformation:
-  return _methods._standard_promotion(optax.scale_by_adam())  # pylint: disable=protected-access
+  return standard_promotion(optax.scale_by_adam())
 
 
 def _variant(name, factory, *, direction=None, needs=("value",), fixed_lr=None,

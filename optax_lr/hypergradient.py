@@ -15,9 +15,9 @@ the past the tangent remembers, a discount :math:`\mu \in [0, 1]`:
 * :func:`marthe` (Donini et al.): any fixed :math:`\mu`, or :math:`\mu` adapted
   online, and an adapted hyper-learning rate :math:`\beta`.
 
-The engine (``DESIGN.md``, "Hypergradient engine"), at update call :math:`t`
-with gradient :math:`g_t`, :math:`v_t = \nabla E(w_t)` and
-:math:`(u_t, s_{t+1}) = \mathrm{direction}(g_t, s_t, w_t)`:
+The engine (the design page (``docs/design.md``), "The tangent engine"), at
+update call :math:`t` with gradient :math:`g_t`, :math:`v_t = \nabla E(w_t)`
+and :math:`(u_t, s_{t+1}) = \mathrm{direction}(g_t, s_t, w_t)`:
 
 1. :math:`h_t = \langle Z_t, v_t \rangle`.
 2. adaptive :math:`\mu`: :math:`g_1 = -\langle u_{t-1}, v_t\rangle`,
@@ -791,8 +791,9 @@ def marthe(
   :math:`\beta` when consecutive hypergradients agree in sign. The paper's
   Algorithm 1 prints a minus sign there; with its suggested
   :math:`\beta_0 = 0` and the clamp at 0, that sign would grow :math:`\beta`
-  only when consecutive hypergradients disagree (``DESIGN.md`` takes the
-  descent sign). ``hyper_lr_step=0`` keeps :math:`\beta` fixed.
+  only when consecutive hypergradients disagree (the design page
+  (``docs/design.md``) takes the descent sign). ``hyper_lr_step=0`` keeps
+  :math:`\beta` fixed.
   :math:`v_t` is ``val_grads`` when given (the gradient of a validation
   objective :math:`E`), else the incoming gradient (:math:`E = L`).
 

@@ -23,11 +23,11 @@ the loss along the previous window's step) and ``d = <U_{k-1}, G_{k-1}> - r``
                                  positive and the paper keeps η),
     η ← η · clip(factor, 1 / max_factor, max_factor).
 
-For SGD (``u = g``, so ``G = U``) this is DESIGN.md's rule on direction sums
-alone, ``r = <U_{k-1}, U_k>``, ``d = |U_{k-1}|² - r``; on a quadratic with
-``K = 1`` it is the exact Newton step (hence the exact line search) on the rate
-used for the previous step. Over other directions the gradient sums are needed:
-see :func:`newton_lr`.
+For SGD (``u = g``, so ``G = U``) this is the original rule on direction sums
+alone (the design page, ``docs/design.md``), ``r = <U_{k-1}, U_k>``,
+``d = |U_{k-1}|² - r``; on a quadratic with ``K = 1`` it is the exact Newton
+step (hence the exact line search) on the rate used for the previous step.
+Over other directions the gradient sums are needed: see :func:`newton_lr`.
 """
 
 from __future__ import annotations
@@ -259,17 +259,18 @@ def newton_lr(
   and the swap run only at window ends (inside a ``lax.while_loop`` of zero or
   one trip: a ``lax.cond`` would copy the window buffers on every call).
 
-  **Where this departs from DESIGN.md's rule, and why.** DESIGN.md writes the
-  rule on direction sums only: ``r = <U_prev, U_new>``, ``d = |U_prev|² - r``
+  **Where this departs from the original rule, and why.** The design contract
+  (the design page, ``docs/design.md``, says what changed) wrote the rule on
+  direction sums only: ``r = <U_prev, U_new>``, ``d = |U_prev|² - r``
   (so does the authors' code, which takes both from the weights' change over a
   window). In the paper's auxiliary loss ``L_η(w) = L(w - η u)`` both
   derivatives dot the *gradient* with the direction; direction sums stand in
   for gradient sums only when ``u = g``. Over plain SGD (``direction=None`` or
-  ``optax.identity()``) ``G = U`` and this rule *is* DESIGN.md's, computed the
-  same way, bit for bit, with no gradient buffer. Over momentum or Adam the
-  directions of consecutive windows stay correlated (Adam's are sign-like), so
-  ``<U_prev, U_new> ≈ |U_prev|²`` whatever the loss does: ``d → 0`` and the
-  factor sat at ``max_factor``
+  ``optax.identity()``) ``G = U`` and this rule *is* the original one,
+  computed the same way, bit for bit, with no gradient buffer. Over momentum
+  or Adam the directions of consecutive windows stay correlated (Adam's are
+  sign-like), so ``<U_prev, U_new> ≈ |U_prev|²`` whatever the loss does:
+  ``d → 0`` and the factor sat at ``max_factor``
   (``newton_lr(1e-3, update_every=50, direction=optax.scale_by_adam())`` on
   Rosenbrock: ``η`` 1e-3 → 1e13, params 7e12; with the gradient sums: it
   converges to (1, 1), ``η`` at most 1.5).
@@ -295,15 +296,15 @@ def newton_lr(
   each leaf with its own rate, its own inner products and its own NaN guard.
 
   Memory and dtypes: the window sums are param-sized buffers beyond the
-  direction's own state: two over plain SGD (``acc``, ``u_prev``), as in
-  DESIGN.md, and three over any other direction (plus ``grad_acc``), with one
-  more scalar per rate. Each sum is kept in its leaf's accumulation dtype,
-  never narrower than float32 (float64 stays float64): a bfloat16 sum over
-  hundreds of steps drops the low bits of every late term (past 128 each term
-  of about 1 rounds to a whole number), which biases ``η`` (DESIGN.md: by about
-  10%). So with bfloat16 params each of those buffers takes twice the params'
-  bytes. The returned update keeps each leaf's dtype; inner products
-  accumulate in at least float32.
+  direction's own state: two over plain SGD (``acc``, ``u_prev``), as in the
+  original design, and three over any other direction (plus ``grad_acc``),
+  with one more scalar per rate. Each sum is kept in its leaf's accumulation
+  dtype, never narrower than float32 (float64 stays float64): a bfloat16 sum
+  over hundreds of steps drops the low bits of every late term (past 128 each
+  term of about 1 rounds to a whole number), which biases ``η`` (by about
+  10%, the design page, ``docs/design.md``, says). So with bfloat16 params
+  each of those buffers takes twice the params' bytes. The returned update
+  keeps each leaf's dtype; inner products accumulate in at least float32.
 
   Limits (measured on optax's contrib targets, 30k steps, defaults, from
   ``η_0 = 1e-3``): window sums cancel an oscillation that alternates from step

@@ -4,8 +4,9 @@
 Python coroutine (send the loss of each epoch, get back η, the phase, L* and
 what happens to the model); `Reference` adds the params and the direction
 state around it, with saves and rollbacks carried out by the next update call
-as DESIGN.md says. Neither shares code with the implementation, which is a
-flat state machine over scalars in the optimizer state.
+as the design page (docs/design.md) says. Neither shares code with the
+implementation, which is a flat state machine over scalars in the optimizer
+state.
 
 Rates are powers of two and params, gradients and momenta are dyadic, so
 float32 arithmetic here is exact; landings on checkpoints are compared with
@@ -30,7 +31,7 @@ PENDING_CODE = {NONE: 0, SAVE: 1, ROLLBACK: 2}
 def algorithm1(lr, warmup, best=math.inf):
   """The paper's Algorithm 1; `best` is J(θ) of the initial model."""
   diverged = lambda loss: not math.isfinite(loss)  # the paper's "L is NAN"
-  initial = best  # the cost of the reloaded θ (DESIGN.md: θ and L* go together)
+  initial = best  # the cost of the reloaded θ (docs/design.md: θ and L* together)
   loss = yield None
   # Phase 1: initial LR exploration.
   i = 0

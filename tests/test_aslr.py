@@ -2,8 +2,9 @@
 
 The reference below follows the paper's arithmetic form of the search on exact
 decimals (``c ← c ± s`` with ``s = 10^floor(log10 c)``, ``c ← 0.9c`` where
-``c - s`` would be 0) and DESIGN.md's radius bookkeeping; it shares no code
-with the implementation, which walks a digit and an exponent instead.
+``c - s`` would be 0) and the design page's radius bookkeeping
+(docs/design.md); it shares no code with the implementation, which walks a
+digit and an exponent instead.
 """
 
 import decimal

@@ -24,8 +24,7 @@ import optax
 import pytest
 
 import optax_lr
-
-from test_contract import _standard_promotion
+from optax_lr._registry import standard_promotion
 
 STEPS = 30_000
 INITIAL_RATE = 1e-3
@@ -35,7 +34,7 @@ TOLERANCE = 3e-2
 DIRECTIONS = {
     "sgd": lambda: None,
     "momentum": lambda: optax.trace(0.9),
-    "adam": lambda: _standard_promotion(optax.scale_by_adam()),
+    "adam": lambda: standard_promotion(optax.scale_by_adam()),
 }
 
 

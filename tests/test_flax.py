@@ -208,7 +208,7 @@ def test_nnx_observe_inside_jit_without_recompiling():
     optax_lr.nnx_observe(optimizer, cost)
 
   centres = []
-  for cost in (1.0, 2.0, 3.0, 4.0):  # the DESIGN.md walk: 0.2, 0.1, 0.09
+  for cost in (1.0, 2.0, 3.0, 4.0):  # the docs/design.md walk: 0.2, 0.1, 0.09
     end_epoch(optimizer, jnp.float32(cost))
     centres.append(round(float(optax_lr.current_lr(optimizer.opt_state)), 6))
   assert centres == [0.1, 0.2, 0.1, 0.09]

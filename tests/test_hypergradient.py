@@ -77,7 +77,8 @@ def _np_hvp(theta, vec, x, y, reg):
 
 def reference(steps, eta0, beta0, *, mu, kappa=0.0, momentum=0.0,
               multiplicative=False, use_val=False):
-  """DESIGN.md's six steps in plain float64 numpy, for SGD or momentum.
+  """The design page's six steps (docs/design.md) in plain float64 numpy, for
+  SGD or momentum.
 
   ``mu=None`` is the adaptive discount. Returns per-step arrays of params,
   eta, beta, mu and c after each call.

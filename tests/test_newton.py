@@ -17,29 +17,14 @@ from sklearn.datasets import load_digits
 
 import optax_lr
 from optax_lr import newton as newton_module
-
+from optax_lr._registry import standard_promotion
 
 
 def _paper_rule(*args, **kwargs):
   """``newton_lr`` without its safety net: the rule and its own guards, as
-  DESIGN.md states them (the net, which rolls back where these guards drop a
-  window, has its tests in test_safety.py)."""
+  the design page (docs/design.md) states them (the net, which rolls back
+  where these guards drop a window, has its tests in test_safety.py)."""
   return optax_lr.newton_lr(*args, safety_net=False, **kwargs)
-
-def _standard_promotion(tx):
-  """Runs ``tx`` under standard promotion: optax's Adam bias correction raises
-  a float to an int32 power, which the suite's strict promotion rejects. Only
-  the direction is wrapped; `newton_lr`'s own code stays strict."""
-
-  def init(params):
-    with jax.numpy_dtype_promotion("standard"):
-      return tx.init(params)
-
-  def update(updates, state, params=None, **extra_args):
-    with jax.numpy_dtype_promotion("standard"):
-      return tx.update(updates, state, params)
-
-  return optax.GradientTransformationExtraArgs(init, update)
 
 
 def _run_grads(tx, params, grads_seq):
@@ -254,8 +239,9 @@ def test_gradient_sums_hand_computed_with_a_preconditioned_direction():
   # u = (1, 10) * g, K = 1, eta_0 = 0.5, gamma = 0.2.
   # W1: g = (1, 1), U = (1, 10): only recorded, <U1, G1> = 11.
   # W2: g = (0.5, -0.1): r = <U1, G2> = 0.5 - 1 = -0.5, d = 11 + 0.5 = 11.5,
-  #     factor 1 - 0.2 * 0.5 / 11.5. (DESIGN.md's literal rule on direction
-  #     sums: U2 = (0.5, -1), r = -9.5, d = 110.5, factor 1 - 0.2 * 9.5 / 110.5.)
+  #     factor 1 - 0.2 * 0.5 / 11.5. (The original rule on direction sums,
+  #     docs/design.md: U2 = (0.5, -1), r = -9.5, d = 110.5,
+  #     factor 1 - 0.2 * 9.5 / 110.5.)
   # W3: g = (0.25, 0.25): <U2, G2> = 0.25 + 0.1 = 0.35, r = <U2, G3> = 0.125 -
   #     0.25 = -0.125, d = 0.475, factor 1 - 0.2 * 0.125 / 0.475.
   grads = jnp.array([[1.0, 1.0], [0.5, -0.1], [0.25, 0.25]], jnp.float32)
@@ -490,7 +476,7 @@ def test_window_rule_matches_float64_reference():
       tx = optax_lr.newton_lr(
           lr0, update_every=window, gamma=gamma, max_factor=max_factor,
           per_leaf=per_leaf,
-          direction=(_standard_promotion(optax.scale_by_adam())
+          direction=(standard_promotion(optax.scale_by_adam())
                      if direction == "adam" else None),
       )
 
@@ -678,7 +664,7 @@ def _contrib_target(name):
 CONTRIB_DIRECTIONS = {
     "sgd": lambda: None,
     "momentum": lambda: optax.trace(0.9),
-    "adam": lambda: _standard_promotion(optax.scale_by_adam()),
+    "adam": lambda: standard_promotion(optax.scale_by_adam()),
 }
 
 # Window sums cancel an oscillation that alternates from step to step, so the
@@ -802,12 +788,12 @@ def test_robust_to_the_initial_rate_on_digits():
 
 def test_over_adam_trains_digits_from_small_initial_rates():
   """Over Adam the rule needs the gradient sums. On direction sums alone
-  (DESIGN.md's literal rule) Adam's correlated, sign-like directions make the
-  measured curvature vanish and the rate climbs too high: measured here
+  (the original rule, docs/design.md) Adam's correlated, sign-like directions
+  make the measured curvature vanish and the rate climbs too high: measured here
   0.16-0.38 (and chance level, 2.3, on a 64-128-128-10 MLP over 30 epochs),
   against 0.05-0.07 with the gradient sums."""
   newton = optax_lr.newton_lr(1e-3, steps_per_epoch=DIGITS_STEPS_PER_EPOCH,
-                              direction=_standard_promotion(optax.scale_by_adam()))
+                              direction=standard_promotion(optax.scale_by_adam()))
   losses = _digits_final_val_losses(
       newton, lambda s, lr: s._replace(learning_rate=lr), [1e-4, 1e-3, 1e-2])
   assert np.all(losses < 0.12), losses

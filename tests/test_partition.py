@@ -18,7 +18,7 @@ import optax
 import pytest
 
 import optax_lr
-from tests.test_contract import METHODS
+from optax_lr._registry import METHODS
 
 CASES = pytest.mark.parametrize("case", METHODS, ids=lambda c: c.name)
 

@@ -24,13 +24,10 @@ checkpoint on a rollback call, even from NaN params, and
 
 from __future__ import annotations
 
-import math
-import numbers
 from typing import Any, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 from optax_lr import _checkpoint
@@ -70,15 +67,15 @@ class AALRState(NamedTuple):
   pending: jax.Array  # [] int32: 0 none, 1 save, 2 rollback, for the next update.
   rolled_back: jax.Array  # [] bool: the update call that produced this state rolled back.
   checkpoint: Any  # params-like: the initial params in phase 1, then the last save.
-  checkpoint_inner: Any  # the direction state saved with `checkpoint`.
+  checkpoint_direction_state: Any  # the direction state saved with `checkpoint`.
   # The training-loss window with steps_per_epoch, else None: `observe`
   # refuses a state that ends its epochs itself.
   window: Optional[_monitor.EpochWindow]
-  inner_state: Any  # the direction's state.
+  direction_state: Any  # the direction's state.
 
 
 # The param-sized fields: left out of the epoch end's lax.cond.
-_TREE_FIELDS = ("checkpoint", "checkpoint_inner", "inner_state")
+_TREE_FIELDS = ("checkpoint", "checkpoint_direction_state", "direction_state")
 
 
 def _clamp_rate(rate: jax.Array) -> jax.Array:
@@ -195,27 +192,9 @@ _monitor.register_method(
 )
 
 
-def _check_positive_int(name, value, allow_none=False):
-  if value is None and allow_none:
-    return None
-  if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-    kind = "None or a positive int" if allow_none else "a positive int"
-    raise ValueError(f"{name} must be {kind}, got {name}={value!r}.")
-  if value < 1:
-    raise ValueError(f"{name} must be >= 1, got {name}={value!r}.")
-  return int(value)
-
-
 def _check_warmup_patience(value) -> Any:
   """A Python int >= 1, or an integer array (injected; traced: unchecked)."""
-  if not _checks.is_array(value):
-    return _check_positive_int("warmup_patience", value)
-  if jnp.shape(value) != () or not jnp.issubdtype(value.dtype, jnp.integer):
-    raise ValueError(
-        f"warmup_patience must be a positive int, got warmup_patience={value!r}.")
-  if not _checks.is_traced(value) and int(np.asarray(value).item()) < 1:
-    raise ValueError(f"warmup_patience must be >= 1, got warmup_patience={value!r}.")
-  return value
+  return _checks.integer("warmup_patience", value, lambda x: x >= 1, ">= 1")
 
 
 def _check_steps_per_epoch(value) -> Optional[int]:
@@ -226,7 +205,7 @@ def _check_steps_per_epoch(value) -> Optional[int]:
         "optax.inject_hyperparams pass static_args=('steps_per_epoch',); got "
         f"steps_per_epoch={value!r}."
     )
-  return _check_positive_int("steps_per_epoch", value, allow_none=True)
+  return _checks.positive_int("steps_per_epoch", value, allow_none=True)
 
 
 def _patience(warmup_patience) -> jax.Array:
@@ -378,9 +357,7 @@ def aalr(
   # with learning_rate and warmup_patience as arrays (traced under jit): the
   # rate is read by init only (η is the method's afterwards), the patience
   # by every update call.
-  initial_rate = _checks.real("learning_rate", learning_rate,
-                              lambda x: math.isfinite(x) and x > 0,
-                              "finite and > 0")
+  initial_rate = _checks.positive("learning_rate", learning_rate)
   warmup_patience = _check_warmup_patience(warmup_patience)
   steps_per_epoch = _check_steps_per_epoch(steps_per_epoch)
   direction = optax.identity() if direction is None else direction
@@ -405,9 +382,9 @@ def aalr(
         # The initial params are phase 1's checkpoint, and their fresh
         # direction state is what every phase-1 rollback restores.
         checkpoint=_checkpoint.fresh_copy(params),
-        checkpoint_inner=_checkpoint.fresh_copy(direction.init(params)),
+        checkpoint_direction_state=_checkpoint.fresh_copy(direction.init(params)),
         window=None if steps_per_epoch is None else _monitor.window_init(dtype),
-        inner_state=direction.init(params),
+        direction_state=direction.init(params),
     )
 
   def update_fn(updates, state, params=None, *, value=None, **extra_args):
@@ -423,17 +400,17 @@ def aalr(
     saved, updates = _checkpoint.save_if(
         save,
         _checkpoint.Checkpoint(
-            params=state.checkpoint, direction_state=state.checkpoint_inner,
+            params=state.checkpoint, direction_state=state.checkpoint_direction_state,
             cost=state.checkpoint_cost, rate=state.learning_rate,
         ),
-        params, state.inner_state, state.learning_rate, state.best_cost, updates,
+        params, state.direction_state, state.learning_rate, state.best_cost, updates,
     )
-    u, stepped_inner = direction.update(updates, state.inner_state, params, **extra)
+    u, stepped = direction.update(updates, state.direction_state, params, **extra)
     new_updates = _checkpoint.step_or_rollback(
         rollback, u, -state.learning_rate, saved.params, params, updates
     )
-    inner_state = _checkpoint.restore_if(rollback, stepped_inner, saved.direction_state)
-    checkpoint, checkpoint_inner, checkpoint_cost = (
+    direction_state = _checkpoint.restore_if(rollback, stepped, saved.direction_state)
+    checkpoint, checkpoint_direction_state, checkpoint_cost = (
         saved.params, saved.direction_state, saved.cost
     )
     state = state._replace(
@@ -446,8 +423,8 @@ def aalr(
         warmup_patience=_patience(warmup_patience),
         checkpoint=checkpoint,
         checkpoint_cost=checkpoint_cost,
-        checkpoint_inner=checkpoint_inner,
-        inner_state=inner_state,
+        checkpoint_direction_state=checkpoint_direction_state,
+        direction_state=direction_state,
     )
     if steps_per_epoch is not None:
       window, is_end, cost = _monitor.window_step(state.window, value, steps_per_epoch)

@@ -16,8 +16,6 @@ negative. The float value is computed from ``(d, e)`` only where it is used.
 from __future__ import annotations
 
 import decimal
-import math
-import numbers
 from typing import Any, NamedTuple, Optional
 
 import jax
@@ -57,7 +55,7 @@ class ASLRState(NamedTuple):
   # The training-loss window with steps_per_epoch, else None: `observe`
   # refuses a state that ends its epochs itself.
   window: Optional[_monitor.EpochWindow]
-  inner_state: Any  # the direction's state.
+  direction_state: Any  # the direction's state.
   # The safety net (checkpoint saved at improvements, rollback on a diverged
   # epoch or loss); None with safety_net=False.
   safety: Optional[_checkpoint.SafetyNetState] = None
@@ -257,11 +255,10 @@ def _check_learning_rate(learning_rate) -> Any:
   """``(d, e)`` of a Python rate, or the array rate itself (rounded in init).
 
   Raises ``ValueError`` for a concrete rate that is not finite and > 0 or
-  does not round into ``[1e-30, 9e30]``, and for any non-scalar or
-  non-real value, traced or not.
+  does not round into ``[1e-30, 9e30]``, and ``_checks.ArgumentTypeError``
+  (also a ``ValueError``) for any non-scalar or non-real value, traced or not.
   """
-  rate = _checks.real("learning_rate", learning_rate,
-                      lambda x: math.isfinite(x) and x > 0, "finite and > 0")
+  rate = _checks.positive("learning_rate", learning_rate)
   if _checks.is_traced(rate):
     return rate
   value = float(np.asarray(rate).item()) if _checks.is_array(rate) else rate
@@ -276,19 +273,10 @@ def _check_learning_rate(learning_rate) -> Any:
 
 def _check_seed(seed) -> Any:
   """A Python int in ``[0, 2**64)`` for a concrete seed; a traced one as is."""
-  if _checks.is_array(seed):
-    if jnp.shape(seed) != () or not jnp.issubdtype(seed.dtype, jnp.integer):
-      raise ValueError(f"seed must be an int, got seed={seed!r}.")
-    if _checks.is_traced(seed):
-      return seed
-    value = int(np.asarray(seed).item())
-  elif isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
-    raise ValueError(f"seed must be an int, got seed={seed!r}.")
-  else:
-    value = int(seed)
-  if not 0 <= value < 2**64:
-    raise ValueError(f"seed must be in [0, 2**64), got seed={seed!r}.")
-  return value
+  seed = _checks.integer("seed", seed, lambda x: 0 <= x < 2**64, "in [0, 2**64)")
+  if _checks.is_traced(seed) or isinstance(seed, int):
+    return seed
+  return int(np.asarray(seed).item())
 
 
 def _key_from_seed(seed) -> jax.Array:
@@ -321,15 +309,7 @@ def _check_steps_per_epoch(steps_per_epoch) -> Optional[int]:
         "optax.inject_hyperparams pass static_args=('steps_per_epoch',); got "
         f"steps_per_epoch={steps_per_epoch!r}."
     )
-  if isinstance(steps_per_epoch, bool) or not isinstance(steps_per_epoch, numbers.Integral):
-    raise ValueError(
-        f"steps_per_epoch must be None or a positive int, got {steps_per_epoch!r}."
-    )
-  if steps_per_epoch < 1:
-    raise ValueError(
-        f"steps_per_epoch must be >= 1, got steps_per_epoch={steps_per_epoch!r}."
-    )
-  return int(steps_per_epoch)
+  return _checks.positive_int("steps_per_epoch", steps_per_epoch, allow_none=True)
 
 
 def _direction_extra_args(value, extra_args):
@@ -480,9 +460,7 @@ def aslr(
   _checks.check_direction(direction)
   direction = optax.with_extra_args_support(direction)
 
-  if not isinstance(safety_net, (bool, np.bool_)):
-    raise ValueError(f"safety_net must be a bool, got safety_net={safety_net!r}.")
-  safety_net = bool(safety_net)
+  safety_net = _checks.boolean("safety_net", safety_net)
 
   def init_fn(params):
     dtype = accumulation_dtype(params)
@@ -506,7 +484,7 @@ def aslr(
         # Before the first draw the leaves' rates are the centre.
         leaf_rates=jax.tree_util.tree_map(lambda _: jnp.array(centre, copy=True), params),
         window=None if steps_per_epoch is None else _monitor.window_init(dtype),
-        inner_state=direction_state,
+        direction_state=direction_state,
         safety=(_checkpoint.net_init(params, direction_state, centre)
                 if safety_net else None),
     )
@@ -521,10 +499,10 @@ def aslr(
       save, rollback, cost = _checkpoint.net_decide(
           net, value, jnp.asarray(True), epoch_saves=True)
       checkpoint, updates = _checkpoint.save_if(
-          save, net.checkpoint, params, state.inner_state, state.learning_rate,
+          save, net.checkpoint, params, state.direction_state, state.learning_rate,
           cost, updates)
-    u, inner_state = direction.update(
-        updates, state.inner_state, params, **_direction_extra_args(value, extra_args)
+    u, direction_state = direction.update(
+        updates, state.direction_state, params, **_direction_extra_args(value, extra_args)
     )
     u_leaves, u_def = jax.tree_util.tree_flatten(u)
     rates_def = jax.tree_util.tree_structure(state.leaf_rates)
@@ -544,8 +522,8 @@ def aslr(
       new_updates = _checkpoint.step_or_rollback(
           rollback, u, u_def.unflatten([-rates[i] for i in range(len(u_leaves))]),
           checkpoint.params, params, updates)
-      inner_state = _checkpoint.restore_if(
-          rollback, inner_state, checkpoint.direction_state)
+      direction_state = _checkpoint.restore_if(
+          rollback, direction_state, checkpoint.direction_state)
       backed_off = _backed_off(state, net, checkpoint)
       state = state._replace(
           safety=_checkpoint.net_update(net, checkpoint, save, rollback, cost),
@@ -561,7 +539,7 @@ def aslr(
         count=optax.safe_increment(state.count),
         key=key,
         leaf_rates=rates_def.unflatten([rates[i] for i in range(len(u_leaves))]),
-        inner_state=inner_state,
+        direction_state=direction_state,
     )
     if steps_per_epoch is not None:
       window, is_end, cost = _monitor.window_step(state.window, value, steps_per_epoch)
@@ -573,11 +551,11 @@ def aslr(
       # Only the scalars go through the cond; the epoch end reads nothing else.
       net = state.safety
       search = state._replace(
-          leaf_rates=None, inner_state=None, window=window,
+          leaf_rates=None, direction_state=None, window=window,
           safety=None if net is None else net._replace(checkpoint=None))
       search = _monitor.maybe_epoch_end(search, is_end, cost, _epoch_end)
       state = search._replace(
-          leaf_rates=state.leaf_rates, inner_state=state.inner_state,
+          leaf_rates=state.leaf_rates, direction_state=state.direction_state,
           safety=None if net is None else search.safety._replace(
               checkpoint=net.checkpoint))
     return new_updates, state

@@ -104,7 +104,6 @@ params, so a state built from sharded params is sharded like them.
 
 from __future__ import annotations
 
-import math
 from typing import Any, NamedTuple, Optional
 
 import jax
@@ -186,23 +185,7 @@ RATE_BAND = _checkpoint.RATE_BAND
 
 
 # --------------------------------------------------------------------------
-# Validation (host side, at construction).
-
-
-def _bool(name: str, value: Any) -> bool:
-  if not isinstance(value, (bool, np.bool_)):
-    raise ValueError(f"{name} must be a bool, got {name}={value!r}")
-  return bool(value)
-
-
-def _non_negative(name: str, value: Any) -> Any:
-  """A finite scalar >= 0: a float, or an array injected by ``inject_hyperparams``."""
-  return _checks.real(name, value, lambda x: math.isfinite(x) and x >= 0,
-                      "finite and >= 0")
-
-
-# --------------------------------------------------------------------------
-# The engine.
+# The engine. (Arguments are checked by `_checks`, at construction.)
 
 
 def _tangent_dtype(leaf: Any) -> jnp.dtype:
@@ -222,6 +205,135 @@ def _undefined_to_zero(d: jax.Array, hessian_z: jax.Array) -> jax.Array:
   """
   bad = jnp.logical_not(jnp.isfinite(d)) & jnp.isfinite(hessian_z)
   return jnp.where(bad, jnp.zeros_like(d), d)
+
+
+class _Rate(NamedTuple):
+  """What :func:`_rate_rule` returns: the scalars of one update call.
+
+  Each ``[]`` in the accumulation dtype ``A`` of the state's rate, except the
+  flags.
+  """
+
+  eta: jax.Array  # [] A: eta_t (the previous one where not `finite`).
+  beta: jax.Array  # [] A: beta_t, likewise.
+  mu: jax.Array  # [] A: mu_t, likewise.
+  horizon: jax.Array  # [] A: c_t, likewise.
+  h: jax.Array  # [] A: h_t as the state records it, likewise.
+  kappa: jax.Array  # [] A: the step that adapts beta (not guarded).
+  finite: jax.Array  # [] bool: the new values were all finite and are taken.
+  # [] bool: whether v_t is finite, when the rule's cosine pass gives it at no
+  # cost (normalized or multiplicative); None otherwise.
+  objective_finite: Optional[jax.Array]
+
+
+def _rate_rule(
+    state: HypergradientState,
+    objective_grads: Any,
+    *,
+    mu: Any,
+    hyper_lr: Any,
+    hyper_lr_step: Any,
+    adaptive_mu: bool,
+    uses_tangent: bool,
+    keeps_u_prev: bool,
+    adapts_beta: bool,
+    normalized: bool,
+    multiplicative: bool,
+    select_kappa: bool,
+) -> _Rate:
+  r"""Steps 1-4 of the engine and their guards: the rate :math:`\eta_t`.
+
+  Reads ``state``'s ``learning_rate``, ``hyper_lr``, ``mu``, ``horizon``,
+  ``hypergradient``, ``hyper_lr_step`` and, as the flags need them,
+  ``tangent`` (:math:`Z_t`) and ``u_prev`` (:math:`u_{t-1}`);
+  ``objective_grads`` is :math:`v_t`. ``mu``, ``hyper_lr`` and
+  ``hyper_lr_step`` are the factory's (a Python number or an injected
+  array); the flags are :func:`_engine`'s static structure. Where any new
+  value is not finite, :math:`\eta, \beta, \mu, c, h` keep the state's and
+  ``finite`` is False. Pure: no safety net, no tangent step.
+  """
+  dtype = state.learning_rate.dtype
+  # Steps 1-2: the hypergradient h_t = <Z_t, v_t> and the one-step
+  # hypergradient g1 = -<u_{t-1}, v_t> (equal to h_t when mu = 0). The
+  # scale-free rules (normalized, multiplicative) read only a cosine,
+  # computed below over the whole float range, where the raw h under- or
+  # overflows (float32 trees near 1e-20 or 1e20): the raw sums are taken
+  # only for the rules that read them (and adaptive mu's ratio h / g1).
+  reads_raw = adaptive_mu or not (normalized or multiplicative)
+  finite = jnp.ones([], jnp.bool_)
+  if reads_raw:
+    if uses_tangent:
+      h = tree_vdot(state.tangent, objective_grads).astype(dtype)
+    if keeps_u_prev:
+      g1 = -tree_vdot(state.u_prev, objective_grads).astype(dtype)
+    if not uses_tangent:
+      h = g1
+    finite = jnp.isfinite(h)
+  if adaptive_mu:
+    nonzero = g1 != 0
+    ratio = h / jnp.where(nonzero, g1, jnp.ones_like(g1))
+    q = jnp.where(nonzero, jnp.clip(ratio, 0, 1), jnp.zeros_like(ratio))
+    mu_t = q ** (1 / (state.horizon + 1))
+    finite = finite & jnp.isfinite(g1)
+  else:
+    # A fixed mu is read from the factory, not the state, so a value
+    # injected by optax.inject_hyperparams takes effect (equal otherwise).
+    mu_t = jnp.asarray(mu, dtype)
+  horizon = state.mu * (1 + state.horizon)
+  # Whether v_t is finite, at any scale (|v_t|^2 overflows for float32
+  # gradients near 1e20), whatever the tangent does (an overflowing tangent
+  # only resets it): the safety net's test that training diverged.
+  objective_finite = None
+  if normalized or multiplicative:
+    # The scale-free rules' cosine, without under- or overflow at any
+    # scale (NaN when either tree holds a NaN or an Inf), gives the flag at
+    # no extra pass. Over HD (mu = 0) the tangent is -u_{t-1}.
+    tangent = state.tangent if uses_tangent else state.u_prev
+    cosine, objective_finite = tree_cosine_and_finite(tangent, objective_grads)
+    cosine = cosine.astype(dtype)
+  if normalized:
+    # The scale-free hypergradient h_t / (|Z_t| |v_t|), in [-1, 1].
+    h = cosine if uses_tangent else -cosine
+    finite = finite & jnp.isfinite(h)
+
+  # Step 3: beta grows when consecutive hypergradients agree (gradient
+  # descent on beta; the paper's printed minus sign would shrink it).
+  # kappa and a fixed beta likewise come from the factory; kappa selection
+  # keeps its decimated kappa in the state.
+  kappa = state.hyper_lr_step if select_kappa else jnp.asarray(hyper_lr_step, dtype)
+  if adapts_beta:
+    beta_t = jnp.maximum(state.hyper_lr + kappa * h * state.hypergradient, 0)
+    if normalized:
+      beta_t = jnp.minimum(beta_t, MAX_NORMALIZED_HYPER_LR)
+  else:
+    beta_t = jnp.asarray(hyper_lr, dtype)
+
+  # Step 4.
+  if multiplicative:
+    # Baydin's rule reads the normalized hypergradient -cos(u_{t-1}, v_t);
+    # the state records that, not the raw h, which may overflow.
+    h = -cosine
+    finite = finite & jnp.isfinite(h)
+    eta_t = jnp.maximum(state.learning_rate * (1 + beta_t * cosine), 0)
+  elif normalized:
+    # exp keeps the rate positive: it can shrink, never reach 0.
+    eta_t = state.learning_rate * jnp.exp(-beta_t * h)
+  else:
+    eta_t = jnp.maximum(state.learning_rate - beta_t * h, 0)
+
+  finite = finite & jnp.isfinite(eta_t) & jnp.isfinite(beta_t)
+  finite = finite & jnp.isfinite(mu_t) & jnp.isfinite(horizon)
+  keep = lambda new, old: jnp.where(finite, new, old)
+  return _Rate(
+      eta=keep(eta_t, state.learning_rate),
+      beta=keep(beta_t, state.hyper_lr),
+      mu=keep(mu_t, state.mu),
+      horizon=keep(horizon, state.horizon),
+      h=keep(h, state.hypergradient),
+      kappa=kappa,
+      finite=finite,
+      objective_finite=objective_finite,
+  )
 
 
 def _engine(
@@ -328,83 +440,22 @@ def _engine(
     if value is not None:
       extra_args["value"] = value
 
-    # Steps 1-2: the hypergradient h_t = <Z_t, v_t> and the one-step
-    # hypergradient g1 = -<u_{t-1}, v_t> (equal to h_t when mu = 0). The
-    # scale-free rules (normalized, multiplicative) read only a cosine,
-    # computed below over the whole float range, where the raw h under- or
-    # overflows (float32 trees near 1e-20 or 1e20): the raw sums are taken
-    # only for the rules that read them (and adaptive mu's ratio h / g1).
-    reads_raw = adaptive_mu or not (normalized or multiplicative)
-    finite = jnp.ones([], jnp.bool_)
-    if reads_raw:
-      if uses_tangent:
-        h = tree_vdot(state.tangent, objective_grads).astype(dtype)
-      if keeps_u_prev:
-        g1 = -tree_vdot(state.u_prev, objective_grads).astype(dtype)
-      if not uses_tangent:
-        h = g1
-      finite = jnp.isfinite(h)
-    if adaptive_mu:
-      nonzero = g1 != 0
-      ratio = h / jnp.where(nonzero, g1, jnp.ones_like(g1))
-      q = jnp.where(nonzero, jnp.clip(ratio, 0, 1), jnp.zeros_like(ratio))
-      mu_t = q ** (1 / (state.horizon + 1))
-      finite = finite & jnp.isfinite(g1)
-    else:
-      # A fixed mu is read from the factory, not the state, so a value
-      # injected by optax.inject_hyperparams takes effect (equal otherwise).
-      mu_t = jnp.asarray(mu, dtype)
-    horizon = state.mu * (1 + state.horizon)
-    # Whether v_t is finite, at any scale (|v_t|^2 overflows for float32
-    # gradients near 1e20), whatever the tangent does (an overflowing tangent
-    # only resets it, below): the safety net's test that training diverged.
-    if normalized or multiplicative:
-      # The scale-free rules' cosine, without under- or overflow at any
-      # scale (NaN when either tree holds a NaN or an Inf), gives the flag at
-      # no extra pass. Over HD (mu = 0) the tangent is -u_{t-1}.
-      tangent = state.tangent if uses_tangent else state.u_prev
-      cosine, objective_finite = tree_cosine_and_finite(tangent, objective_grads)
-      cosine = cosine.astype(dtype)
-    elif safety_net:
+    # Steps 1-4: the rate eta_t (and beta_t, mu_t, c_t, h_t), with the
+    # guards that keep the old values where a new one is not finite.
+    rate = _rate_rule(
+        state, objective_grads, mu=mu, hyper_lr=hyper_lr,
+        hyper_lr_step=hyper_lr_step, adaptive_mu=adaptive_mu,
+        uses_tangent=uses_tangent, keeps_u_prev=keeps_u_prev,
+        adapts_beta=adapts_beta, normalized=normalized,
+        multiplicative=multiplicative, select_kappa=select_kappa,
+    )
+    eta_t, beta_t, mu_t, horizon = rate.eta, rate.beta, rate.mu, rate.horizon
+    h_kept, kappa, finite = rate.h, rate.kappa, rate.finite
+    objective_finite = rate.objective_finite
+    if safety_net and objective_finite is None:
+      # Whether v_t is finite, at any scale (|v_t|^2 overflows for float32
+      # gradients near 1e20): the safety net's test that training diverged.
       objective_finite = jnp.isfinite(tree_max_abs(objective_grads))
-    if normalized:
-      # The scale-free hypergradient h_t / (|Z_t| |v_t|), in [-1, 1].
-      h = cosine if uses_tangent else -cosine
-      finite = finite & jnp.isfinite(h)
-
-    # Step 3: beta grows when consecutive hypergradients agree (gradient
-    # descent on beta; the paper's printed minus sign would shrink it).
-    # kappa and a fixed beta likewise come from the factory; kappa selection
-    # keeps its decimated kappa in the state.
-    kappa = state.hyper_lr_step if select_kappa else jnp.asarray(hyper_lr_step, dtype)
-    if adapts_beta:
-      beta_t = jnp.maximum(state.hyper_lr + kappa * h * state.hypergradient, 0)
-      if normalized:
-        beta_t = jnp.minimum(beta_t, MAX_NORMALIZED_HYPER_LR)
-    else:
-      beta_t = jnp.asarray(hyper_lr, dtype)
-
-    # Step 4.
-    if multiplicative:
-      # Baydin's rule reads the normalized hypergradient -cos(u_{t-1}, v_t);
-      # the state records that, not the raw h, which may overflow.
-      h = -cosine
-      finite = finite & jnp.isfinite(h)
-      eta_t = jnp.maximum(state.learning_rate * (1 + beta_t * cosine), 0)
-    elif normalized:
-      # exp keeps the rate positive: it can shrink, never reach 0.
-      eta_t = state.learning_rate * jnp.exp(-beta_t * h)
-    else:
-      eta_t = jnp.maximum(state.learning_rate - beta_t * h, 0)
-
-    finite = finite & jnp.isfinite(eta_t) & jnp.isfinite(beta_t)
-    finite = finite & jnp.isfinite(mu_t) & jnp.isfinite(horizon)
-    keep = lambda new, old: jnp.where(finite, new, old)
-    eta_t = keep(eta_t, state.learning_rate)
-    beta_t = keep(beta_t, state.hyper_lr)
-    mu_t = keep(mu_t, state.mu)
-    horizon = keep(horizon, state.horizon)
-    h_kept = keep(h, state.hypergradient)
 
     # The safety net: a non-finite hypergradient (NaN/Inf gradients, HVPs or
     # overflow) or a blown-up loss rolls back to the last checkpoint with a
@@ -649,19 +700,19 @@ def hypergradient_descent(
     Rate via Hypergradients: New Insights and a New Algorithm
     <https://arxiv.org/abs/1910.10238>`_, 2019.
   """
-  learning_rate = _non_negative("learning_rate", learning_rate)
+  learning_rate = _checks.non_negative("learning_rate", learning_rate)
   normalized = hyper_lr is None
-  multiplicative = _bool("multiplicative", multiplicative)
+  multiplicative = _checks.boolean("multiplicative", multiplicative)
   if normalized:
     hyper_lr = (DEFAULT_MULTIPLICATIVE_HYPER_LR if multiplicative
                 else DEFAULT_HYPER_LR)
   else:
-    hyper_lr = _non_negative("hyper_lr", hyper_lr)
+    hyper_lr = _checks.non_negative("hyper_lr", hyper_lr)
   return _engine(
       learning_rate, hyper_lr=hyper_lr, hyper_lr_step=0.0, mu=0.0,
       multiplicative=multiplicative,
       normalized=normalized and not multiplicative, select_kappa=False,
-      safety_net=_bool("safety_net", safety_net), direction=direction,
+      safety_net=_checks.boolean("safety_net", safety_net), direction=direction,
       name="hypergradient_descent",
   )
 
@@ -747,14 +798,14 @@ def rtho(
     Rate via Hypergradients: New Insights and a New Algorithm
     <https://arxiv.org/abs/1910.10238>`_, 2019.
   """
-  learning_rate = _non_negative("learning_rate", learning_rate)
+  learning_rate = _checks.non_negative("learning_rate", learning_rate)
   normalized = hyper_lr is None
   hyper_lr = (DEFAULT_HYPER_LR if normalized
-              else _non_negative("hyper_lr", hyper_lr))
+              else _checks.non_negative("hyper_lr", hyper_lr))
   return _engine(
       learning_rate, hyper_lr=hyper_lr, hyper_lr_step=0.0, mu=1.0,
       multiplicative=False, normalized=normalized, select_kappa=False,
-      safety_net=_bool("safety_net", safety_net), direction=direction,
+      safety_net=_checks.boolean("safety_net", safety_net), direction=direction,
       name="rtho",
   )
 
@@ -860,9 +911,9 @@ def marthe(
     Rate via Hypergradients: New Insights and a New Algorithm
     <https://arxiv.org/abs/1910.10238>`_, 2019.
   """
-  learning_rate = _non_negative("learning_rate", learning_rate)
-  hyper_lr = _non_negative("hyper_lr", hyper_lr)
-  safety_net = _bool("safety_net", safety_net)
+  learning_rate = _checks.non_negative("learning_rate", learning_rate)
+  hyper_lr = _checks.non_negative("hyper_lr", hyper_lr)
+  safety_net = _checks.boolean("safety_net", safety_net)
   select_kappa = hyper_lr_step is None
   if select_kappa:
     if not safety_net:
@@ -873,9 +924,9 @@ def marthe(
       )
     hyper_lr_step = DEFAULT_HYPER_LR_STEP
   else:
-    hyper_lr_step = _non_negative("hyper_lr_step", hyper_lr_step)
+    hyper_lr_step = _checks.non_negative("hyper_lr_step", hyper_lr_step)
   if mu is not None:
-    mu = _checks.real("mu", mu, lambda x: 0 <= x <= 1, "in [0, 1] or None")
+    mu = _checks.in_range("mu", mu, 0, 1, requirement="in [0, 1] or None")
   return _engine(
       learning_rate, hyper_lr=hyper_lr, hyper_lr_step=hyper_lr_step, mu=mu,
       multiplicative=False, normalized=select_kappa, select_kappa=select_kappa,

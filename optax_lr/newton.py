@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import functools
 import math
-import operator
 from typing import Any, NamedTuple, Optional
 
 import jax
@@ -90,24 +89,12 @@ _monitor.register_method(NewtonLRState, rollback=_checkpoint.net_rollback)
 # ---------------------------------------------------------------- validation
 
 
-def _finite_positive(x: float) -> bool:
-  return math.isfinite(x) and x > 0
-
-
 def _positive_int(name: str, value: Any) -> int:
   if _checks.is_traced(value):
     raise ValueError(
         f"{name} sets the window length, which shapes the state: give it as a "
         f"static_arg of optax.inject_hyperparams, got {name}={value!r}")
-  if isinstance(value, bool):
-    raise ValueError(f"{name} must be a positive int, got {name}={value!r}")
-  try:
-    value = operator.index(value)
-  except TypeError:
-    raise ValueError(f"{name} must be a positive int, got {name}={value!r}") from None
-  if value < 1:
-    raise ValueError(f"{name} must be a positive int, got {name}={value!r}")
-  return value
+  return _checks.positive_int(name, value)
 
 
 def _window_length(update_every, steps_per_epoch, fraction) -> int:
@@ -116,7 +103,7 @@ def _window_length(update_every, steps_per_epoch, fraction) -> int:
         "fraction sets the window length, which shapes the state: give it "
         "as a static_arg of optax.inject_hyperparams, got "
         f"fraction={fraction!r}")
-  fraction = float(_checks.real("fraction", fraction, _finite_positive, "finite and > 0"))
+  fraction = float(_checks.positive("fraction", fraction))
   if (update_every is None) == (steps_per_epoch is None):
     raise ValueError(
         "give exactly one of update_every and steps_per_epoch, got "
@@ -400,24 +387,14 @@ def newton_lr(
   window = _window_length(update_every, steps_per_epoch, fraction)
   # gamma and max_factor are read in `update` from here, so values injected
   # by optax.inject_hyperparams take effect at the next window end.
-  gamma = _checks.real("gamma", gamma, _finite_positive, "finite and > 0")
-  max_factor = _checks.real("max_factor", max_factor,
-                            lambda x: math.isfinite(x) and x >= 1,
-                            "finite and >= 1")
-  if not isinstance(per_leaf, (bool, np.bool_)):
-    raise ValueError(f"per_leaf must be a bool, got per_leaf={per_leaf!r}")
-  per_leaf = bool(per_leaf)
-  if not isinstance(safety_net, (bool, np.bool_)):
-    raise ValueError(f"safety_net must be a bool, got safety_net={safety_net!r}")
-  safety_net = bool(safety_net)
+  gamma = _checks.positive("gamma", gamma)
+  max_factor = _checks.at_least("max_factor", max_factor, 1)
+  per_leaf = _checks.boolean("per_leaf", per_leaf)
+  safety_net = _checks.boolean("safety_net", safety_net)
   sgd = _is_identity(direction)
   if direction is None:
     direction = optax.identity()
-  if not isinstance(direction, optax.GradientTransformation):
-    raise ValueError(
-        "direction must be an optax.GradientTransformation, got "
-        f"direction={direction!r}"
-    )
+  _checks.check_direction(direction)
   direction = optax.with_extra_args_support(direction)
 
   def init_fn(params):

@@ -37,8 +37,6 @@ from __future__ import annotations
 
 import inspect
 import math
-import numbers
-import operator
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -46,6 +44,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from optax_lr import _checks
 from optax_lr._tree import accumulation_dtype
 
 __all__ = ["RangeTestResult", "lr_range_test"]
@@ -109,21 +108,10 @@ def _static(fn):
   return fn
 
 
-def _number(name, value):
-  if isinstance(value, bool) or not isinstance(value, numbers.Real):
-    try:  # concrete 0-d arrays are fine
-      value = float(np.asarray(value).item())
-    except (TypeError, ValueError):
-      raise TypeError(f"{name} must be a real number, got {value!r}") from None
-  return float(value)
-
-
 def _validate(loss_fn, optimizer, min_lr, max_lr, num_steps, smoothing,
               diverge_factor, suggest):
   # A string first: an array must not reach `in` (its `==` is elementwise).
-  if not (isinstance(suggest, str) and suggest in _RULES):
-    raise ValueError(f"suggest must be one of {', '.join(map(repr, _RULES))}, "
-                     f"got suggest={suggest!r}")
+  _checks.one_of("suggest", suggest, _RULES)
   if not callable(loss_fn):
     raise TypeError(f"loss_fn must be callable, got {loss_fn!r}")
   if not callable(optimizer):
@@ -137,32 +125,23 @@ def _validate(loss_fn, optimizer, min_lr, max_lr, num_steps, smoothing,
                     f"optax.inject_hyperparams): {e}") from None
   except ValueError:  # no signature available (some builtins): try anyway
     pass
-  min_lr = _number("min_lr", min_lr)
-  max_lr = _number("max_lr", max_lr)
-  smoothing = _number("smoothing", smoothing)
-  diverge_factor = _number("diverge_factor", diverge_factor)
   # The rates are stored in float32: a rate that underflows to 0 or overflows
   # to inf there would make the sweep (and the suggestion) meaningless.
-  if not (min_lr > 0 and np.float32(min_lr) > 0 and math.isfinite(min_lr)):
-    raise ValueError(f"min_lr must be a finite positive float32 number, "
-                     f"got min_lr={min_lr!r}")
-  if not (max_lr > min_lr and max_lr <= float(np.finfo(np.float32).max)):
-    raise ValueError(f"max_lr must be finite in float32 and > min_lr="
-                     f"{min_lr!r}, got max_lr={max_lr!r}")
-  if isinstance(num_steps, bool):
-    raise TypeError(f"num_steps must be an int, got {num_steps!r}")
-  try:
-    num_steps = operator.index(num_steps)
-  except TypeError:
-    raise TypeError(f"num_steps must be an int, got {num_steps!r}") from None
-  if num_steps < 2:
-    raise ValueError(f"num_steps must be >= 2 (the sweep needs both ends), "
-                     f"got num_steps={num_steps!r}")
-  if not 0.0 <= smoothing < 1.0:
-    raise ValueError(f"smoothing must be in [0, 1), got smoothing={smoothing!r}")
-  if not diverge_factor > 1.0:  # also rejects NaN
-    raise ValueError(f"diverge_factor must be > 1, got "
-                     f"diverge_factor={diverge_factor!r}")
+  min_lr = float(_checks.concrete(
+      "min_lr", min_lr,
+      lambda x: x > 0 and np.float32(x) > 0 and math.isfinite(x),
+      "a finite positive float32 number"))
+  max_lr = float(_checks.concrete(
+      "max_lr", max_lr,
+      lambda x: x > min_lr and x <= float(np.finfo(np.float32).max),
+      f"finite in float32 and > min_lr={min_lr!r}"))
+  # The sweep needs both ends.
+  num_steps = _checks.positive_int("num_steps", num_steps, minimum=2)
+  smoothing = float(_checks.concrete("smoothing", smoothing,
+                                     lambda x: 0.0 <= x < 1.0, "in [0, 1)"))
+  # inf is fine (never stop early); NaN is not.
+  diverge_factor = float(_checks.concrete("diverge_factor", diverge_factor,
+                                          lambda x: x > 1.0, "> 1"))
   return min_lr, max_lr, num_steps, smoothing, diverge_factor
 
 

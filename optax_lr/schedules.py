@@ -16,7 +16,8 @@ Every schedule is a pure ``count -> value`` function (an ``optax.Schedule``)
 that works on a traced integer or float ``count`` under ``jax.jit`` and
 ``jax.vmap``. Structural hyperparameters (step sizes, periods, rates, mode)
 must be concrete and are validated eagerly (``ValueError`` naming the
-argument and value); the value arguments (``base_value``, ``init_value``,
+argument and value; for a wrong type ``optax_lr._checks.ArgumentTypeError``,
+a ``TypeError`` that is also a ``ValueError``); the value arguments (``base_value``, ``init_value``,
 ...) may be traced. Dtype rule: the value has the dtype that the value
 arguments and ``count`` promote to, but at least float32 (bf16 values give
 float32, float64 stays float64). Negative counts are treated as 0.
@@ -32,6 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from optax_lr import _checks
 from optax_lr._tree import accumulation_dtype
 
 __all__ = ["cyclic_schedule", "inverse_time_decay", "sgdr_schedule", "per_epoch"]
@@ -43,47 +45,16 @@ _MODES = ("triangular", "triangular2", "exp_range")
 # Validation helpers (host side, at construction).
 
 
-def _real_array(value: Any) -> np.ndarray | None:
-  """`value` as a numpy array if it is a concrete int or float (bf16 too)."""
-  if isinstance(value, (str, bytes)):
-    return None
-  arr = np.asarray(value)
-  if not (jnp.issubdtype(arr.dtype, jnp.integer) or jnp.issubdtype(arr.dtype, jnp.floating)):
-    return None  # bool, complex, object, ...
-  return arr
-
-
-def _number(name: str, value: Any) -> int | float:
-  """A concrete finite real scalar as a Python int or float."""
-  if isinstance(value, jax.core.Tracer):
-    raise ValueError(f"{name} must be a concrete number, got a traced value {value!r}")
-  arr = _real_array(value)
-  if arr is None or arr.ndim != 0:
-    raise ValueError(f"{name} must be a real scalar, got {value!r}")
-  if jnp.issubdtype(arr.dtype, jnp.integer):
-    return int(arr)
-  x = float(arr)
-  if not math.isfinite(x):
-    raise ValueError(f"{name} must be finite, got {value!r}")
+def _number(name: str, value: Any, ok=math.isfinite,
+            requirement: str = "finite") -> int | float:
+  """A concrete finite real scalar as a Python int or float (``_checks.concrete``)."""
+  x = _checks.concrete(name, value, lambda x: math.isfinite(x) and ok(x), requirement)
   # 10.0 behaves as 10, so that the exact integer code paths apply.
-  return int(x) if x.is_integer() else x
+  return int(x) if isinstance(x, float) and x.is_integer() else x
 
 
 def _positive(name: str, value: Any) -> int | float:
-  x = _number(name, value)
-  if x <= 0:
-    raise ValueError(f"{name} must be > 0, got {value!r}")
-  return x
-
-
-def _value(name: str, value: Any) -> Any:
-  """A value argument: any real array (traced is fine); concrete ones finite."""
-  if isinstance(value, jax.core.Tracer):
-    return value
-  arr = _real_array(value)
-  if arr is None or not np.all(np.isfinite(arr.astype(np.float64))):
-    raise ValueError(f"{name} must be a finite real number, got {value!r}")
-  return value
+  return _number(name, value, lambda x: x > 0, "finite and > 0")
 
 
 # --------------------------------------------------------------------------
@@ -189,12 +160,11 @@ def cyclic_schedule(base_value, max_value, step_size_up, step_size_down=None,
     Smith, "Cyclical Learning Rates for Training Neural Networks",
     https://arxiv.org/abs/1506.01186
   """
-  _value("base_value", base_value)
-  _value("max_value", max_value)
+  _checks.finite("base_value", base_value)
+  _checks.finite("max_value", max_value)
   up = _positive("step_size_up", step_size_up)
   down = up if step_size_down is None else _positive("step_size_down", step_size_down)
-  if not isinstance(mode, str) or mode not in _MODES:
-    raise ValueError(f"mode must be one of {_MODES}, got {mode!r}")
+  _checks.one_of("mode", mode, _MODES)
   gamma = _positive("gamma", gamma)
   total = up + down
   if isinstance(total, float) and total.is_integer():  # 2.5 + 1.5: exact int path
@@ -260,13 +230,10 @@ def inverse_time_decay(init_value, decay_rate, transition_steps=1,
   References:
     The survey "Learning Rate Schedule" (Motahari, 2024), Eq. 2.1 and 2.4.
   """
-  _value("init_value", init_value)
-  decay_rate = _number("decay_rate", decay_rate)
-  if decay_rate < 0:
-    raise ValueError(f"decay_rate must be >= 0, got {decay_rate!r}")
+  _checks.finite("init_value", init_value)
+  decay_rate = _number("decay_rate", decay_rate, lambda x: x >= 0, "finite and >= 0")
   transition_steps = _positive("transition_steps", transition_steps)
-  if not isinstance(staircase, (bool, np.bool_)):
-    raise ValueError(f"staircase must be a bool, got {staircase!r}")
+  _checks.boolean("staircase", staircase)
   rate_per_step = decay_rate / transition_steps  # host float64, one rounding
 
   def schedule(count):
@@ -417,12 +384,10 @@ def sgdr_schedule(init_value, first_period, period_mult=1,
     Loshchilov & Hutter, "SGDR: Stochastic Gradient Descent with Warm
     Restarts", https://arxiv.org/abs/1608.03983
   """
-  _value("init_value", init_value)
-  _value("min_value", min_value)
+  _checks.finite("init_value", init_value)
+  _checks.finite("min_value", min_value)
   first_period = _positive("first_period", first_period)
-  mult = _number("period_mult", period_mult)
-  if mult < 1:
-    raise ValueError(f"period_mult must be >= 1, got {period_mult!r}")
+  mult = _number("period_mult", period_mult, lambda x: x >= 1, "finite and >= 1")
 
   def schedule(count):
     count = _count(count)
@@ -472,8 +437,12 @@ def per_epoch(schedule, steps_per_epoch) -> optax.Schedule:
   if not callable(schedule):
     raise TypeError(f"schedule must be callable (count -> value), got {schedule!r}")
   steps = _number("steps_per_epoch", steps_per_epoch)
-  if not isinstance(steps, int) or steps < 1:
-    raise ValueError(f"steps_per_epoch must be an integer >= 1, got {steps_per_epoch!r}")
+  if not isinstance(steps, int):
+    raise _checks.ArgumentTypeError(
+        f"steps_per_epoch must be an integer >= 1, got steps_per_epoch={steps_per_epoch!r}.")
+  if steps < 1:
+    raise ValueError(
+        f"steps_per_epoch must be an integer >= 1, got steps_per_epoch={steps_per_epoch!r}.")
 
   def step_schedule(count):
     count = jnp.asarray(count)

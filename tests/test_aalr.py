@@ -208,7 +208,7 @@ def run_script(costs, *, window, decay=0.0, calls_per_epoch=2, poison=(), warmup
       _check(state, params, ref)
     if decay:  # the direction state follows the reference's too
       np.testing.assert_array_equal(
-          np.asarray(state.inner_state.trace["w"]), np.float32(ref.trace)
+          np.asarray(state.direction_state.trace["w"]), np.float32(ref.trace)
       )
   assert step._cache_size() == 1 and observe._cache_size() <= 1
   return state, ref, log
@@ -277,12 +277,12 @@ def test_phase_one_rollback_restores_a_fresh_adam_state():
     for _ in range(3):
       updates, state = step(params, state)
       params = optax_lr.apply_updates(params, updates, state)
-    assert int(state.inner_state.count) == 3
+    assert int(state.direction_state.count) == 3
     state = optax_lr.observe(state, 11.0)  # worse: halve, roll back
     updates, state = step(params, state)
     params = optax_lr.apply_updates(params, updates, state)
   np.testing.assert_array_equal(np.asarray(params["w"]), np.float32(PARAMS0))
-  jax.tree_util.tree_map(np.testing.assert_array_equal, state.inner_state, fresh)
+  jax.tree_util.tree_map(np.testing.assert_array_equal, state.direction_state, fresh)
   assert float(optax_lr.current_lr(state)) == 0.125
 
 

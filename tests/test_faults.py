@@ -211,7 +211,7 @@ def test_aalr_reloads_its_checkpoint_when_the_loss_turns_nan_in_phase_two():
       tx, parabola_params(), {fault: np.nan}, epoch=2, steps=80
   ):
     if int(_aalr(before).pending) == SAVE:
-      saved = (params_in, _aalr(before).inner_state)
+      saved = (params_in, _aalr(before).direction_state)
     if t == fault:
       assert int(_aalr(state).phase) == 2 and saved is not None
       pre_fault_loss = float(parabola(params_in))
@@ -221,7 +221,7 @@ def test_aalr_reloads_its_checkpoint_when_the_loss_turns_nan_in_phase_two():
       rollbacks.append(t)
       # Params and optimizer state reloaded exactly from the latest save.
       rel.assert_trees_identical(params, saved[0])
-      rel.assert_trees_identical(_aalr(state).inner_state, saved[1])
+      rel.assert_trees_identical(_aalr(state).direction_state, saved[1])
       if len(rollbacks) == 1:  # the NaN's: rate halved, patience doubled.
         assert float(_aalr(state).learning_rate) == float(rate) / 2
         assert int(_aalr(state).patience) == 2 * int(patience)
@@ -248,7 +248,7 @@ def test_aalr_restarts_from_the_initial_model_when_the_loss_explodes_in_phase_on
       assert int(_aalr(state).phase) == 1
       rel.assert_trees_identical(params, params0)
       # A fresh direction state, as the optimizer is re-initialised.
-      rel.assert_trees_identical(_aalr(state).inner_state, tx.init(params0).inner_state)
+      rel.assert_trees_identical(_aalr(state).direction_state, tx.init(params0).direction_state)
   # The epoch ending at step 11 diverged: the next call (step 12) restarts.
   assert rolled[0] == 12
   assert rates[12] == rates[11] / 2

@@ -412,6 +412,153 @@ def test_hd_and_adapted_beta_by_hand():
   np.testing.assert_allclose(rates, [0.1, 0.1, 0.5782969], rtol=1e-6)
 
 
+# ------------------------------------------------- the rate rule on its own
+# hypergradient._rate_rule (steps 1-4 and their guards), called directly in
+# float64 with hand-computed numbers.
+
+# The static flags of each factory's rule.
+_HD = dict(mu=0.0, hyper_lr_step=0.0, adaptive_mu=False, uses_tangent=False,
+           keeps_u_prev=True, adapts_beta=False, normalized=False,
+           multiplicative=False, select_kappa=False)
+_HD_MULTIPLICATIVE = {**_HD, "multiplicative": True}
+_RTHO = {**_HD, "mu": 1.0, "uses_tangent": True, "keeps_u_prev": False}
+_MARTHE_SELECT = {**_RTHO, "hyper_lr_step": 123.0, "adapts_beta": True,
+                  "normalized": True, "select_kappa": True}
+_MARTHE_ADAPTIVE_MU = {**_RTHO, "mu": None, "adaptive_mu": True,
+                       "keeps_u_prev": True}
+
+
+def _rule_state(eta, *, beta=0.0, mu=0.0, horizon=0.0, h=0.0, kappa=0.0,
+                tangent=None, u_prev=None):
+  f64 = lambda x: jnp.asarray(x, jnp.float64)
+  tree = lambda t: None if t is None else {"a": f64(t[:2]), "b": f64(t[2:])}
+  return HypergradientState(
+      count=jnp.zeros([], jnp.int32), learning_rate=f64(eta),
+      hyper_lr=f64(beta), mu=f64(mu), horizon=f64(horizon),
+      hypergradient=f64(h), tangent=tree(tangent), direction_tangent=None,
+      u_prev=tree(u_prev), direction_state=None, hyper_lr_step=f64(kappa),
+      safety=None,
+  )
+
+
+def _rule(state, v, hyper_lr, flags):
+  v = {"a": jnp.asarray(v[:2], jnp.float64), "b": jnp.asarray(v[2:], jnp.float64)}
+  rate = hypergradient._rate_rule(state, v, hyper_lr=hyper_lr, **flags)
+  assert all(x.dtype == jnp.float64 for x in rate[:5])
+  return rate
+
+
+def _assert_rate(rate, eta, beta, mu, horizon, h, kappa, finite=True):
+  got = [float(x) for x in (rate.eta, rate.beta, rate.mu, rate.horizon, rate.h,
+                            rate.kappa)]
+  np.testing.assert_allclose(got, [eta, beta, mu, horizon, h, kappa], rtol=1e-15)
+  assert bool(rate.finite) is finite
+
+
+@pytest.mark.parametrize("beta, sign, eta", [(0.02, 1.0, 0.1 + 0.02), (1.0, -1.0, 0.0)])
+def test_rate_rule_additive_by_hand(beta, sign, eta):
+  # RTHO, beta fixed: h = <Z, v> = 0.5 + 0.5 - 2 = -1 (sign = 1), and
+  # eta = max(0.1 - beta h, 0): 0.12, or clamped at 0 for h = 1, beta = 1.
+  # c_t = mu_{t-1} (1 + c_{t-1}) = 1 * (1 + 3); mu = 1 comes from the factory.
+  with jax.enable_x64(True):
+    state = _rule_state(0.1, beta=7.0, mu=1.0, horizon=3.0, h=0.25,
+                        tangent=[1.0, 2.0, -1.0])
+    rate = _rule(state, [sign * 0.5, sign * 0.25, sign * 2.0], beta, _RTHO)
+    _assert_rate(rate, eta, beta, 1.0, 4.0, -sign, 0.0)
+    assert rate.objective_finite is None  # no cosine pass: the net's own test
+
+
+def test_rate_rule_hd_reads_the_last_direction():
+  # mu = 0: h = g1 = -<u_{t-1}, v> = -(3 + 2 + 0) = -5, eta = 0.1 + 0.01 * 5;
+  # c_t = 0 * (1 + 0).
+  with jax.enable_x64(True):
+    state = _rule_state(0.1, u_prev=[1.0, 2.0, 4.0])
+    rate = _rule(state, [3.0, 1.0, 0.0], 0.01, _HD)
+    _assert_rate(rate, 0.1 - 0.01 * -5.0, 0.01, 0.0, 0.0, -5.0, 0.0)
+
+
+@pytest.mark.parametrize(
+    "beta_prev, h_prev, beta",
+    [(0.1, 0.5, 0.1 + 0.01 * 0.96 * 0.5),  # beta grows as h_t h_{t-1} > 0
+     (0.45, 100.0, 0.5),  # clipped at MAX_NORMALIZED_HYPER_LR
+     (0.45, -100.0, 0.0)],  # clipped at 0
+)
+def test_rate_rule_normalized_by_hand(beta_prev, h_prev, beta):
+  # MARTHE's kappa selection: h = cos(Z, v) = 24 / 25 = 0.96 (the scale of
+  # v does not matter), beta = clip(beta' + kappa h h', 0, 0.5) with kappa =
+  # 0.01 from the state (not the factory's 123), eta = 0.2 exp(-beta h).
+  assert hypergradient.MAX_NORMALIZED_HYPER_LR == 0.5
+  with jax.enable_x64(True):
+    state = _rule_state(0.2, beta=beta_prev, mu=1.0, horizon=0.0, h=h_prev,
+                        kappa=0.01, tangent=[3.0, 0.0, 4.0])
+    rate = _rule(state, [4e10, 0.0, 3e10], 0.0, _MARTHE_SELECT)
+    assert np.isclose(float(rate.h), 0.96, rtol=1e-15, atol=0)
+    _assert_rate(rate, 0.2 * np.exp(-beta * 0.96), beta, 1.0, 1.0, 0.96, 0.01)
+    assert bool(rate.objective_finite)
+
+
+@pytest.mark.parametrize("sign, eta", [(1.0, 0.1 * (1 + 0.02 * 0.96)), (-1.0, 0.0)])
+def test_rate_rule_multiplicative_by_hand(sign, eta):
+  # HD's multiplicative rule: cos(u_{t-1}, v) = +-0.96, eta = max(0.1 (1 +
+  # beta cos), 0), beta = 0.02 (or 2: 1 - 1.92 < 0 is clamped at 0); the
+  # state records h = -cos.
+  beta = 0.02 if sign > 0 else 2.0
+  with jax.enable_x64(True):
+    state = _rule_state(0.1, u_prev=[3.0, 0.0, 4.0])
+    rate = _rule(state, [sign * 4.0, 0.0, sign * 3.0], beta, _HD_MULTIPLICATIVE)
+    _assert_rate(rate, eta, beta, 0.0, 0.0, -sign * 0.96, 0.0)
+    assert bool(rate.objective_finite)
+
+
+@pytest.mark.parametrize(
+    "tangent, q",
+    [([1.0, 1.0, 0.0], 1.5 / 2.5),  # h = 1.5, g1 = 2.5
+     ([4.0, 0.0, 0.0], 1.0),  # h = 4 > g1: clipped at 1
+     ([-1.0, 0.0, 0.0], 0.0)],  # h = -1 < 0: clipped at 0
+)
+def test_rate_rule_adaptive_mu_by_hand(tangent, q):
+  # mu_t = clip(h / g1, 0, 1) ** (1 / (c_{t-1} + 1)) with g1 = -<u_{t-1}, v>
+  # = 2 + 0.5 = 2.5 and c_{t-1} = 1; c_t = 0.5 * (1 + 1) = 1; eta = 0.1 -
+  # 0.01 h.
+  with jax.enable_x64(True):
+    state = _rule_state(0.1, mu=0.5, horizon=1.0, tangent=tangent,
+                        u_prev=[-2.0, -1.0, 0.0])
+    rate = _rule(state, [1.0, 0.5, 0.0], 0.01, _MARTHE_ADAPTIVE_MU)
+    h = tangent[0] + 0.5 * tangent[1]
+    _assert_rate(rate, 0.1 - 0.01 * h, 0.01, q ** (1 / 2), 1.0, h, 0.0)
+
+
+def test_rate_rule_adaptive_mu_is_zero_where_g1_is_zero():
+  with jax.enable_x64(True):
+    state = _rule_state(0.1, mu=0.5, horizon=1.0, tangent=[1.0, 1.0, 0.0],
+                        u_prev=[0.0, 0.0, 0.0])
+    rate = _rule(state, [1.0, 0.5, 0.0], 0.01, _MARTHE_ADAPTIVE_MU)
+    _assert_rate(rate, 0.1 - 0.01 * 1.5, 0.01, 0.0, 1.0, 1.5, 0.0)
+
+
+@pytest.mark.parametrize(
+    "flags, hyper_lr",
+    [(_HD, 0.01), (_RTHO, 0.01), (_HD_MULTIPLICATIVE, 0.02),
+     (_MARTHE_SELECT, 0.0), (_MARTHE_ADAPTIVE_MU, 0.01)],
+    ids=["hd", "rtho", "multiplicative", "normalized", "adaptive-mu"],
+)
+@pytest.mark.parametrize("where", ["v", "tangent"])
+def test_rate_rule_non_finite_keeps_the_previous_values(flags, hyper_lr, where):
+  # A NaN in v, or an Inf in the tangent (HD's u_{t-1}): eta, beta, mu, c and
+  # h keep the state's, finite = False. v's own flag (from the cosine pass)
+  # sees only v's NaN.
+  with jax.enable_x64(True):
+    bad_z = [np.inf, 1.0, 2.0] if where == "tangent" else [1.0, 1.0, 2.0]
+    state = _rule_state(0.3, beta=0.2, mu=0.5, horizon=2.0, h=0.7, kappa=0.01,
+                        tangent=bad_z, u_prev=bad_z)
+    v = [np.nan, 1.0, 1.0] if where == "v" else [1.0, 1.0, 1.0]
+    rate = _rule(state, v, hyper_lr, flags)
+    kappa = 0.01 if flags["select_kappa"] else flags["hyper_lr_step"]
+    _assert_rate(rate, 0.3, 0.2, 0.5, 2.0, 0.7, kappa, finite=False)
+    if rate.objective_finite is not None:
+      assert bool(rate.objective_finite) is (where != "v")
+
+
 # ---------------------------------------------------------------- validation
 
 

@@ -22,13 +22,13 @@ import optax_lr
 def check_installed(repo_root):
   package = pathlib.Path(optax_lr.__file__).resolve().parent
   assert not package.is_relative_to(repo_root), (
-      f"optax_lr imported from the repository ({package}), not the wheel")
+    f"optax_lr imported from the repository ({package}), not the wheel"
+  )
   assert "site-packages" in package.parts, package
   installed = importlib.metadata.version("optax_lr")
   assert optax_lr.__version__ == installed, (optax_lr.__version__, installed)
   assert (package / "py.typed").is_file(), "py.typed is not in the wheel"
-  license_files = importlib.metadata.metadata("optax_lr").get_all(
-      "License-File") or []
+  license_files = importlib.metadata.metadata("optax_lr").get_all("License-File") or []
   assert "LICENSE" in license_files, license_files
   print(f"smoke: optax_lr {optax_lr.__version__} from {package}")
 
@@ -76,15 +76,12 @@ def train(name, tx, *, epochs=8, observe=False):
 def main():
   repo_root = pathlib.Path(sys.argv[1]).resolve()
   check_installed(repo_root)
-  train("hypergradient_descent",
-        optax_lr.hypergradient_descent(0.01, direction=optax.trace(0.9)))
+  train("hypergradient_descent", optax_lr.hypergradient_descent(0.01, direction=optax.trace(0.9)))
   train("newton_lr", optax_lr.newton_lr(0.01, steps_per_epoch=10))
   train("aslr", optax_lr.aslr(0.01, steps_per_epoch=10))
   # AALR's phase 1 restarts from the initial params after any worse epoch:
   # a short warm-up reaches phase 2 within the few epochs of a smoke test.
-  train("aalr",
-        optax_lr.aalr(0.01, warmup_patience=2, direction=optax.trace(0.9)),
-        observe=True)
+  train("aalr", optax_lr.aalr(0.01, warmup_patience=2, direction=optax.trace(0.9)), observe=True)
   print("smoke: all checks passed")
 
 

@@ -45,14 +45,15 @@ def digits(n_train: int = 1000, n_valid: int = 397, seed: int = 0) -> Splits:
   data = load_digits()
   if n_train + n_valid >= len(data.target):
     raise ValueError(
-        f"n_train + n_valid must leave a test split of the {len(data.target)} "
-        f"digits, got {n_train} + {n_valid}"
+      f"n_train + n_valid must leave a test split of the {len(data.target)} "
+      f"digits, got {n_train} + {n_valid}"
     )
   return _split(data.data / 16.0, data.target, n_train, n_valid, seed)
 
 
-def mnist1d(n_train: int = 3000, n_valid: int = 1000, num_samples: int = 5000,
-            seed: int = 0) -> Splits:
+def mnist1d(
+  n_train: int = 3000, n_valid: int = 1000, num_samples: int = 5000, seed: int = 0
+) -> Splits:
   """MNIST-1D (Greydanus 2020): 40-sample 1-D signals of 10 digit templates.
 
   Generated on the spot with ``mnist1d.data.make_dataset`` (the package's own
@@ -74,8 +75,8 @@ def mnist1d(n_train: int = 3000, n_valid: int = 1000, num_samples: int = 5000,
   y = np.concatenate([data["y"], data["y_test"]])
   if n_train + n_valid >= len(y):
     raise ValueError(
-        f"n_train + n_valid must leave a test split of the {len(y)} signals, "
-        f"got {n_train} + {n_valid}"
+      f"n_train + n_valid must leave a test split of the {len(y)} signals, "
+      f"got {n_train} + {n_valid}"
     )
   return _split(x, y, n_train, n_valid, seed)
 
@@ -110,8 +111,14 @@ class TextSplits(Splits):
 # Folders of the standard library that are not its own source: test suites
 # (large, repetitive, and what a user would hold out anyway), installed
 # packages, caches.
-STDLIB_SKIPPED_DIRS = ("test", "tests", "idle_test", "site-packages", "dist-packages",
-                       "__pycache__")
+STDLIB_SKIPPED_DIRS = (
+  "test",
+  "tests",
+  "idle_test",
+  "site-packages",
+  "dist-packages",
+  "__pycache__",
+)
 
 
 def stdlib_root() -> str:
@@ -138,9 +145,14 @@ def stdlib_files(root: str | None = None) -> list[str]:
   return sorted(found)
 
 
-def split_files(files: list[str], sizes: dict[str, int], seed: int,
-                max_bytes: int, valid_fraction: float,
-                test_fraction: float) -> dict[str, list[str]]:
+def split_files(
+  files: list[str],
+  sizes: dict[str, int],
+  seed: int,
+  max_bytes: int,
+  valid_fraction: float,
+  test_fraction: float,
+) -> dict[str, list[str]]:
   """Assigns whole files to ``test``, ``valid`` and ``train``, by a seeded shuffle.
 
   The files are visited in the order of a permutation drawn with ``seed``;
@@ -150,8 +162,11 @@ def split_files(files: list[str], sizes: dict[str, int], seed: int,
   split.
   """
   order = np.random.default_rng([seed, 7]).permutation(len(files))
-  quota = {"test": test_fraction * max_bytes, "valid": valid_fraction * max_bytes,
-           "train": (1.0 - valid_fraction - test_fraction) * max_bytes}
+  quota = {
+    "test": test_fraction * max_bytes,
+    "valid": valid_fraction * max_bytes,
+    "train": (1.0 - valid_fraction - test_fraction) * max_bytes,
+  }
   chosen = {"train": [], "valid": [], "test": []}
   filled = dict.fromkeys(chosen, 0)
   for i in order:
@@ -166,9 +181,13 @@ def split_files(files: list[str], sizes: dict[str, int], seed: int,
   return {split: sorted(names) for split, names in chosen.items()}
 
 
-def stdlib_split(max_bytes: int = 4_000_000, valid_fraction: float = 0.1,
-                 test_fraction: float = 0.1, seed: int = 0,
-                 root: str | None = None) -> dict[str, list[str]]:
+def stdlib_split(
+  max_bytes: int = 4_000_000,
+  valid_fraction: float = 0.1,
+  test_fraction: float = 0.1,
+  seed: int = 0,
+  root: str | None = None,
+) -> dict[str, list[str]]:
   """The stdlib files of each split of :func:`stdlib_text` (paths relative to ``root``)."""
   import os  # pylint: disable=g-import-not-at-top
 
@@ -184,10 +203,16 @@ def _windows(text: np.ndarray, starts: np.ndarray, length: int):
   return w[:, :-1], w[:, 1:]
 
 
-def stdlib_text(context: int = 64, max_bytes: int = 4_000_000, valid_fraction: float = 0.1,
-                test_fraction: float = 0.1, train_windows: int | None = None,
-                eval_windows: int = 128, seed: int = 0,
-                root: str | None = None) -> TextSplits:
+def stdlib_text(
+  context: int = 64,
+  max_bytes: int = 4_000_000,
+  valid_fraction: float = 0.1,
+  test_fraction: float = 0.1,
+  train_windows: int | None = None,
+  eval_windows: int = 128,
+  seed: int = 0,
+  root: str | None = None,
+) -> TextSplits:
   """Byte-level language modelling on the standard library's own Python source.
 
   The text is on every machine (``sysconfig.get_paths()["stdlib"]``, no
@@ -216,8 +241,10 @@ def stdlib_text(context: int = 64, max_bytes: int = 4_000_000, valid_fraction: f
         parts.append(f.read())
     texts[split] = np.frombuffer(b"\0".join(parts), np.uint8)
     if len(texts[split]) < 2 * (context + 1):
-      raise ValueError(f"the {split} split holds {len(texts[split])} bytes, too few "
-                       f"for windows of {context}: raise max_bytes")
+      raise ValueError(
+        f"the {split} split holds {len(texts[split])} bytes, too few "
+        f"for windows of {context}: raise max_bytes"
+      )
   rng = np.random.default_rng([seed, 8])
   train = texts["train"]
   n_train = train_windows or len(train) // context

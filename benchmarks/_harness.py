@@ -23,7 +23,6 @@ import optax_lr
 from optax_lr import _checkpoint
 from optax_lr._registry import EXTRA_ARG_NAMES
 
-
 # ---------------------------------------------------------------- models
 
 
@@ -33,10 +32,12 @@ def init_mlp(key: jax.Array, sizes: Sequence[int], dtype=jnp.float32) -> list[di
   for fan_in, fan_out in zip(sizes[:-1], sizes[1:]):
     key, sub = jax.random.split(key)
     scale = jnp.sqrt(2.0 / fan_in).astype(dtype)
-    params.append({
+    params.append(
+      {
         "w": jax.random.normal(sub, (fan_in, fan_out), dtype) * scale,
         "b": jnp.zeros((fan_out,), dtype),
-    })
+      }
+    )
   return params
 
 
@@ -63,21 +64,22 @@ def random_batch(key: jax.Array, batch: int, features: int | tuple, classes: int
 
 # ---------------------------------------------------------------- steps
 
+
 def _set_since_save(state: Any, since_save: jax.Array) -> Any:
   """``state`` with every safety net's ``since_save`` counter set to ``since_save``."""
   is_net = lambda x: isinstance(x, _checkpoint.SafetyNetState)
   return jax.tree_util.tree_map(
-      lambda x: x._replace(since_save=since_save) if is_net(x) else x,
-      state, is_leaf=is_net)
+    lambda x: x._replace(since_save=since_save) if is_net(x) else x, state, is_leaf=is_net
+  )
 
 
 def make_train_step(
-    tx: optax.GradientTransformation,
-    loss_fn: Callable[[Any, Any], jax.Array],
-    needs: Sequence[str] = (),
-    *,
-    hvp: bool = False,
-    no_saves: bool = False,
+  tx: optax.GradientTransformation,
+  loss_fn: Callable[[Any, Any], jax.Array],
+  needs: Sequence[str] = (),
+  *,
+  hvp: bool = False,
+  no_saves: bool = False,
 ) -> Callable:
   """A jit-compiled train step ``(params, state, batch) -> (params, state, loss)``.
 
@@ -141,15 +143,15 @@ class Candidate:
 
 
 def time_candidates(
-    candidates: Sequence[Candidate],
-    init_params: Callable[[], Any],
-    loss_fn: Callable[[Any, Any], jax.Array],
-    batch: Any,
-    *,
-    rounds: int = 15,
-    steps_per_round: int = 20,
-    seed: int = 0,
-    final_states: Optional[dict] = None,
+  candidates: Sequence[Candidate],
+  init_params: Callable[[], Any],
+  loss_fn: Callable[[Any, Any], jax.Array],
+  batch: Any,
+  *,
+  rounds: int = 15,
+  steps_per_round: int = 20,
+  seed: int = 0,
+  final_states: Optional[dict] = None,
 ) -> dict[str, float]:
   """Median seconds per step of each candidate, interleaved in one run.
 
@@ -158,8 +160,7 @@ def time_candidates(
   """
   runners = {}
   for cand in candidates:
-    step = make_train_step(cand.tx, loss_fn, cand.needs, hvp=cand.hvp,
-                           no_saves=cand.no_saves)
+    step = make_train_step(cand.tx, loss_fn, cand.needs, hvp=cand.hvp, no_saves=cand.no_saves)
     params = init_params()
     carry = [params, cand.tx.init(params)]
     # Compile and warm up outside the timed rounds.

@@ -96,8 +96,9 @@ def _constant_rate(state, lr0):
 
 def _plateau_rate(state, lr0):
   del lr0
-  return (_f32(optax_lr.current_lr(state))
-          * _f32(_find(state, optax.contrib.ReduceLROnPlateauState).scale))
+  return _f32(optax_lr.current_lr(state)) * _f32(
+    _find(state, optax.contrib.ReduceLROnPlateauState).scale
+  )
 
 
 def _prodigy_rate(state, lr0):
@@ -125,7 +126,7 @@ def _identity_params(state, params):
 
 def _schedule_free_params(state, params):
   return optax.contrib.schedule_free_eval_params(
-      _find(state, optax.contrib.ScheduleFreeState), params
+    _find(state, optax.contrib.ScheduleFreeState), params
   )
 
 
@@ -193,8 +194,9 @@ class Method:
       return False
     return option in inspect.signature(self.factory).parameters
 
-  def build(self, lr: float, steps_per_epoch: int,
-            **options) -> optax.GradientTransformationExtraArgs:
+  def build(
+    self, lr: float, steps_per_epoch: int, **options
+  ) -> optax.GradientTransformationExtraArgs:
     """The method at rate ``lr``; ``options`` go to the library call."""
     rejected = [o for o in options if not self.accepts(o)]
     if rejected:
@@ -247,6 +249,7 @@ def extra_args(needs: Sequence[str], *, loss, batch_loss, val_grads_fn) -> dict:
 
 # ------------------------------------------------------------- optax_lr
 
+
 def range_test_suggestion(task: TaskSeed) -> float:
   """The rate ``optax_lr.lr_range_test`` suggests for the task's optimizer
   (SGD; AdamW on the Adam tasks) on one seed's task.
@@ -257,16 +260,23 @@ def range_test_suggestion(task: TaskSeed) -> float:
   """
   x, y = task.train_batches
   result = optax_lr.lr_range_test(
-      task.loss, task.params, (x[:RANGE_TEST_STEPS], y[:RANGE_TEST_STEPS]),
-      optimizer=task.optimizer, min_lr=RANGE_TEST_MIN_LR, max_lr=RANGE_TEST_MAX_LR,
-      num_steps=RANGE_TEST_STEPS)
+    task.loss,
+    task.params,
+    (x[:RANGE_TEST_STEPS], y[:RANGE_TEST_STEPS]),
+    optimizer=task.optimizer,
+    min_lr=RANGE_TEST_MIN_LR,
+    max_lr=RANGE_TEST_MAX_LR,
+    num_steps=RANGE_TEST_STEPS,
+  )
   return float(result.suggestion)
 
 
-_RANGE_TEST_MEANS = (f"nothing: the rate lr_range_test suggests (SGD, AdamW on "
-                     f"the Adam tasks; "
-                     f"{RANGE_TEST_MIN_LR:g} ... {RANGE_TEST_MAX_LR:g} over "
-                     f"{RANGE_TEST_STEPS} training batches) per seed")
+_RANGE_TEST_MEANS = (
+  f"nothing: the rate lr_range_test suggests (SGD, AdamW on "
+  f"the Adam tasks; "
+  f"{RANGE_TEST_MIN_LR:g} ... {RANGE_TEST_MAX_LR:g} over "
+  f"{RANGE_TEST_STEPS} training batches) per seed"
+)
 
 
 def _best_params(state, params):
@@ -301,147 +311,167 @@ def _with_direction(options: dict) -> dict:
 
 
 _ASLR = Method(
-    "aslr",
-    lambda lr, n, **options: optax_lr.aslr(lr, **_with_direction(options)),
-    needs=("value",),
-    epoch_level=True,
-    factory=optax_lr.aslr,
-    rate_means="the initial centre (rounded to one digit)",
+  "aslr",
+  lambda lr, n, **options: optax_lr.aslr(lr, **_with_direction(options)),
+  needs=("value",),
+  epoch_level=True,
+  factory=optax_lr.aslr,
+  rate_means="the initial centre (rounded to one digit)",
 )
 
 OPTAX_LR_METHODS: tuple[Method, ...] = (
-    Method(
-        "hd",
-        lambda lr, n, **options: optax_lr.hypergradient_descent(lr, **_with_direction(options)),
-        needs=("value",),
-        factory=optax_lr.hypergradient_descent,
+  Method(
+    "hd",
+    lambda lr, n, **options: optax_lr.hypergradient_descent(lr, **_with_direction(options)),
+    needs=("value",),
+    factory=optax_lr.hypergradient_descent,
+  ),
+  Method(
+    "hd_mult",
+    lambda lr, n, **options: optax_lr.hypergradient_descent(
+      lr, multiplicative=True, **_with_direction(options)
     ),
-    Method(
-        "hd_mult",
-        lambda lr, n, **options: optax_lr.hypergradient_descent(
-            lr, multiplicative=True, **_with_direction(options)),
-        needs=("value",),
-        factory=optax_lr.hypergradient_descent,
-    ),
-    Method(
-        "rtho",
-        lambda lr, n, **options: optax_lr.rtho(lr, **_with_direction(options)),
-        needs=("value", "loss_fn", "val_grads"),
-        factory=optax_lr.rtho,
-    ),
-    Method(
-        "marthe",
-        lambda lr, n, **options: optax_lr.marthe(lr, **_with_direction(options)),
-        needs=("value", "loss_fn", "val_grads"),
-        factory=optax_lr.marthe,
-    ),
-    Method(
-        "newton_lr",
-        lambda lr, n, **options: optax_lr.newton_lr(lr, steps_per_epoch=n, **_with_direction(options)),
-        needs=("value",),
-        factory=optax_lr.newton_lr,
-    ),
+    needs=("value",),
+    factory=optax_lr.hypergradient_descent,
+  ),
+  Method(
+    "rtho",
+    lambda lr, n, **options: optax_lr.rtho(lr, **_with_direction(options)),
+    needs=("value", "loss_fn", "val_grads"),
+    factory=optax_lr.rtho,
+  ),
+  Method(
+    "marthe",
+    lambda lr, n, **options: optax_lr.marthe(lr, **_with_direction(options)),
+    needs=("value", "loss_fn", "val_grads"),
+    factory=optax_lr.marthe,
+  ),
+  Method(
+    "newton_lr",
+    lambda lr, n, **options: optax_lr.newton_lr(lr, steps_per_epoch=n, **_with_direction(options)),
+    needs=("value",),
+    factory=optax_lr.newton_lr,
+  ),
+  _ASLR,
+  # ASLR as its paper prescribes: the range test picks the initial rate.
+  dataclasses.replace(
     _ASLR,
-    # ASLR as its paper prescribes: the range test picks the initial rate.
-    dataclasses.replace(
-        _ASLR,
-        name="aslr_range_test",
-        rate_from_task=range_test_suggestion,
-        rate_means=_RANGE_TEST_MEANS + ", as ASLR's initial centre",
-    ),
-    Method(
-        "aalr",
-        lambda lr, n, **options: optax_lr.aalr(lr, **_with_direction(options)),
-        needs=("value",),
-        epoch_level=True,
-        observe_initial=True,
-        eval_params=_best_params,
-        factory=optax_lr.aalr,
-    ),
+    name="aslr_range_test",
+    rate_from_task=range_test_suggestion,
+    rate_means=_RANGE_TEST_MEANS + ", as ASLR's initial centre",
+  ),
+  Method(
+    "aalr",
+    lambda lr, n, **options: optax_lr.aalr(lr, **_with_direction(options)),
+    needs=("value",),
+    epoch_level=True,
+    observe_initial=True,
+    eval_params=_best_params,
+    factory=optax_lr.aalr,
+  ),
 )
 
 # ------------------------------------------------------------- optax's own
 
 BASELINES: tuple[Method, ...] = (
-    # inject_hyperparams keeps SGD's rate in the state, so runs from several
-    # rates share one compilation (see _train.train_rates).
-    Method("sgd", lambda lr, n: optax.inject_hyperparams(optax.sgd)(lr),
-           library="optax"),
-    Method("sgd_hand_picked", lambda lr, n: optax.sgd(lr), library="optax",
-           lr_of=_constant_rate, fixed_lr=HAND_PICKED_SGD_LR,
-           rate_means=f"nothing: SGD at the hand-picked {HAND_PICKED_SGD_LR}"),
-    # The range test's suggestion trained at a constant rate (the rate lives
-    # in the state, so the seeds' runs share one compilation).
-    Method("sgd_range_test", lambda lr, n: optax.inject_hyperparams(optax.sgd)(lr),
-           library="optax", rate_from_task=range_test_suggestion,
-           rate_means=_RANGE_TEST_MEANS + ", SGD at that constant rate"),
-    Method(
-        "reduce_on_plateau",
-        lambda lr, n: standard_promotion(optax.chain(
-            optax.inject_hyperparams(optax.sgd)(lr),
-            optax.contrib.reduce_on_plateau(
-                factor=0.5, patience=3, accumulation_size=n),
-        )),
-        library="optax",
-        needs=("value",),
-        lr_of=_plateau_rate,
-        rate_means="SGD's rate before any reduction (epoch-mean training loss)",
+  # inject_hyperparams keeps SGD's rate in the state, so runs from several
+  # rates share one compilation (see _train.train_rates).
+  Method("sgd", lambda lr, n: optax.inject_hyperparams(optax.sgd)(lr), library="optax"),
+  Method(
+    "sgd_hand_picked",
+    lambda lr, n: optax.sgd(lr),
+    library="optax",
+    lr_of=_constant_rate,
+    fixed_lr=HAND_PICKED_SGD_LR,
+    rate_means=f"nothing: SGD at the hand-picked {HAND_PICKED_SGD_LR}",
+  ),
+  # The range test's suggestion trained at a constant rate (the rate lives
+  # in the state, so the seeds' runs share one compilation).
+  Method(
+    "sgd_range_test",
+    lambda lr, n: optax.inject_hyperparams(optax.sgd)(lr),
+    library="optax",
+    rate_from_task=range_test_suggestion,
+    rate_means=_RANGE_TEST_MEANS + ", SGD at that constant rate",
+  ),
+  Method(
+    "reduce_on_plateau",
+    lambda lr, n: standard_promotion(
+      optax.chain(
+        optax.inject_hyperparams(optax.sgd)(lr),
+        optax.contrib.reduce_on_plateau(factor=0.5, patience=3, accumulation_size=n),
+      )
     ),
-    Method(
-        "prodigy",
-        lambda lr, n: standard_promotion(optax.contrib.prodigy(1.0, estim_lr0=lr)),
-        library="optax",
-        lr_of=_prodigy_rate,
-        rate_means="d0 (estim_lr0), the initial Adam-scale step estimate",
+    library="optax",
+    needs=("value",),
+    lr_of=_plateau_rate,
+    rate_means="SGD's rate before any reduction (epoch-mean training loss)",
+  ),
+  Method(
+    "prodigy",
+    lambda lr, n: standard_promotion(optax.contrib.prodigy(1.0, estim_lr0=lr)),
+    library="optax",
+    lr_of=_prodigy_rate,
+    rate_means="d0 (estim_lr0), the initial Adam-scale step estimate",
+  ),
+  Method(
+    "dog",
+    lambda lr, n: optax.contrib.dog(1.0, init_step=("learning_rate", lr)),
+    library="optax",
+    lr_of=_dog_rate,
+    rate_means="the first step's rate (init_step='learning_rate')",
+  ),
+  Method(
+    "mechanize",
+    lambda lr, n: standard_promotion(
+      optax.contrib.mechanize(
+        optax.sgd(1.0), s_init=lr / _MECHANIC_BETAS, num_betas=_MECHANIC_BETAS
+      )
     ),
-    Method(
-        "dog",
-        lambda lr, n: optax.contrib.dog(1.0, init_step=("learning_rate", lr)),
-        library="optax",
-        lr_of=_dog_rate,
-        rate_means="the first step's rate (init_step='learning_rate')",
-    ),
-    Method(
-        "mechanize",
-        lambda lr, n: standard_promotion(optax.contrib.mechanize(
-            optax.sgd(1.0), s_init=lr / _MECHANIC_BETAS,
-            num_betas=_MECHANIC_BETAS)),
-        library="optax",
-        lr_of=_mechanic_rate,
-        rate_means="the initial scale sum(s) over sgd(1.0)",
-    ),
-    Method(
-        "schedule_free_sgd",
-        lambda lr, n: optax.contrib.schedule_free_sgd(lr),
-        library="optax",
-        lr_of=_constant_rate,
-        eval_params=_schedule_free_params,
-    ),
+    library="optax",
+    lr_of=_mechanic_rate,
+    rate_means="the initial scale sum(s) over sgd(1.0)",
+  ),
+  Method(
+    "schedule_free_sgd",
+    lambda lr, n: optax.contrib.schedule_free_sgd(lr),
+    library="optax",
+    lr_of=_constant_rate,
+    eval_params=_schedule_free_params,
+  ),
 )
 
 # ------------------------------------------------------------- timing anchors
 
 SPEED_ANCHORS: tuple[Method, ...] = (
-    Method("sgd", lambda lr, n: optax.sgd(lr), library="optax"),
-    Method("sgd_momentum", lambda lr, n: optax.sgd(lr, momentum=0.9), library="optax"),
-    Method("adam", lambda lr, n: standard_promotion(optax.adam(lr)), library="optax"),
-    Method("reduce_on_plateau",
-           lambda lr, n: standard_promotion(optax.chain(
-               optax.sgd(lr),
-               optax.contrib.reduce_on_plateau(accumulation_size=n))),
-           library="optax", needs=("value",)),
-    Method("prodigy",
-           lambda lr, n: standard_promotion(optax.contrib.prodigy(1.0, estim_lr0=lr)),
-           library="optax"),
-    Method("dadapt_adamw",
-           lambda lr, n: standard_promotion(
-               optax.contrib.dadapt_adamw(1.0, estim_lr0=lr)),
-           library="optax"),
-    Method("dog", lambda lr, n: optax.contrib.dog(1.0), library="optax"),
-    Method("mechanize",
-           lambda lr, n: standard_promotion(optax.contrib.mechanize(optax.sgd(1.0))),
-           library="optax"),
-    Method("grad_hvp_sgd", lambda lr, n: optax.sgd(lr), library="optax", hvp=True),
+  Method("sgd", lambda lr, n: optax.sgd(lr), library="optax"),
+  Method("sgd_momentum", lambda lr, n: optax.sgd(lr, momentum=0.9), library="optax"),
+  Method("adam", lambda lr, n: standard_promotion(optax.adam(lr)), library="optax"),
+  Method(
+    "reduce_on_plateau",
+    lambda lr, n: standard_promotion(
+      optax.chain(optax.sgd(lr), optax.contrib.reduce_on_plateau(accumulation_size=n))
+    ),
+    library="optax",
+    needs=("value",),
+  ),
+  Method(
+    "prodigy",
+    lambda lr, n: standard_promotion(optax.contrib.prodigy(1.0, estim_lr0=lr)),
+    library="optax",
+  ),
+  Method(
+    "dadapt_adamw",
+    lambda lr, n: standard_promotion(optax.contrib.dadapt_adamw(1.0, estim_lr0=lr)),
+    library="optax",
+  ),
+  Method("dog", lambda lr, n: optax.contrib.dog(1.0), library="optax"),
+  Method(
+    "mechanize",
+    lambda lr, n: standard_promotion(optax.contrib.mechanize(optax.sgd(1.0))),
+    library="optax",
+  ),
+  Method("grad_hvp_sgd", lambda lr, n: optax.sgd(lr), library="optax", hvp=True),
 )
 
 # ------------------------------------------------------------- hand-tuned references
@@ -450,14 +480,17 @@ SPEED_ANCHORS: tuple[Method, ...] = (
 # a self-tuning method is measured against. The rate lives in the state
 # (inject_hyperparams): one compilation per optimizer for the whole grid.
 HAND_TUNED: tuple[Method, ...] = (
-    Method("sgd", lambda lr, n: optax.inject_hyperparams(optax.sgd)(lr),
-           library="optax"),
-    Method("sgd_momentum",
-           lambda lr, n: optax.inject_hyperparams(optax.sgd)(lr, momentum=0.9),
-           library="optax"),
-    Method("adam",
-           lambda lr, n: standard_promotion(optax.inject_hyperparams(optax.adam)(lr)),
-           library="optax"),
+  Method("sgd", lambda lr, n: optax.inject_hyperparams(optax.sgd)(lr), library="optax"),
+  Method(
+    "sgd_momentum",
+    lambda lr, n: optax.inject_hyperparams(optax.sgd)(lr, momentum=0.9),
+    library="optax",
+  ),
+  Method(
+    "adam",
+    lambda lr, n: standard_promotion(optax.inject_hyperparams(optax.adam)(lr)),
+    library="optax",
+  ),
 )
 
 COMPARE_METHODS: tuple[Method, ...] = OPTAX_LR_METHODS + BASELINES
@@ -501,15 +534,17 @@ def _matrices(params):
 
 def adamw_direction() -> optax.GradientTransformation:
   """AdamW's unscaled direction: Adam's, plus decoupled weight decay."""
-  return optax.chain(optax.scale_by_adam(),
-                     optax.add_decayed_weights(ADAMW_WEIGHT_DECAY, mask=_matrices))
+  return optax.chain(
+    optax.scale_by_adam(), optax.add_decayed_weights(ADAMW_WEIGHT_DECAY, mask=_matrices)
+  )
 
 
 def adamw(lr: float) -> optax.GradientTransformation:
   """``optax.adamw(lr)`` with the weight decay of :func:`adamw_direction`, the
   rate in the state (one compilation for a grid of rates)."""
-  return standard_promotion(optax.chain(
-      adamw_direction(), optax.inject_hyperparams(optax.scale)(step_size=-lr)))
+  return standard_promotion(
+    optax.chain(adamw_direction(), optax.inject_hyperparams(optax.scale)(step_size=-lr))
+  )
 
 
 def adamw_optimizer(learning_rate) -> optax.GradientTransformation:
@@ -545,22 +580,24 @@ def _cosine_rate_of(total_steps):
 # Swept from the initial rates like the optax_lr methods: what needs no rate
 # grid (prodigy's d0 and dog's first step are what the initial rate sets).
 ADAM_BASELINES: tuple[Method, ...] = (
-    Method(
-        "prodigy",
-        lambda lr, n: standard_promotion(optax.contrib.prodigy(
-            1.0, estim_lr0=lr, weight_decay=ADAMW_WEIGHT_DECAY)),
-        library="optax",
-        lr_of=_prodigy_rate,
-        rate_means="d0 (estim_lr0), the initial Adam-scale step estimate",
+  Method(
+    "prodigy",
+    lambda lr, n: standard_promotion(
+      optax.contrib.prodigy(1.0, estim_lr0=lr, weight_decay=ADAMW_WEIGHT_DECAY)
     ),
-    Method(
-        "dog",
-        lambda lr, n: optax.contrib.dog(1.0, init_step=("learning_rate", lr),
-                                        weight_decay=ADAMW_WEIGHT_DECAY, mask=_matrices),
-        library="optax",
-        lr_of=_dog_rate,
-        rate_means="the first step's rate (init_step='learning_rate')",
+    library="optax",
+    lr_of=_prodigy_rate,
+    rate_means="d0 (estim_lr0), the initial Adam-scale step estimate",
+  ),
+  Method(
+    "dog",
+    lambda lr, n: optax.contrib.dog(
+      1.0, init_step=("learning_rate", lr), weight_decay=ADAMW_WEIGHT_DECAY, mask=_matrices
     ),
+    library="optax",
+    lr_of=_dog_rate,
+    rate_means="the first step's rate (init_step='learning_rate')",
+  ),
 )
 
 
@@ -573,34 +610,42 @@ def adam_hand_tuned(total_steps: int) -> tuple[Method, ...]:
   """
   warmup = max(1, int(ADAMW_WARMUP_FRACTION * total_steps))
   return (
-      Method(
-          "adamw_cosine",
-          lambda lr, n: standard_promotion(optax.chain(
-              adamw_direction(), optax.scale_by_schedule(warmup_cosine(total_steps)),
-              optax.inject_hyperparams(optax.scale)(step_size=-lr))),
-          library="optax",
-          lr_of=_cosine_rate_of(total_steps),
-          rate_means=f"the peak rate (linear warm-up over {warmup} steps, cosine "
-                     f"decay to 0 at step {total_steps})",
+    Method(
+      "adamw_cosine",
+      lambda lr, n: standard_promotion(
+        optax.chain(
+          adamw_direction(),
+          optax.scale_by_schedule(warmup_cosine(total_steps)),
+          optax.inject_hyperparams(optax.scale)(step_size=-lr),
+        )
       ),
-      Method("adamw", lambda lr, n: adamw(lr), library="optax", lr_of=_injected_rate),
-      Method(
-          "schedule_free_adamw",
-          lambda lr, n: standard_promotion(optax.contrib.schedule_free_adamw(
-              lr, warmup_steps=warmup, weight_decay=ADAMW_WEIGHT_DECAY)),
-          library="optax",
-          lr_of=_constant_rate,
-          eval_params=_schedule_free_params,
-          rate_means=f"the rate after a linear warm-up over {warmup} steps",
+      library="optax",
+      lr_of=_cosine_rate_of(total_steps),
+      rate_means=f"the peak rate (linear warm-up over {warmup} steps, cosine "
+      f"decay to 0 at step {total_steps})",
+    ),
+    Method("adamw", lambda lr, n: adamw(lr), library="optax", lr_of=_injected_rate),
+    Method(
+      "schedule_free_adamw",
+      lambda lr, n: standard_promotion(
+        optax.contrib.schedule_free_adamw(lr, warmup_steps=warmup, weight_decay=ADAMW_WEIGHT_DECAY)
       ),
+      library="optax",
+      lr_of=_constant_rate,
+      eval_params=_schedule_free_params,
+      rate_means=f"the rate after a linear warm-up over {warmup} steps",
+    ),
   )
 
 
 # Timing anchors of the models trained over Adam (speed.py's transformer).
 ADAM_SPEED_ANCHORS: tuple[Method, ...] = (
-    Method("adamw", lambda lr, n: adamw(lr), library="optax"),
-    Method("schedule_free_adamw",
-           lambda lr, n: standard_promotion(optax.contrib.schedule_free_adamw(
-               lr, warmup_steps=10, weight_decay=ADAMW_WEIGHT_DECAY)),
-           library="optax"),
+  Method("adamw", lambda lr, n: adamw(lr), library="optax"),
+  Method(
+    "schedule_free_adamw",
+    lambda lr, n: standard_promotion(
+      optax.contrib.schedule_free_adamw(lr, warmup_steps=10, weight_decay=ADAMW_WEIGHT_DECAY)
+    ),
+    library="optax",
+  ),
 )

@@ -15,10 +15,10 @@ import math
 from typing import Any, Sequence
 
 import flax.linen as nn
-from flax import nnx
 import jax
 import jax.numpy as jnp
 import optax
+from flax import nnx
 
 
 class MLPModule(nn.Module):
@@ -83,16 +83,18 @@ class Model:
 
 
 def mlp(input_shape: tuple[int, ...], hidden: Sequence[int], classes: int = 10) -> Model:
-  name = "mlp-" + "-".join(map(str, (int(jnp.prod(jnp.array(input_shape))),
-                                     *hidden, classes)))
+  name = "mlp-" + "-".join(map(str, (int(jnp.prod(jnp.array(input_shape))), *hidden, classes)))
   return Model(name, MLPModule(tuple(hidden), classes), tuple(input_shape))
 
 
-def cnn2d(shape: tuple[int, int, int] = (32, 32, 3), channels: Sequence[int] = (32, 64),
-          classes: int = 10) -> Model:
-  return Model(f"cnn-{'x'.join(map(str, shape))}-{'-'.join(map(str, channels))}",
-               CNN2DModule(tuple(channels), classes), tuple(shape))
-
+def cnn2d(
+  shape: tuple[int, int, int] = (32, 32, 3), channels: Sequence[int] = (32, 64), classes: int = 10
+) -> Model:
+  return Model(
+    f"cnn-{'x'.join(map(str, shape))}-{'-'.join(map(str, channels))}",
+    CNN2DModule(tuple(channels), classes),
+    tuple(shape),
+  )
 
 
 # ---------------------------------------------------------------- language model
@@ -145,8 +147,9 @@ class TransformerLM(nnx.Module):
   embeddings, ``layers`` pre-norm blocks, a final LayerNorm, and logits from
   the token embedding (tied)."""
 
-  def __init__(self, vocab: int, context: int, d_model: int, heads: int, layers: int,
-               *, rngs: nnx.Rngs):
+  def __init__(
+    self, vocab: int, context: int, d_model: int, heads: int, layers: int, *, rngs: nnx.Rngs
+  ):
     self.embed = nnx.Embed(vocab, d_model, embedding_init=_normal(0.02), rngs=rngs)
     self.pos = nnx.Param(_normal(0.02)(rngs.params(), (context, d_model)))
     self.blocks = nnx.List([Block(d_model, heads, layers, rngs=rngs) for _ in range(layers)])
@@ -162,7 +165,8 @@ class TransformerLM(nnx.Module):
 def _sequence_cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
   """Mean next-token cross-entropy over every position, in nats."""
   return optax.softmax_cross_entropy_with_integer_labels(
-      logits.astype(jnp.float32), labels.astype(jnp.int32)).mean()
+    logits.astype(jnp.float32), labels.astype(jnp.int32)
+  ).mean()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -182,8 +186,9 @@ class LanguageModel:
   layers: int
 
   def _module(self, key) -> TransformerLM:
-    return TransformerLM(self.vocab, self.context, self.d_model, self.heads, self.layers,
-                         rngs=nnx.Rngs(key))
+    return TransformerLM(
+      self.vocab, self.context, self.d_model, self.heads, self.layers, rngs=nnx.Rngs(key)
+    )
 
   @functools.cached_property
   def _graph(self):
@@ -215,7 +220,14 @@ class LanguageModel:
     return jnp.mean(jnp.argmax(self.logits(params, x), -1) == y)
 
 
-def transformer_lm(context: int = 64, d_model: int = 64, heads: int = 4, layers: int = 2,
-                   vocab: int = 256) -> LanguageModel:
-  return LanguageModel(f"transformer-lm-L{layers}-d{d_model}-h{heads}-T{context}",
-                       vocab, context, d_model, heads, layers)
+def transformer_lm(
+  context: int = 64, d_model: int = 64, heads: int = 4, layers: int = 2, vocab: int = 256
+) -> LanguageModel:
+  return LanguageModel(
+    f"transformer-lm-L{layers}-d{d_model}-h{heads}-T{context}",
+    vocab,
+    context,
+    d_model,
+    heads,
+    layers,
+  )

@@ -47,17 +47,18 @@ def machine() -> dict:
   except AttributeError:
     cpus = os.cpu_count()
   import optax  # pylint: disable=g-import-not-at-top
+
   return {
-      "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-      "cpu": _cpu_model(),
-      "cpus_available": cpus,
-      "load_average_1_5_15min": load,
-      "backend": jax.default_backend(),
-      "device": str(jax.devices()[0]),
-      "platform": platform.platform(),
-      "python": platform.python_version(),
-      "jax": jax.__version__,
-      "optax": optax.__version__,
+    "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+    "cpu": _cpu_model(),
+    "cpus_available": cpus,
+    "load_average_1_5_15min": load,
+    "backend": jax.default_backend(),
+    "device": str(jax.devices()[0]),
+    "platform": platform.platform(),
+    "python": platform.python_version(),
+    "jax": jax.__version__,
+    "optax": optax.__version__,
   }
 
 
@@ -97,6 +98,7 @@ def pyplot():
     return None
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+
   return plt
 
 
@@ -115,7 +117,8 @@ def fmt(x: float, digits: int = 3) -> str:
 def table(header: list[str], rows: list[list[str]]) -> str:
   widths = [max(len(str(r[i])) for r in [header] + rows) for i in range(len(header))]
   line = lambda r: "  ".join(
-      str(c).ljust(w) if i == 0 else str(c).rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
+    str(c).ljust(w) if i == 0 else str(c).rjust(w) for i, (c, w) in enumerate(zip(r, widths))
+  )
   return "\n".join([line(header), line(["-" * w for w in widths])] + [line(r) for r in rows])
 
 

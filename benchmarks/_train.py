@@ -16,8 +16,8 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from typing import Callable, Optional
 import warnings
+from typing import Callable, Optional
 
 import jax
 import jax.numpy as jnp
@@ -29,7 +29,6 @@ from benchmarks import _data
 from benchmarks import _methods
 from benchmarks import _models
 
-
 # XLA options for the compiled runs; ``fast_compilation()`` trades run time for
 # compilation time (the smoke runs are all compilation).
 COMPILER_OPTIONS: dict | None = None
@@ -38,8 +37,11 @@ COMPILER_OPTIONS: dict | None = None
 def fast_compilation(enable: bool = True) -> None:
   """Compile the runs with XLA's backend optimisations off (``--quick``)."""
   global COMPILER_OPTIONS
-  COMPILER_OPTIONS = ({"xla_backend_optimization_level": 0,
-                       "xla_llvm_disable_expensive_passes": True} if enable else None)
+  COMPILER_OPTIONS = (
+    {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
+    if enable
+    else None
+  )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,15 +82,12 @@ def build(method: _methods.Method, lr: float, setting: Setting):
 def setting_for(splits: _data.Splits, epochs: int, batch_size: int) -> Setting:
   steps = len(splits.y_train) // batch_size
   if steps < 1:
-    raise ValueError(f"batch_size {batch_size} exceeds the {len(splits.y_train)} "
-                     "training examples")
+    raise ValueError(f"batch_size {batch_size} exceeds the {len(splits.y_train)} training examples")
   return Setting(epochs, batch_size, steps)
 
 
-def _run_fn(model: _models.Model, method: _methods.Method, tx, lr: float,
-            setting: Setting):
+def _run_fn(model: _models.Model, method: _methods.Method, tx, lr: float, setting: Setting):
   """``run(params, state, orders, data) -> (params, state, history)``, one seed."""
-  bs, steps = setting.batch_size, setting.steps_per_epoch
   needs = method.needs
 
   def step(carry, xs):
@@ -97,8 +96,11 @@ def _run_fn(model: _models.Model, method: _methods.Method, tx, lr: float,
     batch_loss = lambda p: model.loss(p, batch)
     loss, grads = jax.value_and_grad(batch_loss)(params)
     extra = _methods.extra_args(
-        needs, loss=loss, batch_loss=batch_loss,
-        val_grads_fn=lambda: jax.grad(model.loss)(params, val_batch))
+      needs,
+      loss=loss,
+      batch_loss=batch_loss,
+      val_grads_fn=lambda: jax.grad(model.loss)(params, val_batch),
+    )
     updates, state = tx.update(grads, state, params, **extra)
     params = optax_lr.apply_updates(params, updates, state)
     return (params, state), (loss, method.lr_of(state, lr))
@@ -107,8 +109,11 @@ def _run_fn(model: _models.Model, method: _methods.Method, tx, lr: float,
     eval_params = method.eval_params(state, params)
     valid = (data["x_valid"], data["y_valid"])
     test = (data["x_test"], data["y_test"])
-    return (model.loss(eval_params, valid), model.loss(eval_params, test),
-            model.accuracy(eval_params, test))
+    return (
+      model.loss(eval_params, valid),
+      model.loss(eval_params, test),
+      model.accuracy(eval_params, test),
+    )
 
   def observed_cost(params, data):
     # What an epoch-level method observes is the loss of the params it is
@@ -122,21 +127,20 @@ def _run_fn(model: _models.Model, method: _methods.Method, tx, lr: float,
     order, val_order = xs  # [steps, batch] indices into train and valid
     batches = (data["x_train"][order], data["y_train"][order])
     val_batches = (data["x_valid"][val_order], data["y_valid"][val_order])
-    (params, state), (losses, lrs) = jax.lax.scan(
-        step, (params, state), (batches, val_batches))
+    (params, state), (losses, lrs) = jax.lax.scan(step, (params, state), (batches, val_batches))
     valid_loss, test_loss, test_acc = evaluate(params, state, data)
     if method.epoch_level:
       state = optax_lr.observe(state, observed_cost(params, data))
-    return (params, state), dict(train_loss=losses, lr=lrs, valid_loss=valid_loss,
-                                 test_loss=test_loss, test_acc=test_acc)
+    return (params, state), dict(
+      train_loss=losses, lr=lrs, valid_loss=valid_loss, test_loss=test_loss, test_acc=test_acc
+    )
 
   def run(params, state, orders, data):
     """``orders``: (train, valid) batch indices, each [epochs, steps, batch]."""
     init_valid, init_test, init_acc = evaluate(params, state, data)
     if method.observe_initial:
       state = optax_lr.observe(state, observed_cost(params, data))
-    (params, state), hist = jax.lax.scan(
-        lambda c, xs: epoch(c, xs, data), (params, state), orders)
+    (params, state), hist = jax.lax.scan(lambda c, xs: epoch(c, xs, data), (params, state), orders)
     hist["init"] = dict(valid_loss=init_valid, test_loss=init_test, test_acc=init_acc)
     hist["params_finite"] = params_finite(params)
     return params, state, hist
@@ -181,16 +185,17 @@ def batch_orders(splits: _data.Splits, setting: Setting, seeds) -> tuple:
   train, valid = [], []
   for seed in seeds:
     rng = np.random.default_rng([seed, 1])
-    train.append(np.stack([rng.permutation(len(splits.y_train))[: n * b].reshape(n, b)
-                           for _ in range(e)]))
+    train.append(
+      np.stack([rng.permutation(len(splits.y_train))[: n * b].reshape(n, b) for _ in range(e)])
+    )
     valid.append(rng.integers(0, len(splits.y_valid), (e, n, b)))
   return (jnp.asarray(np.stack(train), jnp.int32), jnp.asarray(np.stack(valid), jnp.int32))
 
 
 def _signature(closed_jaxpr) -> tuple:
   consts = tuple(
-      (np.asarray(c).dtype.str, np.asarray(c).shape, np.asarray(c).tobytes())
-      for c in closed_jaxpr.consts
+    (np.asarray(c).dtype.str, np.asarray(c).shape, np.asarray(c).tobytes())
+    for c in closed_jaxpr.consts
   )
   return str(closed_jaxpr.jaxpr), consts
 
@@ -204,8 +209,9 @@ def init_states_per_seed(txs):
   """Like :func:`init_states`, with seed ``s``'s state from ``txs[s].init``."""
 
   def init(params):
-    states = [tx.init(jax.tree_util.tree_map(lambda x, s=s: x[s], params))
-              for s, tx in enumerate(txs)]
+    states = [
+      tx.init(jax.tree_util.tree_map(lambda x, s=s: x[s], params)) for s, tx in enumerate(txs)
+    ]
     return jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *states)
 
   return jax.jit(init)
@@ -214,10 +220,13 @@ def init_states_per_seed(txs):
 def run_signature(run, init, params, seed_args, shared_args) -> tuple:
   """What identifies ``run``'s traced program (one seed, abstract inputs)."""
   one_seed = lambda tree: jax.tree_util.tree_map(
-      lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype), tree)
-  return _signature(jax.make_jaxpr(run)(
-      one_seed(params), one_seed(jax.eval_shape(init, params)),
-      *one_seed(seed_args), *shared_args))
+    lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype), tree
+  )
+  return _signature(
+    jax.make_jaxpr(run)(
+      one_seed(params), one_seed(jax.eval_shape(init, params)), *one_seed(seed_args), *shared_args
+    )
+  )
 
 
 def run_grouped(items, params, seed_args, shared_args):
@@ -259,31 +268,41 @@ def run_grouped(items, params, seed_args, shared_args):
     run = members[0][2]
     per_seed = jax.vmap(run, in_axes=(0, 0) + (0,) * n_seed + (None,) * n_shared)
     batched = jax.jit(
-        jax.vmap(per_seed, in_axes=(0, 0) + (None,) * (n_seed + n_shared)),
-        donate_argnums=(0, 1))
+      jax.vmap(per_seed, in_axes=(0, 0) + (None,) * (n_seed + n_shared)), donate_argnums=(0, 1)
+    )
     states = [init(params) for _, init, _ in members]
     state = jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *states)
     stacked = jax.tree_util.tree_map(
-        lambda x: jnp.broadcast_to(x, (len(members),) + x.shape).copy(), params)
+      lambda x: jnp.broadcast_to(x, (len(members),) + x.shape).copy(), params
+    )
     start = time.perf_counter()
     with warnings.catch_warnings():
       # Runs that return metrics only leave the donated params unused.
       warnings.filterwarnings("ignore", message="Some donated buffers were not usable")
-      compiled = batched.lower(stacked, state, *seed_args, *shared_args).compile(
-          COMPILER_OPTIONS)
+      compiled = batched.lower(stacked, state, *seed_args, *shared_args).compile(COMPILER_OPTIONS)
     compile_s = time.perf_counter() - start
     start = time.perf_counter()
     out = compiled(stacked, state, *seed_args, *shared_args)
     out = jax.tree_util.tree_map(np.asarray, jax.block_until_ready(out))
     run_s = time.perf_counter() - start
     for i, (key, _, _) in enumerate(members):
-      results[key] = (jax.tree_util.tree_map(lambda x: x[i], out),
-                      compile_s / len(members), run_s / len(members), group)
+      results[key] = (
+        jax.tree_util.tree_map(lambda x: x[i], out),
+        compile_s / len(members),
+        run_s / len(members),
+        group,
+      )
   return results
 
 
-def train_rates(model: _models.Model, method: _methods.Method, lrs, splits: _data.Splits,
-                setting: Setting, seeds=(0,)) -> list[RunResult]:
+def train_rates(
+  model: _models.Model,
+  method: _methods.Method,
+  lrs,
+  splits: _data.Splits,
+  setting: Setting,
+  seeds=(0,),
+) -> list[RunResult]:
   """Trains ``model`` with ``method`` from each initial rate, every seed at once.
 
   The runs from all rates share one compilation when the rate lives only in
@@ -304,8 +323,9 @@ def train_rates(model: _models.Model, method: _methods.Method, lrs, splits: _dat
     tx = build(method, lr, setting)
     items.append((lr, init_states(tx), _run_fn(model, method, tx, method.rate(lr), setting)))
   done = run_grouped(items, params, (orders,), (data,))
-  return [_result(method, float(lr), (method.rate(lr),) * len(seeds), done[lr], setting)
-          for lr in lrs]
+  return [
+    _result(method, float(lr), (method.rate(lr),) * len(seeds), done[lr], setting) for lr in lrs
+  ]
 
 
 def _result(method, lr, seed_rates, done, setting) -> RunResult:
@@ -313,25 +333,33 @@ def _result(method, lr, seed_rates, done, setting) -> RunResult:
   # [seed, epoch, step] -> [seed, epoch * step] for the per-step series.
   for name in ("train_loss", "lr"):
     hist[name] = hist[name].reshape(hist[name].shape[0], -1)
-  return RunResult(method.name, lr, hist, compile_s, run_s,
-                   setting.epochs * setting.steps_per_epoch, group,
-                   tuple(float(r) for r in seed_rates))
+  return RunResult(
+    method.name,
+    lr,
+    hist,
+    compile_s,
+    run_s,
+    setting.epochs * setting.steps_per_epoch,
+    group,
+    tuple(float(r) for r in seed_rates),
+  )
 
 
-def task_seeds(model, splits, params, orders,
-               optimizer=None) -> list[_methods.TaskSeed]:
+def task_seeds(model, splits, params, orders, optimizer=None) -> list[_methods.TaskSeed]:
   """Per seed, what ``rate_from_task`` may look at: loss, params, train batches,
   and the optimizer a range test sweeps (``optimizer``; None: plain SGD)."""
   train_order = np.asarray(orders[0])  # [seeds, epochs, steps, batch]
   tasks = []
   for s in range(train_order.shape[0]):
     order = train_order[s].reshape(-1, train_order.shape[-1])  # [epochs * steps, batch]
-    tasks.append(_methods.TaskSeed(
+    tasks.append(
+      _methods.TaskSeed(
         loss=model.loss,
         params=jax.tree_util.tree_map(lambda x, s=s: x[s], params),
-        train_batches=(jnp.asarray(splits.x_train[order]),
-                       jnp.asarray(splits.y_train[order])),
-        **({} if optimizer is None else {"optimizer": optimizer})))
+        train_batches=(jnp.asarray(splits.x_train[order]), jnp.asarray(splits.y_train[order])),
+        **({} if optimizer is None else {"optimizer": optimizer}),
+      )
+    )
   return tasks
 
 
@@ -342,17 +370,21 @@ def _train_task_rated(model, method, splits, setting, seeds, params, orders, dat
   state (their runs trace to the same program, which is checked), all seeds
   run in one compilation, each from its own initial state.
   """
-  rates = [method.rate_from_task(task)
-           for task in task_seeds(model, splits, params, orders,
-                                  setting.range_test_optimizer)]
+  rates = [
+    method.rate_from_task(task)
+    for task in task_seeds(model, splits, params, orders, setting.range_test_optimizer)
+  ]
   txs = [build(method, rate, setting) for rate in rates]
   runs = [_run_fn(model, method, tx, rate, setting) for tx, rate in zip(txs, rates)]
   init = init_states_per_seed(txs)
-  if len(runs) > 1 and len(set(
-      run_signature(run, init, params, (orders,), (data,)) for run in runs)) > 1:
+  if (
+    len(runs) > 1
+    and len(set(run_signature(run, init, params, (orders,), (data,)) for run in runs)) > 1
+  ):
     raise ValueError(
-        f"{method.name}: the runs of different seeds trace to different programs; "
-        "a rate computed per seed must live in the optimizer state")
+      f"{method.name}: the runs of different seeds trace to different programs; "
+      "a rate computed per seed must live in the optimizer state"
+    )
   done = run_grouped([("task", init, runs[0])], params, (orders,), (data,))
   return _result(method, math.nan, rates, done["task"], setting)
 
@@ -366,5 +398,9 @@ def score(loss: np.ndarray, num_classes: int) -> np.ndarray:
 def summary(values: np.ndarray) -> dict:
   """mean, std, worst (max), spread (max - min) of per-rate values."""
   values = np.asarray(values, np.float64)
-  return dict(mean=float(values.mean()), std=float(values.std()),
-              worst=float(values.max()), spread=float(values.max() - values.min()))
+  return dict(
+    mean=float(values.mean()),
+    std=float(values.std()),
+    worst=float(values.max()),
+    spread=float(values.max() - values.min()),
+  )

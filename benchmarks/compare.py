@@ -46,17 +46,26 @@ DEFAULT_RATES = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
 
 def parse_args(argv):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--quick", action="store_true",
-                      help="tiny MLP, 2 epochs, 2 rates, short timing")
+  parser.add_argument(
+    "--quick", action="store_true", help="tiny MLP, 2 epochs, 2 rates, short timing"
+  )
   parser.add_argument("--rates", type=float, nargs="+", default=None)
-  parser.add_argument("--methods", nargs="+", default=None,
-                      help="subset of: " + " ".join(m.name for m in _methods.COMPARE_METHODS))
+  parser.add_argument(
+    "--methods",
+    nargs="+",
+    default=None,
+    help="subset of: " + " ".join(m.name for m in _methods.COMPARE_METHODS),
+  )
   parser.add_argument("--epochs", type=int, default=None)
   parser.add_argument("--batch-size", type=int, default=32)
   parser.add_argument("--hidden", type=int, nargs="+", default=None)
   parser.add_argument("--seed", type=int, default=0)
-  parser.add_argument("--timing-rounds", type=int, default=None,
-                      help="interleaved rounds timing the train steps (0: no timing)")
+  parser.add_argument(
+    "--timing-rounds",
+    type=int,
+    default=None,
+    help="interleaved rounds timing the train steps (0: no timing)",
+  )
   parser.add_argument("--out", default="results/compare.json")
   parser.add_argument("--png", default="results/compare.png")
   parser.add_argument("--no-progress", action="store_true")
@@ -79,17 +88,22 @@ def time_steps(model, methods, batch_size, rounds, steps_per_epoch, quiet):
   if rounds <= 0:
     return {m.name: float("nan") for m in methods}
   cands = [
-      _harness.Candidate(m.name, m.build(_methods.SPEED_LR, steps_per_epoch),
-                         needs=tuple(m.needs), hvp=m.hvp)
-      for m in methods
+    _harness.Candidate(
+      m.name, m.build(_methods.SPEED_LR, steps_per_epoch), needs=tuple(m.needs), hvp=m.hvp
+    )
+    for m in methods
   ]
   if not quiet:
     print(f"timing {len(cands)} train steps, {rounds} interleaved rounds ...")
-  batch = _harness.random_batch(jax.random.PRNGKey(1), batch_size,
-                                tuple(model.input_shape), 10)
+  batch = _harness.random_batch(jax.random.PRNGKey(1), batch_size, tuple(model.input_shape), 10)
   times = _harness.time_candidates(
-      cands, lambda: model.init(jax.random.PRNGKey(0)), model.loss, batch,
-      rounds=rounds, steps_per_round=10 if rounds < 5 else 20)
+    cands,
+    lambda: model.init(jax.random.PRNGKey(0)),
+    model.loss,
+    batch,
+    rounds=rounds,
+    steps_per_round=10 if rounds < 5 else 20,
+  )
   return {name: 1e3 * sec for name, sec in times.items()}
 
 
@@ -99,8 +113,9 @@ def plot(results, methods, rates, setting, path):
     return
   cols = 4
   rows = -(-len(methods) // 2)
-  fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 2.6 * rows), squeeze=False,
-                           layout="constrained")
+  fig, axes = plt.subplots(
+    rows, cols, figsize=(4.2 * cols, 2.6 * rows), squeeze=False, layout="constrained"
+  )
   colors = plt.get_cmap("viridis")(np.linspace(0, 0.9, len(rates)))
   for i, m in enumerate(methods):
     ax_loss, ax_lr = axes[i // 2, 2 * (i % 2)], axes[i // 2, 2 * (i % 2) + 1]
@@ -131,8 +146,9 @@ def plot(results, methods, rates, setting, path):
   for k in range(len(methods), 2 * rows):
     axes[k // 2, 2 * (k % 2)].axis("off")
     axes[k // 2, 2 * (k % 2) + 1].axis("off")
-  fig.suptitle("digits, MLP: held-out loss per epoch and learning rate per step, "
-               "one line per initial rate")
+  fig.suptitle(
+    "digits, MLP: held-out loss per epoch and learning rate per step, one line per initial rate"
+  )
   _report.save_figure(fig, path)
   plt.close(fig)
 
@@ -144,20 +160,25 @@ def main(argv=None) -> dict:
   splits = _data.digits(seed=args.seed)
   model = _models.mlp((64,), args.hidden, splits.num_classes)
   setting = _train.setting_for(splits, args.epochs, args.batch_size)
-  print(f"digits: {len(splits.y_train)} train / {len(splits.y_valid)} valid / "
-        f"{len(splits.y_test)} test; {model.name}; batch {setting.batch_size}, "
-        f"{setting.epochs} epochs of {setting.steps_per_epoch} steps; "
-        f"initial rates {' '.join(map(_report.rate_label, args.rates))}")
+  print(
+    f"digits: {len(splits.y_train)} train / {len(splits.y_valid)} valid / "
+    f"{len(splits.y_test)} test; {model.name}; batch {setting.batch_size}, "
+    f"{setting.epochs} epochs of {setting.steps_per_epoch} steps; "
+    f"initial rates {' '.join(map(_report.rate_label, args.rates))}"
+  )
 
   results = {}
   for m in _report.progress(methods, desc="methods", quiet=args.no_progress):
-    results[m.name] = _train.train_rates(model, m, args.rates, splits, setting,
-                                         seeds=(args.seed,))
-  ms = time_steps(model, methods, args.batch_size, args.timing_rounds,
-                  setting.steps_per_epoch, args.no_progress)
+    results[m.name] = _train.train_rates(model, m, args.rates, splits, setting, seeds=(args.seed,))
+  ms = time_steps(
+    model, methods, args.batch_size, args.timing_rounds, setting.steps_per_epoch, args.no_progress
+  )
 
-  header = ["method"] + [f"lr={_report.rate_label(r)}" for r in args.rates] + [
-      "worst", "spread", "ms/step"]
+  header = (
+    ["method"]
+    + [f"lr={_report.rate_label(r)}" for r in args.rates]
+    + ["worst", "spread", "ms/step"]
+  )
   rows, report_methods = [], {}
   for m in methods:
     runs = results[m.name]
@@ -168,55 +189,62 @@ def main(argv=None) -> dict:
     if not m.swept:
       cells = [cells[0]] + ["  (same run)"] * (len(args.rates) - 1)
     stats = _train.summary(scored)
-    rows.append([m.name] + cells + [_report.fmt(stats["worst"]),
-                                    _report.fmt(stats["spread"]),
-                                    _report.fmt(ms[m.name])])
+    rows.append(
+      [m.name]
+      + cells
+      + [_report.fmt(stats["worst"]), _report.fmt(stats["spread"]), _report.fmt(ms[m.name])]
+    )
     report_methods[m.name] = {
-        "library": m.library,
-        "needs": list(m.needs),
-        "epoch_level": m.epoch_level,
-        "rate_means": m.rate_means,
-        "fixed_lr": m.fixed_lr,
-        "rate_from_task": m.rate_from_task is not None,
-        "ms_per_step": ms[m.name],
-        "summary_of_scored_final_loss": stats,
-        "runs": [{
-            "initial_rate": r.seed_rates[0],
-            "final_test_loss": r.history["test_loss"][0, -1],
-            "final_test_accuracy": r.history["test_acc"][0, -1],
-            "final_valid_loss": r.history["valid_loss"][0, -1],
-            "test_loss_per_epoch": r.history["test_loss"][0],
-            "test_accuracy_per_epoch": r.history["test_acc"][0],
-            "valid_loss_per_epoch": r.history["valid_loss"][0],
-            "initial_test_loss": r.history["init"]["test_loss"][0],
-            "lr_per_step": r.history["lr"][0],
-            "train_loss_per_step": r.history["train_loss"][0],
-            "compile_s": r.compile_s,
-            "run_s": r.run_s,
-        } for r in runs],
+      "library": m.library,
+      "needs": list(m.needs),
+      "epoch_level": m.epoch_level,
+      "rate_means": m.rate_means,
+      "fixed_lr": m.fixed_lr,
+      "rate_from_task": m.rate_from_task is not None,
+      "ms_per_step": ms[m.name],
+      "summary_of_scored_final_loss": stats,
+      "runs": [
+        {
+          "initial_rate": r.seed_rates[0],
+          "final_test_loss": r.history["test_loss"][0, -1],
+          "final_test_accuracy": r.history["test_acc"][0, -1],
+          "final_valid_loss": r.history["valid_loss"][0, -1],
+          "test_loss_per_epoch": r.history["test_loss"][0],
+          "test_accuracy_per_epoch": r.history["test_acc"][0],
+          "valid_loss_per_epoch": r.history["valid_loss"][0],
+          "initial_test_loss": r.history["init"]["test_loss"][0],
+          "lr_per_step": r.history["lr"][0],
+          "train_loss_per_step": r.history["train_loss"][0],
+          "compile_s": r.compile_s,
+          "run_s": r.run_s,
+        }
+        for r in runs
+      ],
     }
   print()
-  print("final held-out loss / accuracy (%) per initial rate; worst and spread "
-        "of the loss across rates (a diverged run scores ln 10); ms per train step")
+  print(
+    "final held-out loss / accuracy (%) per initial rate; worst and spread "
+    "of the loss across rates (a diverged run scores ln 10); ms per train step"
+  )
   print(_report.table(header, rows))
 
   report = {
-      "command": "python -m benchmarks.compare" + ("" if argv is None else " " + " ".join(argv)),
-      "machine": _report.machine(),
-      "setting": {
-          "data": "sklearn digits, 8x8, split train/valid/test "
-                  f"{len(splits.y_train)}/{len(splits.y_valid)}/{len(splits.y_test)}",
-          "model": model.name,
-          "batch_size": setting.batch_size,
-          "epochs": setting.epochs,
-          "steps_per_epoch": setting.steps_per_epoch,
-          "initial_rates": args.rates,
-          "seed": args.seed,
-          "timing": f"harness.time_candidates, {args.timing_rounds} interleaved rounds, "
-                    f"random batch of {args.batch_size}, rate {_methods.SPEED_LR}",
-          "score": "final test-split loss; a non-finite loss scores ln(10)",
-      },
-      "methods": report_methods,
+    "command": "python -m benchmarks.compare" + ("" if argv is None else " " + " ".join(argv)),
+    "machine": _report.machine(),
+    "setting": {
+      "data": "sklearn digits, 8x8, split train/valid/test "
+      f"{len(splits.y_train)}/{len(splits.y_valid)}/{len(splits.y_test)}",
+      "model": model.name,
+      "batch_size": setting.batch_size,
+      "epochs": setting.epochs,
+      "steps_per_epoch": setting.steps_per_epoch,
+      "initial_rates": args.rates,
+      "seed": args.seed,
+      "timing": f"harness.time_candidates, {args.timing_rounds} interleaved rounds, "
+      f"random batch of {args.batch_size}, rate {_methods.SPEED_LR}",
+      "score": "final test-split loss; a non-finite loss scores ln(10)",
+    },
+    "methods": report_methods,
   }
   plot(results, methods, args.rates, setting, args.png)
   report["wall_s"] = time.perf_counter() - start

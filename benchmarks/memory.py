@@ -32,7 +32,7 @@ import os
 # Before jax is imported anywhere: eight host devices to build meshes from.
 if "--xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
   os.environ["XLA_FLAGS"] = (
-      os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
   ).strip()
 
 import argparse  # noqa: E402
@@ -66,11 +66,11 @@ def _devices():
 def _mlp(sizes):
   keys = jax.random.split(jax.random.PRNGKey(0), len(sizes) - 1)
   return [
-      {
-          "w": jax.random.normal(k, (m, n), jnp.float32) / np.sqrt(m),
-          "b": jnp.zeros((n,), jnp.float32),
-      }
-      for k, m, n in zip(keys, sizes[:-1], sizes[1:])
+    {
+      "w": jax.random.normal(k, (m, n), jnp.float32) / np.sqrt(m),
+      "b": jnp.zeros((n,), jnp.float32),
+    }
+    for k, m, n in zip(keys, sizes[:-1], sizes[1:])
   ]
 
 
@@ -124,8 +124,9 @@ def measure(case, sizes, num_devices, devices, step: bool) -> tuple[int, int]:
 
 def main(argv=None) -> dict:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--quick", action="store_true",
-                      help="small MLP, the init state only (no compilation)")
+  parser.add_argument(
+    "--quick", action="store_true", help="small MLP, the init state only (no compilation)"
+  )
   parser.add_argument("--out", default=str(REPO / "results" / "memory.json"))
   args = parser.parse_args(argv)
 
@@ -134,10 +135,12 @@ def main(argv=None) -> dict:
     raise SystemExit(f"needs {max(DEVICE_COUNTS)} devices, found {len(devices)}")
   sizes = QUICK_SIZES if args.quick else FULL_SIZES
   step = not args.quick
-  print(f"optimizer state per device, MLP {sizes}, params sharded over a "
-        f"{'/'.join(map(str, DEVICE_COUNTS))}-device mesh "
-        f"({'init state' if args.quick else 'after one jitted step'}; "
-        f"{devices[0].platform} devices)")
+  print(
+    f"optimizer state per device, MLP {sizes}, params sharded over a "
+    f"{'/'.join(map(str, DEVICE_COUNTS))}-device mesh "
+    f"({'init state' if args.quick else 'after one jitted step'}; "
+    f"{devices[0].platform} devices)"
+  )
   header = "".join(f"{n:>12}" for n in DEVICE_COUNTS)
   print(f"{'method':38s}{header}   param-sized x devices / 1 device")
   results = {}
@@ -149,23 +152,24 @@ def main(argv=None) -> dict:
       scaled = [p * n / param_sized[0] for p, n in zip(param_sized, DEVICE_COUNTS)]
       falls = all(abs(s - 1.0) < 1e-9 for s in scaled)
       verdict = ("falls as 1/devices" if falls else "does NOT fall as 1/devices") + (
-          " (" + ", ".join(f"{s:.3f}" for s in scaled) + ")")
+        " (" + ", ".join(f"{s:.3f}" for s in scaled) + ")"
+      )
     else:
       scaled, falls = None, None
       verdict = "no param-sized state"
     print(f"{case.name:38s}" + "".join(f"{b:>12,}" for b in total) + f"   {verdict}")
     results[case.name] = {
-        "state_bytes_per_device": total,
-        "param_sized_bytes_per_device": param_sized,
-        "param_sized_times_devices_over_one_device": scaled,
-        "falls_as_one_over_devices": falls,
+      "state_bytes_per_device": total,
+      "param_sized_bytes_per_device": param_sized,
+      "param_sized_times_devices_over_one_device": scaled,
+      "falls_as_one_over_devices": falls,
     }
   report = {
-      "devices": list(DEVICE_COUNTS),
-      "platform": devices[0].platform,
-      "mlp_sizes": list(sizes),
-      "measured": "init state" if args.quick else "state after one jitted step",
-      "methods": results,
+    "devices": list(DEVICE_COUNTS),
+    "platform": devices[0].platform,
+    "mlp_sizes": list(sizes),
+    "measured": "init state" if args.quick else "state after one jitted step",
+    "methods": results,
   }
   out = pathlib.Path(args.out)
   out.parent.mkdir(parents=True, exist_ok=True)

@@ -63,13 +63,18 @@ def configs(betas, kappas, mus):
     out[("rtho", b)] = (optax_lr.rtho(ETA0, b, safety_net=False), hvp)
     for mu in mus:
       out[(f"marthe_mu{mu:g}", b)] = (
-          optax_lr.marthe(ETA0, hyper_lr=b, hyper_lr_step=0.0, mu=mu,
-                          safety_net=False), hvp)
+        optax_lr.marthe(ETA0, hyper_lr=b, hyper_lr_step=0.0, mu=mu, safety_net=False),
+        hvp,
+      )
     out[("marthe_hmu", b)] = (
-        optax_lr.marthe(ETA0, hyper_lr=b, hyper_lr_step=0.0, safety_net=False), hvp)
+      optax_lr.marthe(ETA0, hyper_lr=b, hyper_lr_step=0.0, safety_net=False),
+      hvp,
+    )
   for k in kappas:
-    out[("marthe", k)] = (optax_lr.marthe(ETA0, hyper_lr=0.0, hyper_lr_step=k,
-                                          safety_net=False), hvp)
+    out[("marthe", k)] = (
+      optax_lr.marthe(ETA0, hyper_lr=0.0, hyper_lr_step=k, safety_net=False),
+      hvp,
+    )
   return out
 
 
@@ -105,9 +110,9 @@ def online_run(tx, needs):
 
 def _metrics(params, data):
   return {
-      "valid_loss": _harness.mlp_loss(params, (data["x_valid"], data["y_valid"])),
-      "valid_acc": accuracy(params, data["x_valid"], data["y_valid"]),
-      "test_acc": accuracy(params, data["x_test"], data["y_test"]),
+    "valid_loss": _harness.mlp_loss(params, (data["x_valid"], data["y_valid"])),
+    "valid_acc": accuracy(params, data["x_valid"], data["y_valid"]),
+    "test_acc": accuracy(params, data["x_test"], data["y_test"]),
   }
 
 
@@ -167,8 +172,9 @@ def plot(report, lrs_schedules, online_rates, path):
   ax = axes[0]
   for seed, etas in lrs_schedules.items():
     ax.plot(etas, label=f"seed {seed}")
-  ax.set_title(f"LRS-OPT schedules after {report['lrs_opt']['iterations']} "
-               "outer iterations", fontsize=10)
+  ax.set_title(
+    f"LRS-OPT schedules after {report['lrs_opt']['iterations']} outer iterations", fontsize=10
+  )
   ax.set_xlabel("step")
   ax.set_ylabel("η")
   ax.legend(fontsize=8)
@@ -191,17 +197,20 @@ def plot(report, lrs_schedules, online_rates, path):
     b = [r["hyper"] for r in entry["by_hyper"]]
     acc = [100 * r["valid_acc_mean"] for r in entry["by_hyper"]]
     ax.plot(b, acc, "o-", label=method)
-  ax.axhline(100 * report["methods"]["constant"]["by_hyper"][0]["valid_acc_mean"],
-             color="k", ls="--", lw=1, label=f"constant η0={ETA0}")
+  ax.axhline(
+    100 * report["methods"]["constant"]["by_hyper"][0]["valid_acc_mean"],
+    color="k",
+    ls="--",
+    lw=1,
+    label=f"constant η0={ETA0}",
+  )
   if report["lrs_opt"]["valid_acc"]:
-    ax.axhline(100 * np.mean(report["lrs_opt"]["valid_acc"]), color="k", lw=2,
-               label="LRS-OPT")
+    ax.axhline(100 * np.mean(report["lrs_opt"]["valid_acc"]), color="k", lw=2, label="LRS-OPT")
   ax.set_xscale("log")
   ax.set_xlabel("β (κ, the step of β, for marthe)")
   ax.set_ylabel(f"validation accuracy %, mean of {len(report['seeds'])} seeds")
   ax.set_ylim(88, 100)  # the paper's cut: lower accuracies are off the chart
-  ax.set_title("final validation accuracy against β (below 88 % off the chart)",
-               fontsize=10)
+  ax.set_title("final validation accuracy against β (below 88 % off the chart)", fontsize=10)
   ax.legend(fontsize=7)
   _report.save_figure(fig, path)
   plt.close(fig)
@@ -213,18 +222,27 @@ def main(argv=None) -> dict:
   parser.add_argument("--steps", type=int, default=None)
   parser.add_argument("--hidden", type=int, nargs="+", default=None)
   parser.add_argument("--batch-size", type=int, default=100)
-  parser.add_argument("--val-batch", type=int, default=100,
-                      help="validation examples per val_grads (0: the whole set)")
+  parser.add_argument(
+    "--val-batch",
+    type=int,
+    default=100,
+    help="validation examples per val_grads (0: the whole set)",
+  )
   parser.add_argument("--seeds", type=int, nargs="+", default=None)
   parser.add_argument("--betas", type=float, nargs="+", default=None)
   parser.add_argument("--kappas", type=float, nargs="+", default=None)
   parser.add_argument("--mus", type=float, nargs="+", default=None)
-  parser.add_argument("--methods", nargs="+", default=None,
-                      help="subset of: constant hd rtho marthe_mu<μ> marthe_hmu marthe")
+  parser.add_argument(
+    "--methods",
+    nargs="+",
+    default=None,
+    help="subset of: constant hd rtho marthe_mu<μ> marthe_hmu marthe",
+  )
   parser.add_argument("--lrs-seeds", type=int, nargs="*", default=None)
   parser.add_argument("--lrs-iters", type=int, default=None)
-  parser.add_argument("--lrs-step", type=float, default=None,
-                      help="gradient-descent step on the rates")
+  parser.add_argument(
+    "--lrs-step", type=float, default=None, help="gradient-descent step on the rates"
+  )
   parser.add_argument("--out", default="results/paper_marthe.json")
   parser.add_argument("--png", default="results/paper_marthe.png")
   parser.add_argument("--no-progress", action="store_true")
@@ -247,17 +265,21 @@ def main(argv=None) -> dict:
   data = {name: jnp.asarray(getattr(splits, name)) for name in splits._fields}
   sizes = (64, *hidden, 10)
   params = jax.vmap(lambda k: _harness.init_mlp(k, sizes))(
-      jnp.stack([jax.random.PRNGKey(s) for s in seeds]))
+    jnp.stack([jax.random.PRNGKey(s) for s in seeds])
+  )
   orders, val_orders = [], []
   for s in seeds:
     rng = np.random.default_rng([s, 1])
     orders.append(_orders(rng, len(splits.y_train), steps, args.batch_size))
     n_val = args.val_batch or len(splits.y_valid)
     val_orders.append(
-        np.stack([rng.permutation(len(splits.y_valid))[:n_val] for _ in range(steps)]))
+      np.stack([rng.permutation(len(splits.y_valid))[:n_val] for _ in range(steps)])
+    )
   seed_args = (jnp.asarray(np.stack(orders)), jnp.asarray(np.stack(val_orders)))
-  print(f"digits 1200/300/297, MLP {'-'.join(map(str, sizes))}, batch {args.batch_size}, "
-        f"{steps} steps, η0 = {ETA0}, seeds {seeds}")
+  print(
+    f"digits 1200/300/297, MLP {'-'.join(map(str, sizes))}, batch {args.batch_size}, "
+    f"{steps} steps, η0 = {ETA0}, seeds {seeds}"
+  )
 
   cfg = configs(betas, kappas, mus)
   if args.methods:
@@ -270,18 +292,28 @@ def main(argv=None) -> dict:
     by_method.setdefault(method, []).append((hyper, tx, needs))
   results = {}
   for method in _report.progress(list(by_method), desc="online", quiet=args.no_progress):
-    items = [((method, h), _train.init_states(tx), online_run(tx, needs))
-             for h, tx, needs in by_method[method]]
+    items = [
+      ((method, h), _train.init_states(tx), online_run(tx, needs))
+      for h, tx, needs in by_method[method]
+    ]
     for key, (out, _, _, _) in _train.run_grouped(items, params, seed_args, (data,)).items():
       results[key] = out
 
   report = {
-      "command": "python -m benchmarks.paper_marthe" + ("" if argv is None else " " + " ".join(argv)),
-      "machine": _report.machine(),
-      "setting": {"mlp": list(sizes), "batch": args.batch_size, "steps": steps,
-                  "eta0": ETA0, "val_batch": args.val_batch or "all",
-                  "split": [1200, 300, len(splits.y_test)]},
-      "seeds": seeds, "methods": {},
+    "command": (
+      "python -m benchmarks.paper_marthe" + ("" if argv is None else " " + " ".join(argv))
+    ),
+    "machine": _report.machine(),
+    "setting": {
+      "mlp": list(sizes),
+      "batch": args.batch_size,
+      "steps": steps,
+      "eta0": ETA0,
+      "val_batch": args.val_batch or "all",
+      "split": [1200, 300, len(splits.y_test)],
+    },
+    "seeds": seeds,
+    "methods": {},
   }
   rows, online_rates = [], {}
   for method, members in by_method.items():
@@ -289,18 +321,30 @@ def main(argv=None) -> dict:
     for hyper, _, _ in members:
       metrics, rates = results[(method, hyper)]
       acc = np.where(np.isfinite(metrics["valid_loss"]), metrics["valid_acc"], 0.1)
-      entry.append({"hyper": hyper, "valid_acc": metrics["valid_acc"],
-                    "valid_acc_mean": float(acc.mean()), "valid_acc_std": float(acc.std()),
-                    "test_acc_mean": float(np.mean(metrics["test_acc"])),
-                    "valid_loss": metrics["valid_loss"], "rates_seed0": rates[0]})
+      entry.append(
+        {
+          "hyper": hyper,
+          "valid_acc": metrics["valid_acc"],
+          "valid_acc_mean": float(acc.mean()),
+          "valid_acc_std": float(acc.std()),
+          "test_acc_mean": float(np.mean(metrics["test_acc"])),
+          "valid_loss": metrics["valid_loss"],
+          "rates_seed0": rates[0],
+        }
+      )
     best = max(entry, key=lambda r: r["valid_acc_mean"])
     report["methods"][method] = {"by_hyper": entry, "best_hyper": best["hyper"]}
     if method != "constant":
       online_rates[method] = (best["hyper"], np.asarray(best["rates_seed0"]))
-    rows.append([method, f"{best['hyper']:g}",
-                 f"{100 * best['valid_acc_mean']:.1f} ± {100 * best['valid_acc_std']:.1f}",
-                 f"{100 * best['test_acc_mean']:.1f}",
-                 " ".join(f"{100 * r['valid_acc_mean']:.1f}" for r in entry)])
+    rows.append(
+      [
+        method,
+        f"{best['hyper']:g}",
+        f"{100 * best['valid_acc_mean']:.1f} ± {100 * best['valid_acc_std']:.1f}",
+        f"{100 * best['test_acc_mean']:.1f}",
+        " ".join(f"{100 * r['valid_acc_mean']:.1f}" for r in entry),
+      ]
+    )
 
   # LRS-OPT, then the optimized schedule evaluated on each seed's batch order.
   lrs_schedules, lrs_acc, lrs_test, lrs_history = {}, [], [], {}
@@ -309,21 +353,38 @@ def main(argv=None) -> dict:
     p = jax.tree_util.tree_map(lambda x: x[i], params)
     t0 = time.perf_counter()
     etas, hist = lrs_opt(p, data, steps, args.batch_size, lrs_iters, lrs_step, s)
-    print(f"LRS-OPT seed {s}: {lrs_iters} outer iterations in "
-          f"{time.perf_counter() - t0:.0f} s; E {hist[0]:.3f} -> {hist[-1]:.3f}")
+    print(
+      f"LRS-OPT seed {s}: {lrs_iters} outer iterations in "
+      f"{time.perf_counter() - t0:.0f} s; E {hist[0]:.3f} -> {hist[-1]:.3f}"
+    )
     final = jax.jit(sgd_unrolled)(p, jnp.asarray(etas), seed_args[0][i], data)
     m = jax.jit(_metrics)(final, data)
     lrs_schedules[s], lrs_history[s] = etas, hist
     lrs_acc.append(float(m["valid_acc"]))
     lrs_test.append(float(m["test_acc"]))
-  report["lrs_opt"] = {"seeds": lrs_seeds, "iterations": lrs_iters, "step": lrs_step,
-                       "valid_acc": lrs_acc, "test_acc": lrs_test,
-                       "objective_history": lrs_history, "schedules": lrs_schedules}
+  report["lrs_opt"] = {
+    "seeds": lrs_seeds,
+    "iterations": lrs_iters,
+    "step": lrs_step,
+    "valid_acc": lrs_acc,
+    "test_acc": lrs_test,
+    "objective_history": lrs_history,
+    "schedules": lrs_schedules,
+  }
   if lrs_acc:
-    rows.append(["LRS-OPT", f"{lrs_iters} it.", f"{100 * np.mean(lrs_acc):.1f}",
-                 f"{100 * np.mean(lrs_test):.1f}", f"seeds {lrs_seeds}"])
-  print(f"\nvalidation accuracy % after {steps} steps (mean ± std over {len(seeds)} seeds) "
-        "at each method's best β; test accuracy at that β; validation accuracy per β")
+    rows.append(
+      [
+        "LRS-OPT",
+        f"{lrs_iters} it.",
+        f"{100 * np.mean(lrs_acc):.1f}",
+        f"{100 * np.mean(lrs_test):.1f}",
+        f"seeds {lrs_seeds}",
+      ]
+    )
+  print(
+    f"\nvalidation accuracy % after {steps} steps (mean ± std over {len(seeds)} seeds) "
+    "at each method's best β; test accuracy at that β; validation accuracy per β"
+  )
   hyper_note = f"β: {' '.join(f'{b:g}' for b in betas)}; κ: {' '.join(f'{k:g}' for k in kappas)}"
   print(_report.table(["method", "best β/κ", "valid acc", "test acc", hyper_note], rows))
 

@@ -47,8 +47,7 @@ BUKIN_EPS = 1e-4
 
 def beale(w):
   x, y = w[0], w[1]
-  return ((1.5 - x + x * y) ** 2 + (2.25 - x + x * y ** 2) ** 2
-          + (2.625 - x + x * y ** 3) ** 2)
+  return (1.5 - x + x * y) ** 2 + (2.25 - x + x * y**2) ** 2 + (2.625 - x + x * y**3) ** 2
 
 
 def bukin_smoothed(w):
@@ -58,17 +57,23 @@ def bukin_smoothed(w):
 
 # name -> (function, start, eta0, plot box (xmin, xmax, ymin, ymax), minimum)
 FUNCTIONS = {
-    "beale": (beale, (1.0, 1.5), 0.01, (-0.5, 3.5, -0.5, 2.0), 0.0),
-    # x moves 100x less than y: the box is narrow in x to show the steps.
-    "bukin_smoothed": (bukin_smoothed, (-10.0, 1.0), 0.01, (-10.03, -9.97, -0.4, 1.2),
-                       float(np.sqrt(np.sqrt(BUKIN_EPS) + BUKIN_EPS))),
+  "beale": (beale, (1.0, 1.5), 0.01, (-0.5, 3.5, -0.5, 2.0), 0.0),
+  # x moves 100x less than y: the box is narrow in x to show the steps.
+  "bukin_smoothed": (
+    bukin_smoothed,
+    (-10.0, 1.0),
+    0.01,
+    (-10.03, -9.97, -0.4, 1.2),
+    float(np.sqrt(np.sqrt(BUKIN_EPS) + BUKIN_EPS)),
+  ),
 }
 
 METHODS = {
-    "hd": lambda eta0, beta: optax_lr.hypergradient_descent(eta0, beta, safety_net=False),
-    "rtho": lambda eta0, beta: optax_lr.rtho(eta0, beta, safety_net=False),
-    "marthe": lambda eta0, beta: optax_lr.marthe(eta0, hyper_lr=beta, hyper_lr_step=0.0,
-                                                    safety_net=False),
+  "hd": lambda eta0, beta: optax_lr.hypergradient_descent(eta0, beta, safety_net=False),
+  "rtho": lambda eta0, beta: optax_lr.rtho(eta0, beta, safety_net=False),
+  "marthe": lambda eta0, beta: optax_lr.marthe(
+    eta0, hyper_lr=beta, hyper_lr_step=0.0, safety_net=False
+  ),
 }
 
 
@@ -87,12 +92,13 @@ def trajectory(f, tx, w0, steps):
 
 
 def run_all(f, w0, eta0, betas, steps):
-  out = {"gd": jax.jit(lambda: trajectory(f, optax_lr.hypergradient_descent(eta0, 0.0, safety_net=False),
-                                          w0, steps))()}
+  gd = lambda: optax_lr.hypergradient_descent(eta0, 0.0, safety_net=False)
+  out = {"gd": jax.jit(lambda: trajectory(f, gd(), w0, steps))()}
   for name, make in METHODS.items():
     for beta in betas:
-      out[(name, beta)] = jax.jit(lambda make=make, beta=beta: trajectory(
-          f, make(eta0, beta), w0, steps))()
+      out[(name, beta)] = jax.jit(
+        lambda make=make, beta=beta: trajectory(f, make(eta0, beta), w0, steps)
+      )()
   return {k: tuple(np.asarray(x) for x in v) for k, v in out.items()}
 
 
@@ -103,9 +109,16 @@ def summarise(runs, betas):
     for beta in betas:
       losses, lrs, _ = runs[(name, beta)]
       diverged = not np.isfinite(losses).all()
-      rows.append({"beta": beta, "diverged": diverged,
-                   "best": float(np.nanmin(losses)), "final": float(losses[-1]),
-                   "lr_final": float(lrs[-1]), "lr_max": float(np.nanmax(lrs))})
+      rows.append(
+        {
+          "beta": beta,
+          "diverged": diverged,
+          "best": float(np.nanmin(losses)),
+          "final": float(losses[-1]),
+          "lr_final": float(lrs[-1]),
+          "lr_max": float(np.nanmax(lrs)),
+        }
+      )
     ok = [r for r in rows if not r["diverged"]]
     best = min(ok, key=lambda r: r["best"]) if ok else None
     table[name] = {"by_beta": rows, "best_beta": best and best["beta"]}
@@ -117,8 +130,9 @@ def plot(results, path):
   if plt is None:
     return
   colors = {"hd": "tab:orange", "rtho": "tab:green", "marthe": "tab:blue", "gd": "k"}
-  fig, axes = plt.subplots(len(results), 3, figsize=(16, 4.6 * len(results)), squeeze=False,
-                           layout="constrained")
+  fig, axes = plt.subplots(
+    len(results), 3, figsize=(16, 4.6 * len(results)), squeeze=False, layout="constrained"
+  )
   for row, (fname, res) in enumerate(results.items()):
     f, _, _, box, minimum = FUNCTIONS[fname]
     runs, table = res["runs"], res["table"]
@@ -146,10 +160,15 @@ def plot(results, path):
       b = [r["beta"] for r in rows]
       # Floored at 1e-8: float32 reaches the minimum itself.
       gap = lambda v: max(v - minimum, 1e-8)
-      ax.plot(b, [gap(r["best"]) for r in rows], "o-", color=colors[name],
-              label=f"{name}: best")
-      ax.plot(b, [gap(r["final"]) for r in rows], "x--", color=colors[name],
-              alpha=0.6, label=f"{name}: final")
+      ax.plot(b, [gap(r["best"]) for r in rows], "o-", color=colors[name], label=f"{name}: best")
+      ax.plot(
+        b,
+        [gap(r["final"]) for r in rows],
+        "x--",
+        color=colors[name],
+        alpha=0.6,
+        label=f"{name}: final",
+      )
     gd_losses = runs["gd"][0]
     ax.axhline(max(np.nanmin(gd_losses) - minimum, 1e-8), color="k", lw=0.8, label="gd: best")
     ax.set_xscale("log")
@@ -164,8 +183,9 @@ def plot(results, path):
       beta = table[name]["best_beta"]
       if beta is None:
         continue
-      ax.plot(np.maximum(runs[(name, beta)][1], 1e-6), color=colors[name],
-              label=f"{name} β={beta:g}")
+      ax.plot(
+        np.maximum(runs[(name, beta)][1], 1e-6), color=colors[name], label=f"{name} β={beta:g}"
+      )
     ax.axhline(res["eta0"], color="k", lw=0.8, label="η0")
     ax.set_yscale("log")
     ax.set_xlabel("step")
@@ -184,34 +204,49 @@ def main(argv=None) -> dict:
   parser.add_argument("--png", default="results/paper_toys.png")
   args = parser.parse_args(argv)
   steps = args.steps or (50 if args.quick else 500)
-  betas = args.betas or ([1e-5, 1e-3, 1e-1] if args.quick
-                         else [1e-7, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1])
+  betas = args.betas or (
+    [1e-5, 1e-3, 1e-1] if args.quick else [1e-7, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1]
+  )
 
   start = time.perf_counter()
-  results, report = {}, {
+  results, report = (
+    {},
+    {
       "command": "python -m benchmarks.paper_toys" + ("" if argv is None else " " + " ".join(argv)),
-      "machine": _report.machine(), "steps": steps, "betas": betas,
-      "bukin_eps": BUKIN_EPS, "functions": {}}
+      "machine": _report.machine(),
+      "steps": steps,
+      "betas": betas,
+      "bukin_eps": BUKIN_EPS,
+      "functions": {},
+    },
+  )
   for fname, (f, w0, eta0, _, minimum) in FUNCTIONS.items():
     runs = run_all(f, w0, eta0, betas, steps)
     table = summarise(runs, betas)
-    results[fname] = {"runs": runs, "table": table, "start": w0, "eta0": eta0,
-                      "steps": steps}
+    results[fname] = {"runs": runs, "table": table, "start": w0, "eta0": eta0, "steps": steps}
     gd_losses = runs["gd"][0]
     report["functions"][fname] = {
-        "start": w0, "eta0": eta0, "minimum": minimum,
-        "gd": {"best": float(np.nanmin(gd_losses)), "final": float(gd_losses[-1])},
-        "methods": table,
+      "start": w0,
+      "eta0": eta0,
+      "minimum": minimum,
+      "gd": {"best": float(np.nanmin(gd_losses)), "final": float(gd_losses[-1])},
+      "methods": table,
     }
-    print(f"\n{fname} from {w0}, η0 = {eta0}, {steps} steps (minimum {minimum:.4g}); "
-          f"gd: best {np.nanmin(gd_losses):.3e}")
+    print(
+      f"\n{fname} from {w0}, η0 = {eta0}, {steps} steps (minimum {minimum:.4g}); "
+      f"gd: best {np.nanmin(gd_losses):.3e}"
+    )
     header = ["method"] + [f"β={b:g}" for b in betas]
     rows = []
     for name in METHODS:
-      rows.append([f"{name} best"] + [
-          "diverged" if r["diverged"] else f"{r['best']:.3e}" for r in table[name]["by_beta"]])
-      rows.append([f"{name} final"] + [
-          "diverged" if r["diverged"] else f"{r['final']:.3e}" for r in table[name]["by_beta"]])
+      rows.append(
+        [f"{name} best"]
+        + ["diverged" if r["diverged"] else f"{r['best']:.3e}" for r in table[name]["by_beta"]]
+      )
+      rows.append(
+        [f"{name} final"]
+        + ["diverged" if r["diverged"] else f"{r['final']:.3e}" for r in table[name]["by_beta"]]
+      )
     print(_report.table(header, rows))
   plot(results, args.png)
   report["wall_s"] = time.perf_counter() - start

@@ -101,11 +101,29 @@ DATASETS = ("digits", "mnist1d", "stdlib_lm")
 # a 2-layer Transformer of width 64 (4 heads), context 64 bytes, batch 16,
 # 12 epochs of 50 steps (an epoch ends with an evaluation on the 128 valid and
 # 128 test windows, and an observe), 4 MB of source.
-LM_SIZE = dict(context=64, d_model=64, heads=4, layers=2, batch_size=16, epochs=12,
-               steps_per_epoch=50, max_bytes=4_000_000, eval_windows=128)
+LM_SIZE = dict(
+  context=64,
+  d_model=64,
+  heads=4,
+  layers=2,
+  batch_size=16,
+  epochs=12,
+  steps_per_epoch=50,
+  max_bytes=4_000_000,
+  eval_windows=128,
+)
 # --quick: a tiny model, a few steps (the test suite's size).
-LM_QUICK = dict(context=16, d_model=16, heads=2, layers=1, batch_size=4, epochs=2,
-                steps_per_epoch=3, max_bytes=400_000, eval_windows=8)
+LM_QUICK = dict(
+  context=16,
+  d_model=16,
+  heads=2,
+  layers=1,
+  batch_size=4,
+  epochs=2,
+  steps_per_epoch=3,
+  max_bytes=400_000,
+  eval_windows=8,
+)
 
 
 @dataclasses.dataclass
@@ -135,18 +153,26 @@ def task(name: str, quick: bool, epochs: int | None, lm: dict | None = None) -> 
   """
   if name == "stdlib_lm":
     size = lm_size(quick, dict(lm or {}, epochs=epochs))
-    splits = _data.stdlib_text(context=size["context"], max_bytes=size["max_bytes"],
-                               eval_windows=size["eval_windows"])
-    model = _models.transformer_lm(size["context"], size["d_model"], size["heads"],
-                                   size["layers"])
-    setting = _train.Setting(size["epochs"], size["batch_size"], size["steps_per_epoch"],
-                             direction=_methods.adamw_direction,
-                             range_test_optimizer=_methods.adamw_optimizer)
-    return Task(splits, model, setting,
-                list(_methods.OPTAX_LR_METHODS + _methods.ADAM_BASELINES),
-                list(_methods.adam_hand_tuned(setting.steps)),
-                [1e-3, 0.1] if quick else list(_methods.ADAM_RATES),
-                [1e-3, 1e-2] if quick else list(_methods.ADAM_GRID))
+    splits = _data.stdlib_text(
+      context=size["context"], max_bytes=size["max_bytes"], eval_windows=size["eval_windows"]
+    )
+    model = _models.transformer_lm(size["context"], size["d_model"], size["heads"], size["layers"])
+    setting = _train.Setting(
+      size["epochs"],
+      size["batch_size"],
+      size["steps_per_epoch"],
+      direction=_methods.adamw_direction,
+      range_test_optimizer=_methods.adamw_optimizer,
+    )
+    return Task(
+      splits,
+      model,
+      setting,
+      list(_methods.OPTAX_LR_METHODS + _methods.ADAM_BASELINES),
+      list(_methods.adam_hand_tuned(setting.steps)),
+      [1e-3, 0.1] if quick else list(_methods.ADAM_RATES),
+      [1e-3, 1e-2] if quick else list(_methods.ADAM_GRID),
+    )
   # The hand-picked SGD has no initial rate to be robust to.
   methods = [m for m in _methods.COMPARE_METHODS if m.fixed_lr is None]
   hand_tuned = list(_methods.HAND_TUNED)
@@ -158,8 +184,7 @@ def task(name: str, quick: bool, epochs: int | None, lm: dict | None = None) -> 
     setting = _train.setting_for(splits, epochs or (2 if quick else 30), 32)
     return Task(splits, model, setting, methods, hand_tuned, rates, grid)
   if name == "mnist1d":
-    splits = (_data.mnist1d(n_train=300, n_valid=100, num_samples=500) if quick
-              else _data.mnist1d())
+    splits = _data.mnist1d(n_train=300, n_valid=100, num_samples=500) if quick else _data.mnist1d()
     model = _models.mlp((40,), (16,) if quick else (128, 128))
     setting = _train.setting_for(splits, epochs or (2 if quick else 30), 100)
     return Task(splits, model, setting, methods, hand_tuned, rates, grid)
@@ -171,8 +196,9 @@ def plot(report, path):
   if plt is None:
     return
   names = list(report["datasets"])
-  fig, axes = plt.subplots(1, len(names), figsize=(7 * len(names), 5), squeeze=False,
-                           layout="constrained")
+  fig, axes = plt.subplots(
+    1, len(names), figsize=(7 * len(names), 5), squeeze=False, layout="constrained"
+  )
   for ax, name in zip(axes[0], names):
     ds = report["datasets"][name]
     methods = list(ds["methods"])
@@ -182,17 +208,40 @@ def plot(report, path):
       rates = np.array(entry["initial_rates"])
       loss = np.array(entry["scored_loss"])  # [rates, seeds]
       style = "-" if entry["library"] == "optax_lr" else "--"
-      ax.errorbar(rates * (1 + 0.03 * methods.index(m)), loss.mean(1), yerr=loss.std(1),
-                  fmt=style, marker="o", ms=3, capsize=2, color=color, label=m, lw=1.2)
+      ax.errorbar(
+        rates * (1 + 0.03 * methods.index(m)),
+        loss.mean(1),
+        yerr=loss.std(1),
+        fmt=style,
+        marker="o",
+        ms=3,
+        capsize=2,
+        color=color,
+        label=m,
+        lw=1.2,
+      )
     for marker, (ref_name, ref) in zip("x+1234", ds["hand_tuned"].items()):
-      ax.plot(ref["grid"], ref["seed_mean_loss"], ls=":", marker=marker, ms=5, lw=0.8,
-              color="0.45", label=f"{ref_name} (hand-tuned grid)")
+      ax.plot(
+        ref["grid"],
+        ref["seed_mean_loss"],
+        ls=":",
+        marker=marker,
+        ms=5,
+        lw=0.8,
+        color="0.45",
+        label=f"{ref_name} (hand-tuned grid)",
+      )
     best = ds["targets"]["best_hand_tuned"]
     title = f"{name}: {ds['model']}, {ds['epochs']} epochs"
     if best is not None:
       ax.axhline(best["loss"], color="k", lw=0.8, ls=":", label="best hand-tuned")
-      ax.axhline(HAND_TUNED_BOUND * best["loss"], color="r", lw=0.8, ls=":",
-                 label=f"{HAND_TUNED_BOUND}x best hand-tuned")
+      ax.axhline(
+        HAND_TUNED_BOUND * best["loss"],
+        color="r",
+        lw=0.8,
+        ls=":",
+        label=f"{HAND_TUNED_BOUND}x best hand-tuned",
+      )
       title += f"\nbest hand-tuned: {best['optimizer']} at {best['rate']:g}, {best['loss']:.3f}"
     ax.set_xscale("log")
     ax.set_yscale("log")
@@ -226,9 +275,10 @@ def plot_rates(report, png):
     best = ds["targets"]["best_hand_tuned"]
     cols = min(4, len(methods))
     rows = -(-len(methods) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False,
-                             sharex=True, layout="constrained")
-    for ax in axes.flat[len(methods):]:
+    fig, axes = plt.subplots(
+      rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False, sharex=True, layout="constrained"
+    )
+    for ax in axes.flat[len(methods) :]:
       ax.set_visible(False)
     target = ds["targets"]["methods"]
     for ax, m in zip(axes.flat, methods):
@@ -238,16 +288,25 @@ def plot_rates(report, png):
       colors = plt.get_cmap("viridis")(np.linspace(0, 0.9, len(curves)))
       final = np.asarray(entry["scored_loss"]).mean(1)
       for color, rate, curve, loss in zip(colors, rates, curves, final):
-        label = (f"from {rate:.2g}: {loss:.3f}" if entry["swept"]
-                 else f"range test: {loss:.3f}")
-        ax.plot(np.arange(1, len(curve) + 1), np.where(curve > 0, curve, np.nan),
-                color=color, lw=1, label=label)
+        label = f"from {rate:.2g}: {loss:.3f}" if entry["swept"] else f"range test: {loss:.3f}"
+        ax.plot(
+          np.arange(1, len(curve) + 1),
+          np.where(curve > 0, curve, np.nan),
+          color=color,
+          lw=1,
+          label=label,
+        )
       if best is not None:
         ref = ds["hand_tuned"][best["optimizer"]]
         curve = np.asarray(ref["lr_per_step_seed0_best"], np.float64)
-        ax.plot(np.arange(1, len(curve) + 1), np.where(curve > 0, curve, np.nan),
-                color="k", ls="--", lw=0.8,
-                label=f"{best['optimizer']} at {best['rate']:g}: {best['loss']:.3f}")
+        ax.plot(
+          np.arange(1, len(curve) + 1),
+          np.where(curve > 0, curve, np.nan),
+          color="k",
+          ls="--",
+          lw=0.8,
+          label=f"{best['optimizer']} at {best['rate']:g}: {best['loss']:.3f}",
+        )
       title = m
       if m in target and target[m]["ratio_to_best_hand_tuned"] is not None:
         title += f"  (worst / best hand-tuned {target[m]['ratio_to_best_hand_tuned']:.2f})"
@@ -258,8 +317,11 @@ def plot_rates(report, png):
       ax.set_xlabel("step")
     for ax in axes[:, 0]:
       ax.set_ylabel("effective rate (seed 0)")
-    fig.suptitle(f"{name}: {ds['model']}, the rate each method steps with\n"
-                 "(legend: initial rate: final held-out loss, seed mean)", fontsize=10)
+    fig.suptitle(
+      f"{name}: {ds['model']}, the rate each method steps with\n"
+      "(legend: initial rate: final held-out loss, seed mean)",
+      fontsize=10,
+    )
     _report.save_figure(fig, rates_png(png, name))
     plt.close(fig)
 
@@ -283,26 +345,38 @@ def run_methods(methods, model, rates, splits, setting, seeds, quiet):
     diverged = int((~np.isfinite(loss)).sum())
     nonfinite_params = int((~params_finite).sum())
     entries[m.name] = {
-        "library": m.library, "rate_means": m.rate_means, "swept": m.swept,
-        # For a rate computed per seed: the geometric mean of the seeds' rates.
-        "initial_rates": np.exp(np.log(seed_rates).mean(1)),
-        "seed_rates": seed_rates,
-        "final_test_loss": loss, "final_test_accuracy": acc,
-        "scored_loss": scored, "across_rates": stats, "diverged_runs": diverged,
-        "params_finite": params_finite, "nonfinite_params_runs": nonfinite_params,
-        "runs": int(loss.size),
-        # The effective rate per step of seed 0's run from each initial rate.
-        "lr_per_step_seed0": np.stack([r.history["lr"][0] for r in runs]),
+      "library": m.library,
+      "rate_means": m.rate_means,
+      "swept": m.swept,
+      # For a rate computed per seed: the geometric mean of the seeds' rates.
+      "initial_rates": np.exp(np.log(seed_rates).mean(1)),
+      "seed_rates": seed_rates,
+      "final_test_loss": loss,
+      "final_test_accuracy": acc,
+      "scored_loss": scored,
+      "across_rates": stats,
+      "diverged_runs": diverged,
+      "params_finite": params_finite,
+      "nonfinite_params_runs": nonfinite_params,
+      "runs": int(loss.size),
+      # The effective rate per step of seed 0's run from each initial rate.
+      "lr_per_step_seed0": np.stack([r.history["lr"][0] for r in runs]),
     }
     if m.swept:
       per_rate = " ".join(f"{x:.3f}" for x in scored.mean(1))
     else:
-      per_rate = (f"{scored.mean():.3f} from "
-                  + " ".join(f"{x:.3g}" for x in seed_rates[0]))
-    rows.append([m.name, f"{stats['mean']:.3f} ± {stats['std']:.3f}",
-                 _report.fmt(stats["worst"]), per_rate,
-                 f"{100 * acc.mean():.1f}", f"{diverged}/{loss.size}",
-                 f"{nonfinite_params}/{loss.size}"])
+      per_rate = f"{scored.mean():.3f} from " + " ".join(f"{x:.3g}" for x in seed_rates[0])
+    rows.append(
+      [
+        m.name,
+        f"{stats['mean']:.3f} ± {stats['std']:.3f}",
+        _report.fmt(stats["worst"]),
+        per_rate,
+        f"{100 * acc.mean():.1f}",
+        f"{diverged}/{loss.size}",
+        f"{nonfinite_params}/{loss.size}",
+      ]
+    )
   return entries, rows
 
 
@@ -319,10 +393,13 @@ def run_hand_tuned(model, grid, splits, setting, seeds, quiet, hand_tuned=None):
     per_rate = scored.mean(1)
     best = int(np.argmin(per_rate))
     refs[m.name] = {
-        "grid": list(grid), "final_test_loss": loss, "scored_loss": scored,
-        "seed_mean_loss": per_rate, "best_rate": grid[best],
-        "best_loss": float(per_rate[best]),
-        "lr_per_step_seed0_best": runs[best].history["lr"][0],
+      "grid": list(grid),
+      "final_test_loss": loss,
+      "scored_loss": scored,
+      "seed_mean_loss": per_rate,
+      "best_rate": grid[best],
+      "best_loss": float(per_rate[best]),
+      "lr_per_step_seed0_best": runs[best].history["lr"][0],
     }
   return refs
 
@@ -338,13 +415,20 @@ def _worst(entry) -> tuple[float, str]:
 def targets(entries: dict, refs: dict) -> dict:
   """The issue's targets on one task, from the method entries and the references."""
   best_name = min(refs, key=lambda n: refs[n]["best_loss"]) if refs else None
-  best = (None if best_name is None else
-          {"optimizer": best_name, "rate": refs[best_name]["best_rate"],
-           "loss": refs[best_name]["best_loss"]})
+  best = (
+    None
+    if best_name is None
+    else {
+      "optimizer": best_name,
+      "rate": refs[best_name]["best_rate"],
+      "loss": refs[best_name]["best_loss"],
+    }
+  )
   dog_worst = entries["dog"]["across_rates"]["worst"] if "dog" in entries else None
   hypergradient = [n for n in HYPERGRADIENT_METHODS if n in entries]
-  best_hypergradient = (min(hypergradient, key=lambda n: entries[n]["across_rates"]["worst"])
-                        if hypergradient else None)
+  best_hypergradient = (
+    min(hypergradient, key=lambda n: entries[n]["across_rates"]["worst"]) if hypergradient else None
+  )
   held_to_dog = set(AS_ROBUST_AS_DOG) | {best_hypergradient}
 
   methods = {}
@@ -354,16 +438,17 @@ def targets(entries: dict, refs: dict) -> dict:
     worst, worst_at = _worst(entry)
     ratio = None if best is None else worst / best["loss"]
     methods[name] = {
-        "worst_loss": worst,
-        "worst_at": worst_at,
-        "ratio_to_best_hand_tuned": ratio,
-        "within_bound": None if ratio is None else bool(ratio <= HAND_TUNED_BOUND),
-        "nonfinite_params_runs": entry["nonfinite_params_runs"],
-        "runs": entry["runs"],
-        "as_robust_as_dog": (bool(worst <= dog_worst)
-                             if name in held_to_dog and dog_worst is not None else None),
-        # ASLR's target row is its pipeline's; its raw sweep is for information.
-        "counts": name not in TARGET_ROW_OF,
+      "worst_loss": worst,
+      "worst_at": worst_at,
+      "ratio_to_best_hand_tuned": ratio,
+      "within_bound": None if ratio is None else bool(ratio <= HAND_TUNED_BOUND),
+      "nonfinite_params_runs": entry["nonfinite_params_runs"],
+      "runs": entry["runs"],
+      "as_robust_as_dog": (
+        bool(worst <= dog_worst) if name in held_to_dog and dog_worst is not None else None
+      ),
+      # ASLR's target row is its pipeline's; its raw sweep is for information.
+      "counts": name not in TARGET_ROW_OF,
     }
 
   range_test = None
@@ -372,27 +457,30 @@ def targets(entries: dict, refs: dict) -> dict:
     loss = float(np.asarray(entry["scored_loss"]).mean())
     ratio = loss / refs["sgd"]["best_loss"]
     range_test = {
-        "suggestions": np.asarray(entry["seed_rates"])[0],
-        "loss": loss,
-        "best_sgd_grid_rate": refs["sgd"]["best_rate"],
-        "best_sgd_grid_loss": refs["sgd"]["best_loss"],
-        "ratio": ratio, "bound": RANGE_TEST_BOUND, "met": bool(ratio <= RANGE_TEST_BOUND),
+      "suggestions": np.asarray(entry["seed_rates"])[0],
+      "loss": loss,
+      "best_sgd_grid_rate": refs["sgd"]["best_rate"],
+      "best_sgd_grid_loss": refs["sgd"]["best_loss"],
+      "ratio": ratio,
+      "bound": RANGE_TEST_BOUND,
+      "met": bool(ratio <= RANGE_TEST_BOUND),
     }
 
   counted = [t for t in methods.values() if t["counts"]]
-  checks = ([t["within_bound"] for t in counted]
-            + [t["nonfinite_params_runs"] == 0 for t in methods.values()]
-            + [t["as_robust_as_dog"] for t in methods.values()
-               if t["as_robust_as_dog"] is not None]
-            + ([range_test["met"]] if range_test else []))
+  checks = (
+    [t["within_bound"] for t in counted]
+    + [t["nonfinite_params_runs"] == 0 for t in methods.values()]
+    + [t["as_robust_as_dog"] for t in methods.values() if t["as_robust_as_dog"] is not None]
+    + ([range_test["met"]] if range_test else [])
+  )
   return {
-      "best_hand_tuned": best,
-      "hand_tuned_bound": HAND_TUNED_BOUND,
-      "dog_worst": dog_worst,
-      "best_hypergradient": best_hypergradient,
-      "methods": methods,
-      "range_test": range_test,
-      "all_met": bool(checks) and all(c is True for c in checks),
+    "best_hand_tuned": best,
+    "hand_tuned_bound": HAND_TUNED_BOUND,
+    "dog_worst": dog_worst,
+    "best_hypergradient": best_hypergradient,
+    "methods": methods,
+    "range_test": range_test,
+    "all_met": bool(checks) and all(c is True for c in checks),
   }
 
 
@@ -404,40 +492,72 @@ def print_targets(name: str, target: dict, refs: dict) -> None:
   """The hand-tuned references and the targets table of one task."""
   if refs:
     grid = next(iter(refs.values()))["grid"]
-    print(f"\n{name}: hand-tuned references, final held-out loss per rate "
-          f"{' '.join(map(_report.rate_label, grid))} (seed mean)")
-    print(_report.table(
+    print(
+      f"\n{name}: hand-tuned references, final held-out loss per rate "
+      f"{' '.join(map(_report.rate_label, grid))} (seed mean)"
+    )
+    print(
+      _report.table(
         ["optimizer", "per grid rate", "best rate", "best loss"],
-        [[n, " ".join(f"{x:.3f}" for x in r["seed_mean_loss"]),
-          _report.rate_label(r["best_rate"]), _report.fmt(r["best_loss"])]
-         for n, r in refs.items()]))
+        [
+          [
+            n,
+            " ".join(f"{x:.3f}" for x in r["seed_mean_loss"]),
+            _report.rate_label(r["best_rate"]),
+            _report.fmt(r["best_loss"]),
+          ]
+          for n, r in refs.items()
+        ],
+      )
+    )
   best = target["best_hand_tuned"]
-  print(f"\n{name}: targets (best hand-tuned: "
-        + ("none run" if best is None else
-           f"{best['optimizer']} at {_report.rate_label(best['rate'])}, "
-           f"{best['loss']:.3f}")
-        + f"; dog's worst: {_report.fmt(target['dog_worst'])}; best hypergradient "
-        f"method: {target['best_hypergradient']})")
+  print(
+    f"\n{name}: targets (best hand-tuned: "
+    + (
+      "none run"
+      if best is None
+      else f"{best['optimizer']} at {_report.rate_label(best['rate'])}, {best['loss']:.3f}"
+    )
+    + f"; dog's worst: {_report.fmt(target['dog_worst'])}; best hypergradient "
+    f"method: {target['best_hypergradient']})"
+  )
   rows = []
   for method, t in target["methods"].items():
     label = method if t["counts"] else f"{method} (info: see {TARGET_ROW_OF[method]})"
-    rows.append([
-        label, _report.fmt(t["worst_loss"]), t["worst_at"],
+    rows.append(
+      [
+        label,
+        _report.fmt(t["worst_loss"]),
+        t["worst_at"],
         _report.fmt(t["ratio_to_best_hand_tuned"]),
         _verdict(t["within_bound"]) if t["counts"] else "(info)",
         f"{t['nonfinite_params_runs']}/{t['runs']}",
         _verdict(t["as_robust_as_dog"]),
-    ])
-  print(_report.table(
-      ["method", "worst", "worst at", "/ best hand-tuned",
-       f"<= {HAND_TUNED_BOUND}x", "non-finite params", "as robust as dog"], rows))
+      ]
+    )
+  print(
+    _report.table(
+      [
+        "method",
+        "worst",
+        "worst at",
+        "/ best hand-tuned",
+        f"<= {HAND_TUNED_BOUND}x",
+        "non-finite params",
+        "as robust as dog",
+      ],
+      rows,
+    )
+  )
   rt = target["range_test"]
   if rt is not None:
-    print(f"range test: SGD at the suggestion ("
-          + " ".join(f"{x:.3g}" for x in rt["suggestions"])
-          + f") {rt['loss']:.3f}; SGD at its best grid rate "
-          f"{_report.rate_label(rt['best_sgd_grid_rate'])} {rt['best_sgd_grid_loss']:.3f}; "
-          f"ratio {rt['ratio']:.3f} (<= {rt['bound']}x: {_verdict(rt['met'])})")
+    print(
+      "range test: SGD at the suggestion ("
+      + " ".join(f"{x:.3g}" for x in rt["suggestions"])
+      + f") {rt['loss']:.3f}; SGD at its best grid rate "
+      f"{_report.rate_label(rt['best_sgd_grid_rate'])} {rt['best_sgd_grid_loss']:.3f}; "
+      f"ratio {rt['ratio']:.3f} (<= {rt['bound']}x: {_verdict(rt['met'])})"
+    )
   print(f"all targets met on {name}: {'yes' if target['all_met'] else 'no'}")
 
 
@@ -448,23 +568,44 @@ def _select(methods, names):
 
 def main(argv=None) -> dict:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--quick", action="store_true",
-                      help="tiny models, 2 epochs, 2 rates, 2 grid rates")
-  parser.add_argument("--datasets", nargs="+", default=["digits", "mnist1d"],
-                      choices=list(DATASETS))
-  parser.add_argument("--methods", nargs="+", default=None,
-                      help="methods to run (each task runs those it has)")
-  parser.add_argument("--references", nargs="+", default=None,
-                      help="hand-tuned references to run (default: all of the task's)")
-  parser.add_argument("--rates", type=float, nargs="+", default=None,
-                      help="initial rates (default: the task's)")
-  parser.add_argument("--grid", type=float, nargs="+", default=None,
-                      help="rate grid of the hand-tuned references (default: the task's)")
+  parser.add_argument(
+    "--quick", action="store_true", help="tiny models, 2 epochs, 2 rates, 2 grid rates"
+  )
+  parser.add_argument(
+    "--datasets", nargs="+", default=["digits", "mnist1d"], choices=list(DATASETS)
+  )
+  parser.add_argument(
+    "--methods", nargs="+", default=None, help="methods to run (each task runs those it has)"
+  )
+  parser.add_argument(
+    "--references",
+    nargs="+",
+    default=None,
+    help="hand-tuned references to run (default: all of the task's)",
+  )
+  parser.add_argument(
+    "--rates", type=float, nargs="+", default=None, help="initial rates (default: the task's)"
+  )
+  parser.add_argument(
+    "--grid",
+    type=float,
+    nargs="+",
+    default=None,
+    help="rate grid of the hand-tuned references (default: the task's)",
+  )
   parser.add_argument("--seeds", type=int, nargs="+", default=None)
   parser.add_argument("--epochs", type=int, default=None)
   lm = parser.add_argument_group("stdlib_lm task size (default: LM_SIZE)")
-  for flag in ("context", "d-model", "heads", "layers", "batch-size", "steps-per-epoch",
-               "max-bytes", "eval-windows"):
+  for flag in (
+    "context",
+    "d-model",
+    "heads",
+    "layers",
+    "batch-size",
+    "steps-per-epoch",
+    "max-bytes",
+    "eval-windows",
+  ):
     lm.add_argument(f"--{flag}", type=int, default=None)
   parser.add_argument("--out", default="results/robustness.json")
   parser.add_argument("--png", default="results/robustness.png")
@@ -480,32 +621,33 @@ def main(argv=None) -> dict:
       print("mnist1d is not installed: skipping it (pip install -e '.[examples]')")
       continue
     tasks[name] = lambda name=name: task(name, args.quick, args.epochs, lm_overrides)
-  for option, known in (("methods", [m.name for m in _methods.COMPARE_METHODS
-                                     + _methods.ADAM_BASELINES]),
-                        ("references", [m.name for m in _methods.HAND_TUNED
-                                        + _methods.adam_hand_tuned(1)])):
+  for option, known in (
+    ("methods", [m.name for m in _methods.COMPARE_METHODS + _methods.ADAM_BASELINES]),
+    ("references", [m.name for m in _methods.HAND_TUNED + _methods.adam_hand_tuned(1)]),
+  ):
     unknown = set(getattr(args, option) or ()) - set(known)
     if unknown:
       raise ValueError(f"unknown {option} {sorted(unknown)}; known: {sorted(set(known))}")
 
   start = time.perf_counter()
   report = {
-      "command": " ".join(["python -m benchmarks.robustness"]
-                          + (sys.argv[1:] if argv is None else list(argv))),
-      "machine": _report.machine(),
-      "initial_rates": args.rates or "per task: datasets.<name>.initial_rates",
-      "hand_tuned_grid": args.grid or "per task: datasets.<name>.hand_tuned_grid",
-      "seeds": seeds,
-      "score": "final test-split loss, mean over seeds per rate, then mean ± std "
-               "across rates; a non-finite loss scores ln(number of classes): "
-               "ln 10 on digits and MNIST-1D, ln 256 (nats per byte) on stdlib_lm",
-      "targets": {
-          "hand_tuned_bound": HAND_TUNED_BOUND,
-          "range_test_bound": RANGE_TEST_BOUND,
-          "as_robust_as_dog": list(AS_ROBUST_AS_DOG) + ["best of " + " ".join(HYPERGRADIENT_METHODS)],
-          "target_row_of": TARGET_ROW_OF,
-      },
-      "datasets": {},
+    "command": " ".join(
+      ["python -m benchmarks.robustness"] + (sys.argv[1:] if argv is None else list(argv))
+    ),
+    "machine": _report.machine(),
+    "initial_rates": args.rates or "per task: datasets.<name>.initial_rates",
+    "hand_tuned_grid": args.grid or "per task: datasets.<name>.hand_tuned_grid",
+    "seeds": seeds,
+    "score": "final test-split loss, mean over seeds per rate, then mean ± std "
+    "across rates; a non-finite loss scores ln(number of classes): "
+    "ln 10 on digits and MNIST-1D, ln 256 (nats per byte) on stdlib_lm",
+    "targets": {
+      "hand_tuned_bound": HAND_TUNED_BOUND,
+      "range_test_bound": RANGE_TEST_BOUND,
+      "as_robust_as_dog": (list(AS_ROBUST_AS_DOG) + ["best of " + " ".join(HYPERGRADIENT_METHODS)]),
+      "target_row_of": TARGET_ROW_OF,
+    },
+    "datasets": {},
   }
   for name, make_task in tasks.items():
     task_start = time.perf_counter()
@@ -514,32 +656,51 @@ def main(argv=None) -> dict:
     rates, grid = args.rates or t.rates, args.grid or t.grid
     methods = _select(t.methods, args.methods)
     hand_tuned = _select(t.hand_tuned, args.references)
-    size = (f"{model.num_params()} params; " if hasattr(model, "num_params") else "")
-    print(f"\n{name}: {len(splits.y_train)}/{len(splits.y_valid)}/{len(splits.y_test)} "
-          f"train/valid/test; {model.name}; {size}batch {setting.batch_size}, "
-          f"{setting.epochs} epochs of {setting.steps_per_epoch} steps")
-    entries, rows = run_methods(methods, model, rates, splits, setting, seeds,
-                                args.no_progress)
+    size = f"{model.num_params()} params; " if hasattr(model, "num_params") else ""
+    print(
+      f"\n{name}: {len(splits.y_train)}/{len(splits.y_valid)}/{len(splits.y_test)} "
+      f"train/valid/test; {model.name}; {size}batch {setting.batch_size}, "
+      f"{setting.epochs} epochs of {setting.steps_per_epoch} steps"
+    )
+    entries, rows = run_methods(methods, model, rates, splits, setting, seeds, args.no_progress)
     refs = run_hand_tuned(model, grid, splits, setting, seeds, args.no_progress, hand_tuned)
-    print(f"final held-out loss across initial rates {' '.join(map(_report.rate_label, rates))} "
-          f"({len(seeds)} seeds)")
-    print(_report.table(["method", "mean ± std", "worst", "per rate (seed mean)",
-                         "acc %", "diverged", "non-finite params"], rows))
+    print(
+      f"final held-out loss across initial rates {' '.join(map(_report.rate_label, rates))} "
+      f"({len(seeds)} seeds)"
+    )
+    print(
+      _report.table(
+        [
+          "method",
+          "mean ± std",
+          "worst",
+          "per rate (seed mean)",
+          "acc %",
+          "diverged",
+          "non-finite params",
+        ],
+        rows,
+      )
+    )
     target = targets(entries, refs)
     print_targets(name, target, refs)
     report["datasets"][name] = {
-        "model": model.name, "epochs": setting.epochs, "batch_size": setting.batch_size,
-        "steps_per_epoch": setting.steps_per_epoch,
-        "split": [len(splits.y_train), len(splits.y_valid), len(splits.y_test)],
-        "initial_rates": rates,
-        "hand_tuned_grid": grid,
-        "direction": ("momentum 0.9 (optax.ema)" if setting.direction is None else
-                      "AdamW: scale_by_adam + add_decayed_weights"
-                      f"({_methods.ADAMW_WEIGHT_DECAY}, matrices)"),
-        "methods": entries,
-        "hand_tuned": refs,
-        "targets": target,
-        "wall_s": time.perf_counter() - task_start,
+      "model": model.name,
+      "epochs": setting.epochs,
+      "batch_size": setting.batch_size,
+      "steps_per_epoch": setting.steps_per_epoch,
+      "split": [len(splits.y_train), len(splits.y_valid), len(splits.y_test)],
+      "initial_rates": rates,
+      "hand_tuned_grid": grid,
+      "direction": (
+        "momentum 0.9 (optax.ema)"
+        if setting.direction is None
+        else f"AdamW: scale_by_adam + add_decayed_weights({_methods.ADAMW_WEIGHT_DECAY}, matrices)"
+      ),
+      "methods": entries,
+      "hand_tuned": refs,
+      "targets": target,
+      "wall_s": time.perf_counter() - task_start,
     }
     if hasattr(model, "num_params"):
       report["datasets"][name]["num_params"] = model.num_params()

@@ -98,44 +98,44 @@ import jax
 import numpy as np
 import optax
 
+import optax_lr
 from benchmarks import _harness
 from benchmarks import _methods
 from benchmarks import _models
 from benchmarks import _report
-import optax_lr
 from optax_lr import _checkpoint
 from optax_lr._registry import standard_promotion
 
 # (method, baseline, bound): method's step costs at most bound x baseline's;
 # each is measured with the net off (the method's net-off twin, or a variant).
 TARGETS = (
-    ("hd", "sgd_momentum", 1.10),
-    ("marthe", "grad_hvp_sgd", 1.15),
-    ("newton_lr", "adam", 1.10),
-    ("aslr", "sgd", 1.10),
-    ("aalr", "sgd", 1.10),
-    # The parts' (timed when named in --methods).
-    ("aslr_window", "sgd", 1.10),
-    ("aalr_window", "sgd", 1.10),
-    ("aslr_momentum", "sgd_momentum", 1.10),
-    ("aslr_window_momentum", "sgd_momentum", 1.10),
-    ("aalr_momentum", "sgd_momentum", 1.10),
-    ("aalr_window_momentum", "sgd_momentum", 1.10),
-    ("hd_fixed", "sgd_momentum", 1.10),
-    ("marthe_fixed", "grad_hvp_sgd", 1.15),
+  ("hd", "sgd_momentum", 1.10),
+  ("marthe", "grad_hvp_sgd", 1.15),
+  ("newton_lr", "adam", 1.10),
+  ("aslr", "sgd", 1.10),
+  ("aalr", "sgd", 1.10),
+  # The parts' (timed when named in --methods).
+  ("aslr_window", "sgd", 1.10),
+  ("aalr_window", "sgd", 1.10),
+  ("aslr_momentum", "sgd_momentum", 1.10),
+  ("aslr_window_momentum", "sgd_momentum", 1.10),
+  ("aalr_momentum", "sgd_momentum", 1.10),
+  ("aalr_window_momentum", "sgd_momentum", 1.10),
+  ("hd_fixed", "sgd_momentum", 1.10),
+  ("marthe_fixed", "grad_hvp_sgd", 1.15),
 )
 # (method, baseline): ratios reported for information, with no bound.
 INFORMATION = (
-    ("aslr_every_step", "aslr_window"),
-    ("aalr_every_step", "aalr_window"),
-    ("hd_mult_fixed", "sgd_momentum"),
-    ("hd_fixed_momentum", "sgd_momentum"),
-    ("rtho_fixed", "grad_hvp_sgd"),
-    ("marthe_fixed_mu0.9", "grad_hvp_sgd"),
-    ("marthe_fixed_momentum", "grad_hvp_sgd"),
-    ("marthe_fixed_adam", "grad_hvp_sgd"),
-    ("newton_lr_adam", "adam"),
-    ("newton_lr_every_step", "newton_lr"),
+  ("aslr_every_step", "aslr_window"),
+  ("aalr_every_step", "aalr_window"),
+  ("hd_mult_fixed", "sgd_momentum"),
+  ("hd_fixed_momentum", "sgd_momentum"),
+  ("rtho_fixed", "grad_hvp_sgd"),
+  ("marthe_fixed_mu0.9", "grad_hvp_sgd"),
+  ("marthe_fixed_momentum", "grad_hvp_sgd"),
+  ("marthe_fixed_adam", "grad_hvp_sgd"),
+  ("newton_lr_adam", "adam"),
+  ("newton_lr_every_step", "newton_lr"),
 )
 # On GPU: every method except these costs less per step than this anchor.
 GPU_CHEAPER_THAN = "prodigy"
@@ -149,7 +149,7 @@ NET_OFF_SUFFIX = "_net_off"
 # default kappa selection rolls back on divergence, so it needs the net; with
 # the net off it takes the kappa the selection starts from, as a fixed step.
 NET_OFF_OPTIONS = {
-    "marthe": {"hyper_lr_step": optax_lr.hypergradient.DEFAULT_HYPER_LR_STEP},
+  "marthe": {"hyper_lr_step": optax_lr.hypergradient.DEFAULT_HYPER_LR_STEP},
 }
 
 
@@ -176,63 +176,102 @@ def _adam() -> optax.GradientTransformation:
   return standard_promotion(optax.scale_by_adam())
 
 
-def _variant(name, factory, *, direction=None, needs=("value",), fixed_lr=None,
-             **fixed) -> _methods.Method:
+def _variant(
+  name, factory, *, direction=None, needs=("value",), fixed_lr=None, **fixed
+) -> _methods.Method:
   """``factory(lr, **fixed)`` over ``direction()`` (None: the model's)."""
+
   def make(lr, n, **options):
     del n
     if direction is not None:
       options["direction"] = direction()
     return factory(lr, **fixed, **options)
+
   return _methods.Method(name, make, needs=tuple(needs), fixed_lr=fixed_lr, factory=factory)
 
 
 _TANGENT = ("value", "loss_fn")  # the training loss as E, as the first release timed
 VARIANTS: tuple[_methods.Method, ...] = (
-    _variant("aslr_window", optax_lr.aslr, steps_per_epoch=_NEVER_ENDS),
-    _variant("aslr_every_step", optax_lr.aslr, steps_per_epoch=1),
-    _variant("aalr_window", optax_lr.aalr, steps_per_epoch=_NEVER_ENDS),
-    _variant("aalr_every_step", optax_lr.aalr, steps_per_epoch=1),
-    _variant("aslr_momentum", optax_lr.aslr, direction=_momentum),
-    _variant("aslr_window_momentum", optax_lr.aslr, direction=_momentum,
-             steps_per_epoch=_NEVER_ENDS),
-    _variant("aalr_momentum", optax_lr.aalr, direction=_momentum),
-    _variant("aalr_window_momentum", optax_lr.aalr, direction=_momentum,
-             steps_per_epoch=_NEVER_ENDS),
-    _variant("hd_fixed", optax_lr.hypergradient_descent, hyper_lr=1e-4),
-    _variant("hd_mult_fixed", optax_lr.hypergradient_descent, hyper_lr=1e-3,
-             multiplicative=True),
-    _variant("hd_fixed_momentum", optax_lr.hypergradient_descent, direction=_momentum,
-             hyper_lr=1e-4),
-    _variant("marthe_fixed", optax_lr.marthe, needs=_TANGENT, hyper_lr_step=1e-6),
-    _variant("marthe_fixed_mu0.9", optax_lr.marthe, needs=_TANGENT, hyper_lr_step=1e-6,
-             mu=0.9),
-    _variant("rtho_fixed", optax_lr.rtho, needs=_TANGENT, hyper_lr=1e-6),
-    _variant("marthe_fixed_momentum", optax_lr.marthe, direction=_momentum, needs=_TANGENT,
-             hyper_lr_step=1e-6),
-    _variant("marthe_fixed_adam", optax_lr.marthe, direction=_adam, needs=_TANGENT,
-             fixed_lr=1e-3, hyper_lr_step=1e-9),
-    _variant("newton_lr_adam", optax_lr.newton_lr, direction=_adam, fixed_lr=1e-3,
-             steps_per_epoch=_methods.SPEED_STEPS_PER_EPOCH),
-    _variant("newton_lr_every_step", optax_lr.newton_lr, update_every=1),
+  _variant("aslr_window", optax_lr.aslr, steps_per_epoch=_NEVER_ENDS),
+  _variant("aslr_every_step", optax_lr.aslr, steps_per_epoch=1),
+  _variant("aalr_window", optax_lr.aalr, steps_per_epoch=_NEVER_ENDS),
+  _variant("aalr_every_step", optax_lr.aalr, steps_per_epoch=1),
+  _variant("aslr_momentum", optax_lr.aslr, direction=_momentum),
+  _variant("aslr_window_momentum", optax_lr.aslr, direction=_momentum, steps_per_epoch=_NEVER_ENDS),
+  _variant("aalr_momentum", optax_lr.aalr, direction=_momentum),
+  _variant("aalr_window_momentum", optax_lr.aalr, direction=_momentum, steps_per_epoch=_NEVER_ENDS),
+  _variant("hd_fixed", optax_lr.hypergradient_descent, hyper_lr=1e-4),
+  _variant("hd_mult_fixed", optax_lr.hypergradient_descent, hyper_lr=1e-3, multiplicative=True),
+  _variant("hd_fixed_momentum", optax_lr.hypergradient_descent, direction=_momentum, hyper_lr=1e-4),
+  _variant("marthe_fixed", optax_lr.marthe, needs=_TANGENT, hyper_lr_step=1e-6),
+  _variant("marthe_fixed_mu0.9", optax_lr.marthe, needs=_TANGENT, hyper_lr_step=1e-6, mu=0.9),
+  _variant("rtho_fixed", optax_lr.rtho, needs=_TANGENT, hyper_lr=1e-6),
+  _variant(
+    "marthe_fixed_momentum",
+    optax_lr.marthe,
+    direction=_momentum,
+    needs=_TANGENT,
+    hyper_lr_step=1e-6,
+  ),
+  _variant(
+    "marthe_fixed_adam",
+    optax_lr.marthe,
+    direction=_adam,
+    needs=_TANGENT,
+    fixed_lr=1e-3,
+    hyper_lr_step=1e-9,
+  ),
+  _variant(
+    "newton_lr_adam",
+    optax_lr.newton_lr,
+    direction=_adam,
+    fixed_lr=1e-3,
+    steps_per_epoch=_methods.SPEED_STEPS_PER_EPOCH,
+  ),
+  _variant("newton_lr_every_step", optax_lr.newton_lr, update_every=1),
 )
 # Each part: the candidates of one former per-method benchmark, anchors first.
 PARTS = {
-    "epoch": ("sgd", "sgd_momentum", "aslr", "aalr", "aslr_window", "aslr_every_step",
-              "aalr_window", "aalr_every_step", "aslr_momentum", "aslr_window_momentum",
-              "aalr_momentum", "aalr_window_momentum"),
-    "hypergradient": ("sgd", "sgd_momentum", "grad_hvp_sgd", "hd", "hd_mult", "rtho",
-                      "marthe", "hd_fixed", "hd_mult_fixed", "hd_fixed_momentum",
-                      "marthe_fixed", "marthe_fixed_mu0.9", "rtho_fixed",
-                      "marthe_fixed_momentum", "marthe_fixed_adam"),
-    "newton": ("sgd", "adam", "newton_lr", "newton_lr_adam", "newton_lr_every_step"),
+  "epoch": (
+    "sgd",
+    "sgd_momentum",
+    "aslr",
+    "aalr",
+    "aslr_window",
+    "aslr_every_step",
+    "aalr_window",
+    "aalr_every_step",
+    "aslr_momentum",
+    "aslr_window_momentum",
+    "aalr_momentum",
+    "aalr_window_momentum",
+  ),
+  "hypergradient": (
+    "sgd",
+    "sgd_momentum",
+    "grad_hvp_sgd",
+    "hd",
+    "hd_mult",
+    "rtho",
+    "marthe",
+    "hd_fixed",
+    "hd_mult_fixed",
+    "hd_fixed_momentum",
+    "marthe_fixed",
+    "marthe_fixed_mu0.9",
+    "rtho_fixed",
+    "marthe_fixed_momentum",
+    "marthe_fixed_adam",
+  ),
+  "newton": ("sgd", "adam", "newton_lr", "newton_lr_adam", "newton_lr_every_step"),
 }
 
 
 def known_names() -> set[str]:
   """Every name ``--methods`` takes: candidates, variants and parts."""
-  registry = (_methods.SPEED_ANCHORS + _methods.ADAM_SPEED_ANCHORS
-              + _methods.OPTAX_LR_METHODS + VARIANTS)
+  registry = (
+    _methods.SPEED_ANCHORS + _methods.ADAM_SPEED_ANCHORS + _methods.OPTAX_LR_METHODS + VARIANTS
+  )
   return {m.name for m in registry if m.rate_from_task is None} | set(PARTS)
 
 
@@ -273,6 +312,7 @@ def candidates(names=None, adam: bool = False) -> list[_harness.Candidate]:
   names = expand(names)
   if names:
     methods = [m for m in methods + list(VARIANTS) if m.name in set(names)]
+
   def build(m, **options):
     # The optax_lr methods over plain SGD directions, as the first release
     # timed them against their anchors (robustness and compare use momentum),
@@ -285,12 +325,18 @@ def candidates(names=None, adam: bool = False) -> list[_harness.Candidate]:
   cands = []
   for m in methods:
     options = {"safety_net": False} if _net_off(m.name) else {}
-    cands.append(_harness.Candidate(m.name, build(m, **options), needs=tuple(m.needs),
-                                    hvp=m.hvp, no_saves=True))
+    cands.append(
+      _harness.Candidate(
+        m.name, build(m, **options), needs=tuple(m.needs), hvp=m.hvp, no_saves=True
+      )
+    )
     if _has_net(m):
       off = build(m, safety_net=False, **NET_OFF_OPTIONS.get(m.name, {}))
-      cands.append(_harness.Candidate(m.name + NET_OFF_SUFFIX, off,
-                                      needs=tuple(m.needs), hvp=m.hvp, no_saves=True))
+      cands.append(
+        _harness.Candidate(
+          m.name + NET_OFF_SUFFIX, off, needs=tuple(m.needs), hvp=m.hvp, no_saves=True
+        )
+      )
   return cands
 
 
@@ -317,8 +363,11 @@ def net_checks(names, states_per_repeat) -> dict:
     on = [_nets(states[name]) for states in states_per_repeat]
     off = [_nets(states[name + NET_OFF_SUFFIX]) for states in states_per_repeat]
     if not all(on) or any(off):
-      checks[name] = {"status": "n/a", "rollbacks": 0,
-                      "why": "safety_net=True/False does not switch a SafetyNetState"}
+      checks[name] = {
+        "status": "n/a",
+        "rollbacks": 0,
+        "why": "safety_net=True/False does not switch a SafetyNetState",
+      }
       continue
     rollbacks = sum(int(net.rollbacks) for nets in on for net in nets)
     checks[name] = {"status": "measured", "why": "", "rollbacks": rollbacks}
@@ -332,10 +381,10 @@ def models(quick: bool, lm: dict | None = None) -> dict:
   """
   size = dict(LM_QUICK if quick else LM_DEFAULT)
   size.update({k: v for k, v in (lm or {}).items() if v is not None})
-  lm_model = _models.transformer_lm(size["context"], size["d_model"], size["heads"],
-                                    size["layers"])
-  tokens = jax.random.randint(jax.random.PRNGKey(0), (2, size["batch"], size["context"]),
-                              0, lm_model.vocab)
+  lm_model = _models.transformer_lm(size["context"], size["d_model"], size["heads"], size["layers"])
+  tokens = jax.random.randint(
+    jax.random.PRNGKey(0), (2, size["batch"], size["context"]), 0, lm_model.vocab
+  )
   if quick:
     mlp_sizes, mlp_batch = (64, 32, 32, 10), 16
     cnn, cnn_shape, cnn_batch = _models.cnn2d((8, 8, 3), (4, 8)), (8, 8, 3), 8
@@ -343,25 +392,24 @@ def models(quick: bool, lm: dict | None = None) -> dict:
     mlp_sizes, mlp_batch = (784, 500, 500, 500, 10), 100
     cnn, cnn_shape, cnn_batch = _models.cnn2d((32, 32, 3), (16, 32)), (32, 32, 3), 128
   return {
-      "mlp": (
-          lambda: _harness.init_mlp(jax.random.PRNGKey(1), mlp_sizes),
-          _harness.mlp_loss,
-          _harness.random_batch(jax.random.PRNGKey(0), mlp_batch, mlp_sizes[0], 10),
-          f"MLP {'-'.join(map(str, mlp_sizes))}, batch {mlp_batch}",
-      ),
-      "cnn": (
-          lambda: cnn.init(jax.random.PRNGKey(1)),
-          cnn.loss,
-          _harness.random_batch(jax.random.PRNGKey(0), cnn_batch, cnn_shape, 10),
-          f"CNN {cnn.name}, batch {cnn_batch}",
-      ),
-      "transformer": (
-          lambda: lm_model.init(jax.random.PRNGKey(1)),
-          lm_model.loss,
-          (tokens[0], tokens[1]),
-          f"Transformer LM {lm_model.name} ({lm_model.num_params()} params), "
-          f"batch {size['batch']}",
-      ),
+    "mlp": (
+      lambda: _harness.init_mlp(jax.random.PRNGKey(1), mlp_sizes),
+      _harness.mlp_loss,
+      _harness.random_batch(jax.random.PRNGKey(0), mlp_batch, mlp_sizes[0], 10),
+      f"MLP {'-'.join(map(str, mlp_sizes))}, batch {mlp_batch}",
+    ),
+    "cnn": (
+      lambda: cnn.init(jax.random.PRNGKey(1)),
+      cnn.loss,
+      _harness.random_batch(jax.random.PRNGKey(0), cnn_batch, cnn_shape, 10),
+      f"CNN {cnn.name}, batch {cnn_batch}",
+    ),
+    "transformer": (
+      lambda: lm_model.init(jax.random.PRNGKey(1)),
+      lm_model.loss,
+      (tokens[0], tokens[1]),
+      f"Transformer LM {lm_model.name} ({lm_model.num_params()} params), batch {size['batch']}",
+    ),
   }
 
 
@@ -370,16 +418,22 @@ def plot(report, path):
   if plt is None:
     return
   names = list(report["models"])
-  fig, axes = plt.subplots(1, len(names), figsize=(5.5 * len(names), 6), squeeze=False,
-                           layout="constrained")
+  fig, axes = plt.subplots(
+    1, len(names), figsize=(5.5 * len(names), 6), squeeze=False, layout="constrained"
+  )
   for ax, name in zip(axes[0], names):
     ratios = report["models"][name]["median_ratio_to_sgd"]
     order = sorted(ratios, key=ratios.get)
     optax_lr_names = {m.name for m in _methods.OPTAX_LR_METHODS}
     light = optax_lr_names | {m.name for m in VARIANTS}
-    colors = ["tab:blue" if n in optax_lr_names
-              else "lightsteelblue" if n.removesuffix(NET_OFF_SUFFIX) in light
-              else "tab:gray" for n in order]
+    colors = [
+      "tab:blue"
+      if n in optax_lr_names
+      else "lightsteelblue"
+      if n.removesuffix(NET_OFF_SUFFIX) in light
+      else "tab:gray"
+      for n in order
+    ]
     ax.barh(order, [ratios[n] for n in order], color=colors)
     ax.axvline(1.0, color="k", lw=0.8)
     ax.set_xscale("log")
@@ -387,10 +441,12 @@ def plot(report, path):
     ax.set_title(report["models"][name]["description"], fontsize=10)
     for y, n in enumerate(order):
       ax.text(ratios[n], y, f" {ratios[n]:.2f}", va="center", fontsize=8)
-  fig.suptitle(f"per-step cost, {report['machine']['backend']} "
-               f"({report['machine']['cpu']}); blue: optax_lr (light: safety net off, "
-               "or a part's variant), "
-               "gray: optax")
+  fig.suptitle(
+    f"per-step cost, {report['machine']['backend']} "
+    f"({report['machine']['cpu']}); blue: optax_lr (light: safety net off, "
+    "or a part's variant), "
+    "gray: optax"
+  )
   _report.save_figure(fig, path)
   plt.close(fig)
 
@@ -398,17 +454,29 @@ def plot(report, path):
 def main(argv=None) -> dict:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--quick", action="store_true", help="tiny models, few rounds")
-  parser.add_argument("--models", nargs="+", default=["mlp", "cnn", "transformer"],
-                      choices=["mlp", "cnn", "transformer"])
-  parser.add_argument("--methods", nargs="+", default=None,
-                      help="candidates to time, by name, or parts by name: "
-                           f"{', '.join(PARTS)} (default: every method, no part)")
+  parser.add_argument(
+    "--models",
+    nargs="+",
+    default=["mlp", "cnn", "transformer"],
+    choices=["mlp", "cnn", "transformer"],
+  )
+  parser.add_argument(
+    "--methods",
+    nargs="+",
+    default=None,
+    help="candidates to time, by name, or parts by name: "
+    f"{', '.join(PARTS)} (default: every method, no part)",
+  )
   parser.add_argument("--rounds", type=int, default=None)
   parser.add_argument("--steps-per-round", type=int, default=None)
   parser.add_argument("--repeats", type=int, default=None)
   for flag in LM_DEFAULT:
-    parser.add_argument(f"--lm-{flag.replace('_', '-')}", type=int, default=None,
-                        help=f"Transformer's {flag} (default {LM_DEFAULT[flag]})")
+    parser.add_argument(
+      f"--lm-{flag.replace('_', '-')}",
+      type=int,
+      default=None,
+      help=f"Transformer's {flag} (default {LM_DEFAULT[flag]})",
+    )
   parser.add_argument("--out", default="results/speed.json")
   parser.add_argument("--png", default="results/speed.png")
   args = parser.parse_args(argv)
@@ -424,15 +492,18 @@ def main(argv=None) -> dict:
 
   start = time.perf_counter()
   report = {
-      "command": " ".join(["python -m benchmarks.speed"]
-                          + (sys.argv[1:] if argv is None else list(argv))),
-      "machine": _report.machine(),
-      "setting": {"repeats": repeats,
-                  "learning_rate": _methods.SPEED_LR,
-                  "steps_per_epoch": _methods.SPEED_STEPS_PER_EPOCH,
-                  "timed_steps": "no checkpoint saves: the safety net's since_save "
-                                 "is set to 0 (a runtime argument) before each step"},
-      "models": {},
+    "command": " ".join(
+      ["python -m benchmarks.speed"] + (sys.argv[1:] if argv is None else list(argv))
+    ),
+    "machine": _report.machine(),
+    "setting": {
+      "repeats": repeats,
+      "learning_rate": _methods.SPEED_LR,
+      "steps_per_epoch": _methods.SPEED_STEPS_PER_EPOCH,
+      "timed_steps": "no checkpoint saves: the safety net's since_save "
+      "is set to 0 (a runtime argument) before each step",
+    },
+    "models": {},
   }
   for model_name in args.models:
     init_params, loss_fn, batch, description = models(args.quick, lm)[model_name]
@@ -441,26 +512,36 @@ def main(argv=None) -> dict:
     names = [c.name for c in cands]
     rounds = args.rounds or default_rounds[model_name][0]
     steps = args.steps_per_round or default_rounds[model_name][1]
-    print(f"\n{description}: {len(cands)} candidates, {repeats} x {rounds} "
-          f"interleaved rounds of {steps} steps")
+    print(
+      f"\n{description}: {len(cands)} candidates, {repeats} x {rounds} "
+      f"interleaved rounds of {steps} steps"
+    )
     runs, final_states = [], []
     for repeat in range(repeats):
       states = {}
-      times = _harness.time_candidates(cands, init_params, loss_fn, batch,
-                                       rounds=rounds, steps_per_round=steps,
-                                       seed=repeat, final_states=states)
+      times = _harness.time_candidates(
+        cands,
+        init_params,
+        loss_fn,
+        batch,
+        rounds=rounds,
+        steps_per_round=steps,
+        seed=repeat,
+        final_states=states,
+      )
       runs.append(times)
       final_states.append(states)
       print(f"  repeat {repeat + 1}/{repeats}: sgd {1e3 * times.get('sgd', np.nan):.3f} ms/step")
     ratio = lambda a, b: float(np.median([r[a] / r[b] for r in runs]))
     entry = {
-        "description": description,
-        "optax_lr_direction": ("AdamW (scale_by_adam + add_decayed_weights)" if adam
-                               else "plain SGD (optax.identity)"),
-        "rounds": rounds,
-        "steps_per_round": steps,
-        "seconds_per_step_runs": runs,
-        "median_seconds_per_step": {n: float(np.median([r[n] for r in runs])) for n in names},
+      "description": description,
+      "optax_lr_direction": (
+        "AdamW (scale_by_adam + add_decayed_weights)" if adam else "plain SGD (optax.identity)"
+      ),
+      "rounds": rounds,
+      "steps_per_round": steps,
+      "seconds_per_step_runs": runs,
+      "median_seconds_per_step": {n: float(np.median([r[n] for r in runs])) for n in names},
     }
     if "sgd" in names:
       entry["median_ratio_to_sgd"] = {n: ratio(n, "sgd") for n in names}
@@ -470,66 +551,99 @@ def main(argv=None) -> dict:
       measured = _measured(method, names)
       if method in names and base in names:
         value = ratio(measured, base)
-        targets.append({"method": method, "measured_as": measured, "baseline": base,
-                        "bound": bound, "ratio": value, "met": value <= bound})
+        targets.append(
+          {
+            "method": method,
+            "measured_as": measured,
+            "baseline": base,
+            "bound": bound,
+            "ratio": value,
+            "met": value <= bound,
+          }
+        )
     entry["targets"] = targets
     entry["information"] = [
-        {"method": method, "baseline": _measured(base, names),
-         "ratio": ratio(method, _measured(base, names))}
-        for method, base in INFORMATION if method in names and base in names]
+      {
+        "method": method,
+        "baseline": _measured(base, names),
+        "ratio": ratio(method, _measured(base, names)),
+      }
+      for method, base in INFORMATION
+      if method in names and base in names
+    ]
     net_targets = []
     for method, check in net_checks(names, final_states).items():
       measured = check["status"] == "measured"
       value = ratio(method, method + NET_OFF_SUFFIX) if measured else None
-      net_targets.append({
-          "method": method, "status": check["status"], "why": check["why"],
-          "rollbacks_while_timed": check["rollbacks"], "bound": NET_BOUND,
+      net_targets.append(
+        {
+          "method": method,
+          "status": check["status"],
+          "why": check["why"],
+          "rollbacks_while_timed": check["rollbacks"],
+          "bound": NET_BOUND,
           "ratio_net_on_to_off": value,
           "met": None if value is None else value <= NET_BOUND,
-      })
+        }
+      )
     entry["safety_net_targets"] = net_targets
     if GPU_CHEAPER_THAN in names:
       entry[f"ratio_to_{GPU_CHEAPER_THAN}"] = {
-          n: ratio(n, GPU_CHEAPER_THAN) for n in names if n not in GPU_EXEMPT}
-      optax_lr_names = [n for n in names if n in {m.name for m in _methods.OPTAX_LR_METHODS}
-                        and n not in GPU_EXEMPT]
+        n: ratio(n, GPU_CHEAPER_THAN) for n in names if n not in GPU_EXEMPT
+      }
+      optax_lr_names = [
+        n for n in names if n in {m.name for m in _methods.OPTAX_LR_METHODS} and n not in GPU_EXEMPT
+      ]
       entry[f"cheaper_than_{GPU_CHEAPER_THAN}"] = {
-          n: entry[f"ratio_to_{GPU_CHEAPER_THAN}"][n] < 1.0 for n in optax_lr_names}
+        n: entry[f"ratio_to_{GPU_CHEAPER_THAN}"][n] < 1.0 for n in optax_lr_names
+      }
     if adam and ADAM_ANCHOR in names:
       entry[f"ratio_to_{ADAM_ANCHOR}"] = {n: ratio(n, ADAM_ANCHOR) for n in names}
     report["models"][model_name] = entry
 
-    columns = {"sgd": entry.get("median_ratio_to_sgd"),
-               GPU_CHEAPER_THAN: entry.get(f"ratio_to_{GPU_CHEAPER_THAN}"),
-               ADAM_ANCHOR: entry.get(f"ratio_to_{ADAM_ANCHOR}")}
+    columns = {
+      "sgd": entry.get("median_ratio_to_sgd"),
+      GPU_CHEAPER_THAN: entry.get(f"ratio_to_{GPU_CHEAPER_THAN}"),
+      ADAM_ANCHOR: entry.get(f"ratio_to_{ADAM_ANCHOR}"),
+    }
     columns = {a: c for a, c in columns.items() if c is not None}
-    rows = [[n, f"{1e3 * entry['median_seconds_per_step'][n]:.3f}"]
-            + [_report.fmt(c.get(n, np.nan)) for c in columns.values()]
-            for n in names]
+    rows = [
+      [n, f"{1e3 * entry['median_seconds_per_step'][n]:.3f}"]
+      + [_report.fmt(c.get(n, np.nan)) for c in columns.values()]
+      for n in names
+    ]
     print(_report.table(["step", "ms/step"] + [f"/ {a}" for a in columns], rows))
     cheaper = entry.get(f"cheaper_than_{GPU_CHEAPER_THAN}", {})
     if cheaper:
-      print(f"  cheaper per step than {GPU_CHEAPER_THAN} (all but "
-            f"{'/'.join(GPU_EXEMPT)}; the issue's target on GPU, here on "
-            f"{jax.default_backend()}): "
-            + " ".join(f"{n} {'yes' if ok else 'NO'}" for n, ok in cheaper.items()))
+      print(
+        f"  cheaper per step than {GPU_CHEAPER_THAN} (all but "
+        f"{'/'.join(GPU_EXEMPT)}; the issue's target on GPU, here on "
+        f"{jax.default_backend()}): "
+        + " ".join(f"{n} {'yes' if ok else 'NO'}" for n, ok in cheaper.items())
+      )
     for t in targets:
       net = " (net off)" if _net_off(t["measured_as"]) else ""
-      print(f"  target {t['method']}{net} / {t['baseline']} = {t['ratio']:.3f} "
-            f"(<= {t['bound']:.2f}: {'met' if t['met'] else 'MISSED'})")
+      print(
+        f"  target {t['method']}{net} / {t['baseline']} = {t['ratio']:.3f} "
+        f"(<= {t['bound']:.2f}: {'met' if t['met'] else 'MISSED'})"
+      )
     for t in entry["information"]:
       print(f"  information {t['method']} / {t['baseline']} = {t['ratio']:.3f}")
     if net_targets:
-      print(f"  safety net, steps that do not save: net on / net off "
-            f"(<= {NET_BOUND:.2f})")
+      print(f"  safety net, steps that do not save: net on / net off (<= {NET_BOUND:.2f})")
     for t in net_targets:
       if t["status"] != "measured":
         print(f"    {t['method']:<10} n/a ({t['why']})")
         continue
-      rolled = (f"; {t['rollbacks_while_timed']} rollbacks while timed: not a clean step"
-                if t["rollbacks_while_timed"] else "")
-      print(f"    {t['method']:<10} {t['ratio_net_on_to_off']:.3f}  "
-            f"{'PASS' if t['met'] else 'FAIL'}{rolled}")
+      rolled = (
+        f"; {t['rollbacks_while_timed']} rollbacks while timed: not a clean step"
+        if t["rollbacks_while_timed"]
+        else ""
+      )
+      print(
+        f"    {t['method']:<10} {t['ratio_net_on_to_off']:.3f}  "
+        f"{'PASS' if t['met'] else 'FAIL'}{rolled}"
+      )
 
   if any("median_ratio_to_sgd" in m for m in report["models"].values()):
     plot(report, args.png)

@@ -39,21 +39,20 @@ release = optax_lr.__version__
 version = release
 
 extensions = [
-    "sphinx.ext.autodoc",
-    "sphinx.ext.autosummary",
-    "sphinx.ext.napoleon",
-    "sphinx.ext.mathjax",
-    "sphinx.ext.viewcode",
-    "sphinx_design",
-    "myst_nb",
-    "benchmark_tables",
-    "api_checks",
-    "readme_include",
+  "sphinx.ext.autodoc",
+  "sphinx.ext.autosummary",
+  "sphinx.ext.napoleon",
+  "sphinx.ext.mathjax",
+  "sphinx.ext.viewcode",
+  "sphinx_design",
+  "myst_nb",
+  "benchmark_tables",
+  "api_checks",
+  "readme_include",
 ]
 
 source_suffix = {".md": "myst-nb", ".ipynb": "myst-nb"}
-exclude_patterns = ["_build", "Thumbs.db", ".DS_Store", "**.ipynb_checkpoints",
-                    "README.md"]
+exclude_patterns = ["_build", "Thumbs.db", ".DS_Store", "**.ipynb_checkpoints", "README.md"]
 templates_path = []
 
 # ---------------------------------------------------------------- HTML
@@ -61,8 +60,8 @@ templates_path = []
 html_theme = "sphinx_book_theme"
 html_title = f"optax_lr {release}"
 html_theme_options = {
-    "show_toc_level": 2,
-    "navigation_with_keys": False,
+  "show_toc_level": 2,
+  "navigation_with_keys": False,
 }
 html_static_path = []
 
@@ -94,15 +93,21 @@ napoleon_custom_sections = ["Pitfalls"]
 # they are exempt; every optax_lr name must resolve.
 nitpicky = True
 nitpick_ignore_regex = [
-    (r"py:.*", r"(jax|jnp|jaxlib|optax|chex|flax|nnx|np|numpy)(\..*)?"),
-    (r"py:.*", r"(typing|collections\.abc|types)\..*"),
-    (r"py:.*", r"(Any|Callable|Optional|Union|Sequence|Iterable|Iterator|"
-               r"NamedTuple|Mapping)"),
-    (r"py:.*", r"(int|float|bool|str|None|tuple|list|dict|object|type|"
-               r"callable|optional|array|pytree|Array|ArrayTree|Schedule|"
-               r"ScalarOrSchedule|Params|State|Updates)"),
-    (r"py:.*", r"A"),  # "A": the accumulation dtype in the state docs
-    (r"py:.*", r"optional"),
+  (r"py:.*", r"(jax|jnp|jaxlib|optax|chex|flax|nnx|np|numpy)(\..*)?"),
+  (r"py:.*", r"(typing|collections\.abc|types)\..*"),
+  (
+    r"py:.*",
+    r"(Any|Callable|Optional|Union|Sequence|Iterable|Iterator|"
+    r"NamedTuple|Mapping)",
+  ),
+  (
+    r"py:.*",
+    r"(int|float|bool|str|None|tuple|list|dict|object|type|"
+    r"callable|optional|array|pytree|Array|ArrayTree|Schedule|"
+    r"ScalarOrSchedule|Params|State|Updates)",
+  ),
+  (r"py:.*", r"A"),  # "A": the accumulation dtype in the state docs
+  (r"py:.*", r"optional"),
 ]
 
 

@@ -36,18 +36,16 @@ def make_tx(method: str, steps_per_epoch: int) -> optax.GradientTransformation:
   """Each method at settings that train digits well (as examples/nnx_digits.py)."""
   momentum = optax.trace(0.9)
   return {
-      "hypergradient_descent": lambda: optax_lr.hypergradient_descent(
-          0.01, direction=momentum),
-      "rtho": lambda: optax_lr.rtho(0.01, direction=momentum),
-      "marthe": lambda: optax_lr.marthe(0.01, direction=momentum),
-      "newton_lr": lambda: optax_lr.newton_lr(0.01, steps_per_epoch=steps_per_epoch),
-      "aslr": lambda: optax_lr.aslr(0.05, direction=momentum),
-      "aalr": lambda: optax_lr.aalr(0.05, warmup_patience=2, direction=momentum),
+    "hypergradient_descent": lambda: optax_lr.hypergradient_descent(0.01, direction=momentum),
+    "rtho": lambda: optax_lr.rtho(0.01, direction=momentum),
+    "marthe": lambda: optax_lr.marthe(0.01, direction=momentum),
+    "newton_lr": lambda: optax_lr.newton_lr(0.01, steps_per_epoch=steps_per_epoch),
+    "aslr": lambda: optax_lr.aslr(0.05, direction=momentum),
+    "aalr": lambda: optax_lr.aalr(0.05, warmup_patience=2, direction=momentum),
   }[method]()
 
 
 class MLP(linen.Module):
-
   @linen.compact
   def __call__(self, x):
     return linen.Dense(10)(jax.nn.relu(linen.Dense(64)(x)))
@@ -66,15 +64,16 @@ def digits(batch_size: int, seed: int = 0):
   return (jnp.asarray(x_train), jnp.asarray(y_train)), (jnp.asarray(x_val), jnp.asarray(y_val))
 
 
-def train(method: str = "aalr", epochs: int = 10, batch_size: int = 100,
-          seed: int = 0, verbose: bool = True) -> dict:
+def train(
+  method: str = "aalr", epochs: int = 10, batch_size: int = 100, seed: int = 0, verbose: bool = True
+) -> dict:
   (x_train, y_train), (x_val, y_val) = digits(batch_size, seed)
   steps_per_epoch = x_train.shape[0]
   model = MLP()
   state = train_state.TrainState.create(
-      apply_fn=model.apply,
-      params=model.init(jax.random.PRNGKey(seed), x_train[0])["params"],
-      tx=make_tx(method, steps_per_epoch),
+    apply_fn=model.apply,
+    params=model.init(jax.random.PRNGKey(seed), x_train[0])["params"],
+    tx=make_tx(method, steps_per_epoch),
   )
 
   def loss_of(params, apply_fn, x, y):
@@ -85,10 +84,11 @@ def train(method: str = "aalr", epochs: int = 10, batch_size: int = 100,
   def train_step(state, x, y):
     loss, grads = jax.value_and_grad(loss_of)(state.params, state.apply_fn, x, y)
     state = optax_lr.apply_gradients(
-        state, grads,
-        value=loss,  # the training loss (windowed epoch-level methods)
-        loss_fn=lambda params: loss_of(params, state.apply_fn, x, y),  # RTHO/MARTHE
-        val_grads=jax.grad(loss_of)(state.params, state.apply_fn, x_val, y_val),
+      state,
+      grads,
+      value=loss,  # the training loss (windowed epoch-level methods)
+      loss_fn=lambda params: loss_of(params, state.apply_fn, x, y),  # RTHO/MARTHE
+      val_grads=jax.grad(loss_of)(state.params, state.apply_fn, x_val, y_val),
     )  # extra args a method does not use are ignored (and compiled away)
     return state, loss, optax_lr.current_lr(state.opt_state)
 
@@ -111,15 +111,18 @@ def train(method: str = "aalr", epochs: int = 10, batch_size: int = 100,
     history["val_loss"].append(float(val_loss))
     history["val_acc"].append(float(val_acc))
     if verbose:
-      print(f"epoch {epoch + 1:3d}  lr {history['lr'][-1]:.4g}  train loss "
-            f"{np.mean(history['loss'][-steps_per_epoch:]):.4f}  val loss "
-            f"{float(val_loss):.4f}  val acc {float(val_acc):.3f}")
+      print(
+        f"epoch {epoch + 1:3d}  lr {history['lr'][-1]:.4g}  train loss "
+        f"{np.mean(history['loss'][-steps_per_epoch:]):.4f}  val loss "
+        f"{float(val_loss):.4f}  val acc {float(val_acc):.3f}"
+      )
 
   # Checkpointing: the learning-rate method's whole state (rate, windows,
   # AALR's checkpoint, ASLR's PRNG key) lives in state.opt_state.
   restored = serialization.from_bytes(state, serialization.to_bytes(state))
   assert float(optax_lr.current_lr(restored.opt_state)) == float(
-      optax_lr.current_lr(state.opt_state))
+    optax_lr.current_lr(state.opt_state)
+  )
   return history
 
 

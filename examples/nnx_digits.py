@@ -54,7 +54,6 @@ def make_tx(method: str, steps_per_epoch: int) -> optax.GradientTransformation:
 
 
 class MLP(nnx.Module):
-
   def __init__(self, rngs: nnx.Rngs):
     self.hidden = nnx.Linear(64, 64, rngs=rngs)
     self.out = nnx.Linear(64, 10, rngs=rngs)
@@ -82,8 +81,13 @@ def digits(batch_size: int, seed: int = 0):
   return (jnp.asarray(x_train), jnp.asarray(y_train)), (jnp.asarray(x_val), jnp.asarray(y_val))
 
 
-def train(method: str = "marthe", epochs: int = 10, batch_size: int = 100,
-          seed: int = 0, verbose: bool = True) -> dict:
+def train(
+  method: str = "marthe",
+  epochs: int = 10,
+  batch_size: int = 100,
+  seed: int = 0,
+  verbose: bool = True,
+) -> dict:
   """Trains and returns the per-step rates and losses and per-epoch val losses."""
   (x_train, y_train), (x_val, y_val) = digits(batch_size, seed)
   steps_per_epoch = x_train.shape[0]
@@ -98,8 +102,7 @@ def train(method: str = "marthe", epochs: int = 10, batch_size: int = 100,
       # tx.update sees the params as an nnx.State of arrays: rebuild the model
       # from them so that the loss is a function of the params.
       graphdef, _, rest = nnx.split(model, nnx.Param, ...)
-      extra["loss_fn"] = lambda params: cross_entropy(
-          nnx.merge(graphdef, params, rest), x, y)
+      extra["loss_fn"] = lambda params: cross_entropy(nnx.merge(graphdef, params, rest), x, y)
     if method in ("hypergradient_descent", "rtho", "marthe"):
       # The hypergradient's objective E: the validation loss.
       extra["val_grads"] = nnx.grad(cross_entropy)(model, x_val, y_val)
@@ -130,9 +133,11 @@ def train(method: str = "marthe", epochs: int = 10, batch_size: int = 100,
     history["val_loss"].append(float(val_loss))
     history["val_acc"].append(float(val_acc))
     if verbose:
-      print(f"epoch {epoch + 1:3d}  lr {history['lr'][-1]:.4g}  train loss "
-            f"{np.mean(history['loss'][-steps_per_epoch:]):.4f}  val loss "
-            f"{float(val_loss):.4f}  val acc {float(val_acc):.3f}")
+      print(
+        f"epoch {epoch + 1:3d}  lr {history['lr'][-1]:.4g}  train loss "
+        f"{np.mean(history['loss'][-steps_per_epoch:]):.4f}  val loss "
+        f"{float(val_loss):.4f}  val acc {float(val_acc):.3f}"
+      )
   # Checkpointing: the learning-rate method's whole state (rate, windows,
   # AALR's checkpoint, ASLR's PRNG key) lives in optimizer.opt_state. Save the
   # model and the optimizer together as a pure dict of arrays ...
@@ -144,7 +149,8 @@ def train(method: str = "marthe", epochs: int = 10, batch_size: int = 100,
   nnx.replace_by_pure_dict(restored, serialization.msgpack_restore(blob))
   nnx.update((model2, optimizer2), restored)
   assert float(optax_lr.current_lr(optimizer2.opt_state)) == float(
-      optax_lr.current_lr(optimizer.opt_state))
+    optax_lr.current_lr(optimizer.opt_state)
+  )
   return history
 
 

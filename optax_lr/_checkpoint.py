@@ -57,26 +57,26 @@ import jax
 import jax.numpy as jnp
 
 __all__ = [
-    "BACKOFF",
-    "DIVERGENCE_FACTOR",
-    "GRADIENT_GROWTH",
-    "RATE_BAND",
-    "SAVE_EVERY",
-    "Checkpoint",
-    "SafetyNetState",
-    "backoff_rate",
-    "band",
-    "clip_to_band",
-    "checkpoint_init",
-    "fresh_copy",
-    "net_decide",
-    "net_epoch_end",
-    "net_init",
-    "net_update",
-    "net_rollback",
-    "restore_if",
-    "save_if",
-    "step_or_rollback",
+  "BACKOFF",
+  "DIVERGENCE_FACTOR",
+  "GRADIENT_GROWTH",
+  "RATE_BAND",
+  "SAVE_EVERY",
+  "Checkpoint",
+  "SafetyNetState",
+  "backoff_rate",
+  "band",
+  "clip_to_band",
+  "checkpoint_init",
+  "fresh_copy",
+  "net_decide",
+  "net_epoch_end",
+  "net_init",
+  "net_update",
+  "net_rollback",
+  "restore_if",
+  "save_if",
+  "step_or_rollback",
 ]
 
 # Each further divergence from the same checkpoint divides the rate saved
@@ -121,16 +121,22 @@ def fresh_copy(tree: Any) -> Any:
 def checkpoint_init(params: Any, direction_state: Any, rate: Any) -> Checkpoint:
   """A checkpoint of the initial params and direction state, cost unknown."""
   return Checkpoint(
-      params=fresh_copy(params),
-      direction_state=fresh_copy(direction_state),
-      cost=jnp.full([], jnp.inf, _rate_dtype(rate)),
-      rate=fresh_copy(rate),
+    params=fresh_copy(params),
+    direction_state=fresh_copy(direction_state),
+    cost=jnp.full([], jnp.inf, _rate_dtype(rate)),
+    rate=fresh_copy(rate),
   )
 
 
-def save_if(save: jax.Array, checkpoint: Checkpoint, params: Any,
-            direction_state: Any, rate: jax.Array, cost: jax.Array,
-            grads: Any) -> tuple[Checkpoint, Any]:
+def save_if(
+  save: jax.Array,
+  checkpoint: Checkpoint,
+  params: Any,
+  direction_state: Any,
+  rate: jax.Array,
+  cost: jax.Array,
+  grads: Any,
+) -> tuple[Checkpoint, Any]:
   """Saves ``params`` and ``direction_state`` when ``save``; returns ``grads`` tied to it.
 
   The identity branch passes the checkpoint through untouched (no copy). Each
@@ -141,26 +147,25 @@ def save_if(save: jax.Array, checkpoint: Checkpoint, params: Any,
   leaf's step can still fuse with its gradient as soon as that is computed.
   """
   saved_params, saved_direction, token = jax.lax.cond(
-      save,
-      lambda: (fresh_copy(params), fresh_copy(direction_state), jnp.int32(1)),
-      lambda: (checkpoint.params, checkpoint.direction_state, jnp.int32(0)),
+    save,
+    lambda: (fresh_copy(params), fresh_copy(direction_state), jnp.int32(1)),
+    lambda: (checkpoint.params, checkpoint.direction_state, jnp.int32(0)),
   )
   checkpoint = Checkpoint(
-      params=saved_params,
-      direction_state=saved_direction,
-      cost=jnp.where(save, cost.astype(checkpoint.cost.dtype), checkpoint.cost),
-      rate=jax.tree_util.tree_map(
-          lambda new, old: jnp.where(save, new.astype(old.dtype), old),
-          rate, checkpoint.rate),
+    params=saved_params,
+    direction_state=saved_direction,
+    cost=jnp.where(save, cost.astype(checkpoint.cost.dtype), checkpoint.cost),
+    rate=jax.tree_util.tree_map(
+      lambda new, old: jnp.where(save, new.astype(old.dtype), old), rate, checkpoint.rate
+    ),
   )
-  grads = jax.tree_util.tree_map(
-      lambda g: jax.lax.optimization_barrier((g, token))[0], grads
-  )
+  grads = jax.tree_util.tree_map(lambda g: jax.lax.optimization_barrier((g, token))[0], grads)
   return checkpoint, grads
 
 
-def step_or_rollback(rollback: jax.Array, directions: Any, scales: Any,
-                     checkpoint_params: Any, params: Any, like: Any) -> Any:
+def step_or_rollback(
+  rollback: jax.Array, directions: Any, scales: Any, checkpoint_params: Any, params: Any, like: Any
+) -> Any:
   """Per leaf: ``scale * u`` normally, ``checkpoint - params`` on a rollback.
 
   ``scales`` is one scalar (``-η``) or a tree of scalars like ``directions``
@@ -180,17 +185,15 @@ def step_or_rollback(rollback: jax.Array, directions: Any, scales: Any,
     step = (scale * u.astype(scale.dtype)).astype(jnp.result_type(g))
     return jnp.where(rollback, (saved - p).astype(step.dtype), step)
 
-  return jax.tree_util.tree_map(leaf, directions, scales, checkpoint_params,
-                                params, like)
+  return jax.tree_util.tree_map(leaf, directions, scales, checkpoint_params, params, like)
 
 
 def restore_if(rollback: jax.Array, direction_state: Any, saved: Any) -> Any:
   """``saved`` (a fresh copy) when ``rollback``, else ``direction_state``, leaf by leaf."""
   return jax.tree_util.tree_map(
-      lambda new, old: jax.lax.cond(
-          rollback, lambda: jnp.array(old, copy=True), lambda: new
-      ),
-      direction_state, saved,
+    lambda new, old: jax.lax.cond(rollback, lambda: jnp.array(old, copy=True), lambda: new),
+    direction_state,
+    saved,
   )
 
 
@@ -228,16 +231,16 @@ def net_init(params: Any, direction_state: Any, rate: Any) -> SafetyNetState:
   """A safety net whose first checkpoint is the initial point."""
   dtype = _rate_dtype(rate)
   return SafetyNetState(
-      checkpoint=checkpoint_init(params, direction_state, rate),
-      first_cost=jnp.full([], jnp.inf, dtype),
-      since_save=jnp.zeros([], jnp.int32),
-      pending=jnp.zeros([], jnp.bool_),
-      pending_save=jnp.zeros([], jnp.bool_),
-      rolled_back=jnp.zeros([], jnp.bool_),
-      rollbacks=jnp.zeros([], jnp.int32),
-      initial_rate=fresh_copy(rate),
-      failures=jnp.zeros([], jnp.int32),
-      grad_level=jnp.zeros([], dtype),
+    checkpoint=checkpoint_init(params, direction_state, rate),
+    first_cost=jnp.full([], jnp.inf, dtype),
+    since_save=jnp.zeros([], jnp.int32),
+    pending=jnp.zeros([], jnp.bool_),
+    pending_save=jnp.zeros([], jnp.bool_),
+    rolled_back=jnp.zeros([], jnp.bool_),
+    rollbacks=jnp.zeros([], jnp.int32),
+    initial_rate=fresh_copy(rate),
+    failures=jnp.zeros([], jnp.int32),
+    grad_level=jnp.zeros([], dtype),
   )
 
 
@@ -250,9 +253,13 @@ def _cost(value: Any, dtype) -> Optional[jax.Array]:
   return value.astype(dtype)
 
 
-def net_decide(net: SafetyNetState, value: Any, healthy: jax.Array,
-               epoch_saves: bool = False, grad_sq: Optional[jax.Array] = None
-               ) -> tuple[jax.Array, jax.Array, jax.Array]:
+def net_decide(
+  net: SafetyNetState,
+  value: Any,
+  healthy: jax.Array,
+  epoch_saves: bool = False,
+  grad_sq: Optional[jax.Array] = None,
+) -> tuple[jax.Array, jax.Array, jax.Array]:
   """``(save, rollback, cost)`` for this update call.
 
   Args:
@@ -280,13 +287,11 @@ def net_decide(net: SafetyNetState, value: Any, healthy: jax.Array,
       grad_sq = grad_sq.astype(dtype)
       level = net.grad_level
       # A level of 0: no average yet (or only zero gradients): no bar.
-      good = jnp.isfinite(grad_sq) & (
-          (grad_sq <= GRADIENT_GROWTH * level) | (level == 0))
+      good = jnp.isfinite(grad_sq) & ((grad_sq <= GRADIENT_GROWTH * level) | (level == 0))
   else:
     # The larger of the first loss and the checkpoint's, among the finite ones.
     saved = net.checkpoint.cost
-    ref = jnp.where(jnp.isfinite(saved), jnp.maximum(net.first_cost, saved),
-                    net.first_cost)
+    ref = jnp.where(jnp.isfinite(saved), jnp.maximum(net.first_cost, saved), net.first_cost)
     ref = jnp.where(jnp.isfinite(ref), ref, cost)
     limit = ref + (DIVERGENCE_FACTOR - 1) * jnp.abs(ref)
     diverged = diverged | jnp.logical_not(jnp.isfinite(cost)) | (cost > limit)
@@ -299,10 +304,15 @@ def net_decide(net: SafetyNetState, value: Any, healthy: jax.Array,
   return save, diverged, cost
 
 
-def net_update(net: SafetyNetState, checkpoint: Checkpoint, save: jax.Array,
-               rollback: jax.Array, cost: jax.Array,
-               pending: Optional[jax.Array] = None,
-               grad_sq: Optional[jax.Array] = None) -> SafetyNetState:
+def net_update(
+  net: SafetyNetState,
+  checkpoint: Checkpoint,
+  save: jax.Array,
+  rollback: jax.Array,
+  cost: jax.Array,
+  pending: Optional[jax.Array] = None,
+  grad_sq: Optional[jax.Array] = None,
+) -> SafetyNetState:
   """The net's state after a call that saved ``checkpoint`` or rolled back.
 
   ``pending``: a divergence the method found only after building this call's
@@ -318,44 +328,44 @@ def net_update(net: SafetyNetState, checkpoint: Checkpoint, save: jax.Array,
     # must not raise the bar its own checkpoint is judged by, while a
     # sustained rise (or a fall) is followed within ~SAVE_EVERY calls.
     capped = jnp.minimum(grad_sq, 2 * level)
-    averaged = jnp.where(level > 0, level + (capped - level) / SAVE_EVERY,
-                         grad_sq)
+    averaged = jnp.where(level > 0, level + (capped - level) / SAVE_EVERY, grad_sq)
     use = jnp.isfinite(grad_sq) & jnp.logical_not(rollback)
     level = jnp.where(use, averaged, level)
   first = jnp.where(
-      jnp.isfinite(net.first_cost) | jnp.logical_not(jnp.isfinite(cost)),
-      net.first_cost, cost,
+    jnp.isfinite(net.first_cost) | jnp.logical_not(jnp.isfinite(cost)),
+    net.first_cost,
+    cost,
   )
   # The very first call receives the initial params, which are the initial
   # checkpoint: its loss is that checkpoint's cost. A save then needs a loss
   # no worse than the untrained model's, so a run that a too-high rate
   # damages from its first steps (dead units, saturated outputs: worse, yet
   # not ten times worse) cannot save the damage and roll back to it.
-  first_call = ((net.since_save == 0) & (net.rollbacks == 0)
-                & jnp.logical_not(jnp.isfinite(net.first_cost)))
+  first_call = (
+    (net.since_save == 0) & (net.rollbacks == 0) & jnp.logical_not(jnp.isfinite(net.first_cost))
+  )
   initial_cost = first_call & jnp.isfinite(cost) & jnp.logical_not(save | rollback)
   checkpoint = checkpoint._replace(
-      cost=jnp.where(initial_cost, cost.astype(checkpoint.cost.dtype),
-                     checkpoint.cost))
+    cost=jnp.where(initial_cost, cost.astype(checkpoint.cost.dtype), checkpoint.cost)
+  )
   since = jnp.where(save | rollback, 0, jnp.minimum(net.since_save, SAVE_EVERY) + 1)
   new_failure = rollback & jnp.logical_not(net.rolled_back)
-  failures = jnp.where(
-      save, 0, net.failures + new_failure.astype(jnp.int32)
-  )
+  failures = jnp.where(save, 0, net.failures + new_failure.astype(jnp.int32))
   return SafetyNetState(
-      checkpoint=checkpoint,
-      first_cost=first,
-      since_save=since.astype(jnp.int32),
-      pending=jnp.zeros([], jnp.bool_) if pending is None else pending,
-      pending_save=jnp.zeros([], jnp.bool_),
-      rolled_back=rollback,
-      rollbacks=jnp.where(
-          rollback, jnp.minimum(net.rollbacks, jnp.iinfo(jnp.int32).max - 1) + 1,
-          net.rollbacks,
-      ).astype(jnp.int32),
-      initial_rate=net.initial_rate,
-      failures=jnp.minimum(failures, _MAX_FAILURES).astype(jnp.int32),
-      grad_level=level,
+    checkpoint=checkpoint,
+    first_cost=first,
+    since_save=since.astype(jnp.int32),
+    pending=jnp.zeros([], jnp.bool_) if pending is None else pending,
+    pending_save=jnp.zeros([], jnp.bool_),
+    rolled_back=rollback,
+    rollbacks=jnp.where(
+      rollback,
+      jnp.minimum(net.rollbacks, jnp.iinfo(jnp.int32).max - 1) + 1,
+      net.rollbacks,
+    ).astype(jnp.int32),
+    initial_rate=net.initial_rate,
+    failures=jnp.minimum(failures, _MAX_FAILURES).astype(jnp.int32),
+    grad_level=level,
   )
 
 
@@ -363,8 +373,7 @@ def net_update(net: SafetyNetState, checkpoint: Checkpoint, save: jax.Array,
 _MAX_FAILURES = 40
 
 
-def backoff_rate(rate: Any, net: SafetyNetState,
-                 checkpoint: Checkpoint) -> Any:
+def backoff_rate(rate: Any, net: SafetyNetState, checkpoint: Checkpoint) -> Any:
   """The rate after a rollback: ``min(rate, checkpoint.rate / BACKOFF^k)``.
 
   ``k`` counts the divergences since the checkpoint was saved (before this
@@ -385,8 +394,8 @@ def band(initial_rate: Any) -> tuple[Any, Any]:
   """``(low, high)``: ``initial / RATE_BAND`` and ``initial * RATE_BAND`` (+inf for 0)."""
   low = jax.tree_util.tree_map(lambda r: r / RATE_BAND, initial_rate)
   high = jax.tree_util.tree_map(
-      lambda r: jnp.where(r > 0, r * RATE_BAND, jnp.inf).astype(r.dtype),
-      initial_rate)
+    lambda r: jnp.where(r > 0, r * RATE_BAND, jnp.inf).astype(r.dtype), initial_rate
+  )
   return low, high
 
 
@@ -394,11 +403,11 @@ def clip_to_band(rate: Any, net: SafetyNetState) -> Any:
   """``rate`` (a scalar or a pytree of them) clipped to the net's band."""
   low, high = band(net.initial_rate)
   return jax.tree_util.tree_map(
-      lambda r, lo, hi: jnp.clip(r, lo, hi).astype(r.dtype), rate, low, high)
+    lambda r, lo, hi: jnp.clip(r, lo, hi).astype(r.dtype), rate, low, high
+  )
 
 
-def net_epoch_end(net: SafetyNetState, cost: jax.Array, best: jax.Array
-                  ) -> SafetyNetState:
+def net_epoch_end(net: SafetyNetState, cost: jax.Array, best: jax.Array) -> SafetyNetState:
   """An epoch end of an epoch-level method: decide a save or a rollback.
 
   A non-finite epoch cost, or one above ``10·best`` (``best + 9|best|``),
@@ -408,12 +417,11 @@ def net_epoch_end(net: SafetyNetState, cost: jax.Array, best: jax.Array
   """
   cost = cost.astype(best.dtype)
   limit = best + (DIVERGENCE_FACTOR - 1) * jnp.abs(best)
-  diverged = jnp.logical_not(jnp.isfinite(cost)) | (
-      jnp.isfinite(best) & (cost > limit))
+  diverged = jnp.logical_not(jnp.isfinite(cost)) | (jnp.isfinite(best) & (cost > limit))
   improved = jnp.isfinite(cost) & (cost <= best)
   return net._replace(
-      pending=net.pending | diverged,
-      pending_save=(net.pending_save | improved) & jnp.logical_not(diverged),
+    pending=net.pending | diverged,
+    pending_save=(net.pending_save | improved) & jnp.logical_not(diverged),
   )
 
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 import numbers
 import operator
-from typing import Any, Callable
+from typing import Any, Callable, Literal, overload
 
 import jax
 import jax.numpy as jnp
@@ -32,24 +32,24 @@ import optax
 from optax_lr import _partition
 
 __all__ = [
-    "ArgumentTypeError",
-    "at_least",
-    "boolean",
-    "check_direction",
-    "check_loss_fn",
-    "check_params",
-    "check_tree_like",
-    "concrete",
-    "finite",
-    "in_range",
-    "integer",
-    "is_array",
-    "non_negative",
-    "one_of",
-    "positive",
-    "positive_int",
-    "real",
-    "is_traced",
+  "ArgumentTypeError",
+  "at_least",
+  "boolean",
+  "check_direction",
+  "check_loss_fn",
+  "check_params",
+  "check_tree_like",
+  "concrete",
+  "finite",
+  "in_range",
+  "integer",
+  "is_array",
+  "non_negative",
+  "one_of",
+  "positive",
+  "positive_int",
+  "real",
+  "is_traced",
 ]
 
 
@@ -93,8 +93,12 @@ def is_array(value: Any) -> bool:
   return isinstance(value, (jax.Array, np.ndarray, np.generic))
 
 
-def real(name: str, value: Any, ok: Callable[[float], bool] = math.isfinite,
-         requirement: str = "a finite real number") -> Any:
+def real(
+  name: str,
+  value: Any,
+  ok: Callable[[float], bool] = math.isfinite,
+  requirement: str = "a finite real number",
+) -> Any:
   """Validates a real scalar hyperparameter; returns it ready for ``jnp``.
 
   Args:
@@ -125,7 +129,8 @@ def real(name: str, value: Any, ok: Callable[[float], bool] = math.isfinite,
   dtype = getattr(value, "dtype", None)
   # Not `dtype.kind`: bfloat16's kind is "V".
   real_dtype = dtype is not None and (
-      jnp.issubdtype(dtype, jnp.floating) or jnp.issubdtype(dtype, jnp.integer))
+    jnp.issubdtype(dtype, jnp.floating) or jnp.issubdtype(dtype, jnp.integer)
+  )
   is_number = isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
   if is_traced(value):
     if jnp.shape(value) != () or not real_dtype:
@@ -151,13 +156,19 @@ def non_negative(name: str, value: Any) -> Any:
 
 def at_least(name: str, value: Any, low: float) -> Any:
   """:func:`real`, finite and ``>= low``."""
-  return real(name, value, lambda x: math.isfinite(x) and x >= low,
-              f"finite and >= {low}")
+  return real(name, value, lambda x: math.isfinite(x) and x >= low, f"finite and >= {low}")
 
 
-def in_range(name: str, value: Any, low: float, high: float, *,
-             low_open: bool = False, high_open: bool = False,
-             requirement: str | None = None) -> Any:
+def in_range(
+  name: str,
+  value: Any,
+  low: float,
+  high: float,
+  *,
+  low_open: bool = False,
+  high_open: bool = False,
+  requirement: str | None = None,
+) -> Any:
   """:func:`real`, in ``[low, high]`` (an end excluded where it is open).
 
   ``requirement`` replaces the message's ``"in [low, high]"``. NaN is out.
@@ -171,9 +182,10 @@ def in_range(name: str, value: Any, low: float, high: float, *,
     ...
     ValueError: smoothing must be in [0, 1), got smoothing=1.0.
   """
+
   def ok(x):
-    return ((low < x if low_open else low <= x)
-            and (x < high if high_open else x <= high))
+    return (low < x if low_open else low <= x) and (x < high if high_open else x <= high)
+
   if requirement is None:
     requirement = f"in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
   return real(name, value, ok, requirement)
@@ -186,8 +198,20 @@ def boolean(name: str, value: Any) -> bool:
   return bool(value)
 
 
-def positive_int(name: str, value: Any, *, minimum: int = 1,
-                 allow_none: bool = False) -> int | None:
+# The overloads tell a type checker that only allow_none=True can give None.
+@overload
+def positive_int(
+  name: str, value: Any, *, minimum: int = 1, allow_none: Literal[False] = False
+) -> int: ...
+
+
+@overload
+def positive_int(name: str, value: Any, *, minimum: int = 1, allow_none: bool) -> int | None: ...
+
+
+def positive_int(
+  name: str, value: Any, *, minimum: int = 1, allow_none: bool = False
+) -> int | None:
   """A concrete integer ``>= minimum`` as a Python int (``None`` if allowed).
 
   Takes what ``operator.index`` takes (numpy integers, concrete 0-d integer
@@ -216,8 +240,9 @@ def positive_int(name: str, value: Any, *, minimum: int = 1,
   return index
 
 
-def integer(name: str, value: Any, ok: Callable[[int], bool] = lambda x: True,
-            requirement: str = "an int") -> Any:
+def integer(
+  name: str, value: Any, ok: Callable[[int], bool] = lambda x: True, requirement: str = "an int"
+) -> Any:
   """An integer scalar: a Python int, or a 0-d integer array (traced or not).
 
   Returns a Python int unchanged, an array (traced or not) unchanged; a
@@ -239,8 +264,9 @@ def integer(name: str, value: Any, ok: Callable[[int], bool] = lambda x: True,
   return value
 
 
-def concrete(name: str, value: Any, ok: Callable[[Any], bool] = math.isfinite,
-             requirement: str = "finite") -> int | float:
+def concrete(
+  name: str, value: Any, ok: Callable[[Any], bool] = math.isfinite, requirement: str = "finite"
+) -> int | float:
   """A concrete real scalar as a Python int (integer dtype) or float.
 
   Takes what ``np.asarray`` makes a 0-d int or float array of (bf16 too);
@@ -249,11 +275,13 @@ def concrete(name: str, value: Any, ok: Callable[[Any], bool] = math.isfinite,
   returned number.
   """
   if is_traced(value):
-    raise ArgumentTypeError(
-        f"{name} must be a concrete number, got a traced value {value!r}.")
+    raise ArgumentTypeError(f"{name} must be a concrete number, got a traced value {value!r}.")
   arr = None if isinstance(value, (str, bytes)) else np.asarray(value)
-  if arr is None or arr.ndim != 0 or not (
-      jnp.issubdtype(arr.dtype, jnp.integer) or jnp.issubdtype(arr.dtype, jnp.floating)):
+  if (
+    arr is None
+    or arr.ndim != 0
+    or not (jnp.issubdtype(arr.dtype, jnp.integer) or jnp.issubdtype(arr.dtype, jnp.floating))
+  ):
     raise _type_error(name, value, "a real scalar")
   x = int(arr) if jnp.issubdtype(arr.dtype, jnp.integer) else float(arr)
   if not ok(x):
@@ -266,8 +294,9 @@ def finite(name: str, value: Any) -> Any:
   if is_traced(value):
     return value
   arr = None if isinstance(value, (str, bytes)) else np.asarray(value)
-  if arr is None or not (jnp.issubdtype(arr.dtype, jnp.integer)
-                         or jnp.issubdtype(arr.dtype, jnp.floating)):
+  if arr is None or not (
+    jnp.issubdtype(arr.dtype, jnp.integer) or jnp.issubdtype(arr.dtype, jnp.floating)
+  ):
     raise _type_error(name, value, "a finite real number")
   if not np.all(np.isfinite(arr.astype(np.float64))):
     raise _value_error(name, value, "a finite real number")
@@ -288,8 +317,8 @@ def check_direction(direction: Any) -> None:
   """Raises :class:`ArgumentTypeError` unless ``direction`` is an optax transformation."""
   if not isinstance(direction, optax.GradientTransformation):
     raise ArgumentTypeError(
-        "direction must be an optax.GradientTransformation (for example "
-        f"optax.trace(0.9) or optax.scale_by_adam()), got direction={direction!r}"
+      "direction must be an optax.GradientTransformation (for example "
+      f"optax.trace(0.9) or optax.scale_by_adam()), got direction={direction!r}"
     )
 
 
@@ -315,19 +344,20 @@ def check_tree_like(name: str, tree: Any, reference: Any, what: str) -> None:
     ...
     ValueError: val_grads['w']: expected shape (2, 3) like the gradients, got (3, 2).
   """
-  tree_def = jax.tree_util.tree_structure(tree)
-  reference_def = jax.tree_util.tree_structure(reference)
+  # Any: jaxlib ships no type stub for PyTreeDef (a compiled class), whose
+  # comparison a type checker then cannot see.
+  tree_def: Any = jax.tree_util.tree_structure(tree)
+  reference_def: Any = jax.tree_util.tree_structure(reference)
   if tree_def != reference_def:
     raise ValueError(
-        f"{name}: expected a pytree with the structure of {what}, "
-        f"{reference_def}, got {tree_def}."
+      f"{name}: expected a pytree with the structure of {what}, {reference_def}, got {tree_def}."
     )
   leaves = jax.tree_util.tree_leaves_with_path(tree)
   for (path, leaf), expected in zip(leaves, jax.tree_util.tree_leaves(reference)):
     if jnp.shape(leaf) != jnp.shape(expected):
       raise ValueError(
-          f"{name}{jax.tree_util.keystr(path)}: expected shape "
-          f"{jnp.shape(expected)} like {what}, got {jnp.shape(leaf)}."
+        f"{name}{jax.tree_util.keystr(path)}: expected shape "
+        f"{jnp.shape(expected)} like {what}, got {jnp.shape(leaf)}."
       )
 
 
@@ -335,8 +365,7 @@ def check_loss_fn(loss_fn: Any, params: Any, method: str) -> None:
   """Raises ``ValueError`` unless ``loss_fn(params)`` is a scalar float."""
   if not callable(loss_fn):
     raise ValueError(
-        f"loss_fn: {method} needs a callable params -> scalar loss, got "
-        f"loss_fn={loss_fn!r}."
+      f"loss_fn: {method} needs a callable params -> scalar loss, got loss_fn={loss_fn!r}."
     )
   try:
     out = jax.eval_shape(loss_fn, params)
@@ -347,20 +376,19 @@ def check_loss_fn(loss_fn: Any, params: Any, method: str) -> None:
     # for the params of the other groups, which a loss over the full params
     # cannot read.
     raise ValueError(
-        f"loss_fn: {method} runs inside optax.partition (or optax.masked), "
-        "where it sees only its group of params, and loss_fn failed on them "
-        f"({type(error).__name__}: {error}). Pass loss_fn="
-        "optax_lr.partition_loss(loss_fn, params) with the full params: it "
-        "evaluates the loss with the other groups held at their values."
+      f"loss_fn: {method} runs inside optax.partition (or optax.masked), "
+      "where it sees only its group of params, and loss_fn failed on them "
+      f"({type(error).__name__}: {error}). Pass loss_fn="
+      "optax_lr.partition_loss(loss_fn, params) with the full params: it "
+      "evaluates the loss with the other groups held at their values."
     ) from error
   if not (
-      isinstance(out, jax.ShapeDtypeStruct)
-      and out.shape == ()
-      and jnp.issubdtype(out.dtype, jnp.floating)
+    isinstance(out, jax.ShapeDtypeStruct)
+    and out.shape == ()
+    and jnp.issubdtype(out.dtype, jnp.floating)
   ):
     raise ValueError(
-        f"loss_fn: {method} needs loss_fn(params) to be a scalar float loss, "
-        f"got {out}."
+      f"loss_fn: {method} needs loss_fn(params) to be a scalar float loss, got {out}."
     )
 
 
@@ -376,7 +404,6 @@ def check_params(params: Any, updates: Any, method: str, why: str) -> None:
   # `None` is also the empty params tree: missing only if updates are not.
   if params is None and jax.tree_util.tree_leaves(updates):
     raise ValueError(
-        f"params: {method} needs the params ({why}): call "
-        "update(grads, state, params)."
+      f"params: {method} needs the params ({why}): call update(grads, state, params)."
     )
   check_tree_like("params", params, updates, "the updates")

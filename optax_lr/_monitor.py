@@ -32,23 +32,25 @@ import jax.numpy as jnp
 import optax
 
 __all__ = [
-    "EpochWindow",
-    "apply_updates",
-    "best_params",
-    "current_lr",
-    "maybe_epoch_end",
-    "observe",
-    "register_method",
-    "register_wrapper",
-    "unless_windowed",
-    "window_init",
-    "window_step",
+  "EpochWindow",
+  "apply_updates",
+  "best_params",
+  "current_lr",
+  "maybe_epoch_end",
+  "observe",
+  "register_method",
+  "register_wrapper",
+  "unless_windowed",
+  "window_init",
+  "window_step",
 ]
 
 State = Any
 EpochEndFn = Callable[[State, jax.Array], State]
-RollbackFn = Callable[[State], tuple[jax.Array, Any]]
-BestParamsFn = Callable[[State], tuple[jax.Array, Any]]
+# Both hooks may return None for a state that holds no checkpoint (e.g. one
+# built with safety_net=False).
+RollbackFn = Callable[[State], Optional[tuple[jax.Array, Any]]]
+BestParamsFn = Callable[[State], Optional[tuple[jax.Array, Any]]]
 
 
 class _MethodSpec(NamedTuple):
@@ -68,12 +70,12 @@ _WRAPPERS: dict[type, _WrapperSpec] = {}
 
 
 def register_method(
-    state_type: type,
-    *,
-    learning_rate: Callable[[State], Any] = lambda state: state.learning_rate,
-    epoch_end: Optional[EpochEndFn] = None,
-    rollback: Optional[RollbackFn] = None,
-    best_params: Optional[BestParamsFn] = None,
+  state_type: type,
+  *,
+  learning_rate: Callable[[State], Any] = lambda state: state.learning_rate,
+  epoch_end: Optional[EpochEndFn] = None,
+  rollback: Optional[RollbackFn] = None,
+  best_params: Optional[BestParamsFn] = None,
 ) -> type:
   """Registers a method's state type with the monitor.
 
@@ -103,10 +105,10 @@ def register_method(
 
 
 def register_wrapper(
-    state_type: type,
-    *,
-    inner: Callable[[State], Any],
-    emitted: Callable[[State], jax.Array],
+  state_type: type,
+  *,
+  inner: Callable[[State], Any],
+  emitted: Callable[[State], jax.Array],
 ) -> type:
   """Registers a wrapper whose inner updates only reach the params sometimes.
 
@@ -127,18 +129,18 @@ def register_wrapper(
 # optax.MultiSteps keeps the inner state frozen between emissions; its
 # `mini_step` returns to 0 exactly on the call that emitted the inner update.
 register_wrapper(
-    optax.MultiStepsState,
-    inner=lambda state: state.inner_opt_state,
-    emitted=lambda state: state.mini_step == 0,
+  optax.MultiStepsState,
+  inner=lambda state: state.inner_opt_state,
+  emitted=lambda state: state.mini_step == 0,
 )
 
 
 _OBSERVE_WITH_WINDOW = (
-    "optax_lr.observe: this {method} state was built with steps_per_epoch, so "
-    "its update call ends every epoch itself, from the mean `value` of each "
-    "window; observing a cost too would end every epoch twice. Use one or the "
-    "other: steps_per_epoch=N with update(..., value=loss), or "
-    "steps_per_epoch=None (the default) with optax_lr.observe(state, cost)."
+  "optax_lr.observe: this {method} state was built with steps_per_epoch, so "
+  "its update call ends every epoch itself, from the mean `value` of each "
+  "window; observing a cost too would end every epoch twice. Use one or the "
+  "other: steps_per_epoch=N with update(..., value=loss), or "
+  "steps_per_epoch=None (the default) with optax_lr.observe(state, cost)."
 )
 
 
@@ -166,36 +168,30 @@ def _is_method(node: Any) -> bool:
 
 def _walk(tree: Any, emitted: Any = True) -> Iterator[tuple[Any, Any]]:
   """Yields ``(method_state, emitted)`` in pytree flattening order."""
-  leaves = jax.tree_util.tree_leaves(
-      tree, is_leaf=lambda x: _is_method(x) or type(x) in _WRAPPERS
-  )
+  leaves = jax.tree_util.tree_leaves(tree, is_leaf=lambda x: _is_method(x) or type(x) in _WRAPPERS)
   for leaf in leaves:
     if _is_method(leaf):
       yield leaf, emitted
     elif type(leaf) in _WRAPPERS:
       wrapper = _WRAPPERS[type(leaf)]
-      yield from _walk(
-          wrapper.inner(leaf), jnp.logical_and(emitted, wrapper.emitted(leaf))
-      )
+      yield from _walk(wrapper.inner(leaf), jnp.logical_and(emitted, wrapper.emitted(leaf)))
 
 
 # `optax.inject_hyperparams` builds one state type or the other depending on
 # the optax version and on whether a hyperparameter is itself stateful.
 _INJECT_STATES = tuple(
-    getattr(optax, name)
-    for name in ("InjectHyperparamsState", "InjectStatefulHyperparamsState")
-    if hasattr(optax, name)
+  getattr(optax, name)
+  for name in ("InjectHyperparamsState", "InjectStatefulHyperparamsState")
+  if hasattr(optax, name)
 )
 
 
 def _injected_rates(tree: Any) -> list[Any]:
-  leaves = jax.tree_util.tree_leaves(
-      tree, is_leaf=lambda x: isinstance(x, _INJECT_STATES)
-  )
+  leaves = jax.tree_util.tree_leaves(tree, is_leaf=lambda x: isinstance(x, _INJECT_STATES))
   return [
-      leaf.hyperparams["learning_rate"]
-      for leaf in leaves
-      if isinstance(leaf, _INJECT_STATES) and "learning_rate" in leaf.hyperparams
+    leaf.hyperparams["learning_rate"]
+    for leaf in leaves
+    if isinstance(leaf, _INJECT_STATES) and "learning_rate" in leaf.hyperparams
   ]
 
 
@@ -247,10 +243,10 @@ def current_lr(opt_state: Any) -> Any:
     rates = _injected_rates(opt_state)
   if not rates:
     raise ValueError(
-        "current_lr: no learning rate found in the optimizer state: it holds "
-        "no optax_lr method state and no optax.inject_hyperparams state with "
-        "a 'learning_rate' hyperparameter. Got a state of type "
-        f"{type(opt_state).__name__}."
+      "current_lr: no learning rate found in the optimizer state: it holds "
+      "no optax_lr method state and no optax.inject_hyperparams state with "
+      "a 'learning_rate' hyperparameter. Got a state of type "
+      f"{type(opt_state).__name__}."
     )
   return rates[0] if len(rates) == 1 else tuple(rates)
 
@@ -319,10 +315,10 @@ def _land_on_checkpoint(checkpoint: Any, params: Any) -> Any:
   # Under optax.partition / optax.masked, the method sees `MaskedNode`s in
   # place of the params it does not own: those keep their new values.
   return jax.tree_util.tree_map(
-      lambda saved, new: new if isinstance(saved, optax.MaskedNode) else saved,
-      checkpoint,
-      params,
-      is_leaf=lambda x: isinstance(x, optax.MaskedNode) or x is None,
+    lambda saved, new: new if isinstance(saved, optax.MaskedNode) else saved,
+    checkpoint,
+    params,
+    is_leaf=lambda x: isinstance(x, optax.MaskedNode) or x is None,
   )
 
 
@@ -372,11 +368,11 @@ def apply_updates(params: Any, updates: Any, opt_state: Any) -> Any:
       continue
     rolled_back, checkpoint = found
     new_params = jax.lax.cond(
-        jnp.logical_and(rolled_back, emitted),
-        lambda c, p: _land_on_checkpoint(c, p),
-        lambda c, p: p,
-        checkpoint,
-        new_params,
+      jnp.logical_and(rolled_back, emitted),
+      lambda c, p: _land_on_checkpoint(c, p),
+      lambda c, p: p,
+      checkpoint,
+      new_params,
     )
   return new_params
 
@@ -444,11 +440,11 @@ def best_params(opt_state: Any, params: Any) -> Any:
       continue
     has_best, checkpoint = found
     best = jax.lax.cond(
-        has_best,
-        lambda c, p: _land_on_checkpoint(c, p),
-        lambda c, p: p,
-        checkpoint,
-        best,
+      has_best,
+      lambda c, p: _land_on_checkpoint(c, p),
+      lambda c, p: p,
+      checkpoint,
+      best,
     )
   return best
 
@@ -471,7 +467,7 @@ def window_init(dtype: Any = jnp.float32) -> EpochWindow:
 
 
 def window_step(
-    window: EpochWindow, value: Optional[Any], steps_per_epoch: int
+  window: EpochWindow, value: Optional[Any], steps_per_epoch: int
 ) -> tuple[EpochWindow, jax.Array, jax.Array]:
   """Adds one training loss to the window and says whether the epoch ended.
 
@@ -494,8 +490,8 @@ def window_step(
   """
   if value is None:
     raise ValueError(
-        "value: an epoch-level method with steps_per_epoch set needs the "
-        "training loss of each batch: call update(..., value=loss)."
+      "value: an epoch-level method with steps_per_epoch set needs the "
+      "training loss of each batch: call update(..., value=loss)."
     )
   value = jnp.asarray(value)
   if value.shape != ():
@@ -506,14 +502,14 @@ def window_step(
   mean_cost = total / steps.astype(total.dtype)
   emptied = window_init(total.dtype)
   new_window = EpochWindow(
-      total=jnp.where(is_end, emptied.total, total),
-      steps=jnp.where(is_end, emptied.steps, steps),
+    total=jnp.where(is_end, emptied.total, total),
+    steps=jnp.where(is_end, emptied.steps, steps),
   )
   return new_window, is_end, mean_cost
 
 
 def maybe_epoch_end(
-    state: State, is_end: jax.Array, cost: jax.Array, epoch_end: EpochEndFn
+  state: State, is_end: jax.Array, cost: jax.Array, epoch_end: EpochEndFn
 ) -> State:
   """``epoch_end(state, cost)`` when ``is_end``, else ``state``, via ``lax.cond``."""
   return jax.lax.cond(is_end, epoch_end, lambda s, c: s, state, cost)

@@ -55,7 +55,7 @@ def mask_like(tree: Any, masked: Any) -> Any:
     return tree
   try:
     return jax.tree_util.tree_map(
-        lambda m, x: m if _is_masked(m) else x, masked, tree, is_leaf=_is_masked
+      lambda m, x: m if _is_masked(m) else x, masked, tree, is_leaf=_is_masked
     )
   except ValueError:  # another structure altogether: let the caller report it
     return tree
@@ -73,12 +73,13 @@ class PartitionLoss:
   def __init__(self, loss_fn: Callable[[Any], Any], params: Any):
     if not callable(loss_fn):
       raise ValueError(
-          f"loss_fn: partition_loss needs a callable params -> scalar loss, "
-          f"got loss_fn={loss_fn!r}.")
+        f"loss_fn: partition_loss needs a callable params -> scalar loss, got loss_fn={loss_fn!r}."
+      )
     if has_masked_nodes(params):
       raise ValueError(
-          "params: partition_loss needs the full params (the ones the train "
-          "step holds), got params with optax.MaskedNode placeholders.")
+        "params: partition_loss needs the full params (the ones the train "
+        "step holds), got params with optax.MaskedNode placeholders."
+      )
     self.loss_fn = loss_fn
     self.params = params
 
@@ -86,8 +87,10 @@ class PartitionLoss:
     if not has_masked_nodes(params):
       return self.loss_fn(params)
     full = jax.tree_util.tree_map(
-        lambda part, whole: whole if _is_masked(part) else part,
-        params, self.params, is_leaf=_is_masked,
+      lambda part, whole: whole if _is_masked(part) else part,
+      params,
+      self.params,
+      is_leaf=_is_masked,
     )
     return self.loss_fn(full)
 

@@ -59,8 +59,8 @@ class MethodCase:
   epoch_level: bool = False
   parabola_lr: float = 0.1
   rosenbrock_lr: float = 1e-3
-  make: Optional[Callable[[float], optax.GradientTransformationExtraArgs]] = (
-      dataclasses.field(default=None, compare=False, repr=False)
+  make: Optional[Callable[[float], optax.GradientTransformationExtraArgs]] = dataclasses.field(
+    default=None, compare=False, repr=False
   )
 
   def __post_init__(self):
@@ -77,7 +77,8 @@ class MethodCase:
     # `make` is always derived, so `dataclasses.replace(case, kwargs=...)`
     # does not keep the old entry's `make`.
     assert self.make is None or getattr(self.make, "_derived", False), (
-        f"{self.name}: give factory and kwargs, not make")
+      f"{self.name}: give factory and kwargs, not make"
+    )
     factory, kwargs = self.factory, dict(self.kwargs)
 
     def make(learning_rate):
@@ -89,7 +90,7 @@ class MethodCase:
   def injected(self, learning_rate):
     """The method under ``optax.inject_hyperparams``, with ``static_args``."""
     return optax.inject_hyperparams(self.factory, static_args=self.static_args)(
-        learning_rate=learning_rate, **self.kwargs
+      learning_rate=learning_rate, **self.kwargs
     )
 
   @property
@@ -100,9 +101,9 @@ class MethodCase:
   def extra_args(self, loss_fn, params):
     """The keyword arguments this method's update is given at ``params``."""
     available = {
-        "value": lambda: loss_fn(params),
-        "loss_fn": lambda: loss_fn,
-        "val_grads": lambda: jax.grad(loss_fn)(params),
+      "value": lambda: loss_fn(params),
+      "loss_fn": lambda: loss_fn,
+      "val_grads": lambda: jax.grad(loss_fn)(params),
     }
     return {name: available[name]() for name in self.given}
 
@@ -110,7 +111,7 @@ class MethodCase:
 def plain_sgd(learning_rate):
   """``optax.sgd`` under ``inject_hyperparams``, so ``current_lr`` reads it."""
   return optax.with_extra_args_support(
-      optax.inject_hyperparams(optax.sgd)(learning_rate=learning_rate)
+    optax.inject_hyperparams(optax.sgd)(learning_rate=learning_rate)
   )
 
 
@@ -142,86 +143,85 @@ ASLR_STATIC = ("steps_per_epoch", "seed")
 AALR_STATIC = ("steps_per_epoch", "warmup_patience")
 
 METHODS = [
-    # A plain optax optimizer: the anchor every method must behave like.
-    MethodCase("optax_sgd", plain_sgd),
-    # newton_lr gets `value`, as the README asks, so its safety net sees a
-    # blow-up before NaN. Windows of 10 calls: short, so the contract's short
-    # runs cross many window ends, yet long enough for the Newton estimate on
-    # Rosenbrock (with 4-5 calls it overshoots again and again, and the
-    # backoffs pin the rate at its band floor, where r >= s keeps it).
-    MethodCase("newton_lr_sgd", optax_lr.newton_lr, dict(update_every=10),
-               NEWTON_STATIC, passes=("value",)),
-    MethodCase(
-        "newton_lr_adam",
-        optax_lr.newton_lr,
-        dict(update_every=25, direction=standard_promotion(optax.scale_by_adam())),
-        NEWTON_STATIC,
-        passes=("value",),
-    ),
-    MethodCase(
-        "newton_lr_per_leaf",
-        optax_lr.newton_lr,
-        dict(steps_per_epoch=30, per_leaf=True),
-        NEWTON_STATIC,
-        passes=("value",),
-    ),
-    MethodCase("aslr", optax_lr.aslr, dict(seed=3), ASLR_STATIC, epoch_level=True),
-    # With steps_per_epoch the update call ends the epochs itself, from the
-    # window's mean `value`; `optax_lr.observe` refuses such a state.
-    MethodCase(
-        "aslr_window",
-        optax_lr.aslr,
-        dict(steps_per_epoch=5),
-        ASLR_STATIC,
-        needs=("value",),
-    ),
-    MethodCase("aalr", optax_lr.aalr, {}, AALR_STATIC, epoch_level=True),
-    # With steps_per_epoch the update call ends the epochs itself, from the
-    # window's mean `value`; `optax_lr.observe` refuses such a state.
-    MethodCase(
-        "aalr_window",
-        optax_lr.aalr,
-        dict(warmup_patience=3, steps_per_epoch=4),
-        AALR_STATIC,
-        needs=("value",),
-    ),
-    MethodCase(
-        "aalr_momentum",
-        optax_lr.aalr,
-        dict(direction=optax.trace(0.9)),
-        AALR_STATIC,
-        epoch_level=True,
-        parabola_lr=0.05,
-    ),
-    # Hypergradient engine. beta and kappa are small: Rosenbrock's gradients
-    # are ~200, so <g_t, u_{t-1}> ~ 1e4 and h_t h_{t-1} up to ~1e12 there.
-    MethodCase(
-        "hypergradient_descent", optax_lr.hypergradient_descent, dict(hyper_lr=1e-7)
-    ),
-    MethodCase(
-        "hypergradient_descent_multiplicative",
-        optax_lr.hypergradient_descent,
-        dict(hyper_lr=1e-3, multiplicative=True),
-    ),
-    MethodCase("rtho", optax_lr.rtho, dict(hyper_lr=1e-8), needs=("loss_fn",)),
-    MethodCase(
-        "marthe_fixed_mu",
-        optax_lr.marthe,
-        dict(hyper_lr=1e-8, hyper_lr_step=0.0, mu=0.9),
-        needs=("loss_fn",),
-    ),
-    MethodCase(
-        "marthe_adaptive",
-        optax_lr.marthe,
-        dict(hyper_lr_step=1e-14),
-        needs=("loss_fn",),
-    ),
-    MethodCase(
-        "marthe_adam",
-        optax_lr.marthe,
-        dict(hyper_lr_step=1e-9, direction=standard_promotion(optax.scale_by_adam())),
-        needs=("loss_fn",),
-        parabola_lr=0.05,
-        rosenbrock_lr=0.02,
-    ),
+  # A plain optax optimizer: the anchor every method must behave like.
+  MethodCase("optax_sgd", plain_sgd),
+  # newton_lr gets `value`, as the README asks, so its safety net sees a
+  # blow-up before NaN. Windows of 10 calls: short, so the contract's short
+  # runs cross many window ends, yet long enough for the Newton estimate on
+  # Rosenbrock (with 4-5 calls it overshoots again and again, and the
+  # backoffs pin the rate at its band floor, where r >= s keeps it).
+  MethodCase(
+    "newton_lr_sgd", optax_lr.newton_lr, dict(update_every=10), NEWTON_STATIC, passes=("value",)
+  ),
+  MethodCase(
+    "newton_lr_adam",
+    optax_lr.newton_lr,
+    dict(update_every=25, direction=standard_promotion(optax.scale_by_adam())),
+    NEWTON_STATIC,
+    passes=("value",),
+  ),
+  MethodCase(
+    "newton_lr_per_leaf",
+    optax_lr.newton_lr,
+    dict(steps_per_epoch=30, per_leaf=True),
+    NEWTON_STATIC,
+    passes=("value",),
+  ),
+  MethodCase("aslr", optax_lr.aslr, dict(seed=3), ASLR_STATIC, epoch_level=True),
+  # With steps_per_epoch the update call ends the epochs itself, from the
+  # window's mean `value`; `optax_lr.observe` refuses such a state.
+  MethodCase(
+    "aslr_window",
+    optax_lr.aslr,
+    dict(steps_per_epoch=5),
+    ASLR_STATIC,
+    needs=("value",),
+  ),
+  MethodCase("aalr", optax_lr.aalr, {}, AALR_STATIC, epoch_level=True),
+  # With steps_per_epoch the update call ends the epochs itself, from the
+  # window's mean `value`; `optax_lr.observe` refuses such a state.
+  MethodCase(
+    "aalr_window",
+    optax_lr.aalr,
+    dict(warmup_patience=3, steps_per_epoch=4),
+    AALR_STATIC,
+    needs=("value",),
+  ),
+  MethodCase(
+    "aalr_momentum",
+    optax_lr.aalr,
+    dict(direction=optax.trace(0.9)),
+    AALR_STATIC,
+    epoch_level=True,
+    parabola_lr=0.05,
+  ),
+  # Hypergradient engine. beta and kappa are small: Rosenbrock's gradients
+  # are ~200, so <g_t, u_{t-1}> ~ 1e4 and h_t h_{t-1} up to ~1e12 there.
+  MethodCase("hypergradient_descent", optax_lr.hypergradient_descent, dict(hyper_lr=1e-7)),
+  MethodCase(
+    "hypergradient_descent_multiplicative",
+    optax_lr.hypergradient_descent,
+    dict(hyper_lr=1e-3, multiplicative=True),
+  ),
+  MethodCase("rtho", optax_lr.rtho, dict(hyper_lr=1e-8), needs=("loss_fn",)),
+  MethodCase(
+    "marthe_fixed_mu",
+    optax_lr.marthe,
+    dict(hyper_lr=1e-8, hyper_lr_step=0.0, mu=0.9),
+    needs=("loss_fn",),
+  ),
+  MethodCase(
+    "marthe_adaptive",
+    optax_lr.marthe,
+    dict(hyper_lr_step=1e-14),
+    needs=("loss_fn",),
+  ),
+  MethodCase(
+    "marthe_adam",
+    optax_lr.marthe,
+    dict(hyper_lr_step=1e-9, direction=standard_promotion(optax.scale_by_adam())),
+    needs=("loss_fn",),
+    parabola_lr=0.05,
+    rosenbrock_lr=0.02,
+  ),
 ]

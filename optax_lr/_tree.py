@@ -51,14 +51,14 @@ import jax.numpy as jnp
 import optax
 
 __all__ = [
-    "accumulation_dtype",
-    "tree_cosine",
-    "tree_cosine_and_finite",
-    "tree_gram",
-    "tree_max_abs",
-    "tree_norm",
-    "tree_sum_squares",
-    "tree_vdot",
+  "accumulation_dtype",
+  "tree_cosine",
+  "tree_cosine_and_finite",
+  "tree_gram",
+  "tree_max_abs",
+  "tree_norm",
+  "tree_sum_squares",
+  "tree_vdot",
 ]
 
 
@@ -87,8 +87,8 @@ def accumulation_dtype(*trees: Any) -> jnp.dtype:
     # Compared by width, not with `jnp.promote_types`: bf16 and f16 have no
     # common type under strict promotion, yet both accumulate in f32.
     if (
-        jnp.issubdtype(leaf_dtype, jnp.floating)
-        and jnp.finfo(leaf_dtype).bits > jnp.finfo(dtype).bits
+      jnp.issubdtype(leaf_dtype, jnp.floating)
+      and jnp.finfo(leaf_dtype).bits > jnp.finfo(dtype).bits
     ):
       dtype = jnp.dtype(leaf_dtype)
   return dtype
@@ -140,8 +140,6 @@ def tree_sum_squares(tree: Any) -> jax.Array:
   return tree_vdot(tree, tree)
 
 
-
-
 # ------------------------------------------------------- range-safe reductions
 
 
@@ -155,7 +153,7 @@ def _vdot(x: Any, y: Any, dtype: jnp.dtype) -> jax.Array:
   return jnp.asarray(optax.tree.vdot(x, y), dtype=dtype)
 
 
-def _sums(x: Any, y: Any, dtype: jnp.dtype) -> tuple[jax.Array, ...]:
+def _sums(x: Any, y: Any, dtype: jnp.dtype) -> tuple[jax.Array, jax.Array, jax.Array]:
   """``(<x, y>, |x|², |y|²)`` of two trees already cast to ``dtype``."""
   return _vdot(x, y, dtype), _vdot(x, x, dtype), _vdot(y, y, dtype)
 
@@ -243,8 +241,11 @@ def _rescaled_sums(x: Any, y: Any, dtype: jnp.dtype) -> tuple[jax.Array, ...]:
   The sums are NaN if either tree holds a NaN or an Inf.
   """
   max_x, max_y = _max_abs(x, dtype), _max_abs(y, dtype)
-  sums = _sums(_times_pow2(x, _scale_exponent(max_x, dtype), dtype),
-               _times_pow2(y, _scale_exponent(max_y, dtype), dtype), dtype)
+  sums = _sums(
+    _times_pow2(x, _scale_exponent(max_x, dtype), dtype),
+    _times_pow2(y, _scale_exponent(max_y, dtype), dtype),
+    dtype,
+  )
   finite = jnp.isfinite(max_x) & jnp.isfinite(max_y)
   nan = jnp.full([], jnp.nan, dtype)
   return tuple(jnp.where(finite, s, nan) for s in sums) + (jnp.isfinite(max_y),)
@@ -308,11 +309,11 @@ def tree_cosine(tree_x: Any, tree_y: Any) -> jax.Array:
   with :math:`2^{e_x} = 2^{e_y} = 1` while the three sums neither under- nor
   overflow — one fused pass, the common case — and otherwise (a second pass,
   under ``lax.cond``) :math:`2^{e_x}` the power of two just above
-  :math:`\max_i |x_i|` (kept a normal number), likewise for :math:`y`. Rescaling by a power of two is
-  exact, so the result is correct to a few ulps for trees anywhere in the
-  normal range of the accumulation dtype, each on its own scale (``x`` near
-  ``1e-30`` and ``y`` near ``1e30`` in float32), and is clipped to
-  :math:`[-1, 1]`.
+  :math:`\max_i |x_i|` (kept a normal number), likewise for :math:`y`.
+  Rescaling by a power of two is exact, so the result is correct to a few
+  ulps for trees anywhere in the normal range of the accumulation dtype,
+  each on its own scale (``x`` near ``1e-30`` and ``y`` near ``1e30`` in
+  float32), and is clipped to :math:`[-1, 1]`.
 
   Defined as ``0`` where either tree is all zeros (the first hypergradient
   step, where the previous direction is still all zeros); the gradient
@@ -377,19 +378,26 @@ def tree_cosine_and_finite(tree_x: Any, tree_y: Any) -> tuple[jax.Array, jax.Arr
   # Products are bounded by sqrt(|x|² |y|²), so in-range squared norms keep
   # the inner product in range too; a NaN or an Inf takes the second branch,
   # which tells them from an overflow.
-  fast = (jnp.isfinite(dot) & jnp.isfinite(squares_x) & jnp.isfinite(squares_y)
-          & (squares_x >= floor) & (squares_y >= floor))
+  fast = (
+    jnp.isfinite(dot)
+    & jnp.isfinite(squares_x)
+    & jnp.isfinite(squares_y)
+    & (squares_x >= floor)
+    & (squares_y >= floor)
+  )
   dot, squares_x, squares_y, y_finite = jax.lax.cond(
-      fast, lambda x, y: sums + (jnp.ones([], jnp.bool_),),
-      lambda x, y: _rescaled_sums(x, y, dtype), x, y
+    fast,
+    lambda x, y: sums + (jnp.ones([], jnp.bool_),),
+    lambda x, y: _rescaled_sums(x, y, dtype),
+    x,
+    y,
   )
   zero = (squares_x == 0) | (squares_y == 0)
   # The `where`s keep the untaken branch free of sqrt(0)' = inf and 0/0, so
   # gradients stay finite at zero trees. The norms are multiplied after the
   # square roots: the unscaled |x|² |y|² of the first branch can overflow.
   one = jnp.ones_like(squares_x)
-  norms = (jnp.sqrt(jnp.where(zero, one, squares_x))
-           * jnp.sqrt(jnp.where(zero, one, squares_y)))
+  norms = jnp.sqrt(jnp.where(zero, one, squares_x)) * jnp.sqrt(jnp.where(zero, one, squares_y))
   cosine = jnp.clip(dot / norms, -1, 1)
   return jnp.where(zero, jnp.zeros_like(cosine), cosine), y_finite
 
@@ -435,7 +443,7 @@ def tree_gram(tree_x: Any, tree_y: Any) -> tuple[jax.Array, jax.Array, jax.Array
   dtype = accumulation_dtype(tree_x, tree_y)
   x, y = _cast_tree(tree_x, dtype), _cast_tree(tree_y, dtype)
   if not max(_size(x), _size(y)):
-    return tuple(jnp.zeros([], dtype) for _ in range(3))
+    return jnp.zeros([], dtype), jnp.zeros([], dtype), jnp.zeros([], dtype)
   # NaN and Inf leave k at 0 and propagate through the sums.
   largest = jnp.maximum(_max_abs(x, dtype), _max_abs(y, dtype))
   k = _scale_exponent(largest, dtype)

@@ -49,7 +49,8 @@ _MAX_PATIENCE = 2**30
 class AALRState(NamedTuple):
   """State of :func:`aalr`."""
 
-  count: jax.Array  # [] int32: update calls so far (saturating).
+  # (The ignore: `count` shadows tuple.count, as in optax's own states.)
+  count: jax.Array  # type: ignore[assignment]  # [] int32: update calls so far (saturating).
   learning_rate: jax.Array  # [] float32 (f64 under x64 params): η.
   phase: jax.Array  # [] int32: 1 (initial exploration) or 2 (binary exploration).
   best_cost: jax.Array  # [] float32 (f64 under x64): L*, +inf until a cost is seen.
@@ -99,7 +100,8 @@ def _epoch_end(state: AALRState, cost: jax.Array) -> AALRState:
   # would otherwise train on from a wrecked model until it overflows.
   best = state.best_cost
   blown_up = jnp.isfinite(best) & (
-      cost > best + (_checkpoint.DIVERGENCE_FACTOR - 1) * jnp.abs(best))
+    cost > best + (_checkpoint.DIVERGENCE_FACTOR - 1) * jnp.abs(best)
+  )
   diverged = jnp.logical_not(jnp.isfinite(cost)) | blown_up
   lr = state.learning_rate
   halved = _clamp_rate(lr * jnp.asarray(0.5, dtype))
@@ -111,17 +113,17 @@ def _epoch_end(state: AALRState, cost: jax.Array) -> AALRState:
   good_epochs = jnp.where(bad, 0, state.good_epochs + 1)
   switches = jnp.logical_not(bad) & (good_epochs >= state.warmup_patience)
   p1 = dict(
-      learning_rate=jnp.where(bad, halved, jnp.where(switches, doubled, lr)),
-      phase=jnp.where(switches, 2, 1),
-      # A rollback reloads the initial model and its cost (+inf if none was
-      # seen): the restart must beat where it starts from, not the best
-      # epoch of the attempt it abandons.
-      best_cost=jnp.where(bad, state.checkpoint_cost, cost),
-      good_epochs=good_epochs,
-      patience=jnp.where(switches, 1, state.patience),
-      epochs_to_check=jnp.where(switches, 1, state.epochs_to_check),
-      second_chance=jnp.asarray(False),
-      pending=jnp.where(bad, ROLLBACK, jnp.where(switches, SAVE, NONE)),
+    learning_rate=jnp.where(bad, halved, jnp.where(switches, doubled, lr)),
+    phase=jnp.where(switches, 2, 1),
+    # A rollback reloads the initial model and its cost (+inf if none was
+    # seen): the restart must beat where it starts from, not the best
+    # epoch of the attempt it abandons.
+    best_cost=jnp.where(bad, state.checkpoint_cost, cost),
+    good_epochs=good_epochs,
+    patience=jnp.where(switches, 1, state.patience),
+    epochs_to_check=jnp.where(switches, 1, state.epochs_to_check),
+    second_chance=jnp.asarray(False),
+    pending=jnp.where(bad, ROLLBACK, jnp.where(switches, SAVE, NONE)),
   )
 
   # ---- Phase 2: a check after every `patience` epochs.
@@ -134,17 +136,17 @@ def _epoch_end(state: AALRState, cost: jax.Array) -> AALRState:
   patience = jnp.where(raise_, 1, jnp.where(lower, patience_up, state.patience))
   rolls_back = lower & diverged
   p2 = dict(
-      learning_rate=jnp.where(raise_, doubled, jnp.where(lower, halved, lr)),
-      phase=jnp.asarray(2),
-      # Loading the checkpoint loads its L* too (the paper's lines 21, 37).
-      best_cost=jnp.where(
-          raise_, cost, jnp.where(rolls_back, state.checkpoint_cost, state.best_cost)
-      ),
-      good_epochs=state.good_epochs,
-      patience=patience,
-      epochs_to_check=jnp.where(check, patience, left),
-      second_chance=jnp.where(check, retry, state.second_chance),
-      pending=jnp.where(raise_, SAVE, jnp.where(rolls_back, ROLLBACK, NONE)),
+    learning_rate=jnp.where(raise_, doubled, jnp.where(lower, halved, lr)),
+    phase=jnp.asarray(2),
+    # Loading the checkpoint loads its L* too (the paper's lines 21, 37).
+    best_cost=jnp.where(
+      raise_, cost, jnp.where(rolls_back, state.checkpoint_cost, state.best_cost)
+    ),
+    good_epochs=state.good_epochs,
+    patience=patience,
+    epochs_to_check=jnp.where(check, patience, left),
+    second_chance=jnp.where(check, retry, state.second_chance),
+    pending=jnp.where(raise_, SAVE, jnp.where(rolls_back, ROLLBACK, NONE)),
   )
 
   in_phase_2 = state.phase == 2
@@ -164,11 +166,13 @@ def _epoch_end(state: AALRState, cost: jax.Array) -> AALRState:
   # otherwise the newer decision wins, and "none" keeps an older one.
   decided = new["pending"]
   new["pending"] = jnp.where(
-      (decided == NONE) | (state.pending == ROLLBACK), state.pending, decided
+    (decided == NONE) | (state.pending == ROLLBACK), state.pending, decided
   )
-  return state._replace(**{
-      name: value.astype(getattr(state, name).dtype) for name, value in new.items()
-  })
+  # Any: only array fields are replaced, which the keyword types cannot tell.
+  fields: dict[str, Any] = {
+    name: value.astype(getattr(state, name).dtype) for name, value in new.items()
+  }
+  return state._replace(**fields)
 
 
 def _best_params(state: AALRState) -> tuple[jax.Array, Any]:
@@ -185,10 +189,10 @@ def _best_params(state: AALRState) -> tuple[jax.Array, Any]:
 
 
 _monitor.register_method(
-    AALRState,
-    epoch_end=_monitor.unless_windowed(_epoch_end, "aalr"),
-    rollback=lambda state: (state.rolled_back, state.checkpoint),
-    best_params=_best_params,
+  AALRState,
+  epoch_end=_monitor.unless_windowed(_epoch_end, "aalr"),
+  rollback=lambda state: (state.rolled_back, state.checkpoint),
+  best_params=_best_params,
 )
 
 
@@ -200,10 +204,10 @@ def _check_warmup_patience(value) -> Any:
 def _check_steps_per_epoch(value) -> Optional[int]:
   if _checks.is_array(value):
     raise ValueError(
-        "steps_per_epoch must be None or a positive Python int: it decides "
-        "whether the state has an epoch window. Under "
-        "optax.inject_hyperparams pass static_args=('steps_per_epoch',); got "
-        f"steps_per_epoch={value!r}."
+      "steps_per_epoch must be None or a positive Python int: it decides "
+      "whether the state has an epoch window. Under "
+      "optax.inject_hyperparams pass static_args=('steps_per_epoch',); got "
+      f"steps_per_epoch={value!r}."
     )
   return _checks.positive_int("steps_per_epoch", value, allow_none=True)
 
@@ -222,11 +226,11 @@ def _initial_rate(learning_rate, dtype) -> jax.Array:
 
 
 def aalr(
-    learning_rate: float = 0.1,
-    *,
-    warmup_patience: int = 10,
-    steps_per_epoch: Optional[int] = None,
-    direction: Optional[optax.GradientTransformation] = None,
+  learning_rate: float = 0.1,
+  *,
+  warmup_patience: int = 10,
+  steps_per_epoch: Optional[int] = None,
+  direction: Optional[optax.GradientTransformation] = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""AALR: Algorithm 1's two-phase halving and optimistic doubling of η.
 
@@ -367,29 +371,28 @@ def aalr(
   def init_fn(params):
     dtype = accumulation_dtype(params)
     return AALRState(
-        count=jnp.zeros([], jnp.int32),
-        learning_rate=_initial_rate(initial_rate, dtype),
-        phase=jnp.ones([], jnp.int32),
-        best_cost=jnp.full([], jnp.inf, dtype),
-        checkpoint_cost=jnp.full([], jnp.inf, dtype),
-        good_epochs=jnp.zeros([], jnp.int32),
-        warmup_patience=_patience(warmup_patience),
-        patience=jnp.ones([], jnp.int32),
-        epochs_to_check=jnp.ones([], jnp.int32),
-        second_chance=jnp.zeros([], jnp.bool_),
-        pending=jnp.full([], NONE, jnp.int32),
-        rolled_back=jnp.zeros([], jnp.bool_),
-        # The initial params are phase 1's checkpoint, and their fresh
-        # direction state is what every phase-1 rollback restores.
-        checkpoint=_checkpoint.fresh_copy(params),
-        checkpoint_direction_state=_checkpoint.fresh_copy(direction.init(params)),
-        window=None if steps_per_epoch is None else _monitor.window_init(dtype),
-        direction_state=direction.init(params),
+      count=jnp.zeros([], jnp.int32),
+      learning_rate=_initial_rate(initial_rate, dtype),
+      phase=jnp.ones([], jnp.int32),
+      best_cost=jnp.full([], jnp.inf, dtype),
+      checkpoint_cost=jnp.full([], jnp.inf, dtype),
+      good_epochs=jnp.zeros([], jnp.int32),
+      warmup_patience=_patience(warmup_patience),
+      patience=jnp.ones([], jnp.int32),
+      epochs_to_check=jnp.ones([], jnp.int32),
+      second_chance=jnp.zeros([], jnp.bool_),
+      pending=jnp.full([], NONE, jnp.int32),
+      rolled_back=jnp.zeros([], jnp.bool_),
+      # The initial params are phase 1's checkpoint, and their fresh
+      # direction state is what every phase-1 rollback restores.
+      checkpoint=_checkpoint.fresh_copy(params),
+      checkpoint_direction_state=_checkpoint.fresh_copy(direction.init(params)),
+      window=None if steps_per_epoch is None else _monitor.window_init(dtype),
+      direction_state=direction.init(params),
     )
 
   def update_fn(updates, state, params=None, *, value=None, **extra_args):
-    _checks.check_params(params, updates, "aalr",
-                         "it saves and restores checkpoints of them")
+    _checks.check_params(params, updates, "aalr", "it saves and restores checkpoints of them")
     rollback = state.pending == ROLLBACK
     save = state.pending == SAVE
     extra = extra_args if value is None else {**extra_args, "value": value}
@@ -398,40 +401,48 @@ def aalr(
     # direction state restored. The shared machinery of `_checkpoint`: a
     # save is a lax.cond, a rollback a select fused with the step.
     saved, updates = _checkpoint.save_if(
-        save,
-        _checkpoint.Checkpoint(
-            params=state.checkpoint, direction_state=state.checkpoint_direction_state,
-            cost=state.checkpoint_cost, rate=state.learning_rate,
-        ),
-        params, state.direction_state, state.learning_rate, state.best_cost, updates,
+      save,
+      _checkpoint.Checkpoint(
+        params=state.checkpoint,
+        direction_state=state.checkpoint_direction_state,
+        cost=state.checkpoint_cost,
+        rate=state.learning_rate,
+      ),
+      params,
+      state.direction_state,
+      state.learning_rate,
+      state.best_cost,
+      updates,
     )
     u, stepped = direction.update(updates, state.direction_state, params, **extra)
     new_updates = _checkpoint.step_or_rollback(
-        rollback, u, -state.learning_rate, saved.params, params, updates
+      rollback, u, -state.learning_rate, saved.params, params, updates
     )
     direction_state = _checkpoint.restore_if(rollback, stepped, saved.direction_state)
     checkpoint, checkpoint_direction_state, checkpoint_cost = (
-        saved.params, saved.direction_state, saved.cost
+      saved.params,
+      saved.direction_state,
+      saved.cost,
     )
     state = state._replace(
-        count=optax.safe_increment(state.count),
-        # The epoch end that decided the rollback restored L* already; epoch
-        # ends since then judged params this call discards.
-        best_cost=jnp.where(rollback, checkpoint_cost, state.best_cost),
-        pending=jnp.full([], NONE, jnp.int32),
-        rolled_back=rollback,
-        warmup_patience=_patience(warmup_patience),
-        checkpoint=checkpoint,
-        checkpoint_cost=checkpoint_cost,
-        checkpoint_direction_state=checkpoint_direction_state,
-        direction_state=direction_state,
+      count=optax.safe_increment(state.count),
+      # The epoch end that decided the rollback restored L* already; epoch
+      # ends since then judged params this call discards.
+      best_cost=jnp.where(rollback, checkpoint_cost, state.best_cost),
+      pending=jnp.full([], NONE, jnp.int32),
+      rolled_back=rollback,
+      warmup_patience=_patience(warmup_patience),
+      checkpoint=checkpoint,
+      checkpoint_cost=checkpoint_cost,
+      checkpoint_direction_state=checkpoint_direction_state,
+      direction_state=direction_state,
     )
     if steps_per_epoch is not None:
       window, is_end, cost = _monitor.window_step(state.window, value, steps_per_epoch)
       # A rollback call trains nothing: the loss it was given is that of the
       # discarded params, part of no epoch.
       window = jax.tree_util.tree_map(
-          lambda old, new: jnp.where(rollback, old, new), state.window, window
+        lambda old, new: jnp.where(rollback, old, new), state.window, window
       )
       is_end = is_end & jnp.logical_not(rollback)
       light = state._replace(window=window, **{name: None for name in _TREE_FIELDS})

@@ -33,8 +33,7 @@ __all__ = ["ASLRState", "aslr"]
 # The exponent stays in [_MIN_EXP, _MAX_EXP]: the band (d ± ½)·10^e is then a
 # normal, finite float32 number (float32's normal range is 1.2e-38..3.4e38),
 # and 10^|e| is looked up in a table rather than computed with `pow`.
-_NET_NEEDS_PARAMS = ("for its safety net's checkpoint; or build it with "
-                     "safety_net=False")
+_NET_NEEDS_PARAMS = "for its safety net's checkpoint; or build it with safety_net=False"
 _MIN_EXP = -30
 _MAX_EXP = 30
 
@@ -42,7 +41,8 @@ _MAX_EXP = 30
 class ASLRState(NamedTuple):
   """State of :func:`aslr`."""
 
-  count: jax.Array  # [] int32: update calls so far (saturating).
+  # (The ignore: `count` shadows tuple.count, as in optax's own states.)
+  count: jax.Array  # type: ignore[assignment]  # [] int32: update calls so far (saturating).
   learning_rate: jax.Array  # [] float32 (f64 under x64 params): the centre d·10^e.
   digit: jax.Array  # [] int32 in 1..9: the centre's leading digit d.
   exponent: jax.Array  # [] int32 in [-30, 30]: the centre's exponent e.
@@ -101,8 +101,8 @@ def _walk(digit, exponent, step):
   new_exponent = jnp.where(wraps, exponent + step, exponent)
   inside = (new_exponent >= _MIN_EXP) & (new_exponent <= _MAX_EXP)
   return (
-      jnp.where(inside, new_digit, digit).astype(jnp.int32),
-      jnp.where(inside, new_exponent, exponent).astype(jnp.int32),
+    jnp.where(inside, new_digit, digit).astype(jnp.int32),
+    jnp.where(inside, new_exponent, exponent).astype(jnp.int32),
   )
 
 
@@ -128,23 +128,22 @@ def _epoch_end(state: ASLRState, cost: jax.Array) -> ASLRState:
   digit = jnp.where(improved, state.digit, digit)
   exponent = jnp.where(improved, state.exponent, exponent)
   if state.safety is not None:
-    state = state._replace(
-        safety=_checkpoint.net_epoch_end(state.safety, cost, state.min_cost))
+    state = state._replace(safety=_checkpoint.net_epoch_end(state.safety, cost, state.min_cost))
   return state._replace(
-      learning_rate=_centre(digit, exponent, dtype),
-      digit=digit,
-      exponent=exponent,
-      min_cost=jnp.where(improved, cost, state.min_cost),
-      radius=jnp.where(improved, 0, radius).astype(jnp.int32),
-      walked=jnp.where(improved, state.walked, walked).astype(jnp.int32),
-      search_dir=jnp.where(improved, state.search_dir, search_dir).astype(jnp.int32),
+    learning_rate=_centre(digit, exponent, dtype),
+    digit=digit,
+    exponent=exponent,
+    min_cost=jnp.where(improved, cost, state.min_cost),
+    radius=jnp.where(improved, 0, radius).astype(jnp.int32),
+    walked=jnp.where(improved, state.walked, walked).astype(jnp.int32),
+    search_dir=jnp.where(improved, state.search_dir, search_dir).astype(jnp.int32),
   )
 
 
 _monitor.register_method(
-    ASLRState,
-    epoch_end=_monitor.unless_windowed(_epoch_end, "aslr"),
-    rollback=_checkpoint.net_rollback,
+  ASLRState,
+  epoch_end=_monitor.unless_windowed(_epoch_end, "aslr"),
+  rollback=_checkpoint.net_rollback,
 )
 
 
@@ -164,12 +163,12 @@ def _backed_off(state: ASLRState, net, checkpoint) -> dict:
   digit = jnp.round(_scaled(rate, -exponent))
   digit = jnp.clip(digit, 1, 9).astype(jnp.int32)
   return dict(
-      learning_rate=_centre(digit, exponent, dtype),
-      digit=digit,
-      exponent=exponent,
-      radius=jnp.zeros_like(state.radius),
-      walked=jnp.zeros_like(state.walked),
-      search_dir=jnp.ones_like(state.search_dir),
+    learning_rate=_centre(digit, exponent, dtype),
+    digit=digit,
+    exponent=exponent,
+    radius=jnp.zeros_like(state.radius),
+    walked=jnp.zeros_like(state.walked),
+    search_dir=jnp.ones_like(state.search_dir),
   )
 
 
@@ -197,8 +196,11 @@ def _round_half_up(value: float) -> tuple[int, int]:
   context = decimal.Context(prec=40)
   written = decimal.Decimal(repr(float(value)))
   exponent = written.adjusted()  # floor(log10 value), exactly
-  digit = int(written.scaleb(-exponent, context).quantize(
-      decimal.Decimal(1), rounding=decimal.ROUND_HALF_UP, context=context))
+  digit = int(
+    written.scaleb(-exponent, context).quantize(
+      decimal.Decimal(1), rounding=decimal.ROUND_HALF_UP, context=context
+    )
+  )
   # 9.5·10^e rounds up to 10·10^e, which is 1·10^(e+1).
   return (1, exponent + 1) if digit == 10 else (digit, exponent)
 
@@ -265,8 +267,8 @@ def _check_learning_rate(learning_rate) -> Any:
   digit, exponent = _round_half_up(value)
   if not _MIN_EXP <= exponent <= _MAX_EXP:
     raise ValueError(
-        f"learning_rate must round to a value in [1e{_MIN_EXP}, 9e{_MAX_EXP}], "
-        f"got learning_rate={learning_rate!r}."
+      f"learning_rate must round to a value in [1e{_MIN_EXP}, 9e{_MAX_EXP}], "
+      f"got learning_rate={learning_rate!r}."
     )
   return rate if _checks.is_array(rate) else (digit, exponent)
 
@@ -293,8 +295,7 @@ def _key_from_seed(seed) -> jax.Array:
   seed = jnp.asarray(seed)
   if jnp.iinfo(seed.dtype).bits == 64:
     wide = seed.astype(jnp.uint64)
-    return jnp.stack([(wide >> 32).astype(jnp.uint32),
-                      (wide & 0xFFFFFFFF).astype(jnp.uint32)])
+    return jnp.stack([(wide >> 32).astype(jnp.uint32), (wide & 0xFFFFFFFF).astype(jnp.uint32)])
   low = seed.astype(jnp.uint32)
   return jnp.stack([jnp.zeros_like(low), low])
 
@@ -304,10 +305,10 @@ def _check_steps_per_epoch(steps_per_epoch) -> Optional[int]:
     return None
   if _checks.is_array(steps_per_epoch):
     raise ValueError(
-        "steps_per_epoch must be None or a positive Python int: it decides "
-        "whether the state has an epoch window. Under "
-        "optax.inject_hyperparams pass static_args=('steps_per_epoch',); got "
-        f"steps_per_epoch={steps_per_epoch!r}."
+      "steps_per_epoch must be None or a positive Python int: it decides "
+      "whether the state has an epoch window. Under "
+      "optax.inject_hyperparams pass static_args=('steps_per_epoch',); got "
+      f"steps_per_epoch={steps_per_epoch!r}."
     )
   return _checks.positive_int("steps_per_epoch", steps_per_epoch, allow_none=True)
 
@@ -317,12 +318,12 @@ def _direction_extra_args(value, extra_args):
 
 
 def aslr(
-    learning_rate: float,
-    *,
-    steps_per_epoch: Optional[int] = None,
-    seed: int = 0,
-    direction: Optional[optax.GradientTransformation] = None,
-    safety_net: bool = True,
+  learning_rate: float,
+  *,
+  steps_per_epoch: Optional[int] = None,
+  seed: int = 0,
+  direction: Optional[optax.GradientTransformation] = None,
+  safety_net: bool = True,
 ) -> optax.GradientTransformationExtraArgs:
   r"""ASLR: random per-leaf rates around a centre found by a digit search.
 
@@ -472,21 +473,20 @@ def aslr(
       exponent = jnp.asarray(initial_rate[1], jnp.int32)
     centre = _centre(digit, exponent, dtype)
     return ASLRState(
-        count=jnp.zeros([], jnp.int32),
-        learning_rate=centre,
-        digit=digit,
-        exponent=exponent,
-        min_cost=jnp.full([], jnp.inf, dtype),
-        radius=jnp.zeros([], jnp.int32),
-        walked=jnp.zeros([], jnp.int32),
-        search_dir=jnp.ones([], jnp.int32),
-        key=_key_from_seed(seed),
-        # Before the first draw the leaves' rates are the centre.
-        leaf_rates=jax.tree_util.tree_map(lambda _: jnp.array(centre, copy=True), params),
-        window=None if steps_per_epoch is None else _monitor.window_init(dtype),
-        direction_state=direction_state,
-        safety=(_checkpoint.net_init(params, direction_state, centre)
-                if safety_net else None),
+      count=jnp.zeros([], jnp.int32),
+      learning_rate=centre,
+      digit=digit,
+      exponent=exponent,
+      min_cost=jnp.full([], jnp.inf, dtype),
+      radius=jnp.zeros([], jnp.int32),
+      walked=jnp.zeros([], jnp.int32),
+      search_dir=jnp.ones([], jnp.int32),
+      key=_key_from_seed(seed),
+      # Before the first draw the leaves' rates are the centre.
+      leaf_rates=jax.tree_util.tree_map(lambda _: jnp.array(centre, copy=True), params),
+      window=None if steps_per_epoch is None else _monitor.window_init(dtype),
+      direction_state=direction_state,
+      safety=(_checkpoint.net_init(params, direction_state, centre) if safety_net else None),
     )
 
   def update_fn(updates, state, params=None, *, value=None, **extra_args):
@@ -496,20 +496,19 @@ def aslr(
       _checks.check_params(params, updates, "aslr", _NET_NEEDS_PARAMS)
       # Saves happen at improving epoch ends; a diverged epoch, or a
       # non-finite or blown-up training loss, rolls back.
-      save, rollback, cost = _checkpoint.net_decide(
-          net, value, jnp.asarray(True), epoch_saves=True)
+      save, rollback, cost = _checkpoint.net_decide(net, value, jnp.asarray(True), epoch_saves=True)
       checkpoint, updates = _checkpoint.save_if(
-          save, net.checkpoint, params, state.direction_state, state.learning_rate,
-          cost, updates)
+        save, net.checkpoint, params, state.direction_state, state.learning_rate, cost, updates
+      )
     u, direction_state = direction.update(
-        updates, state.direction_state, params, **_direction_extra_args(value, extra_args)
+      updates, state.direction_state, params, **_direction_extra_args(value, extra_args)
     )
     u_leaves, u_def = jax.tree_util.tree_flatten(u)
     rates_def = jax.tree_util.tree_structure(state.leaf_rates)
     if rates_def.num_leaves != len(u_leaves):
       raise ValueError(
-          f"updates: expected a tree with {rates_def.num_leaves} leaves like the "
-          f"params given to init, got {len(u_leaves)}."
+        f"updates: expected a tree with {rates_def.num_leaves} leaves like the "
+        f"params given to init, got {len(u_leaves)}."
       )
     # One draw of all leaves' rates from a fresh subkey: a single RNG op per
     # call, whatever the number of leaves.
@@ -520,44 +519,56 @@ def aslr(
     # its dtype without the rate being rounded to bf16 first.
     if safety_net:
       new_updates = _checkpoint.step_or_rollback(
-          rollback, u, u_def.unflatten([-rates[i] for i in range(len(u_leaves))]),
-          checkpoint.params, params, updates)
+        rollback,
+        u,
+        u_def.unflatten([-rates[i] for i in range(len(u_leaves))]),
+        checkpoint.params,
+        params,
+        updates,
+      )
       direction_state = _checkpoint.restore_if(
-          rollback, direction_state, checkpoint.direction_state)
+        rollback, direction_state, checkpoint.direction_state
+      )
       backed_off = _backed_off(state, net, checkpoint)
       state = state._replace(
-          safety=_checkpoint.net_update(net, checkpoint, save, rollback, cost),
-          **{name: jnp.where(rollback, value_, getattr(state, name))
-             for name, value_ in backed_off.items()},
+        safety=_checkpoint.net_update(net, checkpoint, save, rollback, cost),
+        **{
+          name: jnp.where(rollback, value_, getattr(state, name))
+          for name, value_ in backed_off.items()
+        },
       )
     else:
-      new_updates = u_def.unflatten([
-          (-rates[i] * leaf.astype(dtype)).astype(leaf.dtype)
-          for i, leaf in enumerate(u_leaves)
-      ])
+      new_updates = u_def.unflatten(
+        [(-rates[i] * leaf.astype(dtype)).astype(leaf.dtype) for i, leaf in enumerate(u_leaves)]
+      )
     state = state._replace(
-        count=optax.safe_increment(state.count),
-        key=key,
-        leaf_rates=rates_def.unflatten([rates[i] for i in range(len(u_leaves))]),
-        direction_state=direction_state,
+      count=optax.safe_increment(state.count),
+      key=key,
+      leaf_rates=rates_def.unflatten([rates[i] for i in range(len(u_leaves))]),
+      direction_state=direction_state,
     )
     if steps_per_epoch is not None:
       window, is_end, cost = _monitor.window_step(state.window, value, steps_per_epoch)
       if safety_net:
         # A rollback call trains nothing: its loss belongs to no epoch.
         window = jax.tree_util.tree_map(
-            lambda old, new: jnp.where(rollback, old, new), state.window, window)
+          lambda old, new: jnp.where(rollback, old, new), state.window, window
+        )
         is_end = is_end & jnp.logical_not(rollback)
       # Only the scalars go through the cond; the epoch end reads nothing else.
       net = state.safety
       search = state._replace(
-          leaf_rates=None, direction_state=None, window=window,
-          safety=None if net is None else net._replace(checkpoint=None))
+        leaf_rates=None,
+        direction_state=None,
+        window=window,
+        safety=None if net is None else net._replace(checkpoint=None),
+      )
       search = _monitor.maybe_epoch_end(search, is_end, cost, _epoch_end)
       state = search._replace(
-          leaf_rates=state.leaf_rates, direction_state=state.direction_state,
-          safety=None if net is None else search.safety._replace(
-              checkpoint=net.checkpoint))
+        leaf_rates=state.leaf_rates,
+        direction_state=state.direction_state,
+        safety=None if net is None else search.safety._replace(checkpoint=net.checkpoint),
+      )
     return new_updates, state
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)

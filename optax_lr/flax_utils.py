@@ -82,13 +82,11 @@ def apply_gradients(state: Any, grads: Any, **extra_args: Any) -> Any:
   """
   if isinstance(grads, dict) and _OVERWRITE_WITH_GRADIENT in grads:
     raise ValueError(
-        f"grads: holds the {_OVERWRITE_WITH_GRADIENT!r} collection; use "
-        "TrainState.apply_gradients for models with overwrite-with-gradient "
-        "variables."
+      f"grads: holds the {_OVERWRITE_WITH_GRADIENT!r} collection; use "
+      "TrainState.apply_gradients for models with overwrite-with-gradient "
+      "variables."
     )
-  updates, opt_state = state.tx.update(
-      grads, state.opt_state, state.params, **extra_args
-  )
+  updates, opt_state = state.tx.update(grads, state.opt_state, state.params, **extra_args)
   params = _monitor.apply_updates(state.params, updates, opt_state)
   return state.replace(step=state.step + 1, params=params, opt_state=opt_state)
 
@@ -168,7 +166,7 @@ def nnx_update(optimizer: Any, model: Any, grads: Any, /, **extra_args: Any) -> 
     extra_args["val_grads"] = state_of(val_grads, optimizer.wrt)
   extra_args = nnx.as_pure(extra_args)
   updates, opt_state = optimizer.tx.update(
-      grads, nnx.as_pure(optimizer.opt_state), params, **extra_args
+    grads, nnx.as_pure(optimizer.opt_state), params, **extra_args
   )
   nnx.update(model, _monitor.apply_updates(params, updates, opt_state))
   nnx.update(optimizer.opt_state, state_of(opt_state))

@@ -122,10 +122,10 @@ from optax_lr._tree import tree_sum_squares
 from optax_lr._tree import tree_vdot
 
 __all__ = [
-    "HypergradientState",
-    "hypergradient_descent",
-    "marthe",
-    "rtho",
+  "HypergradientState",
+  "hypergradient_descent",
+  "marthe",
+  "rtho",
 ]
 
 
@@ -136,7 +136,8 @@ class HypergradientState(NamedTuple):
   x64 with float64 params).
   """
 
-  count: jax.Array  # [] int32: update calls so far (saturating).
+  # (The ignore: `count` shadows tuple.count, as in optax's own states.)
+  count: jax.Array  # type: ignore[assignment]  # [] int32: update calls so far (saturating).
   learning_rate: jax.Array  # [] A: eta_t, the rate of the last update.
   hyper_lr: jax.Array  # [] A: beta_t, the hyper-learning rate.
   mu: jax.Array  # [] A: mu_t, the tangent's discount of the last update.
@@ -160,8 +161,7 @@ class HypergradientState(NamedTuple):
   safety: Optional[_checkpoint.SafetyNetState]
 
 
-_monitor.register_method(
-    HypergradientState, rollback=_checkpoint.net_rollback)
+_monitor.register_method(HypergradientState, rollback=_checkpoint.net_rollback)
 
 
 # --------------------------------------------------------------------------
@@ -227,19 +227,19 @@ class _Rate(NamedTuple):
 
 
 def _rate_rule(
-    state: HypergradientState,
-    objective_grads: Any,
-    *,
-    mu: Any,
-    hyper_lr: Any,
-    hyper_lr_step: Any,
-    adaptive_mu: bool,
-    uses_tangent: bool,
-    keeps_u_prev: bool,
-    adapts_beta: bool,
-    normalized: bool,
-    multiplicative: bool,
-    select_kappa: bool,
+  state: HypergradientState,
+  objective_grads: Any,
+  *,
+  mu: Any,
+  hyper_lr: Any,
+  hyper_lr_step: Any,
+  adaptive_mu: bool,
+  uses_tangent: bool,
+  keeps_u_prev: bool,
+  adapts_beta: bool,
+  normalized: bool,
+  multiplicative: bool,
+  select_kappa: bool,
 ) -> _Rate:
   r"""Steps 1-4 of the engine and their guards: the rate :math:`\eta_t`.
 
@@ -325,29 +325,29 @@ def _rate_rule(
   finite = finite & jnp.isfinite(mu_t) & jnp.isfinite(horizon)
   keep = lambda new, old: jnp.where(finite, new, old)
   return _Rate(
-      eta=keep(eta_t, state.learning_rate),
-      beta=keep(beta_t, state.hyper_lr),
-      mu=keep(mu_t, state.mu),
-      horizon=keep(horizon, state.horizon),
-      h=keep(h, state.hypergradient),
-      kappa=kappa,
-      finite=finite,
-      objective_finite=objective_finite,
+    eta=keep(eta_t, state.learning_rate),
+    beta=keep(beta_t, state.hyper_lr),
+    mu=keep(mu_t, state.mu),
+    horizon=keep(horizon, state.horizon),
+    h=keep(h, state.hypergradient),
+    kappa=kappa,
+    finite=finite,
+    objective_finite=objective_finite,
   )
 
 
 def _engine(
-    learning_rate: float,
-    *,
-    hyper_lr: float,
-    hyper_lr_step: float,
-    mu: Optional[float],
-    multiplicative: bool,
-    normalized: bool,
-    select_kappa: bool,
-    safety_net: bool,
-    direction: Optional[optax.GradientTransformation],
-    name: str,
+  learning_rate: float,
+  *,
+  hyper_lr: float,
+  hyper_lr_step: float,
+  mu: Optional[float],
+  multiplicative: bool,
+  normalized: bool,
+  select_kappa: bool,
+  safety_net: bool,
+  direction: Optional[optax.GradientTransformation],
+  name: str,
 ) -> optax.GradientTransformationExtraArgs:
   """The shared tangent engine; ``mu=None`` is the adaptive discount.
 
@@ -364,7 +364,7 @@ def _engine(
   # optax.inject_hyperparams passes arrays (traced under jit) to `init` and
   # to every `update`, which must agree, so an array takes the general path
   # (a tangent for any mu, beta adapted by any kappa, 0 included: exact).
-  uses_tangent = adaptive_mu or _checks.is_array(mu) or mu > 0
+  uses_tangent = mu is None or _checks.is_array(mu) or mu > 0
   keeps_u_prev = not uses_tangent or adaptive_mu
   adapts_beta = _checks.is_array(hyper_lr_step) or hyper_lr_step > 0
 
@@ -376,54 +376,49 @@ def _engine(
     # over a mesh give tangents sharded the same way, not a whole copy on
     # one device.
     if uses_tangent:
-      tangent = jax.tree_util.tree_map(
-          lambda p: jnp.zeros_like(p, dtype=_tangent_dtype(p)), params
-      )
+      tangent = jax.tree_util.tree_map(lambda p: jnp.zeros_like(p, dtype=_tangent_dtype(p)), params)
       # Structured like the direction state (None at its integer leaves),
       # so optax.tree.map_params finds the params-shaped parts in it.
       direction_tangent = jax.tree_util.tree_map(
-          lambda leaf: (jnp.zeros_like(leaf, dtype=_tangent_dtype(leaf))
-                        if _is_float(leaf) else None),
-          direction_state,
+        lambda leaf: jnp.zeros_like(leaf, dtype=_tangent_dtype(leaf)) if _is_float(leaf) else None,
+        direction_state,
       )
     else:
       tangent = direction_tangent = None
     u_prev = (
-        jax.tree_util.tree_map(
-            lambda p: jnp.zeros_like(p, dtype=jnp.result_type(p)), params
-        )
-        if keeps_u_prev
-        else None
+      jax.tree_util.tree_map(lambda p: jnp.zeros_like(p, dtype=jnp.result_type(p)), params)
+      if keeps_u_prev
+      else None
     )
     safety = (
-        _checkpoint.net_init(params, direction_state, scalar(learning_rate))
-        if safety_net else None
+      _checkpoint.net_init(params, direction_state, scalar(learning_rate)) if safety_net else None
     )
     return HypergradientState(
-        count=jnp.zeros([], jnp.int32),
-        learning_rate=scalar(learning_rate),
-        hyper_lr=scalar(hyper_lr),
-        mu=scalar(0.0 if adaptive_mu else mu),
-        horizon=scalar(0.0),
-        hypergradient=scalar(0.0),
-        tangent=tangent,
-        direction_tangent=direction_tangent,
-        u_prev=u_prev,
-        direction_state=direction_state,
-        hyper_lr_step=scalar(hyper_lr_step),
-        safety=safety,
+      count=jnp.zeros([], jnp.int32),
+      learning_rate=scalar(learning_rate),
+      hyper_lr=scalar(hyper_lr),
+      mu=scalar(0.0 if adaptive_mu else mu),
+      horizon=scalar(0.0),
+      hypergradient=scalar(0.0),
+      tangent=tangent,
+      direction_tangent=direction_tangent,
+      u_prev=u_prev,
+      direction_state=direction_state,
+      hyper_lr_step=scalar(hyper_lr_step),
+      safety=safety,
     )
 
-  def update_fn(updates, state, params=None, *, loss_fn=None, val_grads=None,
-                value=None, **extra_args):
+  def update_fn(
+    updates, state, params=None, *, loss_fn=None, val_grads=None, value=None, **extra_args
+  ):
     grads = updates
     dtype = state.learning_rate.dtype
     if uses_tangent:
       if loss_fn is None:
         raise ValueError(
-            f"loss_fn: {name} with mu > 0 needs the training loss on the "
-            "current batch for Hessian-vector products: call "
-            "update(grads, state, params, loss_fn=lambda p: loss(p, batch))."
+          f"loss_fn: {name} with mu > 0 needs the training loss on the "
+          "current batch for Hessian-vector products: call "
+          "update(grads, state, params, loss_fn=lambda p: loss(p, batch))."
         )
     if uses_tangent or safety_net:
       _check_params(params, grads, name)
@@ -443,11 +438,18 @@ def _engine(
     # Steps 1-4: the rate eta_t (and beta_t, mu_t, c_t, h_t), with the
     # guards that keep the old values where a new one is not finite.
     rate = _rate_rule(
-        state, objective_grads, mu=mu, hyper_lr=hyper_lr,
-        hyper_lr_step=hyper_lr_step, adaptive_mu=adaptive_mu,
-        uses_tangent=uses_tangent, keeps_u_prev=keeps_u_prev,
-        adapts_beta=adapts_beta, normalized=normalized,
-        multiplicative=multiplicative, select_kappa=select_kappa,
+      state,
+      objective_grads,
+      mu=mu,
+      hyper_lr=hyper_lr,
+      hyper_lr_step=hyper_lr_step,
+      adaptive_mu=adaptive_mu,
+      uses_tangent=uses_tangent,
+      keeps_u_prev=keeps_u_prev,
+      adapts_beta=adapts_beta,
+      normalized=normalized,
+      multiplicative=multiplicative,
+      select_kappa=select_kappa,
     )
     eta_t, beta_t, mu_t, horizon = rate.eta, rate.beta, rate.mu, rate.horizon
     h_kept, kappa, finite = rate.h, rate.kappa, rate.finite
@@ -473,15 +475,17 @@ def _engine(
         healthy = healthy & (eta_t >= low) & (eta_t <= high)
       # Without a `value`, the gradient norm keeps saves off a blow-up.
       grad_sq = None if value is not None else tree_sum_squares(grads)
-      save, rollback, cost = _checkpoint.net_decide(net, value, healthy,
-                                                    grad_sq=grad_sq)
+      save, rollback, cost = _checkpoint.net_decide(net, value, healthy, grad_sq=grad_sq)
       checkpoint, grads = _checkpoint.save_if(
-          save, net.checkpoint, params, direction_state, state.learning_rate,
-          cost, grads,
+        save,
+        net.checkpoint,
+        params,
+        direction_state,
+        state.learning_rate,
+        cost,
+        grads,
       )
-      eta_t = jnp.where(
-          rollback, _checkpoint.backoff_rate(eta_t, net, checkpoint), eta_t
-      )
+      eta_t = jnp.where(rollback, _checkpoint.backoff_rate(eta_t, net, checkpoint), eta_t)
       if select_kappa:
         kappa = jnp.where(rollback, kappa / 10, kappa)
         beta_t = jnp.where(rollback, jnp.zeros_like(beta_t), beta_t)
@@ -501,29 +505,35 @@ def _engine(
     # Steps 5-6: the direction, and (mu > 0) the JVP of the whole step.
     if uses_tangent:
       u, new_direction_state, tangent, direction_tangent = _tangent_step(
-          direction, grads, direction_state, params, loss_fn, extra_args,
-          state.tangent, state.direction_tangent, eta_t, mu_t, finite,
+        direction,
+        grads,
+        direction_state,
+        params,
+        loss_fn,
+        extra_args,
+        state.tangent,
+        state.direction_tangent,
+        eta_t,
+        mu_t,
+        finite,
       )
     else:
-      u, new_direction_state = direction.update(
-          grads, direction_state, params, **extra_args
-      )
+      u, new_direction_state = direction.update(grads, direction_state, params, **extra_args)
       tangent = direction_tangent = None
 
     if safety_net:
       new_updates = _checkpoint.step_or_rollback(
-          rollback, u, -eta_t, checkpoint.params, params, grads
+        rollback, u, -eta_t, checkpoint.params, params, grads
       )
       new_direction_state = _checkpoint.restore_if(
-          rollback, new_direction_state, checkpoint.direction_state
+        rollback, new_direction_state, checkpoint.direction_state
       )
-      net = _checkpoint.net_update(net, checkpoint, save, rollback, cost,
-                                   grad_sq=grad_sq)
+      net = _checkpoint.net_update(net, checkpoint, save, rollback, cost, grad_sq=grad_sq)
     else:
       new_updates = jax.tree_util.tree_map(
-          lambda d, g: (-eta_t * d.astype(dtype)).astype(jnp.result_type(g)),
-          u,
-          grads,
+        lambda d, g: (-eta_t * d.astype(dtype)).astype(jnp.result_type(g)),
+        u,
+        grads,
       )
     # u_prev carries HD's tangent -u_t: reset it with the scalars' guard. (A
     # non-finite u_t itself makes the next call's g1 non-finite, which that
@@ -531,27 +541,27 @@ def _engine(
     # donated buffer right after the g1 reduction read it; a plain copy of
     # u_t costs two copies of the tree.
     u_prev = (
-        jax.tree_util.tree_map(
-            lambda d, old: jnp.where(finite, d.astype(old.dtype),
-                                     jnp.zeros_like(old)),
-            u, state.u_prev,
-        )
-        if keeps_u_prev
-        else None
+      jax.tree_util.tree_map(
+        lambda d, old: jnp.where(finite, d.astype(old.dtype), jnp.zeros_like(old)),
+        u,
+        state.u_prev,
+      )
+      if keeps_u_prev
+      else None
     )
     new_state = HypergradientState(
-        count=optax.safe_increment(state.count),
-        learning_rate=eta_t,
-        hyper_lr=beta_t,
-        mu=mu_t,
-        horizon=horizon,
-        hypergradient=h_kept,
-        tangent=tangent,
-        direction_tangent=direction_tangent,
-        u_prev=u_prev,
-        direction_state=new_direction_state,
-        hyper_lr_step=kappa,
-        safety=net,
+      count=optax.safe_increment(state.count),
+      learning_rate=eta_t,
+      hyper_lr=beta_t,
+      mu=mu_t,
+      horizon=horizon,
+      hypergradient=h_kept,
+      tangent=tangent,
+      direction_tangent=direction_tangent,
+      u_prev=u_prev,
+      direction_state=new_direction_state,
+      hyper_lr_step=kappa,
+      safety=net,
     )
     return new_updates, new_state
 
@@ -559,41 +569,51 @@ def _engine(
 
 
 def _check_params(params, grads, name):
-  _checks.check_params(params, grads, name,
-                       "for its tangent or its safety net's checkpoint")
+  _checks.check_params(params, grads, name, "for its tangent or its safety net's checkpoint")
 
 
-def _tangent_step(direction, grads, direction_state, params, loss_fn,
-                  extra_args, tangent, direction_tangent, eta, mu, finite):
+def _tangent_step(
+  direction,
+  grads,
+  direction_state,
+  params,
+  loss_fn,
+  extra_args,
+  tangent,
+  direction_tangent,
+  eta,
+  mu,
+  finite,
+):
   """One direction step and ``(Z_{t+1}, Z^s_{t+1})`` for ``mu > 0``."""
   # Tangent of w, in the params' dtypes (jax.jvp wants matching dtypes).
-  z_params = jax.tree_util.tree_map(
-      lambda z, p: z.astype(jnp.result_type(p)), tangent, params
-  )
+  z_params = jax.tree_util.tree_map(lambda z, p: z.astype(jnp.result_type(p)), tangent, params)
   # H_t Z_t, forward over reverse. Only the tangent output is used: XLA
   # drops the primal gradient's last matmuls and shares the forward pass
   # with the caller's gradient computation.
   _, hessian_z = jax.jvp(jax.grad(loss_fn), (params,), (z_params,))
-  hessian_z = jax.tree_util.tree_map(
-      lambda hz, g: hz.astype(jnp.result_type(g)), hessian_z, grads
-  )
+  hessian_z = jax.tree_util.tree_map(lambda hz, g: hz.astype(jnp.result_type(g)), hessian_z, grads)
 
   # Tangent of the direction state: stored float leaves, float0 elsewhere.
   # (`direction_state` leads the tree maps: a None in the stored tangent sits
   # where it has an integer leaf.)
   state_tangent = jax.tree_util.tree_map(
-      lambda leaf, slot: (np.zeros(jnp.shape(leaf), jax.dtypes.float0)
-                          if slot is None
-                          else slot.astype(jnp.result_type(leaf))),
-      direction_state, direction_tangent,
+    lambda leaf, slot: (
+      np.zeros(jnp.shape(leaf), jax.dtypes.float0)
+      if slot is None
+      else slot.astype(jnp.result_type(leaf))
+    ),
+    direction_state,
+    direction_tangent,
   )
 
   def step(g, s, w):
     return direction.update(g, s, w, **extra_args)
 
   (u, new_direction_state), (du, d_state) = jax.jvp(
-      step, (grads, direction_state, params),
-      (hessian_z, state_tangent, z_params),
+    step,
+    (grads, direction_state, params),
+    (hessian_z, state_tangent, z_params),
   )
 
   # Z_{t+1} = mu (Z - eta du) - u, in the tangent's dtype, reset to 0 when
@@ -608,10 +628,13 @@ def _tangent_step(direction, grads, direction_state, params, loss_fn,
 
   new_tangent = jax.tree_util.tree_map(advance, tangent, du, hessian_z, u)
   new_direction_tangent = jax.tree_util.tree_map(
-      lambda d, old: None if old is None else jnp.where(
-          finite, mu.astype(old.dtype) * d.astype(old.dtype),
-          jnp.zeros_like(old)),
-      d_state, direction_tangent,
+    lambda d, old: (
+      None
+      if old is None
+      else jnp.where(finite, mu.astype(old.dtype) * d.astype(old.dtype), jnp.zeros_like(old))
+    ),
+    d_state,
+    direction_tangent,
   )
   return u, new_direction_state, new_tangent, new_direction_tangent
 
@@ -621,12 +644,12 @@ def _tangent_step(direction, grads, direction_state, params, loss_fn,
 
 
 def hypergradient_descent(
-    learning_rate: float,
-    hyper_lr: Optional[float] = None,
-    *,
-    direction: Optional[optax.GradientTransformation] = None,
-    multiplicative: bool = False,
-    safety_net: bool = True,
+  learning_rate: float,
+  hyper_lr: Optional[float] = None,
+  *,
+  direction: Optional[optax.GradientTransformation] = None,
+  multiplicative: bool = False,
+  safety_net: bool = True,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Hypergradient descent (HD): the learning rate follows the last step.
 
@@ -680,8 +703,9 @@ def hypergradient_descent(
 
   Pitfalls:
     The optimizer goes in ``direction=``, never before the method in an
-    ``optax.chain``: ``optax.chain(optax.scale_by_adam(), optax_lr.hypergradient_descent(lr))`` runs, but
-    the method then takes Adam's output for the gradient, so its
+    ``optax.chain``:
+    ``optax.chain(optax.scale_by_adam(), optax_lr.hypergradient_descent(lr))``
+    runs, but the method then takes Adam's output for the gradient, so its
     hypergradient and tangent ignore Adam's dependence on the rate and a
     rollback cannot restore Adam's moments. Measured for RTHO after ten Adam
     steps on a 3-parameter problem (README, "Pitfalls"): the tangent
@@ -704,25 +728,29 @@ def hypergradient_descent(
   normalized = hyper_lr is None
   multiplicative = _checks.boolean("multiplicative", multiplicative)
   if normalized:
-    hyper_lr = (DEFAULT_MULTIPLICATIVE_HYPER_LR if multiplicative
-                else DEFAULT_HYPER_LR)
+    hyper_lr = DEFAULT_MULTIPLICATIVE_HYPER_LR if multiplicative else DEFAULT_HYPER_LR
   else:
     hyper_lr = _checks.non_negative("hyper_lr", hyper_lr)
   return _engine(
-      learning_rate, hyper_lr=hyper_lr, hyper_lr_step=0.0, mu=0.0,
-      multiplicative=multiplicative,
-      normalized=normalized and not multiplicative, select_kappa=False,
-      safety_net=_checks.boolean("safety_net", safety_net), direction=direction,
-      name="hypergradient_descent",
+    learning_rate,
+    hyper_lr=hyper_lr,
+    hyper_lr_step=0.0,
+    mu=0.0,
+    multiplicative=multiplicative,
+    normalized=normalized and not multiplicative,
+    select_kappa=False,
+    safety_net=_checks.boolean("safety_net", safety_net),
+    direction=direction,
+    name="hypergradient_descent",
   )
 
 
 def rtho(
-    learning_rate: float,
-    hyper_lr: Optional[float] = None,
-    *,
-    direction: Optional[optax.GradientTransformation] = None,
-    safety_net: bool = True,
+  learning_rate: float,
+  hyper_lr: Optional[float] = None,
+  *,
+  direction: Optional[optax.GradientTransformation] = None,
+  safety_net: bool = True,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Real-time hyperparameter optimization (RTHO) of the learning rate.
 
@@ -800,24 +828,29 @@ def rtho(
   """
   learning_rate = _checks.non_negative("learning_rate", learning_rate)
   normalized = hyper_lr is None
-  hyper_lr = (DEFAULT_HYPER_LR if normalized
-              else _checks.non_negative("hyper_lr", hyper_lr))
+  hyper_lr = DEFAULT_HYPER_LR if normalized else _checks.non_negative("hyper_lr", hyper_lr)
   return _engine(
-      learning_rate, hyper_lr=hyper_lr, hyper_lr_step=0.0, mu=1.0,
-      multiplicative=False, normalized=normalized, select_kappa=False,
-      safety_net=_checks.boolean("safety_net", safety_net), direction=direction,
-      name="rtho",
+    learning_rate,
+    hyper_lr=hyper_lr,
+    hyper_lr_step=0.0,
+    mu=1.0,
+    multiplicative=False,
+    normalized=normalized,
+    select_kappa=False,
+    safety_net=_checks.boolean("safety_net", safety_net),
+    direction=direction,
+    name="rtho",
   )
 
 
 def marthe(
-    learning_rate: float,
-    *,
-    hyper_lr: float = 0.0,
-    hyper_lr_step: Optional[float] = None,
-    mu: Optional[float] = None,
-    direction: Optional[optax.GradientTransformation] = None,
-    safety_net: bool = True,
+  learning_rate: float,
+  *,
+  hyper_lr: float = 0.0,
+  hyper_lr_step: Optional[float] = None,
+  mu: Optional[float] = None,
+  direction: Optional[optax.GradientTransformation] = None,
+  safety_net: bool = True,
 ) -> optax.GradientTransformationExtraArgs:
   r"""MARTHE: a discounted tangent between HD and RTHO, with adapted μ and β.
 
@@ -918,9 +951,9 @@ def marthe(
   if select_kappa:
     if not safety_net:
       raise ValueError(
-          "hyper_lr_step=None selects kappa by rolling back on divergence, "
-          "which needs safety_net=True; give an explicit hyper_lr_step with "
-          "safety_net=False."
+        "hyper_lr_step=None selects kappa by rolling back on divergence, "
+        "which needs safety_net=True; give an explicit hyper_lr_step with "
+        "safety_net=False."
       )
     hyper_lr_step = DEFAULT_HYPER_LR_STEP
   else:
@@ -928,7 +961,14 @@ def marthe(
   if mu is not None:
     mu = _checks.in_range("mu", mu, 0, 1, requirement="in [0, 1] or None")
   return _engine(
-      learning_rate, hyper_lr=hyper_lr, hyper_lr_step=hyper_lr_step, mu=mu,
-      multiplicative=False, normalized=select_kappa, select_kappa=select_kappa,
-      safety_net=safety_net, direction=direction, name="marthe",
+    learning_rate,
+    hyper_lr=hyper_lr,
+    hyper_lr_step=hyper_lr_step,
+    mu=mu,
+    multiplicative=False,
+    normalized=select_kappa,
+    select_kappa=select_kappa,
+    safety_net=safety_net,
+    direction=direction,
+    name="marthe",
   )

@@ -56,7 +56,8 @@ class NewtonLRState(NamedTuple):
   """State of :func:`newton_lr`."""
 
   # [] int32: update calls so far (saturates at the int32 maximum).
-  count: jax.Array
+  # (The ignore: `count` shadows tuple.count, as in optax's own states.)
+  count: jax.Array  # type: ignore[assignment]
   # [] float, the accumulation dtype of the params (f32 at least): the rate η.
   # With per_leaf=True: a pytree like params of [] scalars, one rate per leaf.
   learning_rate: Any
@@ -92,22 +93,24 @@ _monitor.register_method(NewtonLRState, rollback=_checkpoint.net_rollback)
 def _positive_int(name: str, value: Any) -> int:
   if _checks.is_traced(value):
     raise ValueError(
-        f"{name} sets the window length, which shapes the state: give it as a "
-        f"static_arg of optax.inject_hyperparams, got {name}={value!r}")
+      f"{name} sets the window length, which shapes the state: give it as a "
+      f"static_arg of optax.inject_hyperparams, got {name}={value!r}"
+    )
   return _checks.positive_int(name, value)
 
 
 def _window_length(update_every, steps_per_epoch, fraction) -> int:
   if _checks.is_traced(fraction):
     raise ValueError(
-        "fraction sets the window length, which shapes the state: give it "
-        "as a static_arg of optax.inject_hyperparams, got "
-        f"fraction={fraction!r}")
+      "fraction sets the window length, which shapes the state: give it "
+      "as a static_arg of optax.inject_hyperparams, got "
+      f"fraction={fraction!r}"
+    )
   fraction = float(_checks.positive("fraction", fraction))
   if (update_every is None) == (steps_per_epoch is None):
     raise ValueError(
-        "give exactly one of update_every and steps_per_epoch, got "
-        f"update_every={update_every!r}, steps_per_epoch={steps_per_epoch!r}"
+      "give exactly one of update_every and steps_per_epoch, got "
+      f"update_every={update_every!r}, steps_per_epoch={steps_per_epoch!r}"
     )
   if update_every is not None:
     return _positive_int("update_every", update_every)
@@ -177,9 +180,7 @@ def _sum_dtype(leaf):
 
 
 def _zero_sums(params):
-  return jax.tree_util.tree_map(
-      lambda p: jnp.zeros_like(p, dtype=_sum_dtype(p)), params
-  )
+  return jax.tree_util.tree_map(lambda p: jnp.zeros_like(p, dtype=_sum_dtype(p)), params)
 
 
 # `optax.identity()` builds a new closure at each call; its code object is
@@ -189,8 +190,8 @@ _IDENTITY_CODE = optax.identity().update.__code__
 
 def _is_identity(direction) -> bool:
   return direction is None or (
-      isinstance(direction, optax.GradientTransformation)
-      and getattr(direction.update, "__code__", None) is _IDENTITY_CODE
+    isinstance(direction, optax.GradientTransformation)
+    and getattr(direction.update, "__code__", None) is _IDENTITY_CODE
   )
 
 
@@ -203,16 +204,16 @@ def _scale(u, lr):
 
 
 def newton_lr(
-    learning_rate: float,
-    *,
-    update_every: Optional[int] = None,
-    steps_per_epoch: Optional[int] = None,
-    fraction: float = 1 / 3,
-    gamma: float = 0.2,
-    max_factor: float = 100.0,
-    per_leaf: bool = False,
-    direction: Optional[optax.GradientTransformation] = None,
-    safety_net: bool = True,
+  learning_rate: float,
+  *,
+  update_every: Optional[int] = None,
+  steps_per_epoch: Optional[int] = None,
+  fraction: float = 1 / 3,
+  gamma: float = 0.2,
+  max_factor: float = 100.0,
+  per_leaf: bool = False,
+  direction: Optional[optax.GradientTransformation] = None,
+  safety_net: bool = True,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Newton-based trainable learning rate over any descent direction.
 
@@ -380,10 +381,11 @@ def newton_lr(
   """
   # Checked in this order so that no cast to float32 overflows.
   lr0 = _checks.real(
-      "learning_rate", learning_rate,
-      lambda x: (math.isfinite(x) and 0 < x <= float(np.finfo(np.float32).max)
-                 and np.float32(x) > 0),
-      "finite and > 0 (also in float32)")
+    "learning_rate",
+    learning_rate,
+    lambda x: math.isfinite(x) and 0 < x <= float(np.finfo(np.float32).max) and np.float32(x) > 0,
+    "finite and > 0 (also in float32)",
+  )
   window = _window_length(update_every, steps_per_epoch, fraction)
   # gamma and max_factor are read in `update` from here, so values injected
   # by optax.inject_hyperparams take effect at the next window end.
@@ -405,16 +407,15 @@ def newton_lr(
     else:
       rate = jnp.full([], lr0, dtype)
     return NewtonLRState(
-        count=jnp.zeros([], jnp.int32),
-        learning_rate=rate,
-        window_step=jnp.zeros([], jnp.int32),
-        acc=_zero_sums(params),
-        u_prev=_zero_sums(params),
-        grad_acc=None if sgd else _zero_sums(params),
-        prev_dot=None if sgd else jax.tree_util.tree_map(jnp.zeros_like, rate),
-        direction_state=direction_state,
-        safety=(_checkpoint.net_init(params, direction_state, rate)
-                if safety_net else None),
+      count=jnp.zeros([], jnp.int32),
+      learning_rate=rate,
+      window_step=jnp.zeros([], jnp.int32),
+      acc=_zero_sums(params),
+      u_prev=_zero_sums(params),
+      grad_acc=None if sgd else _zero_sums(params),
+      prev_dot=None if sgd else jax.tree_util.tree_map(jnp.zeros_like, rate),
+      direction_state=direction_state,
+      safety=(_checkpoint.net_init(params, direction_state, rate) if safety_net else None),
     )
 
   def end_one(lr, u_new, u_prev, g_new, prev_dot):
@@ -429,12 +430,9 @@ def newton_lr(
       # <U_new, G_new> is non-finite when either sum holds a NaN or an Inf
       # (or when it overflows): the same drop test as |U_new|² over SGD.
       new_dot = tree_vdot(u_new, g_new).astype(lr.dtype)
-      lr = _newton_rate(lr, tree_vdot(u_prev, g_new), prev_dot, new_dot,
-                        gamma, max_factor)
+      lr = _newton_rate(lr, tree_vdot(u_prev, g_new), prev_dot, new_dot, gamma, max_factor)
     keep = jnp.isfinite(new_dot)
-    u_prev = jax.tree_util.tree_map(
-        lambda new: jnp.where(keep, new, jnp.zeros_like(new)), u_new
-    )
+    u_prev = jax.tree_util.tree_map(lambda new: jnp.where(keep, new, jnp.zeros_like(new)), u_new)
     if not sgd:
       prev_dot = jnp.where(keep, new_dot, jnp.zeros_like(new_dot))
     return lr, u_prev, prev_dot, jnp.logical_not(keep)
@@ -443,26 +441,35 @@ def newton_lr(
     if per_leaf:
       # The rule leaf by leaf; over SGD the unused slots carry stand-ins.
       out = jax.tree_util.tree_map(
-          end_one, lr, u_new, u_prev,
-          u_new if sgd else g_new, lr if sgd else prev_dot,
+        end_one,
+        lr,
+        u_new,
+        u_prev,
+        u_new if sgd else g_new,
+        lr if sgd else prev_dot,
       )
       column = lambda i: jax.tree_util.tree_map(lambda _, o: o[i], lr, out)
       lr, u_prev = column(0), column(1)
       prev_dot = None if sgd else column(2)
-      dropped = functools.reduce(jnp.logical_or,
-                                 jax.tree_util.tree_leaves(column(3)),
-                                 jnp.zeros([], jnp.bool_))
+      dropped = functools.reduce(
+        jnp.logical_or, jax.tree_util.tree_leaves(column(3)), jnp.zeros([], jnp.bool_)
+      )
     else:
       lr, u_prev, prev_dot, dropped = end_one(lr, u_new, u_prev, g_new, prev_dot)
     zeros = lambda tree: jax.tree_util.tree_map(jnp.zeros_like, tree)
-    return (lr, zeros(u_new), u_prev, None if sgd else zeros(g_new), prev_dot,
-            dropped)
+    return (lr, zeros(u_new), u_prev, None if sgd else zeros(g_new), prev_dot, dropped)
 
   def restart(lr, u_new, u_prev, g_new, prev_dot, dropped):
     # After a rollback: no usable window (as after a dropped one).
     zeros = lambda tree: jax.tree_util.tree_map(jnp.zeros_like, tree)
-    return (lr, zeros(u_new), zeros(u_prev), None if sgd else zeros(g_new),
-            None if sgd else zeros(prev_dot), dropped)
+    return (
+      lr,
+      zeros(u_new),
+      zeros(u_prev),
+      None if sgd else zeros(g_new),
+      None if sgd else zeros(prev_dot),
+      dropped,
+    )
 
   def update_fn(updates, state, params=None, *, value=None, **extra_args):
     lr = state.learning_rate
@@ -471,29 +478,30 @@ def newton_lr(
       extra_args["value"] = value
     if safety_net:
       _checks.check_params(
-          params, updates, "newton_lr",
-          "for its safety net's checkpoint; or build it with safety_net=False")
+        params,
+        updates,
+        "newton_lr",
+        "for its safety net's checkpoint; or build it with safety_net=False",
+      )
       # Divergence: a blown-up or non-finite `value` now, or a dropped
       # (non-finite) window sum at the previous call.
       # Without a `value`, the gradient norm keeps saves off a blow-up.
       grad_sq = None if value is not None else tree_sum_squares(updates)
-      save, rollback, cost = _checkpoint.net_decide(
-          net, value, jnp.asarray(True), grad_sq=grad_sq)
+      save, rollback, cost = _checkpoint.net_decide(net, value, jnp.asarray(True), grad_sq=grad_sq)
       checkpoint, updates = _checkpoint.save_if(
-          save, net.checkpoint, params, state.direction_state, lr, cost, updates)
-    u, direction_state = direction.update(
-        updates, state.direction_state, params, **extra_args
-    )
+        save, net.checkpoint, params, state.direction_state, lr, cost, updates
+      )
+    u, direction_state = direction.update(updates, state.direction_state, params, **extra_args)
     if safety_net:
       neg = jax.tree_util.tree_map(jnp.negative, lr)
       new_updates = _checkpoint.step_or_rollback(
-          rollback, u, neg if per_leaf else jnp.negative(lr),
-          checkpoint.params, params, updates)
+        rollback, u, neg if per_leaf else jnp.negative(lr), checkpoint.params, params, updates
+      )
       direction_state = _checkpoint.restore_if(
-          rollback, direction_state, checkpoint.direction_state)
+        rollback, direction_state, checkpoint.direction_state
+      )
       backed_off = _checkpoint.backoff_rate(lr, net, checkpoint)
-      lr = jax.tree_util.tree_map(
-          lambda b, r: jnp.where(rollback, b, r), backed_off, lr)
+      lr = jax.tree_util.tree_map(lambda b, r: jnp.where(rollback, b, r), backed_off, lr)
     elif per_leaf:
       new_updates = jax.tree_util.tree_map(_scale, u, lr)
     else:
@@ -501,8 +509,7 @@ def newton_lr(
     add = lambda a, x: a + x.astype(a.dtype)
     acc = jax.tree_util.tree_map(add, state.acc, u)
     grad_acc = None if sgd else jax.tree_util.tree_map(add, state.grad_acc, updates)
-    operands = (lr, acc, state.u_prev, grad_acc, state.prev_dot,
-                jnp.zeros([], jnp.bool_))
+    operands = (lr, acc, state.u_prev, grad_acc, state.prev_dot, jnp.zeros([], jnp.bool_))
     is_end = jnp.asarray(True)
     if window > 1:
       is_end = state.window_step >= window - 1
@@ -510,36 +517,33 @@ def newton_lr(
       # A rollback call restarts the window instead. Both run in the same
       # loop of 0 or 1 trips, so other calls copy no buffer.
       lr, acc, u_prev, grad_acc, prev_dot, dropped = _run_if(
-          is_end | rollback,
-          lambda *ops: jax.lax.cond(rollback, restart, window_end, *ops),
-          operands)
+        is_end | rollback, lambda *ops: jax.lax.cond(rollback, restart, window_end, *ops), operands
+      )
       is_end = is_end & jnp.logical_not(rollback)
     elif window == 1:
       lr, acc, u_prev, grad_acc, prev_dot, dropped = window_end(*operands)
     else:
-      lr, acc, u_prev, grad_acc, prev_dot, dropped = _run_if(
-          is_end, window_end, operands)
+      lr, acc, u_prev, grad_acc, prev_dot, dropped = _run_if(is_end, window_end, operands)
     if window == 1:
       window_step = state.window_step
     else:
-      window_step = jnp.where(
-          is_end, jnp.zeros_like(state.window_step), state.window_step + 1
-      )
+      window_step = jnp.where(is_end, jnp.zeros_like(state.window_step), state.window_step + 1)
     if safety_net:
       window_step = jnp.where(rollback, jnp.zeros_like(window_step), window_step)
       lr = _checkpoint.clip_to_band(lr, net)
-      net = _checkpoint.net_update(net, checkpoint, save, rollback, cost,
-                                   pending=dropped, grad_sq=grad_sq)
+      net = _checkpoint.net_update(
+        net, checkpoint, save, rollback, cost, pending=dropped, grad_sq=grad_sq
+      )
     new_state = NewtonLRState(
-        count=optax.safe_increment(state.count),
-        learning_rate=lr,
-        window_step=window_step,
-        acc=acc,
-        u_prev=u_prev,
-        grad_acc=grad_acc,
-        prev_dot=prev_dot,
-        direction_state=direction_state,
-        safety=net,
+      count=optax.safe_increment(state.count),
+      learning_rate=lr,
+      window_step=window_step,
+      acc=acc,
+      u_prev=u_prev,
+      grad_acc=grad_acc,
+      prev_dot=prev_dot,
+      direction_state=direction_state,
+      safety=net,
     )
     return new_updates, new_state
 

@@ -108,58 +108,73 @@ def _static(fn):
   return fn
 
 
-def _validate(loss_fn, optimizer, min_lr, max_lr, num_steps, smoothing,
-              diverge_factor, suggest):
+def _validate(loss_fn, optimizer, min_lr, max_lr, num_steps, smoothing, diverge_factor, suggest):
   # A string first: an array must not reach `in` (its `==` is elementwise).
   _checks.one_of("suggest", suggest, _RULES)
   if not callable(loss_fn):
     raise TypeError(f"loss_fn must be callable, got {loss_fn!r}")
   if not callable(optimizer):
-    raise TypeError(f"optimizer must be a callable factory learning_rate -> "
-                    f"GradientTransformation, got {optimizer!r}")
+    raise TypeError(
+      f"optimizer must be a callable factory learning_rate -> "
+      f"GradientTransformation, got {optimizer!r}"
+    )
   try:
     inspect.signature(optimizer).bind(learning_rate=1.0)
   except TypeError as e:
-    raise TypeError(f"optimizer {optimizer!r} must accept a `learning_rate` "
-                    f"keyword argument (it is wrapped in "
-                    f"optax.inject_hyperparams): {e}") from None
+    raise TypeError(
+      f"optimizer {optimizer!r} must accept a `learning_rate` "
+      f"keyword argument (it is wrapped in "
+      f"optax.inject_hyperparams): {e}"
+    ) from None
   except ValueError:  # no signature available (some builtins): try anyway
     pass
   # The rates are stored in float32: a rate that underflows to 0 or overflows
   # to inf there would make the sweep (and the suggestion) meaningless.
-  min_lr = float(_checks.concrete(
-      "min_lr", min_lr,
+  min_lr = float(
+    _checks.concrete(
+      "min_lr",
+      min_lr,
       lambda x: x > 0 and np.float32(x) > 0 and math.isfinite(x),
-      "a finite positive float32 number"))
-  max_lr = float(_checks.concrete(
-      "max_lr", max_lr,
+      "a finite positive float32 number",
+    )
+  )
+  max_lr = float(
+    _checks.concrete(
+      "max_lr",
+      max_lr,
       lambda x: x > min_lr and x <= float(np.finfo(np.float32).max),
-      f"finite in float32 and > min_lr={min_lr!r}"))
+      f"finite in float32 and > min_lr={min_lr!r}",
+    )
+  )
   # The sweep needs both ends.
   num_steps = _checks.positive_int("num_steps", num_steps, minimum=2)
-  smoothing = float(_checks.concrete("smoothing", smoothing,
-                                     lambda x: 0.0 <= x < 1.0, "in [0, 1)"))
+  smoothing = float(_checks.concrete("smoothing", smoothing, lambda x: 0.0 <= x < 1.0, "in [0, 1)"))
   # inf is fine (never stop early); NaN is not.
-  diverge_factor = float(_checks.concrete("diverge_factor", diverge_factor,
-                                          lambda x: x > 1.0, "> 1"))
+  diverge_factor = float(
+    _checks.concrete("diverge_factor", diverge_factor, lambda x: x > 1.0, "> 1")
+  )
   return min_lr, max_lr, num_steps, smoothing, diverge_factor
 
 
 def _num_batches(batches) -> int:
   leaves = jax.tree_util.tree_leaves(batches)
   if not leaves:
-    raise ValueError("batches is empty: it must hold at least one array whose "
-                     "leading axis indexes batches")
+    raise ValueError(
+      "batches is empty: it must hold at least one array whose leading axis indexes batches"
+    )
   sizes = []
   for leaf in leaves:
     shape = np.shape(leaf)
     if not shape:
-      raise ValueError(f"every leaf of batches needs a leading batch axis; got "
-                       f"a scalar leaf {leaf!r}")
+      raise ValueError(
+        f"every leaf of batches needs a leading batch axis; got a scalar leaf {leaf!r}"
+      )
     sizes.append(shape[0])
   if len(set(sizes)) != 1:
-    raise ValueError(f"all leaves of batches must have the same leading size "
-                     f"(the number of batches), got sizes {sizes}")
+    raise ValueError(
+      f"all leaves of batches must have the same leading size "
+      f"(the number of batches), got sizes {sizes}"
+    )
   if sizes[0] == 0:
     raise ValueError("batches is empty: its leading axis has size 0")
   return sizes[0]
@@ -198,12 +213,11 @@ def _steep_index(smoothed, diverged_at):
   """
   i, ok = _candidates(smoothed.shape[0], diverged_at)
   y = smoothed
-  fwd = y[1:] - y[:-1]                                      # slope i -> i+1
-  fwd_at = jnp.concatenate([fwd, fwd[-1:]])                 # [n], forward at i
-  bwd_at = jnp.concatenate([fwd[:1], fwd])                  # [n], backward at i
-  central = 0.5 * (fwd_at + bwd_at)                         # (y[i+1]-y[i-1])/2
-  slope = jnp.where(i == 0, fwd_at, jnp.where(i == diverged_at - 1, bwd_at,
-                                              central))
+  fwd = y[1:] - y[:-1]  # slope i -> i+1
+  fwd_at = jnp.concatenate([fwd, fwd[-1:]])  # [n], forward at i
+  bwd_at = jnp.concatenate([fwd[:1], fwd])  # [n], backward at i
+  central = 0.5 * (fwd_at + bwd_at)  # (y[i+1]-y[i-1])/2
+  slope = jnp.where(i == 0, fwd_at, jnp.where(i == diverged_at - 1, bwd_at, central))
   # Valid smoothed values are finite by definition of divergence, but a
   # difference of huge finite values can overflow: NaN is excluded too. With no
   # candidate left argmin sees all +inf and picks 0 (min_lr).
@@ -273,17 +287,17 @@ def _run(loss_fn, optimizer, params, batches, lrs, smoothing, diverge_factor):
   # inject_hyperparams stores float hyperparameters in the params' dtype by
   # default; in bf16 Adam's b2 = 0.999 rounds to 1 and its bias correction
   # divides 0 by 0. Keep them in at least float32 instead (f64 under x64).
-  opt = optax.inject_hyperparams(
-      optimizer, hyperparam_dtype=accumulation_dtype(params))(
-          learning_rate=lrs[0])
+  opt = optax.inject_hyperparams(optimizer, hyperparam_dtype=accumulation_dtype(params))(
+    learning_rate=lrs[0]
+  )
   value_and_grad = jax.value_and_grad(loss_fn)
   nan = jnp.array(jnp.nan, jnp.float32)
 
   def live(carry, i, lr):
     params, opt_state, avg, decay, best, _ = carry
     batch = jax.tree_util.tree_map(
-        lambda b: jax.lax.dynamic_index_in_dim(b, i % num_batches, 0,
-                                               keepdims=False), batches)
+      lambda b: jax.lax.dynamic_index_in_dim(b, i % num_batches, 0, keepdims=False), batches
+    )
     loss, grads = value_and_grad(params, batch)
     loss = jnp.asarray(loss, jnp.float32)
     # EMA started at 0; dividing by 1 - smoothing**(i+1) (carried as a running
@@ -295,8 +309,7 @@ def _run(loss_fn, optimizer, params, batches, lrs, smoothing, diverge_factor):
     # `smooth > factor * best`, written as `smooth - best > (factor-1)|best|`
     # so that it also means "got much worse" for negative losses. At step 0
     # best = +inf and the test reads `-inf > inf`: False. NaN/Inf diverges.
-    diverged = ~jnp.isfinite(smooth) | (
-        smooth - best > (diverge_factor - 1.0) * jnp.abs(best))
+    diverged = ~jnp.isfinite(smooth) | (smooth - best > (diverge_factor - 1.0) * jnp.abs(best))
 
     def step(ps):
       params, opt_state = ps
@@ -316,14 +329,13 @@ def _run(loss_fn, optimizer, params, batches, lrs, smoothing, diverge_factor):
       # f32 hyperparameters can also promote low-precision state (bf16
       # momentum -> f32); cast back so the scan carry keeps its dtypes.
       new_state = jax.tree_util.tree_map(
-          lambda new, old: jnp.asarray(new).astype(jnp.result_type(old)),
-          new_state, opt_state)
+        lambda new, old: jnp.asarray(new).astype(jnp.result_type(old)), new_state, opt_state
+      )
       return new_params, new_state
 
     # The diverging step is a no-op too: the rate that produced its params is
     # already past the usable range, and its gradient may be NaN.
-    params, opt_state = jax.lax.cond(diverged, lambda ps: ps, step,
-                                     (params, opt_state))
+    params, opt_state = jax.lax.cond(diverged, lambda ps: ps, step, (params, opt_state))
     best = jnp.where(diverged, best, jnp.minimum(best, smooth))
     diverged_at = jnp.where(diverged, i, n).astype(jnp.int32)
     return (params, opt_state, avg, decay, best, diverged_at), (loss, smooth)
@@ -338,11 +350,15 @@ def _run(loss_fn, optimizer, params, batches, lrs, smoothing, diverge_factor):
     i, lr = xs
     return jax.lax.cond(carry[-1] < n, frozen, live, carry, i, lr)
 
-  carry = (params, opt.init(params), jnp.zeros((), jnp.float32),
-           jnp.ones((), jnp.float32), jnp.array(jnp.inf, jnp.float32),
-           jnp.array(n, jnp.int32))
-  carry, (losses, smoothed) = jax.lax.scan(
-      body, carry, (jnp.arange(n, dtype=jnp.int32), lrs))
+  carry = (
+    params,
+    opt.init(params),
+    jnp.zeros((), jnp.float32),
+    jnp.ones((), jnp.float32),
+    jnp.array(jnp.inf, jnp.float32),
+    jnp.array(n, jnp.int32),
+  )
+  carry, (losses, smoothed) = jax.lax.scan(body, carry, (jnp.arange(n, dtype=jnp.int32), lrs))
   final_params, diverged_at = carry[0], carry[-1]
   return lrs, losses, smoothed, diverged_at, final_params
 
@@ -353,17 +369,17 @@ _run_jit = jax.jit(_run, static_argnums=(0, 1))
 
 
 def lr_range_test(
-    loss_fn: Callable[[Any, Any], jax.Array],
-    params: Any,
-    batches: Any,
-    *,
-    optimizer: Callable[..., optax.GradientTransformation] = optax.sgd,
-    min_lr: float = 1e-7,
-    max_lr: float = 10.0,
-    num_steps: int = 100,
-    smoothing: float = 0.98,
-    diverge_factor: float = 4.0,
-    suggest: str = "valley",
+  loss_fn: Callable[[Any, Any], jax.Array],
+  params: Any,
+  batches: Any,
+  *,
+  optimizer: Callable[..., optax.GradientTransformation] = optax.sgd,
+  min_lr: float = 1e-7,
+  max_lr: float = 10.0,
+  num_steps: int = 100,
+  smoothing: float = 0.98,
+  diverge_factor: float = 4.0,
+  suggest: str = "valley",
 ) -> RangeTestResult:
   r"""Sweeps the learning rate exponentially and suggests a rate to train at.
 
@@ -494,13 +510,12 @@ def lr_range_test(
     rate).
   """
   min_lr, max_lr, num_steps, smoothing, diverge_factor = _validate(
-      loss_fn, optimizer, min_lr, max_lr, num_steps, smoothing, diverge_factor,
-      suggest)
+    loss_fn, optimizer, min_lr, max_lr, num_steps, smoothing, diverge_factor, suggest
+  )
   _num_batches(batches)
   lrs = jnp.asarray(_sweep(min_lr, max_lr, num_steps))
   lrs, losses, smoothed, diverged_at, final_params = _run_jit(
-      _static(loss_fn), _static(optimizer), params, batches, lrs, smoothing,
-      diverge_factor)
+    _static(loss_fn), _static(optimizer), params, batches, lrs, smoothing, diverge_factor
+  )
   suggestion = _suggest_jit(lrs, smoothed, diverged_at, suggest)
-  return RangeTestResult(lrs, losses, smoothed, suggestion, diverged_at,
-                         final_params)
+  return RangeTestResult(lrs, losses, smoothed, suggestion, diverged_at, final_params)

@@ -45,8 +45,7 @@ _MODES = ("triangular", "triangular2", "exp_range")
 # Validation helpers (host side, at construction).
 
 
-def _number(name: str, value: Any, ok=math.isfinite,
-            requirement: str = "finite") -> int | float:
+def _number(name: str, value: Any, ok=math.isfinite, requirement: str = "finite") -> int | float:
   """A concrete finite real scalar as a Python int or float (``_checks.concrete``)."""
   x = _checks.concrete(name, value, lambda x: math.isfinite(x) and ok(x), requirement)
   # 10.0 behaves as 10, so that the exact integer code paths apply.
@@ -114,8 +113,9 @@ def _lerp(a, b, w):
 # Public schedules.
 
 
-def cyclic_schedule(base_value, max_value, step_size_up, step_size_down=None,
-                    mode="triangular", gamma=1.0) -> optax.Schedule:
+def cyclic_schedule(
+  base_value, max_value, step_size_up, step_size_down=None, mode="triangular", gamma=1.0
+) -> optax.Schedule:
   r"""Cyclical learning rate (CLR), with the semantics of PyTorch's ``CyclicLR``.
 
   With ``total = up + down``, ``cycle = floor(count / total)`` (0-based) and
@@ -196,8 +196,9 @@ def cyclic_schedule(base_value, max_value, step_size_up, step_size_down=None,
   return schedule
 
 
-def inverse_time_decay(init_value, decay_rate, transition_steps=1,
-                       staircase=False) -> optax.Schedule:
+def inverse_time_decay(
+  init_value, decay_rate, transition_steps=1, staircase=False
+) -> optax.Schedule:
   r"""Inverse time decay ``init_value / (1 + decay_rate * p)``.
 
   .. math::
@@ -251,8 +252,10 @@ def inverse_time_decay(init_value, decay_rate, transition_steps=1,
 
 def _last_start_index(first_period: int, mult: int, limit: int) -> int:
   """Largest i with S_i = T0 (m^i - 1) / (m - 1) <= limit (Python integers)."""
+
   def start(i):
     return first_period * (mult**i - 1) // (mult - 1)
+
   i = max(0, int(math.log(limit * (mult - 1) / first_period + 1, mult)))
   while i > 0 and start(i) > limit:  # fix the float estimate (a step or two)
     i -= 1
@@ -281,8 +284,7 @@ def _sgdr_int(t, first_period: int, mult: int, dtype):
   # The float estimate of the cycle index can be one off near a boundary (and
   # float32 cannot even hold every int32 count); the two exact comparisons
   # below fix that.
-  est = jnp.floor(jnp.log1p(t.astype(dtype) * ((mult - 1) / first_period))
-                  * (1 / math.log(mult)))
+  est = jnp.floor(jnp.log1p(t.astype(dtype) * ((mult - 1) / first_period)) * (1 / math.log(mult)))
   i = jnp.clip(est, 0, i_hi).astype(t.dtype)
   i = jnp.where(t < start(i), i - 1, i)
   i = jnp.where((i < i_hi) & (t >= start(jnp.minimum(i + 1, i_hi))), i + 1, i)
@@ -333,8 +335,7 @@ def _sgdr_float(t, first_period, mult, dtype):
   return t - start(i), period_of(i)
 
 
-def sgdr_schedule(init_value, first_period, period_mult=1,
-                  min_value=0.0) -> optax.Schedule:
+def sgdr_schedule(init_value, first_period, period_mult=1, min_value=0.0) -> optax.Schedule:
   r"""SGDR: cosine annealing with unbounded warm restarts, in closed form.
 
   Cycle ``i`` (0-based) lasts ``T_i = T_0 m^i`` steps and starts at
@@ -439,10 +440,12 @@ def per_epoch(schedule, steps_per_epoch) -> optax.Schedule:
   steps = _number("steps_per_epoch", steps_per_epoch)
   if not isinstance(steps, int):
     raise _checks.ArgumentTypeError(
-        f"steps_per_epoch must be an integer >= 1, got steps_per_epoch={steps_per_epoch!r}.")
+      f"steps_per_epoch must be an integer >= 1, got steps_per_epoch={steps_per_epoch!r}."
+    )
   if steps < 1:
     raise ValueError(
-        f"steps_per_epoch must be an integer >= 1, got steps_per_epoch={steps_per_epoch!r}.")
+      f"steps_per_epoch must be an integer >= 1, got steps_per_epoch={steps_per_epoch!r}."
+    )
 
   def step_schedule(count):
     count = jnp.asarray(count)

@@ -11,8 +11,7 @@ import optax_lr
 
 
 def inject_params():
-  return {"a": jnp.array([1.0, -2.0, 3.0], jnp.float32),
-          "b": jnp.full((2, 2), 0.5, jnp.float32)}
+  return {"a": jnp.array([1.0, -2.0, 3.0], jnp.float32), "b": jnp.full((2, 2), 0.5, jnp.float32)}
 
 
 def inject_loss(params):

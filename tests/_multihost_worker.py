@@ -41,20 +41,20 @@ def main(process_id: int, port: str, out_dir: pathlib.Path) -> None:
   jax.config.update("jax_cpu_collectives_implementation", "gloo")
   jax.config.update("jax_numpy_dtype_promotion", "strict")
   jax.distributed.initialize(
-      coordinator_address=f"localhost:{port}",
-      num_processes=NUM_PROCESSES,
-      process_id=process_id,
-      initialization_timeout=120,
+    coordinator_address=f"localhost:{port}",
+    num_processes=NUM_PROCESSES,
+    process_id=process_id,
+    initialization_timeout=120,
   )
   import _reliability as rel  # tests/ is this script's sys.path[0]
 
   def global_array(tree, sharding):
     """Global arrays from host values that every process holds in full."""
     return jax.tree_util.tree_map(
-        lambda x: jax.make_array_from_callback(
-            np.shape(x), sharding, lambda index, x=np.asarray(x): x[index]
-        ),
-        tree,
+      lambda x: jax.make_array_from_callback(
+        np.shape(x), sharding, lambda index, x=np.asarray(x): x[index]
+      ),
+      tree,
     )
 
   assert jax.process_count() == NUM_PROCESSES
@@ -64,13 +64,11 @@ def main(process_id: int, port: str, out_dir: pathlib.Path) -> None:
   params = global_array(params, NamedSharding(mesh, P("fsdp")))
   state = jax.block_until_ready(tx.init(params))
   rel.assert_sharded_like_params(params, state)
-  data = global_array(
-      rel.batches(0, rel.SHARDED_STEPS), NamedSharding(mesh, P(None, "fsdp"))
-  )
+  data = global_array(rel.batches(0, rel.SHARDED_STEPS), NamedSharding(mesh, P(None, "fsdp")))
   params, state, losses = jax.block_until_ready(run(params, state, data))
   rel.assert_sharded_like_params(params, state)
   out = multihost_utils.process_allgather(
-      {"params": params, "state": state, "losses": losses}, tiled=True
+    {"params": params, "state": state, "losses": losses}, tiled=True
   )
   if process_id == 0:
     (out_dir / "multihost.msgpack").write_bytes(flax.serialization.to_bytes(out))

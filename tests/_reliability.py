@@ -31,10 +31,10 @@ BATCH = 64
 def mlp_params(seed: int = 0) -> dict:
   k1, k2 = jax.random.split(jax.random.PRNGKey(seed))
   return {
-      "w1": jax.random.normal(k1, (IN, HIDDEN), jnp.float32) / np.sqrt(IN),
-      "b1": jnp.zeros((HIDDEN,), jnp.float32),
-      "w2": jax.random.normal(k2, (HIDDEN, OUT), jnp.float32) / np.sqrt(HIDDEN),
-      "b2": jnp.zeros((OUT,), jnp.float32),
+    "w1": jax.random.normal(k1, (IN, HIDDEN), jnp.float32) / np.sqrt(IN),
+    "b1": jnp.zeros((HIDDEN,), jnp.float32),
+    "w2": jax.random.normal(k2, (HIDDEN, OUT), jnp.float32) / np.sqrt(HIDDEN),
+    "b2": jnp.zeros((OUT,), jnp.float32),
   }
 
 
@@ -57,13 +57,13 @@ def batches(start: int, stop: int) -> tuple[jax.Array, jax.Array]:
 
 
 def make_train_step(
-    case: MethodCase,
-    tx,
-    *,
-    epoch_every: int,
-    cost_scale: Optional[Callable[[jax.Array], jax.Array]] = None,
-    loss_of: Callable[[Any, Any], jax.Array] = mlp_loss,
-    observe: Optional[Callable[[Any, jax.Array], Any]] = None,
+  case: MethodCase,
+  tx,
+  *,
+  epoch_every: int,
+  cost_scale: Optional[Callable[[jax.Array], jax.Array]] = None,
+  loss_of: Callable[[Any, Any], jax.Array] = mlp_loss,
+  observe: Optional[Callable[[Any, jax.Array], Any]] = None,
 ):
   """``(params, state, t, batch) -> (params, state, loss)``, one training step.
 
@@ -85,10 +85,10 @@ def make_train_step(
     if observe is not None:
       cost = loss if cost_scale is None else loss * cost_scale(t)
       state = jax.lax.cond(
-          (t + 1) % epoch_every == 0,
-          lambda s: observe(s, cost),
-          lambda s: s,
-          state,
+        (t + 1) % epoch_every == 0,
+        lambda s: observe(s, cost),
+        lambda s: s,
+        state,
       )
     return params, state, loss
 
@@ -98,10 +98,8 @@ def make_train_step(
 def holds_optax_lr_method(state: Any) -> bool:
   """Whether ``state`` contains the state of a method registered by optax_lr."""
   return any(
-      type(node) in _monitor._METHODS and type(node).__module__.startswith("optax_lr")
-      for node in jax.tree_util.tree_leaves(
-          state, is_leaf=lambda x: type(x) in _monitor._METHODS
-      )
+    type(node) in _monitor._METHODS and type(node).__module__.startswith("optax_lr")
+    for node in jax.tree_util.tree_leaves(state, is_leaf=lambda x: type(x) in _monitor._METHODS)
   )
 
 
@@ -115,14 +113,14 @@ def assert_trees_identical(actual: Any, expected: Any) -> None:
   """Same structure, dtypes, shapes and bits."""
   assert jax.tree_util.tree_structure(actual) == jax.tree_util.tree_structure(expected)
   for (path, a), b in zip(
-      jax.tree_util.tree_leaves_with_path(actual), jax.tree_util.tree_leaves(expected)
+    jax.tree_util.tree_leaves_with_path(actual), jax.tree_util.tree_leaves(expected)
   ):
     a, b = np.asarray(a), np.asarray(b)
     where = jax.tree_util.keystr(path)
     assert a.dtype == b.dtype and a.shape == b.shape, (where, a.dtype, b.dtype)
     # Bitwise, so that NaNs compare equal to themselves and -0.0 != 0.0.
     np.testing.assert_array_equal(
-        a.reshape(-1).view(np.uint8), b.reshape(-1).view(np.uint8), err_msg=where
+      a.reshape(-1).view(np.uint8), b.reshape(-1).view(np.uint8), err_msg=where
     )
 
 
@@ -158,9 +156,7 @@ def resume_step(case: MethodCase):
   """``(tx, step)``: ``step(params, state, t) -> (params, state, loss)``, jitted
   with params and state donated; the batch of step ``t`` is made inside."""
   tx = case.make(case.parabola_lr)
-  step = make_train_step(
-      case, tx, epoch_every=RESUME_EPOCH_EVERY, cost_scale=_resume_cost_scale
-  )
+  step = make_train_step(case, tx, epoch_every=RESUME_EPOCH_EVERY, cost_scale=_resume_cost_scale)
   jitted = jax.jit(lambda p, s, t: step(p, s, t, batch_at(t)), donate_argnums=(0, 1))
   return tx, jitted
 
@@ -176,9 +172,7 @@ def resume_run(step, params, state, start: int, stop: int):
   # Through the host: restored arrays (orbax commits them to a device) enter
   # the step exactly as the original run's arrays did, so both processes run
   # one and the same compiled step.
-  params, state = jax.tree_util.tree_map(
-      lambda x: jnp.asarray(np.asarray(x)), (params, state)
-  )
+  params, state = jax.tree_util.tree_map(lambda x: jnp.asarray(np.asarray(x)), (params, state))
   losses = []
   for t in range(start, stop):
     params, state, loss = step(params, state, jnp.int32(t))
@@ -218,7 +212,7 @@ def _scan_run(step):
     # dwarfs the reordering of reductions that the comparisons allow for.
     with jax.default_matmul_precision("highest"):
       (params, state), losses = jax.lax.scan(
-          body, (params, state), (jnp.arange(SHARDED_STEPS), data)
+        body, (params, state), (jnp.arange(SHARDED_STEPS), data)
       )
     return params, state, losses
 
@@ -235,11 +229,11 @@ def assert_sharded_like_params(params: Any, state: Any) -> None:
   for path, leaf in jax.tree_util.tree_leaves_with_path(state):
     where = f"state{jax.tree_util.keystr(path)} {leaf.shape}"
     assert leaf.size < num_devices or not leaf.sharding.is_fully_replicated, (
-        f"{where} is replicated on every device"
+      f"{where} is replicated on every device"
     )
     if leaf.ndim >= 1 and leaf.shape in param_shapes:
       assert leaf.sharding.is_equivalent_to(sharding, leaf.ndim), (
-          f"{where} is {leaf.sharding}, not sharded like its param"
+        f"{where} is {leaf.sharding}, not sharded like its param"
       )
       for shard in leaf.addressable_shards:  # 1/num_devices of it per device
         assert shard.data.size * num_devices == leaf.size, (where, shard.data.shape)
@@ -259,8 +253,7 @@ def combined_runner():
   """
   params = {case.name: mlp_params(seed) for seed, case in enumerate(METHODS)}
   labels = {
-      name: jax.tree_util.tree_map(lambda _, name=name: name, sub)
-      for name, sub in params.items()
+    name: jax.tree_util.tree_map(lambda _, name=name: name, sub) for name, sub in params.items()
   }
   tx = optax.partition({case.name: case.make(case.parabola_lr) for case in METHODS}, labels)
   needs = tuple(sorted({name for case in METHODS for name in case.needs}))
@@ -283,6 +276,5 @@ def combined_runner():
       inner[name] = optax_lr.observe(inner[name], cost)
     return state._replace(inner_states=inner)
 
-  step = make_train_step(every, tx, epoch_every=SHARDED_EPOCH_EVERY, loss_of=loss,
-                         observe=observe)
+  step = make_train_step(every, tx, epoch_every=SHARDED_EPOCH_EVERY, loss_of=loss, observe=observe)
   return tx, _scan_run(step), params

@@ -41,18 +41,17 @@ def save(root: pathlib.Path) -> None:
   import flax.serialization
   import jax.numpy as jnp
   import orbax.checkpoint as ocp
+
   import _reliability as rel
 
   for case in rel.METHODS:
     tx, step = rel.resume_step(case)
     params = rel.mlp_params()
-    params, state, _ = rel.resume_run(
-        step, params, tx.init(params), 0, rel.RESUME_SAVED_AFTER
-    )
+    params, state, _ = rel.resume_run(step, params, tx.init(params), 0, rel.RESUME_SAVED_AFTER)
     checkpoint = {
-        "params": params,
-        "state": state,
-        "step": jnp.asarray(rel.RESUME_SAVED_AFTER, jnp.int32),
+      "params": params,
+      "state": state,
+      "step": jnp.asarray(rel.RESUME_SAVED_AFTER, jnp.int32),
     }
     (root / f"{case.name}.msgpack").write_bytes(flax.serialization.to_bytes(checkpoint))
     checkpointer = ocp.StandardCheckpointer()
@@ -64,7 +63,7 @@ def save(root: pathlib.Path) -> None:
     # The step donates params and state: the run goes on from the arrays
     # just saved, which are consumed only now.
     params, state, losses = rel.resume_run(
-        step, params, state, rel.RESUME_SAVED_AFTER, rel.RESUME_TOTAL_STEPS
+      step, params, state, rel.RESUME_SAVED_AFTER, rel.RESUME_TOTAL_STEPS
     )
     _write(root / f"{case.name}.uninterrupted", params, state, losses)
 
@@ -94,8 +93,11 @@ def resume(root: pathlib.Path) -> None:
     for fmt in FORMATS:
       saved = _restore(fmt, root / paths[fmt].format(case.name), rel.resume_template(tx))
       params, state, losses = rel.resume_run(
-          step, saved["params"], saved["state"], int(saved["step"]),
-          rel.RESUME_TOTAL_STEPS,
+        step,
+        saved["params"],
+        saved["state"],
+        int(saved["step"]),
+        rel.RESUME_TOTAL_STEPS,
       )
       _write(root / f"{case.name}.{fmt}.resumed", params, state, losses)
 

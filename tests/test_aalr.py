@@ -109,16 +109,85 @@ PARAMS0 = np.array([1.0, 2.0, -3.0])
 GRADS = np.array([0.5, -1.0, 2.0])
 
 # Costs of a scripted run with warmup_patience=3 (see the hand-computed table).
-SCRIPT = [9.0, 8.0, 8.5, 7.0, np.nan, 7.0, 6.0, 5.0,  # phase 1
-          4.0, 4.5, 4.2, 4.1, 3.9, np.inf, 3.0, 5.0, 2.0, np.nan,
-          3.0, 3.0, 3.0, 3.5, 3.5, 3.4]
+SCRIPT = [
+  9.0,
+  8.0,
+  8.5,
+  7.0,
+  np.nan,
+  7.0,
+  6.0,
+  5.0,  # phase 1
+  4.0,
+  4.5,
+  4.2,
+  4.1,
+  3.9,
+  np.inf,
+  3.0,
+  5.0,
+  2.0,
+  np.nan,
+  3.0,
+  3.0,
+  3.0,
+  3.5,
+  3.5,
+  3.4,
+]
 # η after each epoch end from 0.25, worked out by hand from the paper.
-SCRIPT_RATES = [.25, .25, .125, .125, .0625, .0625, .0625, .125,
-                .25, .25, .125, .125, .25, .125, .125, .125, .125, .0625,
-                .0625, .0625, .0625, .125, .125, .25]
-SCRIPT_ACTIONS = [NONE, NONE, ROLLBACK, NONE, ROLLBACK, NONE, NONE, SAVE,
-                  SAVE, NONE, NONE, NONE, SAVE, ROLLBACK, NONE, NONE, NONE, ROLLBACK,
-                  NONE, NONE, NONE, SAVE, NONE, SAVE]
+SCRIPT_RATES = [
+  0.25,
+  0.25,
+  0.125,
+  0.125,
+  0.0625,
+  0.0625,
+  0.0625,
+  0.125,
+  0.25,
+  0.25,
+  0.125,
+  0.125,
+  0.25,
+  0.125,
+  0.125,
+  0.125,
+  0.125,
+  0.0625,
+  0.0625,
+  0.0625,
+  0.0625,
+  0.125,
+  0.125,
+  0.25,
+]
+SCRIPT_ACTIONS = [
+  NONE,
+  NONE,
+  ROLLBACK,
+  NONE,
+  ROLLBACK,
+  NONE,
+  NONE,
+  SAVE,
+  SAVE,
+  NONE,
+  NONE,
+  NONE,
+  SAVE,
+  ROLLBACK,
+  NONE,
+  NONE,
+  NONE,
+  ROLLBACK,
+  NONE,
+  NONE,
+  NONE,
+  SAVE,
+  NONE,
+  SAVE,
+]
 
 
 def test_reference_agrees_with_the_hand_computed_table():
@@ -147,7 +216,7 @@ def _check(state, params, ref):
   assert float(optax_lr.current_lr(state)) == ref.lr
   assert int(state.phase) == ref.phase
   assert float(state.best_cost) == np.float32(ref.best) or (
-      math.isinf(ref.best) and math.isinf(float(state.best_cost))
+    math.isinf(ref.best) and math.isinf(float(state.best_cost))
   )
   assert int(state.pending) == PENDING_CODE[ref.pending]
 
@@ -163,8 +232,10 @@ def run_script(costs, *, window, decay=0.0, calls_per_epoch=2, poison=(), warmup
   """
   direction = optax.trace(decay) if decay else None
   tx = optax_lr.aalr(
-      0.25, warmup_patience=warmup, direction=direction,
-      steps_per_epoch=calls_per_epoch if window else None,
+    0.25,
+    warmup_patience=warmup,
+    direction=direction,
+    steps_per_epoch=calls_per_epoch if window else None,
   )
   params = {"w": jnp.asarray(PARAMS0, jnp.float32)}
   state = tx.init(params)
@@ -185,9 +256,7 @@ def run_script(costs, *, window, decay=0.0, calls_per_epoch=2, poison=(), warmup
     while done < calls_per_epoch:
       rolled_back = ref.call(grads)
       value = jnp.float32(np.nan if rolled_back else cost)
-      new_params, state, naive = step(
-          params, state, {"w": jnp.asarray(grads, jnp.float32)}, value
-      )
+      new_params, state, naive = step(params, state, {"w": jnp.asarray(grads, jnp.float32)}, value)
       assert bool(state.rolled_back) == rolled_back
       if rolled_back:
         log.append((epoch, np.asarray(params["w"]), np.asarray(new_params["w"])))
@@ -208,7 +277,7 @@ def run_script(costs, *, window, decay=0.0, calls_per_epoch=2, poison=(), warmup
       _check(state, params, ref)
     if decay:  # the direction state follows the reference's too
       np.testing.assert_array_equal(
-          np.asarray(state.direction_state.trace["w"]), np.float32(ref.trace)
+        np.asarray(state.direction_state.trace["w"]), np.float32(ref.trace)
       )
   assert step._cache_size() == 1 and observe._cache_size() <= 1
   return state, ref, log
@@ -392,7 +461,13 @@ def test_phase_one_recovers_after_one_noisy_epoch():
   assert [entry[0] for entry in log] == [0.5, 0.5, 0.25, 0.25, 0.25, 0.5, 1.0]
   assert [entry[1] for entry in log] == [1, 1, 1, 1, 1, 2, 2]
   assert [entry[2] for entry in log] == [
-      0.5, 0.03125, 8.0, 4.5, 1.423828125, 0.45050811767578125, 0.028156757354736328,
+    0.5,
+    0.03125,
+    8.0,
+    4.5,
+    1.423828125,
+    0.45050811767578125,
+    0.028156757354736328,
   ]
   # The checkpoint saved on epoch 6's first call, with its cost.
   assert float(state.checkpoint_cost) == 0.45050811767578125
@@ -565,9 +640,7 @@ def test_best_params_follows_the_phase_and_the_pending_decision():
   updates, state = tx.update(params, state, params)
   moved = optax_lr.apply_updates(params, updates, state)  # x = [.5, 1.]
   state = optax_lr.observe(state, np.nan)
-  np.testing.assert_array_equal(
-      np.asarray(optax_lr.best_params(state, moved)["x"]), [1.0, 2.0]
-  )
+  np.testing.assert_array_equal(np.asarray(optax_lr.best_params(state, moved)["x"]), [1.0, 2.0])
 
 
 def test_best_params_inside_chain_and_under_jit():
@@ -586,8 +659,8 @@ def test_best_params_inside_chain_and_under_jit():
 def test_best_params_under_partition_keeps_the_other_params():
   # AALR owns `x`; `y` follows SGD at .25 and keeps the caller's value.
   tx = optax.partition(
-      {"a": optax_lr.aalr(0.5, warmup_patience=1), "b": optax.sgd(0.25)},
-      {"x": "a", "y": "b"},
+    {"a": optax_lr.aalr(0.5, warmup_patience=1), "b": optax.sgd(0.25)},
+    {"x": "a", "y": "b"},
   )
   seen = []
 
@@ -690,7 +763,8 @@ def test_inject_hyperparams_gives_the_same_updates_and_state():
   kwargs = dict(warmup_patience=2, direction=optax.trace(0.5))
   plain = optax_lr.aalr(0.3, **kwargs)
   injected = optax.inject_hyperparams(optax_lr.aalr, static_args=("steps_per_epoch",))(
-      learning_rate=0.3, **kwargs)
+    learning_rate=0.3, **kwargs
+  )
   # Epoch ends after every 2nd call: good, worse (halve, roll back to the
   # initial params), good twice (phase 2, save), better (double, save), NaN
   # (halve, roll back to the checkpoint), worse twice (second chance, halve).
@@ -703,11 +777,12 @@ def test_inject_hyperparams_gives_the_same_updates_and_state():
 def test_inject_hyperparams_in_window_mode():
   plain = optax_lr.aalr(0.3, warmup_patience=1, steps_per_epoch=2)
   injected = optax.inject_hyperparams(optax_lr.aalr, static_args=("steps_per_epoch",))(
-      learning_rate=0.3, warmup_patience=1, steps_per_epoch=2)
+    learning_rate=0.3, warmup_patience=1, steps_per_epoch=2
+  )
   values = [4.0, 4.0, 5.0, 5.0, 3.0, 3.0, 2.0, 2.0, 2.5, 2.5, 2.5, 2.5, 1.0, 1.0]
   seen = _run_side_by_side(
-      plain, injected, len(values), lambda t: {"value": jnp.float32(values[t])},
-      lambda t: None)
+    plain, injected, len(values), lambda t: {"value": jnp.float32(values[t])}, lambda t: None
+  )
   assert {phase for _, phase in seen} == {1, 2}
   assert len({rate for rate, _ in seen}) > 2
 
@@ -727,10 +802,15 @@ def test_injected_warmup_patience_takes_effect_at_the_next_update():
 
 
 @pytest.mark.parametrize(
-    "name, value, match",
-    [("learning_rate", -1.0, "learning_rate"), ("learning_rate", np.nan, "learning_rate"),
-     ("learning_rate", np.inf, "learning_rate"), ("warmup_patience", 0, "warmup_patience"),
-     ("warmup_patience", 2.5, "warmup_patience"), ("steps_per_epoch", 3, "static_args")],
+  "name, value, match",
+  [
+    ("learning_rate", -1.0, "learning_rate"),
+    ("learning_rate", np.nan, "learning_rate"),
+    ("learning_rate", np.inf, "learning_rate"),
+    ("warmup_patience", 0, "warmup_patience"),
+    ("warmup_patience", 2.5, "warmup_patience"),
+    ("steps_per_epoch", 3, "static_args"),
+  ],
 )
 def test_bad_concrete_values_under_inject_hyperparams_raise(name, value, match):
   tx = optax.inject_hyperparams(optax_lr.aalr)(**{"learning_rate": 0.1, name: value})

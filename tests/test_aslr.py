@@ -76,8 +76,7 @@ def assert_centres(lrs, digits, exponents, expected):
 def test_centres_from_0_1_with_every_epoch_worse():
   costs = [1.0] + [2.0] * 12
   _, lrs, digits, exponents = observe_all(optax_lr.aslr(0.1), costs)
-  printed = ["0.2", "0.1", "0.09", "0.1", "0.2", "0.3", "0.2", "0.1", "0.09", "0.08",
-             "0.09", "0.1"]
+  printed = ["0.2", "0.1", "0.09", "0.1", "0.2", "0.3", "0.2", "0.1", "0.09", "0.08", "0.09", "0.1"]
   assert_centres(lrs[1:], digits[1:], exponents[1:], [D(x) for x in printed])
   assert [str(c) for c in reference_centres("0.1", costs)[1:]] == printed
   assert lrs[0] == np.float32(0.1)
@@ -133,7 +132,11 @@ def test_exponent_bounds_keep_the_centre_finite_and_positive():
   _, lrs, d, e = observe_all(optax_lr.aslr(1e-30), [1.0, 2.0, 2.0, 2.0, 2.0])
   # 2e-30, back to 1e-30, blocked below 1e-30 (the walk still counts), up.
   assert [(int(a), int(b)) for a, b in zip(d, e)] == [
-      (1, -30), (2, -30), (1, -30), (1, -30), (2, -30)
+    (1, -30),
+    (2, -30),
+    (1, -30),
+    (1, -30),
+    (2, -30),
   ]
   assert_centres(lrs, d, e, reference_centres("1e-30", [1.0, 2.0, 2.0, 2.0, 2.0]))
   assert np.all(np.isfinite(lrs)) and np.all(lrs > 0)
@@ -144,12 +147,32 @@ def test_exponent_bounds_keep_the_centre_finite_and_positive():
 # 0.25 and 2.5 exact ties, which rounding the binary value (formatting,
 # ties to even) would take down; 0.45, 0.055 and 0.0015 lie just above.
 ROUNDING_TABLE = [
-    (0.123, 1, -1), (0.0456, 5, -2), (0.96, 1, 0), (3e-4, 3, -4), (7, 7, 0),
-    (15.0, 2, 1), (0.15, 2, -1), (0.45, 5, -1), (0.25, 3, -1), (0.35, 4, -1),
-    (0.85, 9, -1), (0.0015, 2, -3), (9.5, 1, 1), (0.95, 1, 0), (2.5, 3, 0),
-    (0.149, 1, -1), (0.1499, 1, -1), (0.0549, 5, -2), (0.055, 6, -2), (1, 1, 0),
-    (1500, 2, 3), (1449, 1, 3), (9.99e-4, 1, -3), (1e-30, 1, -30),
-    (9e30, 9, 30), (9.49e30, 9, 30),
+  (0.123, 1, -1),
+  (0.0456, 5, -2),
+  (0.96, 1, 0),
+  (3e-4, 3, -4),
+  (7, 7, 0),
+  (15.0, 2, 1),
+  (0.15, 2, -1),
+  (0.45, 5, -1),
+  (0.25, 3, -1),
+  (0.35, 4, -1),
+  (0.85, 9, -1),
+  (0.0015, 2, -3),
+  (9.5, 1, 1),
+  (0.95, 1, 0),
+  (2.5, 3, 0),
+  (0.149, 1, -1),
+  (0.1499, 1, -1),
+  (0.0549, 5, -2),
+  (0.055, 6, -2),
+  (1, 1, 0),
+  (1500, 2, 3),
+  (1449, 1, 3),
+  (9.99e-4, 1, -3),
+  (1e-30, 1, -30),
+  (9e30, 9, 30),
+  (9.49e30, 9, 30),
 ]
 
 
@@ -183,9 +206,8 @@ def _literal_grid(digits, exponents):
 
 
 @pytest.mark.parametrize(
-    "dtype, digits, exponents",
-    [(jnp.float32, 4, range(-6, 2)), (jnp.bfloat16, 2, range(-6, 2)),
-     (jnp.float16, 2, range(-4, 2))],
+  "dtype, digits, exponents",
+  [(jnp.float32, 4, range(-6, 2)), (jnp.bfloat16, 2, range(-6, 2)), (jnp.float16, 2, range(-4, 2))],
 )
 def test_traced_rounding_agrees_with_the_python_rule(dtype, digits, exponents):
   # Each literal rounded in Python (the decimal written) and, through the
@@ -209,8 +231,11 @@ def test_python_rounding_of_a_sample_through_the_public_factory():
     assert (int(state.digit), int(state.exponent)) == (d, e)
     # The rule itself, on exact decimals.
     written = D(repr(rate))
-    rounded = written.scaleb(-written.adjusted()).quantize(
-        D(1), rounding=decimal.ROUND_HALF_UP).scaleb(written.adjusted())
+    rounded = (
+      written.scaleb(-written.adjusted())
+      .quantize(D(1), rounding=decimal.ROUND_HALF_UP)
+      .scaleb(written.adjusted())
+    )
     assert D(d).scaleb(e) == rounded
 
 
@@ -218,7 +243,13 @@ def test_traced_rates_are_clamped_not_checked():
   rates = jnp.asarray([-1.0, 0.0, np.nan, np.inf, 1e-35, 3e33], jnp.float32)
   d, e = _injected_split(rates)
   assert list(zip(np.asarray(d).tolist(), np.asarray(e).tolist())) == [
-      (1, -30), (1, -30), (1, -30), (9, 30), (1, -30), (9, 30)]
+    (1, -30),
+    (1, -30),
+    (1, -30),
+    (9, 30),
+    (1, -30),
+    (9, 30),
+  ]
 
 
 # ---------------------------------------------------------------- the draws
@@ -226,9 +257,9 @@ def test_traced_rates_are_clamped_not_checked():
 
 def _params():
   return {
-      "a": jnp.array([1.0, -2.0, 3.0], jnp.float32),
-      "b": jnp.array(0.5, jnp.float32),
-      "c": [jnp.ones((2, 2), jnp.float32), jnp.zeros(4, jnp.float32)],
+    "a": jnp.array([1.0, -2.0, 3.0], jnp.float32),
+    "b": jnp.array(0.5, jnp.float32),
+    "c": [jnp.ones((2, 2), jnp.float32), jnp.zeros(4, jnp.float32)],
   }
 
 
@@ -262,8 +293,9 @@ def test_draws_lie_in_the_band_differ_across_leaves_and_average_to_the_centre():
   # Each leaf's update is -rate_leaf * u, with the rate stored for that leaf.
   for leaf_updates, leaf_rates in zip(jax.tree_util.tree_leaves(updates), rates):
     expected = -leaf_rates.reshape((-1,) + (1,) * (leaf_updates.ndim - 1)) * 2.0
-    np.testing.assert_array_equal(np.asarray(leaf_updates), np.broadcast_to(
-        expected.astype(np.float32), leaf_updates.shape))
+    np.testing.assert_array_equal(
+      np.asarray(leaf_updates), np.broadcast_to(expected.astype(np.float32), leaf_updates.shape)
+    )
 
 
 def test_draws_are_reproducible_from_the_seed():
@@ -298,9 +330,7 @@ def test_over_a_momentum_direction_and_bf16():
 def test_leaf_rates_mirror_the_params_and_current_lr_is_the_centre():
   tx = optax_lr.aslr(0.3)
   state = tx.init(_params())
-  assert jax.tree_util.tree_structure(state.leaf_rates) == (
-      jax.tree_util.tree_structure(_params())
-  )
+  assert jax.tree_util.tree_structure(state.leaf_rates) == (jax.tree_util.tree_structure(_params()))
   _, state = tx.update(_params(), state, _params())
   assert float(optax_lr.current_lr(state)) == pytest.approx(0.3)
   for rate in jax.tree_util.tree_leaves(state.leaf_rates):
@@ -371,8 +401,8 @@ def test_bad_steps_per_epoch(steps):
 
 
 @pytest.mark.parametrize(
-    "seed", [1.5, "1", None, True, -1, 2**64, np.float32(1.0), np.int32(-3),
-             np.ones(2, np.int32)])
+  "seed", [1.5, "1", None, True, -1, 2**64, np.float32(1.0), np.int32(-3), np.ones(2, np.int32)]
+)
 def test_bad_seed(seed):
   with pytest.raises(ValueError, match="seed"):
     optax_lr.aslr(0.1, seed=seed)
@@ -412,7 +442,8 @@ def test_observe_refuses_a_state_that_ends_its_epochs_itself():
   with pytest.raises(ValueError, match="steps_per_epoch"):
     optax_lr.observe(chained.init(params), 1.0)
   injected = optax.inject_hyperparams(optax_lr.aslr, static_args=("steps_per_epoch",))(
-      learning_rate=0.1, steps_per_epoch=2)
+    learning_rate=0.1, steps_per_epoch=2
+  )
   with pytest.raises(ValueError, match="steps_per_epoch"):
     optax_lr.observe(injected.init(params), 1.0)
   # Without a window, observe drives it, and the state has no window at all.
@@ -439,7 +470,8 @@ def test_inject_hyperparams_gives_the_same_updates_and_state(safety_net):
   kwargs = dict(seed=5, direction=optax.trace(0.9), safety_net=safety_net)
   plain = optax_lr.aslr(0.45, **kwargs)
   injected = optax.inject_hyperparams(optax_lr.aslr, static_args=("steps_per_epoch",))(
-      learning_rate=0.45, **kwargs)
+    learning_rate=0.45, **kwargs
+  )
   # Epoch ends after every 3rd call: better, worse (the search moves), a NaN
   # (a diverged epoch: the safety net rolls back), worse, better.
   costs = {2: 3.0, 5: 4.0, 8: np.nan, 11: 5.0, 14: 1.0, 17: 2.0}
@@ -451,19 +483,25 @@ def test_inject_hyperparams_gives_the_same_updates_and_state(safety_net):
 def test_inject_hyperparams_in_window_mode():
   plain = optax_lr.aslr(0.01, steps_per_epoch=3, seed=2)
   injected = optax.inject_hyperparams(optax_lr.aslr, static_args=("steps_per_epoch",))(
-      learning_rate=0.01, steps_per_epoch=3, seed=2)
+    learning_rate=0.01, steps_per_epoch=3, seed=2
+  )
   values = [1.0, 1.0, 1.0, 2.0, 2.0, 2.0, 0.5, 0.5, 0.5, 3.0, 3.0, 3.0, 3.0, 3.0, 3.0]
   centres = _run_side_by_side(
-      plain, injected, len(values), lambda t: {"value": jnp.float32(values[t])},
-      lambda t: None)
+    plain, injected, len(values), lambda t: {"value": jnp.float32(values[t])}, lambda t: None
+  )
   assert len(set(centres)) > 2
 
 
 @pytest.mark.parametrize(
-    "name, value, match",
-    [("learning_rate", -1.0, "learning_rate"), ("learning_rate", np.nan, "learning_rate"),
-     ("learning_rate", 1e-31, "learning_rate"), ("seed", -1, "seed"),
-     ("seed", 1.5, "seed"), ("steps_per_epoch", 3, "static_args")],
+  "name, value, match",
+  [
+    ("learning_rate", -1.0, "learning_rate"),
+    ("learning_rate", np.nan, "learning_rate"),
+    ("learning_rate", 1e-31, "learning_rate"),
+    ("seed", -1, "seed"),
+    ("seed", 1.5, "seed"),
+    ("steps_per_epoch", 3, "static_args"),
+  ],
 )
 def test_bad_concrete_values_under_inject_hyperparams_raise(name, value, match):
   tx = optax.inject_hyperparams(optax_lr.aslr)(**{"learning_rate": 0.01, name: value})

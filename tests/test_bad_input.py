@@ -21,71 +21,69 @@ import numpy as np
 import optax
 import pytest
 
-import optax_lr
-
 import _reliability as rel
+import optax_lr
 
 # ---------------------------------------------------------------- factories
 
 FACTORIES = {
-    "hypergradient_descent": (
-        optax_lr.hypergradient_descent, dict(learning_rate=0.1, hyper_lr=1e-3)),
-    "rtho": (optax_lr.rtho, dict(learning_rate=0.1, hyper_lr=1e-3)),
-    "marthe": (optax_lr.marthe, dict(learning_rate=0.1, hyper_lr_step=1e-3)),
-    "newton_lr": (optax_lr.newton_lr, dict(learning_rate=0.1, update_every=5)),
-    "aslr": (optax_lr.aslr, dict(learning_rate=0.1)),
-    "aalr": (optax_lr.aalr, dict(learning_rate=0.1)),
+  "hypergradient_descent": (optax_lr.hypergradient_descent, dict(learning_rate=0.1, hyper_lr=1e-3)),
+  "rtho": (optax_lr.rtho, dict(learning_rate=0.1, hyper_lr=1e-3)),
+  "marthe": (optax_lr.marthe, dict(learning_rate=0.1, hyper_lr_step=1e-3)),
+  "newton_lr": (optax_lr.newton_lr, dict(learning_rate=0.1, update_every=5)),
+  "aslr": (optax_lr.aslr, dict(learning_rate=0.1)),
+  "aalr": (optax_lr.aalr, dict(learning_rate=0.1)),
 }
 
 _EVERY_FACTORY = {
-    "learning_rate": [-0.1, math.nan, math.inf, "0.1", None, True, np.ones(2), 1j],
-    "direction": ["sgd", optax.sgd, 0.9],
+  "learning_rate": [-0.1, math.nan, math.inf, "0.1", None, True, np.ones(2), 1j],
+  "direction": ["sgd", optax.sgd, 0.9],
 }
 _SPECIFIC = {
-    "hypergradient_descent": {
-        # None is the default (issue 11): the scale-free rule.
-        "hyper_lr": [-1.0, math.nan, math.inf, "x"],
-        "multiplicative": ["yes", 1],
-        "safety_net": ["yes", 1, None],
-    },
-    "rtho": {"hyper_lr": [-1.0, math.nan, math.inf, "x"],
-             "safety_net": ["yes", 1, None]},
-    "marthe": {
-        "hyper_lr": [-1.0, math.nan, "x"],
-        # None is the default (issue 11): kappa selection.
-        "hyper_lr_step": [-1.0, math.nan, math.inf, "x"],
-        "mu": [-0.1, 1.5, math.nan, "x"],
-        "safety_net": ["yes", 1, None],
-    },
-    "newton_lr": {
-        "update_every": [0, -3, 2.5, "5", True],
-        "gamma": [0.0, -1.0, math.nan, math.inf],
-        "max_factor": [0.5, math.nan, math.inf, -1.0],
-        "fraction": [0.0, -0.1, math.inf],
-        "per_leaf": ["yes"],
-    },
-    "aslr": {
-        "steps_per_epoch": [0, -4, 2.5, "4", True],
-        "seed": [1.5, "3", None, True],
-    },
-    "aalr": {
-        "steps_per_epoch": [0, -4, 2.5, "4", True],
-        "warmup_patience": [0, -1, 2.5, "10", True, None],
-    },
+  "hypergradient_descent": {
+    # None is the default (issue 11): the scale-free rule.
+    "hyper_lr": [-1.0, math.nan, math.inf, "x"],
+    "multiplicative": ["yes", 1],
+    "safety_net": ["yes", 1, None],
+  },
+  "rtho": {"hyper_lr": [-1.0, math.nan, math.inf, "x"], "safety_net": ["yes", 1, None]},
+  "marthe": {
+    "hyper_lr": [-1.0, math.nan, "x"],
+    # None is the default (issue 11): kappa selection.
+    "hyper_lr_step": [-1.0, math.nan, math.inf, "x"],
+    "mu": [-0.1, 1.5, math.nan, "x"],
+    "safety_net": ["yes", 1, None],
+  },
+  "newton_lr": {
+    "update_every": [0, -3, 2.5, "5", True],
+    "gamma": [0.0, -1.0, math.nan, math.inf],
+    "max_factor": [0.5, math.nan, math.inf, -1.0],
+    "fraction": [0.0, -0.1, math.inf],
+    "per_leaf": ["yes"],
+  },
+  "aslr": {
+    "steps_per_epoch": [0, -4, 2.5, "4", True],
+    "seed": [1.5, "3", None, True],
+  },
+  "aalr": {
+    "steps_per_epoch": [0, -4, 2.5, "4", True],
+    "warmup_patience": [0, -1, 2.5, "10", True, None],
+  },
 }
 
 HYPERPARAMETER_CASES = [
-    (factory, name, value)
-    for factory in FACTORIES
-    for table in (_EVERY_FACTORY, _SPECIFIC[factory])
-    for name, values in table.items()
-    for value in values
+  (factory, name, value)
+  for factory in FACTORIES
+  for table in (_EVERY_FACTORY, _SPECIFIC[factory])
+  for name, values in table.items()
+  for value in values
 ]
 
 
 @pytest.mark.parametrize(
-    "factory,name,value", HYPERPARAMETER_CASES,
-    ids=[f"{f}-{n}={v!r}"[:60] for f, n, v in HYPERPARAMETER_CASES],
+  "factory,name,value",
+  HYPERPARAMETER_CASES,
+  ids=[f"{f}-{n}={v!r}"[:60] for f, n, v in HYPERPARAMETER_CASES],
 )
 def test_bad_hyperparameter_fails_at_construction_naming_it(factory, name, value):
   make, good = FACTORIES[factory]
@@ -113,15 +111,15 @@ GRADS = jax.grad(_loss)(PARAMS)
 GOOD = {"value": _loss(PARAMS), "loss_fn": _loss, "val_grads": GRADS}
 
 BAD = {
-    "value": [jnp.ones(3)],
-    "loss_fn": [3.0, lambda p: p["b"], lambda p: (_loss(p), 0.0)],
-    "val_grads": [
-        {"w": GRADS["w"].T, "b": GRADS["b"]},  # same size, wrong shape
-        {"w": GRADS["w"]},
-        [GRADS["w"], GRADS["b"]],
-    ],
-    # Missing, and a scalar where a vector belongs (it would broadcast).
-    "params": [None, {"w": PARAMS["w"], "b": jnp.float32(1.0)}],
+  "value": [jnp.ones(3)],
+  "loss_fn": [3.0, lambda p: p["b"], lambda p: (_loss(p), 0.0)],
+  "val_grads": [
+    {"w": GRADS["w"].T, "b": GRADS["b"]},  # same size, wrong shape
+    {"w": GRADS["w"]},
+    [GRADS["w"], GRADS["b"]],
+  ],
+  # Missing, and a scalar where a vector belongs (it would broadcast).
+  "params": [None, {"w": PARAMS["w"], "b": jnp.float32(1.0)}],
 }
 BAD_CASES = [(name, i) for name, values in BAD.items() for i in range(len(values))]
 

@@ -51,14 +51,38 @@ def test_registry_is_consistent():
   names = [m.name for m in _methods.COMPARE_METHODS]
   assert len(names) == len(set(names))
   assert {m.name for m in _methods.OPTAX_LR_METHODS} >= {
-      "hd", "hd_mult", "rtho", "marthe", "newton_lr", "aslr", "aslr_range_test", "aalr"}
+    "hd",
+    "hd_mult",
+    "rtho",
+    "marthe",
+    "newton_lr",
+    "aslr",
+    "aslr_range_test",
+    "aalr",
+  }
   # The optax methods the issue names are all compared, and the range test's
   # suggestion trained at a constant rate.
-  assert {"sgd", "reduce_on_plateau", "prodigy", "dog", "mechanize",
-          "schedule_free_sgd", "sgd_range_test"} <= set(names)
+  assert {
+    "sgd",
+    "reduce_on_plateau",
+    "prodigy",
+    "dog",
+    "mechanize",
+    "schedule_free_sgd",
+    "sgd_range_test",
+  } <= set(names)
   anchors = {m.name for m in _methods.SPEED_ANCHORS}
-  assert {"sgd", "sgd_momentum", "adam", "reduce_on_plateau", "prodigy",
-          "dadapt_adamw", "dog", "mechanize", "grad_hvp_sgd"} == anchors
+  assert {
+    "sgd",
+    "sgd_momentum",
+    "adam",
+    "reduce_on_plateau",
+    "prodigy",
+    "dadapt_adamw",
+    "dog",
+    "mechanize",
+    "grad_hvp_sgd",
+  } == anchors
   assert [m.name for m in _methods.HAND_TUNED] == ["sgd", "sgd_momentum", "adam"]
   assert _methods.HAND_TUNED_GRID == (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0)
   for m in _methods.OPTAX_LR_METHODS:
@@ -97,12 +121,12 @@ def test_grouped_runs_equal_separate_runs():
   alone = _train.train_rates(model, sgd, [0.3], splits, setting, seeds=(0, 1))
   assert together[0].group == together[1].group
   np.testing.assert_allclose(together[1].history["lr"], alone[0].history["lr"], rtol=1e-5)
-  np.testing.assert_allclose(together[1].history["test_loss"], alone[0].history["test_loss"],
-                             rtol=1e-5)
+  np.testing.assert_allclose(
+    together[1].history["test_loss"], alone[0].history["test_loss"], rtol=1e-5
+  )
   # Different rates really trained differently, and the seeds differ.
   assert not np.allclose(together[0].history["lr"], together[1].history["lr"])
-  assert not np.allclose(together[1].history["train_loss"][0],
-                         together[1].history["train_loss"][1])
+  assert not np.allclose(together[1].history["train_loss"][0], together[1].history["train_loss"][1])
   assert together[0].seed_rates == (0.01, 0.01)
   assert together[0].history["params_finite"].shape == (2,)
   assert together[0].history["params_finite"].all()
@@ -120,17 +144,17 @@ def test_rate_from_task_runs_each_seed_from_its_rate():
   model = _models.mlp((64,), (8,))
   setting = _train.setting_for(splits, 1, 100)
   by_name = {m.name: m for m in _methods.COMPARE_METHODS}
-  (run,) = _train.train_rates(model, by_name["sgd_range_test"], [123.0], splits, setting,
-                              seeds=(0, 1))
+  (run,) = _train.train_rates(
+    model, by_name["sgd_range_test"], [123.0], splits, setting, seeds=(0, 1)
+  )
   assert math.isnan(run.lr) and len(run.seed_rates) == 2
-  assert all(_methods.RANGE_TEST_MIN_LR <= r <= _methods.RANGE_TEST_MAX_LR
-             for r in run.seed_rates)
+  assert all(_methods.RANGE_TEST_MIN_LR <= r <= _methods.RANGE_TEST_MAX_LR for r in run.seed_rates)
   for s, rate in enumerate(run.seed_rates):
-    (alone,) = _train.train_rates(model, by_name["sgd"], [rate], splits, setting,
-                                  seeds=(s,))
+    (alone,) = _train.train_rates(model, by_name["sgd"], [rate], splits, setting, seeds=(s,))
     np.testing.assert_allclose(run.history["lr"][s], rate, rtol=1e-6)
-    np.testing.assert_allclose(run.history["test_loss"][s], alone.history["test_loss"][0],
-                               rtol=1e-5)
+    np.testing.assert_allclose(
+      run.history["test_loss"][s], alone.history["test_loss"][0], rtol=1e-5
+    )
   # The suggestion is the library's, on the seed's own training batches.
   params = jax.vmap(model.init)(jax.numpy.stack([jax.random.PRNGKey(s) for s in (0, 1)]))
   orders = _train.batch_orders(splits, setting, (0, 1))
@@ -162,10 +186,13 @@ def test_score_and_summary():
 
 def test_compare(tmp_path, capsys):
   from benchmarks import compare  # pylint: disable=g-import-not-at-top
+
   # Every method end to end; the step timing (the harness's) is tested by
   # test_speed.
-  report = compare.main(["--quick", "--rates", "0.1", "--timing-rounds", "0",
-                         "--no-progress"] + _outputs(tmp_path, "compare"))
+  report = compare.main(
+    ["--quick", "--rates", "0.1", "--timing-rounds", "0", "--no-progress"]
+    + _outputs(tmp_path, "compare")
+  )
   out = capsys.readouterr().out
   saved = _load(tmp_path / "compare.json")
   assert set(saved["methods"]) == {m.name for m in _methods.COMPARE_METHODS}
@@ -187,20 +214,27 @@ def test_compare(tmp_path, capsys):
 
 def test_speed(tmp_path, capsys):
   from benchmarks import speed  # pylint: disable=g-import-not-at-top
-  report = speed.main(["--quick", "--models", "cnn", "--methods", "sgd", "grad_hvp_sgd",
-                       "marthe", "aalr"] + _outputs(tmp_path, "speed"))
+
+  report = speed.main(
+    ["--quick", "--models", "cnn", "--methods", "sgd", "grad_hvp_sgd", "marthe", "aalr"]
+    + _outputs(tmp_path, "speed")
+  )
   out = capsys.readouterr().out
   cnn = _load(tmp_path / "speed.json")["models"]["cnn"]
   marthe = _methods.by_name(_methods.OPTAX_LR_METHODS, ["marthe"])[0]
   has_net = marthe.accepts("safety_net")
   assert set(cnn["median_ratio_to_sgd"]) == (
-      {"sgd", "grad_hvp_sgd", "marthe", "aalr"} | ({"marthe_net_off"} if has_net else set()))
+    {"sgd", "grad_hvp_sgd", "marthe", "aalr"} | ({"marthe_net_off"} if has_net else set())
+  )
   assert cnn["median_ratio_to_sgd"]["sgd"] == 1.0
-  targets = {(t["method"], t["measured_as"], t["baseline"])
-             for t in report["models"]["cnn"]["targets"]}
+  targets = {
+    (t["method"], t["measured_as"], t["baseline"]) for t in report["models"]["cnn"]["targets"]
+  }
   # The first release's targets are measured with the net off.
-  assert targets == {("marthe", "marthe_net_off" if has_net else "marthe", "grad_hvp_sgd"),
-                     ("aalr", "aalr", "sgd")}
+  assert targets == {
+    ("marthe", "marthe_net_off" if has_net else "marthe", "grad_hvp_sgd"),
+    ("aalr", "aalr", "sgd"),
+  }
   assert "target marthe" in out and "/ grad_hvp_sgd" in out
   # The net's own target: one row per net method timed (AALR has none).
   (net,) = cnn["safety_net_targets"]
@@ -208,7 +242,8 @@ def test_speed(tmp_path, capsys):
   if has_net:
     assert net["status"] == "measured" and net["rollbacks_while_timed"] == 0
     assert net["ratio_net_on_to_off"] == pytest.approx(
-        np.median([r["marthe"] / r["marthe_net_off"] for r in cnn["seconds_per_step_runs"]]))
+      np.median([r["marthe"] / r["marthe_net_off"] for r in cnn["seconds_per_step_runs"]])
+    )
     assert net["met"] == (net["ratio_net_on_to_off"] <= speed.NET_BOUND)
   else:
     assert net["status"] == "n/a" and net["met"] is None
@@ -219,6 +254,7 @@ def test_speed(tmp_path, capsys):
 def test_speed_times_steps_that_do_not_save():
   """``no_saves`` steps keep the initial checkpoint; ordinary steps save."""
   from benchmarks import _harness  # pylint: disable=g-import-not-at-top
+
   hd = _methods.by_name(_methods.OPTAX_LR_METHODS, ["hd"])[0]
   if not hd.accepts("safety_net"):
     pytest.skip("hd has no safety net")
@@ -238,8 +274,11 @@ def test_speed_times_steps_that_do_not_save():
   # The initial checkpoint (whose cost is the first call's loss) is kept by
   # steps that never save, and replaced by a later point otherwise.
   same_as_initial = lambda net: all(
-      np.array_equal(a, b) for a, b in zip(jax.tree_util.tree_leaves(net.checkpoint.params),
-                                           jax.tree_util.tree_leaves(initial)))
+    np.array_equal(a, b)
+    for a, b in zip(
+      jax.tree_util.tree_leaves(net.checkpoint.params), jax.tree_util.tree_leaves(initial)
+    )
+  )
   assert same_as_initial(finals[True])  # never saved
   assert not same_as_initial(finals[False])  # saved
   assert float(finals[False].checkpoint.cost) < float(finals[True].checkpoint.cost)
@@ -251,6 +290,7 @@ def test_speed_parts_are_consistent():
   from benchmarks import _harness  # pylint: disable=g-import-not-at-top
   from benchmarks import speed  # pylint: disable=g-import-not-at-top
   from optax_lr import _checkpoint  # pylint: disable=g-import-not-at-top
+
   known = speed.known_names()
   lines = [(t[0], t[1]) for t in speed.TARGETS] + list(speed.INFORMATION)
   for part, names in speed.PARTS.items():
@@ -273,10 +313,22 @@ def test_speed_parts_are_consistent():
 def test_speed_parts(tmp_path, capsys):
   """The former per-method benchmarks' targets and information lines, by name."""
   from benchmarks import speed  # pylint: disable=g-import-not-at-top
-  names = ["newton", "sgd_momentum", "aslr_window", "aalr_window", "aalr_every_step",
-           "hd_fixed", "grad_hvp_sgd", "marthe_fixed"]
-  speed.main(["--quick", "--models", "mlp", "--rounds", "1", "--steps-per-round", "1",
-              "--methods"] + names + _outputs(tmp_path, "speed"))
+
+  names = [
+    "newton",
+    "sgd_momentum",
+    "aslr_window",
+    "aalr_window",
+    "aalr_every_step",
+    "hd_fixed",
+    "grad_hvp_sgd",
+    "marthe_fixed",
+  ]
+  speed.main(
+    ["--quick", "--models", "mlp", "--rounds", "1", "--steps-per-round", "1", "--methods"]
+    + names
+    + _outputs(tmp_path, "speed")
+  )
   out = capsys.readouterr().out
   mlp = _load(tmp_path / "speed.json")["models"]["mlp"]
   newton_lr = _methods.by_name(_methods.OPTAX_LR_METHODS, ["newton_lr"])[0]
@@ -286,11 +338,11 @@ def test_speed_parts(tmp_path, capsys):
   assert mlp["median_ratio_to_sgd"]["sgd"] == 1.0
   targets = {t["method"]: t for t in mlp["targets"]}
   assert {(t["method"], t["measured_as"], t["baseline"]) for t in targets.values()} == {
-      ("newton_lr", newton_lr_as, "adam"),
-      ("aslr_window", "aslr_window", "sgd"),
-      ("aalr_window", "aalr_window", "sgd"),
-      ("hd_fixed", "hd_fixed", "sgd_momentum"),
-      ("marthe_fixed", "marthe_fixed", "grad_hvp_sgd"),
+    ("newton_lr", newton_lr_as, "adam"),
+    ("aslr_window", "aslr_window", "sgd"),
+    ("aalr_window", "aalr_window", "sgd"),
+    ("hd_fixed", "hd_fixed", "sgd_momentum"),
+    ("marthe_fixed", "marthe_fixed", "grad_hvp_sgd"),
   }
   for t in targets.values():
     assert t["met"] == (t["ratio"] <= t["bound"])
@@ -301,8 +353,11 @@ def test_speed_parts(tmp_path, capsys):
   assert "target hd_fixed (net off) / sgd_momentum" in out
   assert "target aalr_window / sgd" in out
   info = {(t["method"], t["baseline"]): t["ratio"] for t in mlp["information"]}
-  assert set(info) == {("newton_lr_adam", "adam"), ("newton_lr_every_step", newton_lr_as),
-                       ("aalr_every_step", "aalr_window")}
+  assert set(info) == {
+    ("newton_lr_adam", "adam"),
+    ("newton_lr_every_step", newton_lr_as),
+    ("aalr_every_step", "aalr_window"),
+  }
   for (method, base), value in info.items():
     assert f"information {method} / {base} = {value:.3f}" in out
   _check_png(tmp_path, "speed")
@@ -310,11 +365,14 @@ def test_speed_parts(tmp_path, capsys):
 
 def test_robustness(tmp_path, capsys):
   from benchmarks import robustness  # pylint: disable=g-import-not-at-top
+
   # digits runs through the same code in test_compare; MNIST-1D when installed.
   dataset = "mnist1d" if _data.have_mnist1d() else "digits"
   methods = ["sgd", "aslr", "aslr_range_test", "sgd_range_test", "aalr", "dog"]
-  robustness.main(["--quick", "--datasets", dataset, "--methods", *methods,
-                   "--no-progress"] + _outputs(tmp_path, "robustness"))
+  robustness.main(
+    ["--quick", "--datasets", dataset, "--methods", *methods, "--no-progress"]
+    + _outputs(tmp_path, "robustness")
+  )
   out = capsys.readouterr().out
   saved = _load(tmp_path / "robustness.json")
   assert set(saved["datasets"]) == {dataset}
@@ -330,8 +388,9 @@ def test_robustness(tmp_path, capsys):
     stats = entry["across_rates"]
     assert stats["worst"] >= stats["mean"] >= 0
   # The seeds' suggestions are shared by the ASLR pipeline and constant SGD.
-  assert (ds["methods"]["aslr_range_test"]["seed_rates"]
-          == ds["methods"]["sgd_range_test"]["seed_rates"])
+  assert (
+    ds["methods"]["aslr_range_test"]["seed_rates"] == ds["methods"]["sgd_range_test"]["seed_rates"]
+  )
 
   refs = ds["hand_tuned"]
   assert set(refs) == {"sgd", "sgd_momentum", "adam"}
@@ -354,7 +413,8 @@ def test_robustness(tmp_path, capsys):
   assert targets["methods"]["aslr_range_test"]["worst_at"] == "range test"
   assert not targets["methods"]["aslr"]["counts"]  # ASLR's target is its pipeline
   assert targets["methods"]["aalr"]["as_robust_as_dog"] == (
-      targets["methods"]["aalr"]["worst_loss"] <= targets["dog_worst"])
+    targets["methods"]["aalr"]["worst_loss"] <= targets["dog_worst"]
+  )
   assert targets["methods"]["aslr_range_test"]["as_robust_as_dog"] is None
   rt = targets["range_test"]
   assert rt["suggestions"] == ds["methods"]["sgd_range_test"]["seed_rates"][0]
@@ -369,25 +429,33 @@ def test_robustness(tmp_path, capsys):
 def _entry(per_rate, library="optax_lr", swept=True, nonfinite=0):
   """A robustness entry with these seed-mean losses (two identical seeds)."""
   scored = np.repeat(np.asarray(per_rate, float)[:, None], 2, axis=1)
-  return {"library": library, "swept": swept, "scored_loss": scored,
-          "initial_rates": np.geomspace(1e-4, 1, len(per_rate)),
-          "seed_rates": np.full(scored.shape, 0.1),
-          "across_rates": _train.summary(scored.mean(1)),
-          "nonfinite_params_runs": nonfinite, "runs": scored.size}
+  return {
+    "library": library,
+    "swept": swept,
+    "scored_loss": scored,
+    "initial_rates": np.geomspace(1e-4, 1, len(per_rate)),
+    "seed_rates": np.full(scored.shape, 0.1),
+    "across_rates": _train.summary(scored.mean(1)),
+    "nonfinite_params_runs": nonfinite,
+    "runs": scored.size,
+  }
 
 
 def test_robustness_targets_logic():
   from benchmarks import robustness  # pylint: disable=g-import-not-at-top
-  refs = {"sgd": {"best_loss": 0.12, "best_rate": 0.1},
-          "adam": {"best_loss": 0.10, "best_rate": 1e-3}}
+
+  refs = {
+    "sgd": {"best_loss": 0.12, "best_rate": 0.1},
+    "adam": {"best_loss": 0.10, "best_rate": 1e-3},
+  }
   entries = {
-      "hd": _entry([0.11, 0.12]),  # ratio 1.2: within 1.25
-      "marthe": _entry([0.11, 0.13]),  # 1.3: not
-      "newton_lr": _entry([0.10, 0.20], nonfinite=1),
-      "aslr": _entry([0.5, 2.3]),
-      "aslr_range_test": _entry([0.12], swept=False),
-      "dog": _entry([0.12, 0.125], library="optax"),
-      "sgd_range_test": _entry([0.15], library="optax", swept=False),
+    "hd": _entry([0.11, 0.12]),  # ratio 1.2: within 1.25
+    "marthe": _entry([0.11, 0.13]),  # 1.3: not
+    "newton_lr": _entry([0.10, 0.20], nonfinite=1),
+    "aslr": _entry([0.5, 2.3]),
+    "aslr_range_test": _entry([0.12], swept=False),
+    "dog": _entry([0.12, 0.125], library="optax"),
+    "sgd_range_test": _entry([0.15], library="optax", swept=False),
   }
   t = robustness.targets(entries, refs)
   assert t["best_hand_tuned"] == {"optimizer": "adam", "rate": 1e-3, "loss": 0.10}
@@ -410,11 +478,27 @@ def test_robustness_targets_logic():
 
 def test_paper_marthe(tmp_path):
   from benchmarks import paper_marthe  # pylint: disable=g-import-not-at-top
+
   with pytest.raises(ValueError, match="unknown methods"):
     paper_marthe.main(["--quick", "--methods", "adam"])
-  report = paper_marthe.main(["--quick", "--steps", "8", "--seeds", "0", "--betas", "1e-2",
-                              "--methods", "hd", "marthe_mu0.99", "--lrs-iters", "1",
-                              "--no-progress"] + _outputs(tmp_path, "paper_marthe"))
+  report = paper_marthe.main(
+    [
+      "--quick",
+      "--steps",
+      "8",
+      "--seeds",
+      "0",
+      "--betas",
+      "1e-2",
+      "--methods",
+      "hd",
+      "marthe_mu0.99",
+      "--lrs-iters",
+      "1",
+      "--no-progress",
+    ]
+    + _outputs(tmp_path, "paper_marthe")
+  )
   saved = _load(tmp_path / "paper_marthe.json")
   assert set(saved["methods"]) == {"constant", "hd", "marthe_mu0.99"}
   constant = report["methods"]["constant"]["by_hyper"][0]
@@ -427,8 +511,10 @@ def test_paper_marthe(tmp_path):
 
 def test_paper_toys(tmp_path):
   from benchmarks import paper_toys  # pylint: disable=g-import-not-at-top
-  report = paper_toys.main(["--quick", "--betas", "1e-5", "1e-1"]
-                           + _outputs(tmp_path, "paper_toys"))
+
+  report = paper_toys.main(
+    ["--quick", "--betas", "1e-5", "1e-1"] + _outputs(tmp_path, "paper_toys")
+  )
   beale = _load(tmp_path / "paper_toys.json")["functions"]["beale"]
   for name in ("hd", "rtho", "marthe"):
     small, large = beale["methods"][name]["by_beta"]
@@ -437,7 +523,8 @@ def test_paper_toys(tmp_path):
     assert not small["diverged"] and small["best"] < 1.0
     assert large["diverged"]
   assert report["functions"]["bukin_smoothed"]["minimum"] == pytest.approx(
-      math.sqrt(math.sqrt(paper_toys.BUKIN_EPS) + paper_toys.BUKIN_EPS))
+    math.sqrt(math.sqrt(paper_toys.BUKIN_EPS) + paper_toys.BUKIN_EPS)
+  )
   _check_png(tmp_path, "paper_toys")
 
 
@@ -466,8 +553,11 @@ def test_stdlib_text_is_local_and_split_by_file(monkeypatch):
   files = {name: set(names) for name, names in split.items()}
   assert all(files.values())
   # Whole files, each in one split only, all from the local stdlib, no tests.
-  assert not (files["train"] & files["valid"] or files["train"] & files["test"]
-              or files["valid"] & files["test"])
+  assert not (
+    files["train"] & files["valid"]
+    or files["train"] & files["test"]
+    or files["valid"] & files["test"]
+  )
   for name in set().union(*files.values()):
     assert name.endswith(".py") and os.path.isfile(os.path.join(root, name))
     assert not set(name.split(os.sep)[:-1]) & set(_data.STDLIB_SKIPPED_DIRS), name
@@ -482,13 +572,12 @@ def test_stdlib_text_is_local_and_split_by_file(monkeypatch):
     assert x.dtype == y.dtype == np.int32 and 0 <= x.min() and x.max() < 256
     np.testing.assert_array_equal(x[:, 1:], y[:, :-1])  # y is the next byte
   # The test windows are bytes of the test files (and of no train file).
-  test_text = b"\0".join(open(os.path.join(root, n), "rb").read()
-                         for n in split["test"])
+  test_text = b"\0".join(open(os.path.join(root, n), "rb").read() for n in split["test"])
   window = bytes(splits.x_test[3].astype(np.uint8))
   assert window in test_text
   np.testing.assert_array_equal(
-      _data.stdlib_text(context=16, max_bytes=300_000, eval_windows=8).x_train,
-      splits.x_train)  # deterministic
+    _data.stdlib_text(context=16, max_bytes=300_000, eval_windows=8).x_train, splits.x_train
+  )  # deterministic
 
 
 def test_transformer_lm_is_causal():
@@ -511,10 +600,25 @@ def test_robustness_stdlib_lm(tmp_path, capsys, monkeypatch):
   """The Transformer LM task end to end at a tiny size: an optax_lr method over
   AdamW's direction and one hand-tuned AdamW recipe."""
   from benchmarks import robustness  # pylint: disable=g-import-not-at-top
+
   _no_network(monkeypatch)
-  report = robustness.main(["--quick", "--datasets", "stdlib_lm", "--methods", "hd",
-                            "--references", "adamw_cosine", "--rates", "1e-2",
-                            "--seeds", "0", "--no-progress"] + _outputs(tmp_path, "robustness"))
+  report = robustness.main(
+    [
+      "--quick",
+      "--datasets",
+      "stdlib_lm",
+      "--methods",
+      "hd",
+      "--references",
+      "adamw_cosine",
+      "--rates",
+      "1e-2",
+      "--seeds",
+      "0",
+      "--no-progress",
+    ]
+    + _outputs(tmp_path, "robustness")
+  )
   out = capsys.readouterr().out
   ds = report["datasets"]["stdlib_lm"]
   size = robustness.LM_QUICK
@@ -547,14 +651,18 @@ def test_adam_task_direction_and_range_test():
   the range test sweeps AdamW; the other tasks keep momentum and SGD."""
   from benchmarks import robustness  # pylint: disable=g-import-not-at-top
   from benchmarks import speed  # pylint: disable=g-import-not-at-top
+
   params = {"w": jax.numpy.ones((3, 2)), "b": jax.numpy.ones(2)}
 
   def holds(tx, cls):
     state = tx.init(params)
-    return any(isinstance(x, cls) for x in jax.tree_util.tree_leaves(
-        state, is_leaf=lambda x: isinstance(x, cls)))
+    return any(
+      isinstance(x, cls)
+      for x in jax.tree_util.tree_leaves(state, is_leaf=lambda x: isinstance(x, cls))
+    )
 
   import optax  # pylint: disable=g-import-not-at-top
+
   hd = _methods.by_name(_methods.OPTAX_LR_METHODS, ["hd"])[0]
   lm = robustness.task("stdlib_lm", True, None)
   mlp = robustness.task("digits", True, None)
@@ -568,8 +676,9 @@ def test_adam_task_direction_and_range_test():
   # AdamW's direction at rate lr is optax.adamw's step (weight decay on matrices).
   grads = {"w": jax.numpy.full((3, 2), 0.5), "b": jax.numpy.full(2, -0.5)}
   ours = _methods.adamw(1e-2)
-  want = optax.adamw(1e-2, weight_decay=_methods.ADAMW_WEIGHT_DECAY,
-                     mask=lambda p: {"w": True, "b": False})
+  want = optax.adamw(
+    1e-2, weight_decay=_methods.ADAMW_WEIGHT_DECAY, mask=lambda p: {"w": True, "b": False}
+  )
   u, _ = ours.update(grads, ours.init(params), params)
   v, _ = want.update(grads, want.init(params), params)
   jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6), u, v)

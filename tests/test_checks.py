@@ -44,26 +44,53 @@ def _traced(check, value, *args, **kwargs):
   return seen[0]
 
 
-WRONG_SCALARS = ["0.1", None, True, np.bool_(False), 1j, np.ones(2), jnp.ones((1,)),
-                 np.complex64(1), [1.0]]
+WRONG_SCALARS = [
+  "0.1",
+  None,
+  True,
+  np.bool_(False),
+  1j,
+  np.ones(2),
+  jnp.ones((1,)),
+  np.complex64(1),
+  [1.0],
+]
 
 
 # ---------------------------------------------------------------- real and its ranges
 
 
-@pytest.mark.parametrize("check, good, bad", [
-    (_checks.positive, [0.1, 3, np.float32(2.0), jnp.asarray(1e-3, jnp.bfloat16)],
-     [0.0, -1.0, math.nan, math.inf]),
+@pytest.mark.parametrize(
+  "check, good, bad",
+  [
+    (
+      _checks.positive,
+      [0.1, 3, np.float32(2.0), jnp.asarray(1e-3, jnp.bfloat16)],
+      [0.0, -1.0, math.nan, math.inf],
+    ),
     (_checks.non_negative, [0.0, 2.5, np.int32(0)], [-1e-9, math.nan, math.inf]),
-    (lambda name, value: _checks.at_least(name, value, 1),
-     [1, 1.0, 4.5, np.float32(1.0)], [0.999, -1.0, math.nan, math.inf]),
-    (lambda name, value: _checks.in_range(name, value, 0, 1), [0, 0.5, 1.0],
-     [-0.1, 1.5, math.nan, math.inf]),
-    (lambda name, value: _checks.in_range(name, value, 0, 1, high_open=True),
-     [0, 0.5, 0.999], [1.0, -0.1, math.nan]),
-    (lambda name, value: _checks.in_range(name, value, 0, 1, low_open=True),
-     [0.5, 1.0], [0.0, 1.1]),
-])
+    (
+      lambda name, value: _checks.at_least(name, value, 1),
+      [1, 1.0, 4.5, np.float32(1.0)],
+      [0.999, -1.0, math.nan, math.inf],
+    ),
+    (
+      lambda name, value: _checks.in_range(name, value, 0, 1),
+      [0, 0.5, 1.0],
+      [-0.1, 1.5, math.nan, math.inf],
+    ),
+    (
+      lambda name, value: _checks.in_range(name, value, 0, 1, high_open=True),
+      [0, 0.5, 0.999],
+      [1.0, -0.1, math.nan],
+    ),
+    (
+      lambda name, value: _checks.in_range(name, value, 0, 1, low_open=True),
+      [0.5, 1.0],
+      [0.0, 1.1],
+    ),
+  ],
+)
 def test_real_ranges(check, good, bad):
   for value in good:
     out = check("arg", value)

@@ -1,11 +1,12 @@
 """The contract suite: every learning-rate method through the same checks.
 
 The design page's testing strategy (docs/design.md), run for each entry of
-`METHODS`: jit with no second compilation, unknown extra args ignored, bf16/f32 dtypes kept, state dtypes
-stable under `lax.cond`, `lax.scan` training on a parabola and on Rosenbrock,
-NaN and Inf in gradients, losses and costs never giving a NaN or negative
-learning rate, a `flax.serialization` round trip, and use inside `optax.chain`
-and `optax.MultiSteps`.
+`METHODS`: jit with no second compilation, unknown extra args ignored,
+bf16/f32 dtypes kept, state dtypes stable under `lax.cond`, `lax.scan`
+training on a parabola and on Rosenbrock, NaN and Inf in gradients, losses
+and costs never giving a NaN or negative learning rate, a
+`flax.serialization` round trip, and use inside `optax.chain` and
+`optax.MultiSteps`.
 
 A method joins the suite with one `MethodCase` in `METHODS`, the registry in
 `optax_lr._registry` (shared with the benchmarks), which records its factory,
@@ -23,6 +24,7 @@ import optax
 import pytest
 
 import optax_lr
+
 # The registry, re-exported: the suites built on this one import it from here.
 from optax_lr._registry import METHODS
 from optax_lr._registry import MethodCase
@@ -38,9 +40,9 @@ SCALES = {"a": jnp.array([1.0, 2.0], jnp.float32), "b": jnp.array(0.5, jnp.float
 def parabola(params):
   """0.5 Σ s_i w_i², minimum 0 at w = 0."""
   terms = jax.tree_util.tree_map(
-      lambda s, w: 0.5 * jnp.sum(s.astype(w.dtype) * w * w).astype(jnp.float32),
-      SCALES,
-      params,
+    lambda s, w: 0.5 * jnp.sum(s.astype(w.dtype) * w * w).astype(jnp.float32),
+    SCALES,
+    params,
   )
   return sum(jax.tree_util.tree_leaves(terms))
 
@@ -88,7 +90,7 @@ def _scan_train(case, tx, loss_fn, params, num_steps, poison=None):
       return (params, state), (loss, lr)
 
     (params, state), (losses, lrs) = jax.lax.scan(
-        body, (params, tx.init(params)), jnp.arange(num_steps)
+      body, (params, tx.init(params)), jnp.arange(num_steps)
     )
     return params, state, losses, lrs
 
@@ -250,7 +252,7 @@ def test_inside_optax_chain(case):
   assert float(parabola(final)) < 1e-2 * float(parabola(params))
   _assert_rates_valid(lrs)
   assert jax.tree_util.tree_structure(optax_lr.current_lr(state)) == (
-      jax.tree_util.tree_structure(optax_lr.current_lr(case.make(0.1).init(params)))
+    jax.tree_util.tree_structure(optax_lr.current_lr(case.make(0.1).init(params)))
   )
 
 

@@ -32,9 +32,9 @@ TOLERANCE = 3e-2
 
 
 DIRECTIONS = {
-    "sgd": lambda: None,
-    "momentum": lambda: optax.trace(0.9),
-    "adam": lambda: standard_promotion(optax.scale_by_adam()),
+  "sgd": lambda: None,
+  "momentum": lambda: optax.trace(0.9),
+  "adam": lambda: standard_promotion(optax.scale_by_adam()),
 }
 
 
@@ -54,23 +54,24 @@ class DefaultCase:
 EPOCH = 100
 
 CASES = [
-    DefaultCase("hypergradient_descent",
-                lambda lr, d: optax_lr.hypergradient_descent(lr, direction=d)),
-    DefaultCase("hypergradient_descent_multiplicative",
-                lambda lr, d: optax_lr.hypergradient_descent(
-                    lr, multiplicative=True, direction=d)),
-    DefaultCase("rtho", lambda lr, d: optax_lr.rtho(lr, direction=d),
-                needs=("value", "loss_fn")),
-    DefaultCase("marthe", lambda lr, d: optax_lr.marthe(lr, direction=d),
-                needs=("value", "loss_fn")),
-    DefaultCase("newton_lr",
-                lambda lr, d: optax_lr.newton_lr(lr, steps_per_epoch=EPOCH, direction=d)),
-    DefaultCase("aslr",
-                lambda lr, d: optax_lr.aslr(lr, steps_per_epoch=EPOCH, direction=d),
-                banded=False),
-    DefaultCase("aalr",
-                lambda lr, d: optax_lr.aalr(lr, steps_per_epoch=EPOCH, direction=d),
-                banded=False),
+  DefaultCase(
+    "hypergradient_descent", lambda lr, d: optax_lr.hypergradient_descent(lr, direction=d)
+  ),
+  DefaultCase(
+    "hypergradient_descent_multiplicative",
+    lambda lr, d: optax_lr.hypergradient_descent(lr, multiplicative=True, direction=d),
+  ),
+  DefaultCase("rtho", lambda lr, d: optax_lr.rtho(lr, direction=d), needs=("value", "loss_fn")),
+  DefaultCase("marthe", lambda lr, d: optax_lr.marthe(lr, direction=d), needs=("value", "loss_fn")),
+  DefaultCase(
+    "newton_lr", lambda lr, d: optax_lr.newton_lr(lr, steps_per_epoch=EPOCH, direction=d)
+  ),
+  DefaultCase(
+    "aslr", lambda lr, d: optax_lr.aslr(lr, steps_per_epoch=EPOCH, direction=d), banded=False
+  ),
+  DefaultCase(
+    "aalr", lambda lr, d: optax_lr.aalr(lr, steps_per_epoch=EPOCH, direction=d), banded=False
+  ),
 ]
 
 
@@ -83,13 +84,25 @@ def _targets():
   # leaf's squared distance summed.
   mixed_final = (jnp.array([1.0, -1.0, 2.0]), jnp.array([[1.0, 0.0], [-1.0, 1.0]]))
   return [
-      ("parabola", jnp.array([-1.0, 10.0, 1.0]), parabola_final,
-       lambda p: jnp.sum((p - parabola_final) ** 2)),
-      ("rosenbrock", jnp.zeros(2), jnp.array([1.0, 1.0]), rosenbrock),
-      ("matrix_parabola", jnp.zeros((2, 2)), matrix_final,
-       lambda p: jnp.sum((p - matrix_final) ** 2)),
-      ("mixed_tensors", (jnp.zeros(3), jnp.zeros((2, 2))), mixed_final,
-       lambda p: sum(jnp.sum((a - b) ** 2) for a, b in zip(p, mixed_final))),
+    (
+      "parabola",
+      jnp.array([-1.0, 10.0, 1.0]),
+      parabola_final,
+      lambda p: jnp.sum((p - parabola_final) ** 2),
+    ),
+    ("rosenbrock", jnp.zeros(2), jnp.array([1.0, 1.0]), rosenbrock),
+    (
+      "matrix_parabola",
+      jnp.zeros((2, 2)),
+      matrix_final,
+      lambda p: jnp.sum((p - matrix_final) ** 2),
+    ),
+    (
+      "mixed_tensors",
+      (jnp.zeros(3), jnp.zeros((2, 2))),
+      mixed_final,
+      lambda p: sum(jnp.sum((a - b) ** 2) for a, b in zip(p, mixed_final)),
+    ),
   ]
 
 
@@ -109,8 +122,7 @@ def _train(case, direction):
       params = optax_lr.apply_updates(params, updates, state)
       return (params, state), jnp.asarray(optax_lr.current_lr(state), jnp.float32)
 
-    (params, _), rates = jax.lax.scan(
-        body, (initial, tx.init(initial)), None, length=STEPS)
+    (params, _), rates = jax.lax.scan(body, (initial, tx.init(initial)), None, length=STEPS)
     return params, jnp.min(rates), jnp.max(rates)
 
   @jax.jit
@@ -125,15 +137,16 @@ def _train(case, direction):
 def test_defaults_converge_on_optax_contrib_targets(case, direction):
   targets, results = _train(case, DIRECTIONS[direction]())
   for (name, _, final, _), (params, low, high) in zip(targets, results):
-    for got, want in zip(jax.tree_util.tree_leaves(params),
-                         jax.tree_util.tree_leaves(final)):
+    for got, want in zip(jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(final)):
       np.testing.assert_allclose(
-          got, want, rtol=TOLERANCE, atol=TOLERANCE,
-          err_msg=f"{case.name} over {direction} on {name}")
+        got, want, rtol=TOLERANCE, atol=TOLERANCE, err_msg=f"{case.name} over {direction} on {name}"
+      )
     assert np.isfinite(float(high)) and float(low) > 0, (name, low, high)
     if case.banded:
       # No runaway, no collapse: the rate stays within 10^4 of its start.
       assert float(high) <= INITIAL_RATE * 1e4 * (1 + 1e-6), (
-          f"{name}: the rate ran away to {float(high):.3g}")
+        f"{name}: the rate ran away to {float(high):.3g}"
+      )
       assert float(low) >= INITIAL_RATE * 1e-4 * (1 - 1e-6), (
-          f"{name}: the rate collapsed to {float(low):.3g}")
+        f"{name}: the rate collapsed to {float(low):.3g}"
+      )

@@ -41,11 +41,10 @@ import numpy as np
 import optax
 import pytest
 
-import optax_lr
-from optax_lr.aalr import AALRState
-from optax_lr.aalr import SAVE
-
 import _reliability as rel
+import optax_lr
+from optax_lr.aalr import SAVE
+from optax_lr.aalr import AALRState
 from test_contract import parabola
 from test_contract import parabola_params
 
@@ -76,22 +75,22 @@ class Scenario:
 
 
 SCENARIOS = [
-    Scenario(f"{channel}_{bad}", (channel,), (float(bad),) * 3)
-    for channel in CHANNELS
-    for bad in ("nan", "inf")
+  Scenario(f"{channel}_{bad}", (channel,), (float(bad),) * 3)
+  for channel in CHANNELS
+  for bad in ("nan", "inf")
 ] + [
-    Scenario("explosion", CHANNELS, (1e1, 1e2, 1e3, np.inf, np.nan)),
-    Scenario("grads_nan_unguarded", ("grads",), (np.nan,) * 3, guard=False),
-    Scenario("grads_inf_unguarded", ("grads",), (np.inf,) * 3, guard=False),
+  Scenario("explosion", CHANNELS, (1e1, 1e2, 1e3, np.inf, np.nan)),
+  Scenario("grads_nan_unguarded", ("grads",), (np.nan,) * 3, guard=False),
+  Scenario("grads_inf_unguarded", ("grads",), (np.inf,) * 3, guard=False),
 ]
 CLEAN = Scenario("clean", (), ())
 
 
 def _all_finite(tree):
   leaves = [
-      jnp.all(jnp.isfinite(x))
-      for x in jax.tree_util.tree_leaves(tree)
-      if jnp.issubdtype(jnp.result_type(x), jnp.floating)
+    jnp.all(jnp.isfinite(x))
+    for x in jax.tree_util.tree_leaves(tree)
+    if jnp.issubdtype(jnp.result_type(x), jnp.floating)
   ]
   return jnp.all(jnp.stack(leaves)) if leaves else jnp.bool_(True)
 
@@ -109,36 +108,33 @@ def _runner(case):
       loss, grads = jax.value_and_grad(parabola)(params)
       scale = lambda tree, k: jax.tree_util.tree_map(lambda x: x * m[k], tree)
       updates, new_state = tx.update(
-          scale(grads, 0), state, params,
-          value=loss * m[1],
-          val_grads=scale(grads, 2),
-          loss_fn=lambda p: parabola(p) * m[3],
+        scale(grads, 0),
+        state,
+        params,
+        value=loss * m[1],
+        val_grads=scale(grads, 2),
+        loss_fn=lambda p: parabola(p) * m[3],
       )
       new_params = optax_lr.apply_updates(params, updates, new_state)
       if case.epoch_level:  # windowed methods end their own epochs
         new_state = jax.lax.cond(
-            t % EPOCH == EPOCH - 1,
-            lambda s: optax_lr.observe(s, loss * m[1]),
-            lambda s: s,
-            new_state,
+          t % EPOCH == EPOCH - 1,
+          lambda s: optax_lr.observe(s, loss * m[1]),
+          lambda s: s,
+          new_state,
         )
       ok = _all_finite(new_params) | jnp.logical_not(guard)
-      keep = lambda new, old: jax.tree_util.tree_map(
-          lambda a, b: jnp.where(ok, a, b), new, old
-      )
+      keep = lambda new, old: jax.tree_util.tree_map(lambda a, b: jnp.where(ok, a, b), new, old)
       state = keep(new_state, state)
-      rates = jnp.stack([
-          jnp.asarray(r, jnp.float32)
-          for r in jax.tree_util.tree_leaves(optax_lr.current_lr(state))
-      ])
+      rates = jnp.stack(
+        [jnp.asarray(r, jnp.float32) for r in jax.tree_util.tree_leaves(optax_lr.current_lr(state))]
+      )
       skipped = skipped + jnp.logical_not(ok).astype(jnp.int32)
       return (keep(new_params, params), state, skipped), (loss, rates)
 
     params = parabola_params()
     init = (params, tx.init(params), jnp.int32(0))
-    (_, state, skipped), (losses, rates) = jax.lax.scan(
-        body, init, (jnp.arange(STEPS), mult)
-    )
+    (_, state, skipped), (losses, rates) = jax.lax.scan(body, init, (jnp.arange(STEPS), mult))
     return losses, rates, skipped, _all_finite(state)
 
   return run
@@ -164,8 +160,8 @@ def test_bad_numbers_keep_the_rate_valid_and_training_recovers(case, scenario):
   clean_losses = _run(case, CLEAN)[0]
   clean_best = np.min(clean_losses[after:])
   assert best_after < before or best_after <= 1.01 * clean_best, (
-      f"no recovery: best loss after the fault {best_after:.3g}, before it "
-      f"{before:.3g}, fault-free run {clean_best:.3g}"
+    f"no recovery: best loss after the fault {best_after:.3g}, before it "
+    f"{before:.3g}, fault-free run {clean_best:.3g}"
   )
 
 
@@ -208,7 +204,7 @@ def test_aalr_reloads_its_checkpoint_when_the_loss_turns_nan_in_phase_two():
   saved = None  # (params, direction state) stored by the latest save
   rollbacks = []
   for t, params_in, before, params, state, loss in _aalr_loop(
-      tx, parabola_params(), {fault: np.nan}, epoch=2, steps=80
+    tx, parabola_params(), {fault: np.nan}, epoch=2, steps=80
   ):
     if int(_aalr(before).pending) == SAVE:
       saved = (params_in, _aalr(before).direction_state)
@@ -240,7 +236,7 @@ def test_aalr_restarts_from_the_initial_model_when_the_loss_explodes_in_phase_on
   explosion = {9: 1e3, 10: 1e6, 11: np.inf}
   rates, rolled = [], []
   for t, params_in, before, params, state, loss in _aalr_loop(
-      tx, params0, explosion, epoch=4, steps=40
+    tx, params0, explosion, epoch=4, steps=40
   ):
     rates.append(float(_aalr(state).learning_rate))
     if bool(_aalr(state).rolled_back):

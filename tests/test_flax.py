@@ -28,10 +28,10 @@ Y_VAL = jnp.sin(X_VAL @ jnp.array([1.0, -2.0, 0.5, 1.0]))[..., None]
 
 # Every method gets every extra arg: those it does not use are ignored.
 METHODS = {
-    "newton_lr": lambda: optax_lr.newton_lr(0.05, update_every=2, gamma=0.5),
-    "aslr": lambda: optax_lr.aslr(0.05, steps_per_epoch=2, seed=3),
-    "aalr": lambda: optax_lr.aalr(0.05, warmup_patience=2, steps_per_epoch=2),
-    "marthe": lambda: optax_lr.marthe(0.05, hyper_lr=1e-3, hyper_lr_step=1e-3),
+  "newton_lr": lambda: optax_lr.newton_lr(0.05, update_every=2, gamma=0.5),
+  "aslr": lambda: optax_lr.aslr(0.05, steps_per_epoch=2, seed=3),
+  "aalr": lambda: optax_lr.aalr(0.05, warmup_patience=2, steps_per_epoch=2),
+  "marthe": lambda: optax_lr.marthe(0.05, hyper_lr=1e-3, hyper_lr_step=1e-3),
 }
 
 
@@ -43,7 +43,6 @@ def _mse(pred, y):
 
 
 class NnxMLP(nnx.Module):
-
   def __init__(self, rngs):
     self.hidden = nnx.Linear(4, 8, rngs=rngs)
     self.out = nnx.Linear(8, 1, rngs=rngs)
@@ -63,8 +62,7 @@ def _nnx_step(use_helper):
   def step(model, optimizer, x, y):
     loss, grads = nnx.value_and_grad(lambda m: _mse(m(x), y))(model)
     val_grads = nnx.grad(lambda m: _mse(m(X_VAL), Y_VAL))(model)
-    extra = dict(value=loss, loss_fn=_nnx_loss_of_params(model, x, y),
-                 val_grads=val_grads)
+    extra = dict(value=loss, loss_fn=_nnx_loss_of_params(model, x, y), val_grads=val_grads)
     if use_helper:
       optax_lr.nnx_update(optimizer, model, grads, **extra)
     else:
@@ -87,8 +85,13 @@ def _reference(tx, params, loss_of_params):
     loss, grads = jax.value_and_grad(loss_of_params)(params, x, y)
     val_grads = jax.grad(loss_of_params)(params, X_VAL, Y_VAL)
     updates, state = tx.update(
-        grads, state, params, value=loss,
-        loss_fn=lambda p: loss_of_params(p, x, y), val_grads=val_grads)
+      grads,
+      state,
+      params,
+      value=loss,
+      loss_fn=lambda p: loss_of_params(p, x, y),
+      val_grads=val_grads,
+    )
     return optax_lr.apply_updates(params, updates, state), state
 
   state = tx.init(params)
@@ -135,8 +138,10 @@ def test_nnx_update_matches_raw_optax(name):
   # Outside jit, current_lr reads the Variable, which float() unboxes.
   assert float(optax_lr.current_lr(optimizer.opt_state)) == rates[-1]
   jax.tree_util.tree_map(
-      lambda got, want: np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7),
-      _pure(nnx.state(model, nnx.Param)), _pure(want_params))
+    lambda got, want: np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7),
+    _pure(nnx.state(model, nnx.Param)),
+    _pure(want_params),
+  )
   assert int(optimizer.step[...]) == STEPS
   _used_extra_args(name, _pure(optimizer.opt_state), initial_rate, rates)
 
@@ -240,8 +245,7 @@ def test_nnx_aalr_rollback_lands_exactly_on_the_initial_params(poison):
   # A worse epoch (or NaN) in phase 1: halve and restart from the initial model.
   optax_lr.nnx_observe(optimizer, jnp.nan if poison else 20.0)
   step(model, optimizer, X[3], Y[3], jnp.asarray(False))
-  jax.tree_util.tree_map(np.testing.assert_array_equal,
-                         _pure(nnx.state(model, nnx.Param)), start)
+  jax.tree_util.tree_map(np.testing.assert_array_equal, _pure(nnx.state(model, nnx.Param)), start)
   assert float(optax_lr.current_lr(optimizer.opt_state)) == 0.25
   # Flax's own update applies checkpoint - params with optax.apply_updates:
   # from NaN params it cannot come back.
@@ -259,7 +263,6 @@ def test_nnx_aalr_rollback_lands_exactly_on_the_initial_params(poison):
 
 
 class LinenMLP(linen.Module):
-
   @linen.compact
   def __call__(self, x):
     return linen.Dense(1)(jnp.tanh(linen.Dense(8)(x)))
@@ -280,8 +283,12 @@ def _linen_step(state, x, y):
   loss_of_params = _linen_loss(state.apply_fn)
   loss, grads = jax.value_and_grad(loss_of_params)(state.params, x, y)
   state = optax_lr.apply_gradients(
-      state, grads, value=loss, loss_fn=lambda p: loss_of_params(p, x, y),
-      val_grads=jax.grad(loss_of_params)(state.params, X_VAL, Y_VAL))
+    state,
+    grads,
+    value=loss,
+    loss_fn=lambda p: loss_of_params(p, x, y),
+    val_grads=jax.grad(loss_of_params)(state.params, X_VAL, Y_VAL),
+  )
   return state, optax_lr.current_lr(state.opt_state)
 
 
@@ -295,11 +302,14 @@ def test_train_state_apply_gradients_matches_raw_optax(name):
     rates.append(float(rate))
 
   want_params, _, want_rates = _reference(
-      METHODS[name](), _linen_state(optax.sgd(0.0)).params, _linen_loss(LinenMLP().apply))
+    METHODS[name](), _linen_state(optax.sgd(0.0)).params, _linen_loss(LinenMLP().apply)
+  )
   np.testing.assert_allclose(rates, want_rates, rtol=1e-6)
   jax.tree_util.tree_map(
-      lambda got, want: np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7),
-      state.params, want_params)
+    lambda got, want: np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7),
+    state.params,
+    want_params,
+  )
   assert int(state.step) == STEPS
   _used_extra_args(name, state.opt_state, initial_rate, rates)
 
@@ -325,8 +335,7 @@ def test_train_state_aalr_rollback_lands_exactly_on_the_checkpoint(poison):
   state = step(state, X[1], Y[1], False)  # saves the params it receives
   checkpoint = jax.tree_util.tree_map(np.asarray, state.opt_state.checkpoint)
   state = step(state, X[2], Y[2], poison)
-  assert not np.array_equal(state.params["Dense_1"]["kernel"],
-                            checkpoint["Dense_1"]["kernel"])
+  assert not np.array_equal(state.params["Dense_1"]["kernel"], checkpoint["Dense_1"]["kernel"])
   # Phase 2 checks after p = 1 epoch: NaN rolls back; a worse cost on the
   # first check only gives a second chance.
   state = end_epoch(state, jnp.nan if poison else 6.0)
@@ -357,16 +366,28 @@ def test_train_state_stock_apply_gradients_cannot_take_extra_args():
 # step after which the params are the checkpoint rolled back to (a save
 # stores the params the saving call receives).
 _ROLLBACK_SCRIPTS = {
-    # Phase 2 after one good epoch saves the next step's params; a blown-up
-    # epoch rolls back to them.
-    "aalr": (lambda: optax_lr.aalr(0.5, warmup_patience=1),
-             [("observe", 10.0), ("step", None), ("observe", 5.0),
-              ("step", None), ("step", None), ("observe", 1e6),
-              ("step", None)], 0),
-    # The safety net saves at its 20th healthy call, then a loss 10^6 times
-    # the first rolls back to that save.
-    "hd_safety_net": (lambda: optax_lr.hypergradient_descent(0.01),
-                      [("step", 1.0)] * 21 + [("step", 1e6)], 18),
+  # Phase 2 after one good epoch saves the next step's params; a blown-up
+  # epoch rolls back to them.
+  "aalr": (
+    lambda: optax_lr.aalr(0.5, warmup_patience=1),
+    [
+      ("observe", 10.0),
+      ("step", None),
+      ("observe", 5.0),
+      ("step", None),
+      ("step", None),
+      ("observe", 1e6),
+      ("step", None),
+    ],
+    0,
+  ),
+  # The safety net saves at its 20th healthy call, then a loss 10^6 times
+  # the first rolls back to that save.
+  "hd_safety_net": (
+    lambda: optax_lr.hypergradient_descent(0.01),
+    [("step", 1.0)] * 21 + [("step", 1e6)],
+    18,
+  ),
 }
 
 
@@ -405,8 +426,11 @@ def _run_script(path, make, script):
       state = optax_lr.observe(state, number)
     else:
       updates, state = tx.update(grads, state, params, **kwargs(number))
-      params = (optax.apply_updates(params, updates) if path == "optax"
-                else optax_lr.apply_updates(params, updates, state))
+      params = (
+        optax.apply_updates(params, updates)
+        if path == "optax"
+        else optax_lr.apply_updates(params, updates, state)
+      )
       history.append(params)
   return history
 
@@ -427,8 +451,8 @@ def test_stock_update_paths_land_a_rollback_to_rounding(name, path):
   assert not np.array_equal(exact[-2]["out"]["kernel"], exact[saved]["out"]["kernel"])
   # ... and every stock path to rounding.
   jax.tree_util.tree_map(
-      lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6),
-      stock[-1], exact[-1])
+    lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6), stock[-1], exact[-1]
+  )
 
 
 def test_apply_gradients_rejects_overwrite_with_gradient_collections():
@@ -464,9 +488,13 @@ def _load_example(name):
   return module
 
 
-@pytest.mark.parametrize("example, method", [
-    ("nnx_digits", "aslr"), ("linen_train_state", "aalr"),
-])
+@pytest.mark.parametrize(
+  "example, method",
+  [
+    ("nnx_digits", "aslr"),
+    ("linen_train_state", "aalr"),
+  ],
+)
 def test_example_trains_and_round_trips_a_checkpoint(example, method):
   history = _load_example(example).train(method, epochs=2, verbose=False)
   assert len(history["val_loss"]) == 2 and len(history["lr"]) == 2 * 15

@@ -22,7 +22,6 @@ import optax_lr
 from optax_lr import hypergradient
 from optax_lr.hypergradient import HypergradientState
 
-
 # ---------------------------------------------------------------- problem
 
 N_FEATURES = 3
@@ -44,7 +43,7 @@ BATCH = 8  # three mini-batches, cycled: the hypergradient is stochastic.
 
 def _batch(t):
   i = (t % 3) * BATCH
-  return TRAIN_X[i:i + BATCH], TRAIN_Y[i:i + BATCH]
+  return TRAIN_X[i : i + BATCH], TRAIN_Y[i : i + BATCH]
 
 
 def jax_loss(params, x, y, reg):
@@ -75,8 +74,9 @@ def _np_hvp(theta, vec, x, y, reg):
   return np.concatenate([x.T @ s / len(y) + reg * vec[:-1], [np.mean(s)]])
 
 
-def reference(steps, eta0, beta0, *, mu, kappa=0.0, momentum=0.0,
-              multiplicative=False, use_val=False):
+def reference(
+  steps, eta0, beta0, *, mu, kappa=0.0, momentum=0.0, multiplicative=False, use_val=False
+):
   """The design page's six steps (docs/design.md) in plain float64 numpy, for
   SGD or momentum.
 
@@ -120,8 +120,13 @@ def reference(steps, eta0, beta0, *, mu, kappa=0.0, momentum=0.0,
     z_m = mu_t * dm
     theta = theta - eta * u
     u_prev = u
-    for key, val in (("params", theta.copy()), ("eta", eta), ("beta", beta),
-                     ("mu", mu_t), ("c", c)):
+    for key, val in (
+      ("params", theta.copy()),
+      ("eta", eta),
+      ("beta", beta),
+      ("mu", mu_t),
+      ("c", c),
+    ):
       out[key].append(val)
   return {k: np.array(v) for k, v in out.items()}
 
@@ -138,14 +143,11 @@ def run_engine(tx, steps, *, use_val=False, dtype=jnp.float64):
     grads = jax.grad(loss_fn)(params)
     extra = {"loss_fn": loss_fn}
     if use_val:
-      extra["val_grads"] = jax.grad(jax_loss)(
-          params, jnp.asarray(VAL_X), jnp.asarray(VAL_Y), 0.0
-      )
+      extra["val_grads"] = jax.grad(jax_loss)(params, jnp.asarray(VAL_X), jnp.asarray(VAL_Y), 0.0)
     updates, state = tx.update(grads, state, params, **extra)
     params = optax.apply_updates(params, updates)
     flat = jnp.concatenate([params["w"], params["b"][None]])
-    return (params, state), (flat, state.learning_rate, state.hyper_lr,
-                             state.mu, state.horizon)
+    return (params, state), (flat, state.learning_rate, state.hyper_lr, state.mu, state.horizon)
 
   @jax.jit
   def run():
@@ -158,26 +160,27 @@ def run_engine(tx, steps, *, use_val=False, dtype=jnp.float64):
 
 
 REFERENCE_CASES = {
-    "hd": (lambda d: optax_lr.hypergradient_descent(0.5, 0.3, direction=d),
-           dict(eta0=0.5, beta0=0.3, mu=0.0)),
-    "hd_multiplicative": (
-        lambda d: optax_lr.hypergradient_descent(
-            0.5, 0.2, direction=d, multiplicative=True),
-        dict(eta0=0.5, beta0=0.2, mu=0.0, multiplicative=True)),
-    "rtho": (lambda d: optax_lr.rtho(0.5, 0.05, direction=d),
-             dict(eta0=0.5, beta0=0.05, mu=1.0)),
-    "marthe_fixed_mu": (
-        lambda d: optax_lr.marthe(0.5, hyper_lr=0.05, hyper_lr_step=0.0,
-                                  mu=0.9, direction=d),
-        dict(eta0=0.5, beta0=0.05, mu=0.9)),
-    "marthe_adaptive": (
-        lambda d: optax_lr.marthe(0.5, hyper_lr=0.02, hyper_lr_step=0.5,
-                                  direction=d),
-        dict(eta0=0.5, beta0=0.02, mu=None, kappa=0.5)),
-    "marthe_mu0_adapted_beta": (
-        lambda d: optax_lr.marthe(0.5, hyper_lr=0.02, hyper_lr_step=10.0,
-                                  mu=0.0, direction=d),
-        dict(eta0=0.5, beta0=0.02, mu=0.0, kappa=10.0)),
+  "hd": (
+    lambda d: optax_lr.hypergradient_descent(0.5, 0.3, direction=d),
+    dict(eta0=0.5, beta0=0.3, mu=0.0),
+  ),
+  "hd_multiplicative": (
+    lambda d: optax_lr.hypergradient_descent(0.5, 0.2, direction=d, multiplicative=True),
+    dict(eta0=0.5, beta0=0.2, mu=0.0, multiplicative=True),
+  ),
+  "rtho": (lambda d: optax_lr.rtho(0.5, 0.05, direction=d), dict(eta0=0.5, beta0=0.05, mu=1.0)),
+  "marthe_fixed_mu": (
+    lambda d: optax_lr.marthe(0.5, hyper_lr=0.05, hyper_lr_step=0.0, mu=0.9, direction=d),
+    dict(eta0=0.5, beta0=0.05, mu=0.9),
+  ),
+  "marthe_adaptive": (
+    lambda d: optax_lr.marthe(0.5, hyper_lr=0.02, hyper_lr_step=0.5, direction=d),
+    dict(eta0=0.5, beta0=0.02, mu=None, kappa=0.5),
+  ),
+  "marthe_mu0_adapted_beta": (
+    lambda d: optax_lr.marthe(0.5, hyper_lr=0.02, hyper_lr_step=10.0, mu=0.0, direction=d),
+    dict(eta0=0.5, beta0=0.02, mu=0.0, kappa=10.0),
+  ),
 }
 
 
@@ -185,10 +188,11 @@ REFERENCE_CASES = {
 # (the adaptive case also over SGD with val_grads): every jit costs a second.
 _SETTINGS = [(0.0, False), (0.9, True)]
 _REFERENCE_PARAMS = [
-    pytest.param(case, mom, val, id=f"{case}-{'momentum' if mom else 'sgd'}-"
-                 f"{'val_grads' if val else 'E=L'}")
-    for case in sorted(REFERENCE_CASES)
-    for mom, val in _SETTINGS + ([(0.0, True)] if case == "marthe_adaptive" else [])
+  pytest.param(
+    case, mom, val, id=f"{case}-{'momentum' if mom else 'sgd'}-{'val_grads' if val else 'E=L'}"
+  )
+  for case in sorted(REFERENCE_CASES)
+  for mom, val in _SETTINGS + ([(0.0, True)] if case == "marthe_adaptive" else [])
 ]
 
 
@@ -207,11 +211,11 @@ def test_update_rules_match_float64_reference(case, momentum, use_val):
   if kwargs["mu"] is None:  # the adaptive discount takes values inside (0, 1)
     assert np.any((want["mu"] > 0.01) & (want["mu"] < 0.99))
   for key in ("params", "eta", "beta", "mu", "c"):
-    np.testing.assert_allclose(got[key], want[key], rtol=1e-9, atol=1e-12,
-                               err_msg=key)
+    np.testing.assert_allclose(got[key], want[key], rtol=1e-9, atol=1e-12, err_msg=key)
 
 
 # ---------------------------------------------------------------- exactness
+
 
 def standard_promotion(tx):
   """``tx`` traced under standard promotion: optax's Adam bias correction
@@ -224,19 +228,19 @@ def standard_promotion(tx):
 
   def update(updates, state, params=None, **extra_args):
     with jax.numpy_dtype_promotion("standard"):
-      return optax.with_extra_args_support(tx).update(
-          updates, state, params, **extra_args)
+      return optax.with_extra_args_support(tx).update(updates, state, params, **extra_args)
 
   return optax.GradientTransformationExtraArgs(init, update)
 
 
 EXACT_DIRECTIONS = {
-    "sgd": lambda: optax.identity(),
-    "momentum": lambda: optax.trace(0.9),
-    "nesterov": lambda: optax.trace(0.9, nesterov=True),
-    "adam": lambda: standard_promotion(optax.scale_by_adam()),
-    "weight_decay_adam": lambda: standard_promotion(optax.chain(
-        optax.add_decayed_weights(0.1), optax.scale_by_adam())),
+  "sgd": lambda: optax.identity(),
+  "momentum": lambda: optax.trace(0.9),
+  "nesterov": lambda: optax.trace(0.9, nesterov=True),
+  "adam": lambda: standard_promotion(optax.scale_by_adam()),
+  "weight_decay_adam": lambda: standard_promotion(
+    optax.chain(optax.add_decayed_weights(0.1), optax.scale_by_adam())
+  ),
 }
 
 
@@ -266,9 +270,9 @@ def test_tangent_is_forward_mode_derivative_of_unrolled_training(name):
       carry = (params0, direction.init(params0))
       return jax.lax.scan(body, carry, jnp.arange(steps))[1]
 
-    _, (dw, ds) = jax.jit(
-        lambda eta: jax.jvp(unrolled, (eta,), (jnp.ones_like(eta),))
-    )(jnp.float64(eta0))
+    _, (dw, ds) = jax.jit(lambda eta: jax.jvp(unrolled, (eta,), (jnp.ones_like(eta),)))(
+      jnp.float64(eta0)
+    )
 
     tx = optax_lr.rtho(eta0, 0.0, direction=EXACT_DIRECTIONS[name]())
 
@@ -286,14 +290,14 @@ def test_tangent_is_forward_mode_derivative_of_unrolled_training(name):
 
     tangents, state_tangents = engine()
 
-  for got, want in zip(jax.tree_util.tree_leaves(tangents),
-                       jax.tree_util.tree_leaves(dw)):
+  for got, want in zip(jax.tree_util.tree_leaves(tangents), jax.tree_util.tree_leaves(dw)):
     assert np.min(np.max(np.abs(want), axis=-1)) > 1e-3  # non-trivial
     np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12)
   # The direction state's float leaves (momentum buffer, Adam's moments)
   # carry exactly d s_t / d eta; integer leaves (Adam's count) carry none.
-  want_state = [np.asarray(d) for d in jax.tree_util.tree_leaves(ds)
-                if np.asarray(d).dtype != jax.dtypes.float0]
+  want_state = [
+    np.asarray(d) for d in jax.tree_util.tree_leaves(ds) if np.asarray(d).dtype != jax.dtypes.float0
+  ]
   # Stored structured like the direction state, None at integer leaves.
   state_tangents = jax.tree_util.tree_leaves(state_tangents)
   assert len(state_tangents) == len(want_state)
@@ -306,8 +310,7 @@ def test_tangent_is_forward_mode_derivative_of_unrolled_training(name):
 
 def beale(p):
   x, y = p[0], p[1]
-  return ((1.5 - x + x * y) ** 2 + (2.25 - x + x * y ** 2) ** 2
-          + (2.625 - x + x * y ** 3) ** 2)
+  return (1.5 - x + x * y) ** 2 + (2.25 - x + x * y**2) ** 2 + (2.625 - x + x * y**3) ** 2
 
 
 BUKIN_EPS = 1e-4
@@ -348,10 +351,8 @@ def test_figure1_beale_rtho_reaches_lower_values_than_hd():
   # Flat plateaus: HD's one-step hypergradient is tiny there, RTHO's
   # accumulated one keeps raising the rate.
   p0, eta0, betas = jnp.array([1.0, 1.5]), 1e-4, [1e-7, 3e-7, 1e-6]
-  hd_values, _ = _gradient_descent_runs(
-      optax_lr.hypergradient_descent, eta0, beale, p0, betas)
-  rtho_values, _ = _gradient_descent_runs(
-      optax_lr.rtho, eta0, beale, p0, betas)
+  hd_values, _ = _gradient_descent_runs(optax_lr.hypergradient_descent, eta0, beale, p0, betas)
+  rtho_values, _ = _gradient_descent_runs(optax_lr.rtho, eta0, beale, p0, betas)
   assert np.all(np.isfinite(hd_values)) and np.all(np.isfinite(rtho_values))
   best_hd, best_rtho = hd_values.min(axis=1), rtho_values.min(axis=1)
   np.testing.assert_array_less(best_rtho, 0.5 * best_hd)
@@ -363,9 +364,9 @@ def test_figure1_smoothed_bukin_hd_does_better_than_rtho():
   p0, eta0, betas = jnp.array([-5.0, 2.0]), 1e-2, [1e-5, 1e-4]
   minimum = np.sqrt(np.sqrt(BUKIN_EPS) + BUKIN_EPS)
   hd_values, _ = _gradient_descent_runs(
-      optax_lr.hypergradient_descent, eta0, smoothed_bukin, p0, betas)
-  rtho_values, rtho_rates = _gradient_descent_runs(
-      optax_lr.rtho, eta0, smoothed_bukin, p0, betas)
+    optax_lr.hypergradient_descent, eta0, smoothed_bukin, p0, betas
+  )
+  rtho_values, rtho_rates = _gradient_descent_runs(optax_lr.rtho, eta0, smoothed_bukin, p0, betas)
   hd_gap, rtho_gap = hd_values[:, -1] - minimum, rtho_values[:, -1] - minimum
   np.testing.assert_array_less(hd_gap, 0.1 * rtho_gap)
   assert np.all(rtho_rates.max(axis=1) > 10 * eta0)  # resonance ...
@@ -377,7 +378,7 @@ def test_figure1_smoothed_bukin_hd_does_better_than_rtho():
 
 def test_hd_and_adapted_beta_by_hand():
   """0.5 w^2 from w = 10, eta0 = 0.1: three calls computed by hand."""
-  loss = lambda w: 0.5 * w ** 2
+  loss = lambda w: 0.5 * w**2
 
   def run(tx, calls=3):
     w, state = jnp.float32(10.0), None
@@ -417,27 +418,45 @@ def test_hd_and_adapted_beta_by_hand():
 # float64 with hand-computed numbers.
 
 # The static flags of each factory's rule.
-_HD = dict(mu=0.0, hyper_lr_step=0.0, adaptive_mu=False, uses_tangent=False,
-           keeps_u_prev=True, adapts_beta=False, normalized=False,
-           multiplicative=False, select_kappa=False)
+_HD = dict(
+  mu=0.0,
+  hyper_lr_step=0.0,
+  adaptive_mu=False,
+  uses_tangent=False,
+  keeps_u_prev=True,
+  adapts_beta=False,
+  normalized=False,
+  multiplicative=False,
+  select_kappa=False,
+)
 _HD_MULTIPLICATIVE = {**_HD, "multiplicative": True}
 _RTHO = {**_HD, "mu": 1.0, "uses_tangent": True, "keeps_u_prev": False}
-_MARTHE_SELECT = {**_RTHO, "hyper_lr_step": 123.0, "adapts_beta": True,
-                  "normalized": True, "select_kappa": True}
-_MARTHE_ADAPTIVE_MU = {**_RTHO, "mu": None, "adaptive_mu": True,
-                       "keeps_u_prev": True}
+_MARTHE_SELECT = {
+  **_RTHO,
+  "hyper_lr_step": 123.0,
+  "adapts_beta": True,
+  "normalized": True,
+  "select_kappa": True,
+}
+_MARTHE_ADAPTIVE_MU = {**_RTHO, "mu": None, "adaptive_mu": True, "keeps_u_prev": True}
 
 
-def _rule_state(eta, *, beta=0.0, mu=0.0, horizon=0.0, h=0.0, kappa=0.0,
-                tangent=None, u_prev=None):
+def _rule_state(eta, *, beta=0.0, mu=0.0, horizon=0.0, h=0.0, kappa=0.0, tangent=None, u_prev=None):
   f64 = lambda x: jnp.asarray(x, jnp.float64)
   tree = lambda t: None if t is None else {"a": f64(t[:2]), "b": f64(t[2:])}
   return HypergradientState(
-      count=jnp.zeros([], jnp.int32), learning_rate=f64(eta),
-      hyper_lr=f64(beta), mu=f64(mu), horizon=f64(horizon),
-      hypergradient=f64(h), tangent=tree(tangent), direction_tangent=None,
-      u_prev=tree(u_prev), direction_state=None, hyper_lr_step=f64(kappa),
-      safety=None,
+    count=jnp.zeros([], jnp.int32),
+    learning_rate=f64(eta),
+    hyper_lr=f64(beta),
+    mu=f64(mu),
+    horizon=f64(horizon),
+    hypergradient=f64(h),
+    tangent=tree(tangent),
+    direction_tangent=None,
+    u_prev=tree(u_prev),
+    direction_state=None,
+    hyper_lr_step=f64(kappa),
+    safety=None,
   )
 
 
@@ -449,8 +468,7 @@ def _rule(state, v, hyper_lr, flags):
 
 
 def _assert_rate(rate, eta, beta, mu, horizon, h, kappa, finite=True):
-  got = [float(x) for x in (rate.eta, rate.beta, rate.mu, rate.horizon, rate.h,
-                            rate.kappa)]
+  got = [float(x) for x in (rate.eta, rate.beta, rate.mu, rate.horizon, rate.h, rate.kappa)]
   np.testing.assert_allclose(got, [eta, beta, mu, horizon, h, kappa], rtol=1e-15)
   assert bool(rate.finite) is finite
 
@@ -461,8 +479,7 @@ def test_rate_rule_additive_by_hand(beta, sign, eta):
   # eta = max(0.1 - beta h, 0): 0.12, or clamped at 0 for h = 1, beta = 1.
   # c_t = mu_{t-1} (1 + c_{t-1}) = 1 * (1 + 3); mu = 1 comes from the factory.
   with jax.enable_x64(True):
-    state = _rule_state(0.1, beta=7.0, mu=1.0, horizon=3.0, h=0.25,
-                        tangent=[1.0, 2.0, -1.0])
+    state = _rule_state(0.1, beta=7.0, mu=1.0, horizon=3.0, h=0.25, tangent=[1.0, 2.0, -1.0])
     rate = _rule(state, [sign * 0.5, sign * 0.25, sign * 2.0], beta, _RTHO)
     _assert_rate(rate, eta, beta, 1.0, 4.0, -sign, 0.0)
     assert rate.objective_finite is None  # no cosine pass: the net's own test
@@ -478,10 +495,12 @@ def test_rate_rule_hd_reads_the_last_direction():
 
 
 @pytest.mark.parametrize(
-    "beta_prev, h_prev, beta",
-    [(0.1, 0.5, 0.1 + 0.01 * 0.96 * 0.5),  # beta grows as h_t h_{t-1} > 0
-     (0.45, 100.0, 0.5),  # clipped at MAX_NORMALIZED_HYPER_LR
-     (0.45, -100.0, 0.0)],  # clipped at 0
+  "beta_prev, h_prev, beta",
+  [
+    (0.1, 0.5, 0.1 + 0.01 * 0.96 * 0.5),  # beta grows as h_t h_{t-1} > 0
+    (0.45, 100.0, 0.5),  # clipped at MAX_NORMALIZED_HYPER_LR
+    (0.45, -100.0, 0.0),  # clipped at 0
+  ],
 )
 def test_rate_rule_normalized_by_hand(beta_prev, h_prev, beta):
   # MARTHE's kappa selection: h = cos(Z, v) = 24 / 25 = 0.96 (the scale of
@@ -489,8 +508,9 @@ def test_rate_rule_normalized_by_hand(beta_prev, h_prev, beta):
   # 0.01 from the state (not the factory's 123), eta = 0.2 exp(-beta h).
   assert hypergradient.MAX_NORMALIZED_HYPER_LR == 0.5
   with jax.enable_x64(True):
-    state = _rule_state(0.2, beta=beta_prev, mu=1.0, horizon=0.0, h=h_prev,
-                        kappa=0.01, tangent=[3.0, 0.0, 4.0])
+    state = _rule_state(
+      0.2, beta=beta_prev, mu=1.0, horizon=0.0, h=h_prev, kappa=0.01, tangent=[3.0, 0.0, 4.0]
+    )
     rate = _rule(state, [4e10, 0.0, 3e10], 0.0, _MARTHE_SELECT)
     assert np.isclose(float(rate.h), 0.96, rtol=1e-15, atol=0)
     _assert_rate(rate, 0.2 * np.exp(-beta * 0.96), beta, 1.0, 1.0, 0.96, 0.01)
@@ -511,18 +531,19 @@ def test_rate_rule_multiplicative_by_hand(sign, eta):
 
 
 @pytest.mark.parametrize(
-    "tangent, q",
-    [([1.0, 1.0, 0.0], 1.5 / 2.5),  # h = 1.5, g1 = 2.5
-     ([4.0, 0.0, 0.0], 1.0),  # h = 4 > g1: clipped at 1
-     ([-1.0, 0.0, 0.0], 0.0)],  # h = -1 < 0: clipped at 0
+  "tangent, q",
+  [
+    ([1.0, 1.0, 0.0], 1.5 / 2.5),  # h = 1.5, g1 = 2.5
+    ([4.0, 0.0, 0.0], 1.0),  # h = 4 > g1: clipped at 1
+    ([-1.0, 0.0, 0.0], 0.0),  # h = -1 < 0: clipped at 0
+  ],
 )
 def test_rate_rule_adaptive_mu_by_hand(tangent, q):
   # mu_t = clip(h / g1, 0, 1) ** (1 / (c_{t-1} + 1)) with g1 = -<u_{t-1}, v>
   # = 2 + 0.5 = 2.5 and c_{t-1} = 1; c_t = 0.5 * (1 + 1) = 1; eta = 0.1 -
   # 0.01 h.
   with jax.enable_x64(True):
-    state = _rule_state(0.1, mu=0.5, horizon=1.0, tangent=tangent,
-                        u_prev=[-2.0, -1.0, 0.0])
+    state = _rule_state(0.1, mu=0.5, horizon=1.0, tangent=tangent, u_prev=[-2.0, -1.0, 0.0])
     rate = _rule(state, [1.0, 0.5, 0.0], 0.01, _MARTHE_ADAPTIVE_MU)
     h = tangent[0] + 0.5 * tangent[1]
     _assert_rate(rate, 0.1 - 0.01 * h, 0.01, q ** (1 / 2), 1.0, h, 0.0)
@@ -530,17 +551,21 @@ def test_rate_rule_adaptive_mu_by_hand(tangent, q):
 
 def test_rate_rule_adaptive_mu_is_zero_where_g1_is_zero():
   with jax.enable_x64(True):
-    state = _rule_state(0.1, mu=0.5, horizon=1.0, tangent=[1.0, 1.0, 0.0],
-                        u_prev=[0.0, 0.0, 0.0])
+    state = _rule_state(0.1, mu=0.5, horizon=1.0, tangent=[1.0, 1.0, 0.0], u_prev=[0.0, 0.0, 0.0])
     rate = _rule(state, [1.0, 0.5, 0.0], 0.01, _MARTHE_ADAPTIVE_MU)
     _assert_rate(rate, 0.1 - 0.01 * 1.5, 0.01, 0.0, 1.0, 1.5, 0.0)
 
 
 @pytest.mark.parametrize(
-    "flags, hyper_lr",
-    [(_HD, 0.01), (_RTHO, 0.01), (_HD_MULTIPLICATIVE, 0.02),
-     (_MARTHE_SELECT, 0.0), (_MARTHE_ADAPTIVE_MU, 0.01)],
-    ids=["hd", "rtho", "multiplicative", "normalized", "adaptive-mu"],
+  "flags, hyper_lr",
+  [
+    (_HD, 0.01),
+    (_RTHO, 0.01),
+    (_HD_MULTIPLICATIVE, 0.02),
+    (_MARTHE_SELECT, 0.0),
+    (_MARTHE_ADAPTIVE_MU, 0.01),
+  ],
+  ids=["hd", "rtho", "multiplicative", "normalized", "adaptive-mu"],
 )
 @pytest.mark.parametrize("where", ["v", "tangent"])
 def test_rate_rule_non_finite_keeps_the_previous_values(flags, hyper_lr, where):
@@ -549,8 +574,9 @@ def test_rate_rule_non_finite_keeps_the_previous_values(flags, hyper_lr, where):
   # sees only v's NaN.
   with jax.enable_x64(True):
     bad_z = [np.inf, 1.0, 2.0] if where == "tangent" else [1.0, 1.0, 2.0]
-    state = _rule_state(0.3, beta=0.2, mu=0.5, horizon=2.0, h=0.7, kappa=0.01,
-                        tangent=bad_z, u_prev=bad_z)
+    state = _rule_state(
+      0.3, beta=0.2, mu=0.5, horizon=2.0, h=0.7, kappa=0.01, tangent=bad_z, u_prev=bad_z
+    )
     v = [np.nan, 1.0, 1.0] if where == "v" else [1.0, 1.0, 1.0]
     rate = _rule(state, v, hyper_lr, flags)
     kappa = 0.01 if flags["select_kappa"] else flags["hyper_lr_step"]
@@ -566,7 +592,9 @@ def _hd(*args, **kwargs):
   return optax_lr.hypergradient_descent(*args, **kwargs)
 
 
-@pytest.mark.parametrize("make,name,bad", [
+@pytest.mark.parametrize(
+  "make,name,bad",
+  [
     (lambda: _hd(-0.1, 0.1), "learning_rate", -0.1),
     (lambda: _hd(float("nan"), 0.1), "learning_rate", float("nan")),
     (lambda: _hd(float("inf"), 0.1), "learning_rate", float("inf")),
@@ -577,16 +605,15 @@ def _hd(*args, **kwargs):
     (lambda: optax_lr.rtho(0.1, -0.5), "hyper_lr", -0.5),
     (lambda: optax_lr.rtho(0.1, float("inf")), "hyper_lr", float("inf")),
     (lambda: optax_lr.marthe(-0.1, hyper_lr_step=0.0), "learning_rate", -0.1),
-    (lambda: optax_lr.marthe(0.1, hyper_lr=-1.0, hyper_lr_step=0.0),
-     "hyper_lr", -1.0),
+    (lambda: optax_lr.marthe(0.1, hyper_lr=-1.0, hyper_lr_step=0.0), "hyper_lr", -1.0),
     (lambda: optax_lr.marthe(0.1, hyper_lr_step=-1e-3), "hyper_lr_step", -1e-3),
-    (lambda: optax_lr.marthe(0.1, hyper_lr_step=float("inf")),
-     "hyper_lr_step", float("inf")),
+    (lambda: optax_lr.marthe(0.1, hyper_lr_step=float("inf")), "hyper_lr_step", float("inf")),
     (lambda: optax_lr.marthe(0.1, hyper_lr_step=0.0, mu=-0.1), "mu", -0.1),
     (lambda: optax_lr.marthe(0.1, hyper_lr_step=0.0, mu=1.5), "mu", 1.5),
-    (lambda: optax_lr.marthe(0.1, hyper_lr_step=0.0, mu=float("nan")),
-     "mu", float("nan")),
-], ids=lambda x: None if callable(x) else str(x))
+    (lambda: optax_lr.marthe(0.1, hyper_lr_step=0.0, mu=float("nan")), "mu", float("nan")),
+  ],
+  ids=lambda x: None if callable(x) else str(x),
+)
 def test_invalid_hyperparameters_raise(make, name, bad):
   with pytest.raises(ValueError) as info:
     make()
@@ -597,15 +624,19 @@ def test_marthe_takes_its_hyperparameters_as_keywords():
   # hyper_lr_step=None (the default) is kappa selection (issue 11).
   assert isinstance(optax_lr.marthe(0.1), optax.GradientTransformationExtraArgs)
   with pytest.raises(TypeError):
-    optax_lr.marthe(0.1, 0.0, 1e-3)  # noqa: the hyperparameters are keyword-only
+    optax_lr.marthe(0.1, 0.0, 1e-3)  # the hyperparameters are keyword-only
   optax_lr.marthe(0.1, hyper_lr_step=0.0)  # 0: a fixed beta
 
 
-@pytest.mark.parametrize("make", [
+@pytest.mark.parametrize(
+  "make",
+  [
     lambda: optax_lr.rtho(0.1, 0.01),
     lambda: optax_lr.marthe(0.1, hyper_lr_step=1e-3),
     lambda: optax_lr.marthe(0.1, hyper_lr_step=0.0, mu=0.5),
-], ids=["rtho", "marthe_adaptive", "marthe_mu0.5"])
+  ],
+  ids=["rtho", "marthe_adaptive", "marthe_mu0.5"],
+)
 def test_mu_positive_needs_loss_fn_and_params_at_trace_time(make):
   tx, params = make(), init_params()
   grads = jax.tree_util.tree_map(jnp.ones_like, params)
@@ -617,11 +648,15 @@ def test_mu_positive_needs_loss_fn_and_params_at_trace_time(make):
     tx.update(grads, state, None, loss_fn=loss_fn)
 
 
-@pytest.mark.parametrize("make", [
+@pytest.mark.parametrize(
+  "make",
+  [
     lambda: optax_lr.hypergradient_descent(0.1, 0.01),
     lambda: optax_lr.hypergradient_descent(0.1, 0.01, multiplicative=True),
     lambda: optax_lr.marthe(0.1, hyper_lr_step=1e-3, mu=0.0),
-], ids=["hd", "hd_multiplicative", "marthe_mu0"])
+  ],
+  ids=["hd", "hd_multiplicative", "marthe_mu0"],
+)
 def test_mu_zero_needs_no_loss_fn_and_computes_no_hvp(make):
   tx, params = make(), init_params()
   grads = jax.tree_util.tree_map(jnp.ones_like, params)
@@ -645,18 +680,26 @@ def test_mu_zero_needs_no_loss_fn_and_computes_no_hvp(make):
 # ---------------------------------------------------------------- buffers
 
 
-@pytest.mark.parametrize("make,extra,direction_tangents", [
+@pytest.mark.parametrize(
+  "make,extra,direction_tangents",
+  [
     (lambda d: optax_lr.hypergradient_descent(0.1, 0.01, direction=d), 1, 0),
     (lambda d: optax_lr.rtho(0.1, 0.01, direction=d), 1, None),
-    (lambda d: optax_lr.marthe(0.1, hyper_lr_step=0.0, mu=0.5, direction=d),
-     1, None),
+    (lambda d: optax_lr.marthe(0.1, hyper_lr_step=0.0, mu=0.5, direction=d), 1, None),
     (lambda d: optax_lr.marthe(0.1, hyper_lr_step=1e-3, direction=d), 2, None),
-], ids=["hd", "rtho", "marthe_fixed_mu", "marthe_adaptive"])
-@pytest.mark.parametrize("direction,float_leaves", [
-    (None, 0), (optax.trace(0.9), 1), (optax.scale_by_adam(), 2),
-], ids=["sgd", "momentum", "adam"])
-def test_extra_param_sized_buffers(make, extra, direction_tangents,
-                                   direction, float_leaves):
+  ],
+  ids=["hd", "rtho", "marthe_fixed_mu", "marthe_adaptive"],
+)
+@pytest.mark.parametrize(
+  "direction,float_leaves",
+  [
+    (None, 0),
+    (optax.trace(0.9), 1),
+    (optax.scale_by_adam(), 2),
+  ],
+  ids=["sgd", "momentum", "adam"],
+)
+def test_extra_param_sized_buffers(make, extra, direction_tangents, direction, float_leaves):
   """HD: u_prev only. RTHO/MARTHE: Z (+ u_prev when mu is adaptive) plus a
   tangent for each float leaf of the direction state (not Adam's count)."""
   params = init_params()
@@ -678,14 +721,12 @@ def test_bf16_params_keep_bf16_updates_and_a_float32_tangent():
   params = init_params(jnp.bfloat16)
   x, y = jnp.asarray(TRAIN_X[:8], jnp.bfloat16), jnp.asarray(TRAIN_Y[:8], jnp.bfloat16)
   loss_fn = lambda p: jax_loss(p, x, y, REG).astype(jnp.float32)
-  tx = optax_lr.marthe(0.5, hyper_lr=0.05, hyper_lr_step=0.1,
-                       direction=optax.trace(0.9))
+  tx = optax_lr.marthe(0.5, hyper_lr=0.05, hyper_lr_step=0.1, direction=optax.trace(0.9))
   state0 = tx.init(params)
 
   @jax.jit
   def step(params, state):
-    updates, state = tx.update(jax.grad(loss_fn)(params), state, params,
-                               loss_fn=loss_fn)
+    updates, state = tx.update(jax.grad(loss_fn)(params), state, params, loss_fn=loss_fn)
     return optax.apply_updates(params, updates), state, updates
 
   state = state0
@@ -714,13 +755,15 @@ def test_adam_parameter_with_zero_gradient_keeps_a_finite_tangent():
   params = dict(init_params(), unused=jnp.ones(2))
   loss_fn = lambda p: jax_loss(p, TRAIN_X[:8], TRAIN_Y[:8], REG)
   adam = standard_promotion(optax.scale_by_adam())
+
   # The premise: jax.jvp of Adam's step along a zero tangent gives NaN.
   @jax.jit
   def adam_jvp_along_zero(params):
     grads, state = jax.grad(loss_fn)(params), adam.init(params)
     zero_state = jax.tree_util.tree_map(
-        lambda s: np.zeros(s.shape, jax.dtypes.float0)
-        if s.dtype == jnp.int32 else jnp.zeros_like(s), state)
+      lambda s: np.zeros(s.shape, jax.dtypes.float0) if s.dtype == jnp.int32 else jnp.zeros_like(s),
+      state,
+    )
     zero_grads = jax.tree_util.tree_map(jnp.zeros_like, grads)
     return jax.jvp(adam.update, (grads, state), (zero_grads, zero_state))[1][0]
 
@@ -730,8 +773,7 @@ def test_adam_parameter_with_zero_gradient_keeps_a_finite_tangent():
 
   @jax.jit
   def step(params, state):
-    updates, state = tx.update(jax.grad(loss_fn)(params), state, params,
-                               loss_fn=loss_fn)
+    updates, state = tx.update(jax.grad(loss_fn)(params), state, params, loss_fn=loss_fn)
     return optax.apply_updates(params, updates), state
 
   state = tx.init(params)
@@ -758,8 +800,9 @@ _SCALARS = ("learning_rate", "hyper_lr", "mu", "horizon", "hypergradient")
 def test_non_finite_hypergradient_keeps_scalars_and_resets_tangents(poison):
   # The paper's rule with its own guard; the safety net, which rolls back
   # on non-finite gradients instead, has its tests in test_safety.py.
-  tx = optax_lr.marthe(0.5, hyper_lr=0.02, hyper_lr_step=0.5,
-                       direction=optax.trace(0.9), safety_net=False)
+  tx = optax_lr.marthe(
+    0.5, hyper_lr=0.02, hyper_lr_step=0.5, direction=optax.trace(0.9), safety_net=False
+  )
   clean = _step_fn(tx, LOSS)
   params = init_params()
   state = tx.init(params)
@@ -784,8 +827,7 @@ def test_non_finite_hypergradient_keeps_scalars_and_resets_tangents(poison):
     before = clean(grads, before, params)[1]
     after = clean(grads, after, params)[1]
   for key in _SCALARS:
-    np.testing.assert_array_equal(getattr(after, key), getattr(before, key),
-                                  err_msg=key)
+    np.testing.assert_array_equal(getattr(after, key), getattr(before, key), err_msg=key)
   for leaf in jax.tree_util.tree_leaves((after.tangent, after.direction_tangent)):
     np.testing.assert_array_equal(leaf, 0.0)
   # Clean calls adapt the rate again from a fresh tangent. An Inf gradient
@@ -829,15 +871,33 @@ def _normalised_reference(eta0, mu, beta0, kappa, steps, curvatures, w0):
   return np.array(rates), w
 
 
-@pytest.mark.parametrize("name,make,mu,beta0,kappa", [
-    ("hd", lambda: optax_lr.hypergradient_descent(0.02, safety_net=False),
-     0.0, hypergradient.DEFAULT_HYPER_LR, 0.0),
-    ("rtho", lambda: optax_lr.rtho(0.02, safety_net=False),
-     1.0, hypergradient.DEFAULT_HYPER_LR, 0.0),
+@pytest.mark.parametrize(
+  "name,make,mu,beta0,kappa",
+  [
+    (
+      "hd",
+      lambda: optax_lr.hypergradient_descent(0.02, safety_net=False),
+      0.0,
+      hypergradient.DEFAULT_HYPER_LR,
+      0.0,
+    ),
+    (
+      "rtho",
+      lambda: optax_lr.rtho(0.02, safety_net=False),
+      1.0,
+      hypergradient.DEFAULT_HYPER_LR,
+      0.0,
+    ),
     # kappa selection with a fixed mu; no divergence here, so no rollback.
-    ("marthe", lambda: optax_lr.marthe(0.02, mu=0.5),
-     0.5, 0.0, hypergradient.DEFAULT_HYPER_LR_STEP),
-])
+    (
+      "marthe",
+      lambda: optax_lr.marthe(0.02, mu=0.5),
+      0.5,
+      0.0,
+      hypergradient.DEFAULT_HYPER_LR_STEP,
+    ),
+  ],
+)
 def test_scale_free_defaults_match_a_float64_reference(name, make, mu, beta0, kappa):
   curvatures, w0 = jnp.array([1.0, 3.0, 5.0]), jnp.array([1.0, -2.0, 0.5])
   loss = lambda w: 0.5 * jnp.sum(curvatures * w * w)
@@ -850,11 +910,11 @@ def test_scale_free_defaults_match_a_float64_reference(name, make, mu, beta0, ka
       u, s = tx.update(jax.grad(loss)(w), s, w, loss_fn=loss, value=loss(w))
       w = optax_lr.apply_updates(w, u, s)
       return (w, s), s.learning_rate
+
     return jax.lax.scan(body, (w, tx.init(w)), None, length=40)
 
   (w, _), rates = run(w0)
-  want_rates, want_w = _normalised_reference(0.02, mu, beta0, kappa, 40,
-                                             curvatures, w0)
+  want_rates, want_w = _normalised_reference(0.02, mu, beta0, kappa, 40, curvatures, w0)
   # float32 against float64 over 40 compounding steps.
   np.testing.assert_allclose(np.asarray(rates), want_rates, rtol=1e-4)
   np.testing.assert_allclose(np.asarray(w), want_w, rtol=1e-4, atol=1e-7)
@@ -862,10 +922,13 @@ def test_scale_free_defaults_match_a_float64_reference(name, make, mu, beta0, ka
   assert abs(want_rates[-1] / 0.02 - 1) > 0.05, name
 
 
-@pytest.mark.parametrize("factory, extra", [
+@pytest.mark.parametrize(
+  "factory, extra",
+  [
     (optax_lr.hypergradient_descent, {}),
     (optax_lr.rtho, {"loss_fn": lambda w: 0.5 * jnp.sum(w * w)}),
-])
+  ],
+)
 def test_injected_hyper_lr_takes_effect_at_the_next_update(factory, extra):
   """A fixed beta is read at every update, not frozen in the state at init,
   so an injected (scheduled, or edited) hyper_lr changes the next step."""
@@ -879,8 +942,7 @@ def test_injected_hyper_lr_takes_effect_at_the_next_update(factory, extra):
     w = w + updates
   moved = float(state.inner_state.learning_rate)
   assert moved != pytest.approx(0.1)
-  state = state._replace(hyperparams={**state.hyperparams,
-                                      "hyper_lr": jnp.float32(0.0)})
+  state = state._replace(hyperparams={**state.hyperparams, "hyper_lr": jnp.float32(0.0)})
   for _ in range(3):
     updates, state = step(w, state)
     w = w + updates

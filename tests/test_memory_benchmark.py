@@ -21,8 +21,12 @@ def test_memory_benchmark_quick(tmp_path):
   out = tmp_path / "memory.json"
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
   done = subprocess.run(
-      [sys.executable, "-m", "benchmarks.memory", "--quick", "--out", str(out)],
-      cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+    [sys.executable, "-m", "benchmarks.memory", "--quick", "--out", str(out)],
+    cwd=REPO,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=300,
   )
   assert done.returncode == 0, done.stderr[-4000:]
   assert "falls as 1/devices" in done.stdout

@@ -29,44 +29,42 @@ class ToyState(NamedTuple):
 def _toy_epoch_end(state: ToyState, cost) -> ToyState:
   worse = jnp.logical_not(cost <= state.best_cost)  # NaN counts as worse
   return state._replace(
-      learning_rate=jnp.where(worse, state.learning_rate / 2, state.learning_rate),
-      best_cost=jnp.where(worse, state.best_cost, cost.astype(jnp.float32)),
-      pending_rollback=worse,
+    learning_rate=jnp.where(worse, state.learning_rate / 2, state.learning_rate),
+    best_cost=jnp.where(worse, state.best_cost, cost.astype(jnp.float32)),
+    pending_rollback=worse,
   )
 
 
 _monitor.register_method(
-    ToyState,
-    epoch_end=_toy_epoch_end,
-    rollback=lambda s: (s.rolled_back, s.checkpoint),
+  ToyState,
+  epoch_end=_toy_epoch_end,
+  rollback=lambda s: (s.rolled_back, s.checkpoint),
 )
 
 
 def toy(learning_rate, steps_per_epoch=None):
   def init(params):
     return ToyState(
-        learning_rate=jnp.asarray(learning_rate, jnp.float32),
-        best_cost=jnp.asarray(jnp.inf, jnp.float32),
-        pending_rollback=jnp.asarray(False),
-        rolled_back=jnp.asarray(False),
-        checkpoint=jax.tree_util.tree_map(jnp.array, params),
-        window=_monitor.window_init(),
+      learning_rate=jnp.asarray(learning_rate, jnp.float32),
+      best_cost=jnp.asarray(jnp.inf, jnp.float32),
+      pending_rollback=jnp.asarray(False),
+      rolled_back=jnp.asarray(False),
+      checkpoint=jax.tree_util.tree_map(jnp.array, params),
+      window=_monitor.window_init(),
     )
 
   def update(updates, state, params=None, *, value=None, **extra_args):
     del extra_args
     rollback = state.pending_rollback
     new_updates = jax.lax.cond(
-        rollback,
-        lambda: jax.tree_util.tree_map(lambda c, p: c - p, state.checkpoint, params),
-        lambda: jax.tree_util.tree_map(lambda g: -state.learning_rate * g, updates),
+      rollback,
+      lambda: jax.tree_util.tree_map(lambda c, p: c - p, state.checkpoint, params),
+      lambda: jax.tree_util.tree_map(lambda g: -state.learning_rate * g, updates),
     )
     state = state._replace(pending_rollback=jnp.asarray(False), rolled_back=rollback)
     if steps_per_epoch is not None:
       window, is_end, cost = _monitor.window_step(state.window, value, steps_per_epoch)
-      state = _monitor.maybe_epoch_end(
-          state._replace(window=window), is_end, cost, _toy_epoch_end
-      )
+      state = _monitor.maybe_epoch_end(state._replace(window=window), is_end, cost, _toy_epoch_end)
     return new_updates, state
 
   return optax.GradientTransformationExtraArgs(init, update)
@@ -86,10 +84,10 @@ standard_promotion = lambda: jax.numpy_dtype_promotion("standard")
 def test_current_lr_bare_and_nested():
   assert float(optax_lr.current_lr(toy(0.3).init(PARAMS))) == pytest.approx(0.3)
   nested = [
-      optax.chain(optax.clip_by_global_norm(1.0), toy(0.3)),
-      optax.MultiSteps(toy(0.3), every_k_schedule=2),
-      optax.chain(optax.MultiSteps(optax.chain(toy(0.3)), 3)),
-      optax.inject_hyperparams(toy)(learning_rate=0.3),
+    optax.chain(optax.clip_by_global_norm(1.0), toy(0.3)),
+    optax.MultiSteps(toy(0.3), every_k_schedule=2),
+    optax.chain(optax.MultiSteps(optax.chain(toy(0.3)), 3)),
+    optax.inject_hyperparams(toy)(learning_rate=0.3),
   ]
   for tx in nested:
     assert float(optax_lr.current_lr(tx.init(PARAMS))) == pytest.approx(0.3)
@@ -183,9 +181,7 @@ def test_apply_updates_lands_exactly_on_checkpoint_from_nan_params():
   # The next call is an ordinary step again.
   updates, state = step(got, state)
   got2 = optax_lr.apply_updates(got, updates, state)
-  jax.tree_util.tree_map(
-      np.testing.assert_array_equal, got2, optax.apply_updates(got, updates)
-  )
+  jax.tree_util.tree_map(np.testing.assert_array_equal, got2, optax.apply_updates(got, updates))
 
 
 @standard_promotion()

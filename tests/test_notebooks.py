@@ -23,8 +23,7 @@ from nbclient import NotebookClient
 NOTEBOOKS = pathlib.Path(__file__).resolve().parents[1] / "notebooks"
 PATHS = sorted(NOTEBOOKS.glob("*.ipynb"))
 SCRIPTS = sorted(NOTEBOOKS.glob("*.py"))
-NAMES = ["01_quickstart", "02_hypergradients", "03_newton_lr", "04_aslr",
-         "05_aalr", "06_schedules"]
+NAMES = ["01_quickstart", "02_hypergradients", "03_newton_lr", "04_aslr", "05_aalr", "06_schedules"]
 SYNC = "run: jupytext --sync notebooks/*.py"
 
 # Small settings run in well under a minute each on a CPU; this is the
@@ -38,9 +37,11 @@ def _cells(nb):
 
 def test_every_script_is_paired_with_its_notebook():
   assert [p.stem for p in SCRIPTS] == NAMES, (
-      "notebooks/ should hold one jupytext script per notebook")
+    "notebooks/ should hold one jupytext script per notebook"
+  )
   assert [p.stem for p in PATHS] == NAMES, (
-      f"every notebooks/*.py needs its .ipynb and vice versa: {SYNC}")
+    f"every notebooks/*.py needs its .ipynb and vice versa: {SYNC}"
+  )
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -50,12 +51,12 @@ def test_notebook_matches_its_script_without_outputs(name):
   assert script.metadata["kernelspec"]["name"] == "python3"
   nb = nbformat.read(NOTEBOOKS / f"{name}.ipynb", as_version=4)
   nbformat.validate(nb)
-  assert _cells(nb) == _cells(script), (
-      f"{name}.ipynb differs from {name}.py: {SYNC}")
+  assert _cells(nb) == _cells(script), f"{name}.ipynb differs from {name}.py: {SYNC}"
   for cell in nb.cells:
     if cell.cell_type == "code":
       assert cell.outputs == [] and cell.execution_count is None, (
-          f"{name}.ipynb is committed with outputs: clear them, then {SYNC}")
+        f"{name}.ipynb is committed with outputs: clear them, then {SYNC}"
+      )
 
 
 def _kernel_env():
@@ -71,8 +72,11 @@ def _kernel_env():
 def test_notebook_executes(path):
   nb = nbformat.read(path, as_version=4)
   client = NotebookClient(
-      nb, timeout=CELL_TIMEOUT_S, kernel_name="python3",
-      resources={"metadata": {"path": str(NOTEBOOKS)}})
+    nb,
+    timeout=CELL_TIMEOUT_S,
+    kernel_name="python3",
+    resources={"metadata": {"path": str(NOTEBOOKS)}},
+  )
   start = time.perf_counter()
   client.execute(env=_kernel_env())  # raises CellExecutionError on any error
   elapsed = time.perf_counter() - start

@@ -50,8 +50,8 @@ import pytest
 from optax._src import test_utils
 
 import optax_lr
-from optax_lr._registry import METHODS
 import test_defaults
+from optax_lr._registry import METHODS
 from test_contract import _assert_same_avals
 
 CASES = pytest.mark.parametrize("case", METHODS, ids=lambda c: c.name)
@@ -92,8 +92,12 @@ def _assert_trees_close(actual, desired, what):
     assert jnp.result_type(a) == jnp.result_type(d), what
     if jnp.issubdtype(jnp.result_type(a), jnp.inexact):
       np.testing.assert_allclose(
-          np.asarray(a, np.float64), np.asarray(d, np.float64),
-          rtol=TOLERANCE, atol=TOLERANCE, err_msg=what)
+        np.asarray(a, np.float64),
+        np.asarray(d, np.float64),
+        rtol=TOLERANCE,
+        atol=TOLERANCE,
+        err_msg=what,
+      )
     else:
       np.testing.assert_array_equal(a, d, err_msg=what)
 
@@ -152,20 +156,26 @@ def test_converges_on_optax_targets(case):
       if case.epoch_level:
         end = t % test_defaults.EPOCH == test_defaults.EPOCH - 1
         state = jax.lax.cond(
-            end, lambda s: optax_lr.observe(s, loss_fn(params)), lambda s: s, state)
+          end, lambda s: optax_lr.observe(s, loss_fn(params)), lambda s: s, state
+        )
       rates = jax.tree.leaves(optax_lr.current_lr(state))
       return (params, state), jnp.stack([jnp.asarray(r, jnp.float32) for r in rates])
 
     (params, _), rates = jax.lax.scan(
-        body, (initial, tx.init(initial)), jnp.arange(test_defaults.STEPS))
+      body, (initial, tx.init(initial)), jnp.arange(test_defaults.STEPS)
+    )
     return params, jnp.min(rates), jnp.max(rates)
 
   results = jax.jit(lambda: [one(initial, loss_fn) for _, initial, _, loss_fn in targets])()
   for (name, _, final, _), (params, low, high) in zip(targets, results):
     for got, want in zip(jax.tree.leaves(params), jax.tree.leaves(final)):
       np.testing.assert_allclose(
-          got, want, rtol=test_defaults.TOLERANCE, atol=test_defaults.TOLERANCE,
-          err_msg=f"{case.name} on {name}")
+        got,
+        want,
+        rtol=test_defaults.TOLERANCE,
+        atol=test_defaults.TOLERANCE,
+        err_msg=f"{case.name} on {name}",
+      )
     assert np.isfinite(float(high)) and float(low) > 0, (name, float(low), float(high))
 
 
@@ -174,9 +184,9 @@ def test_every_registry_method_has_a_defaults_convergence_run():
   cases, which check its defaults on the same targets."""
   converged = {c.name for c in test_defaults.CASES}
   methods = {
-      case.factory.__name__
-      for case in METHODS
-      if getattr(optax_lr, case.factory.__name__, None) is case.factory
+    case.factory.__name__
+    for case in METHODS
+    if getattr(optax_lr, case.factory.__name__, None) is case.factory
   }
   assert methods, "no optax_lr factory in the registry"
   assert methods <= converged, f"no 30k-step convergence run for {methods - converged}"
@@ -197,18 +207,18 @@ def test_inject_hyperparams_gives_the_same_updates_and_state(case):
   _assert_trees_close(state_inject.inner_state, state, f"{case.name}: init")
 
   observe = jax.jit(lambda s, c: optax_lr.observe(s, c))
-  update = jax.jit(
-      lambda g, s, p: opt.update(g, s, p, **case.extra_args(obj_fn, p)))
-  update_inject = jax.jit(
-      lambda g, s, p: opt_inject.update(g, s, p, **case.extra_args(obj_fn, p)))
+  update = jax.jit(lambda g, s, p: opt.update(g, s, p, **case.extra_args(obj_fn, p)))
+  update_inject = jax.jit(lambda g, s, p: opt_inject.update(g, s, p, **case.extra_args(obj_fn, p)))
   for t in range(3):
     updates, state = update(grads, state, params)
     updates_inject, state_inject = update_inject(grads, state_inject, params_inject)
     _assert_trees_close(updates_inject, updates, f"{case.name}: updates of step {t}")
     _assert_trees_close(state_inject.inner_state, state, f"{case.name}: state of step {t}")
     _assert_trees_close(
-        optax_lr.current_lr(state_inject), optax_lr.current_lr(state),
-        f"{case.name}: current_lr of step {t}")
+      optax_lr.current_lr(state_inject),
+      optax_lr.current_lr(state),
+      f"{case.name}: current_lr of step {t}",
+    )
     params = optax_lr.apply_updates(params, updates, state)
     params_inject = optax_lr.apply_updates(params_inject, updates_inject, state_inject)
     if case.epoch_level and t == 1:
@@ -272,8 +282,8 @@ def test_multisteps_gives_a_zero_update_on_a_micro_step(case, dtype):
 
 @CASES
 @pytest.mark.parametrize(
-    "dtype", [jnp.float16, jnp.bfloat16, jnp.float32, jnp.float64],
-    ids=["f16", "bf16", "f32", "f64"])
+  "dtype", [jnp.float16, jnp.bfloat16, jnp.float32, jnp.float64], ids=["f16", "bf16", "f32", "f64"]
+)
 def test_state_shape_and_dtype_stable_under_cond(case, dtype):
   with jax.enable_x64(dtype == jnp.float64):
     opt = case.make(case.parabola_lr)
@@ -294,8 +304,8 @@ def test_state_shape_and_dtype_stable_under_cond(case, dtype):
       extra = extra_args(params)
       # lax.cond defeats compiler optimizations: both branches must agree.
       updates, state = jax.lax.cond(
-          coin(), lambda: opt.update(grads, state, params, **extra),
-          lambda: (params, state))
+        coin(), lambda: opt.update(grads, state, params, **extra), lambda: (params, state)
+      )
       return optax_lr.apply_updates(params, updates, state), state
 
     @jax.jit

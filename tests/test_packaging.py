@@ -60,5 +60,6 @@ def test_license_file():
 def test_changelog_has_this_release():
   changelog = (ROOT / "CHANGELOG.md").read_text()
   version = re.escape(optax_lr.__version__)
-  assert re.search(rf"^## \[{version}\] - \d{{4}}-\d{{2}}-\d{{2}}$", changelog,
-                   flags=re.M), f"CHANGELOG.md has no entry for {version}"
+  assert re.search(rf"^## \[{version}\] - \d{{4}}-\d{{2}}-\d{{2}}$", changelog, flags=re.M), (
+    f"CHANGELOG.md has no entry for {version}"
+  )

@@ -36,9 +36,8 @@ def loss(params):
 
 def init_params():
   return {
-      "body": {"w": jnp.array([[0.3, -0.2, 0.1], [0.0, 0.4, -0.3]]),
-               "b": jnp.array([0.1, -0.1])},
-      "head": jnp.array(1.5),
+    "body": {"w": jnp.array([[0.3, -0.2, 0.1], [0.0, 0.4, -0.3]]), "b": jnp.array([0.1, -0.1])},
+    "head": jnp.array(1.5),
   }
 
 
@@ -47,9 +46,9 @@ LABELS = {"body": {"w": "body", "b": "body"}, "head": "head"}
 
 def extra_args(case, loss_fn, params, grads):
   available = {
-      "value": lambda: loss_fn(params),
-      "loss_fn": lambda: optax_lr.partition_loss(loss_fn, params),
-      "val_grads": lambda: grads,  # the full tree: the method masks it
+    "value": lambda: loss_fn(params),
+    "loss_fn": lambda: optax_lr.partition_loss(loss_fn, params),
+    "val_grads": lambda: grads,  # the full tree: the method masks it
   }
   return {name: available[name]() for name in case.given}
 
@@ -74,8 +73,7 @@ def _partitioned_run(case, lr):
   @jax.jit
   def step(params, state):
     grads = jax.grad(loss)(params)
-    updates, state = tx.update(grads, state, params,
-                               **extra_args(case, loss, params, grads))
+    updates, state = tx.update(grads, state, params, **extra_args(case, loss, params, grads))
     return optax_lr.apply_updates(params, updates, state), state
 
   return _trajectory(case, step, tx.init(init_params()))
@@ -91,9 +89,9 @@ def _reference_run(case, lr):
     body_loss = lambda body: loss({"body": body, "head": head})
     grads = jax.grad(loss)(params)
     available = {
-        "value": lambda: loss(params),
-        "loss_fn": lambda: body_loss,
-        "val_grads": lambda: grads["body"],
+      "value": lambda: loss(params),
+      "loss_fn": lambda: body_loss,
+      "val_grads": lambda: grads["body"],
     }
     extra = {name: available[name]() for name in case.given}
     updates, state = tx.update(grads["body"], state, params["body"], **extra)
@@ -114,21 +112,21 @@ def test_partition_group_matches_the_method_on_the_group(case):
       np.testing.assert_allclose(x, y, rtol=2e-5, atol=1e-6, err_msg=f"step {t}")
   for a, b in zip(got_rates, want_rates):
     # Per-leaf rates: the partition's are shaped like its masked view.
-    np.testing.assert_allclose(jax.tree_util.tree_leaves(a),
-                               jax.tree_util.tree_leaves(b), rtol=2e-5)
+    np.testing.assert_allclose(
+      jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b), rtol=2e-5
+    )
 
 
 @CASES
 def test_current_lr_reports_each_group(case):
   labels = {"body": {"w": "w", "b": "b"}, "head": "head"}
-  tx = optax.partition(
-      {"w": case.make(0.1), "b": case.make(0.2), "head": optax.sgd(0.1)}, labels)
+  tx = optax.partition({"w": case.make(0.1), "b": case.make(0.2), "head": optax.sgd(0.1)}, labels)
   params = init_params()
   state = tx.init(params)
   grads = jax.grad(loss)(params)
-  _, state = jax.jit(
-      lambda g, s, p: tx.update(g, s, p, **extra_args(case, loss, p, g))
-  )(grads, state, params)
+  _, state = jax.jit(lambda g, s, p: tx.update(g, s, p, **extra_args(case, loss, p, g)))(
+    grads, state, params
+  )
   rates = optax_lr.current_lr(state)
   assert isinstance(rates, tuple) and len(rates) == 2  # one per group, b then w
   for rate in rates:
@@ -166,15 +164,18 @@ def test_aalr_rollback_lands_per_group(exact):
   # the body back, while the head takes its own SGD step. The stock
   # optax.apply_updates lands there too (the update is checkpoint - params).
   tx = optax.partition(
-      {"body": optax_lr.aalr(0.05, warmup_patience=1), "head": optax.sgd(HEAD_LR)},
-      LABELS)
+    {"body": optax_lr.aalr(0.05, warmup_patience=1), "head": optax.sgd(HEAD_LR)}, LABELS
+  )
 
   @jax.jit
   def step(params, state):
     grads = jax.grad(loss)(params)
     updates, state = tx.update(grads, state, params)
-    new = (optax_lr.apply_updates(params, updates, state) if exact
-           else optax.apply_updates(params, updates))
+    new = (
+      optax_lr.apply_updates(params, updates, state)
+      if exact
+      else optax.apply_updates(params, updates)
+    )
     return new, state, grads
 
   params = init_params()
@@ -191,7 +192,6 @@ def test_aalr_rollback_lands_per_group(exact):
   assert bool(aalr_state.rolled_back)
   assert isinstance(aalr_state.checkpoint["head"], optax.MaskedNode)
   jax.tree_util.tree_map(
-      lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-7),
-      params["body"], saved)
-  np.testing.assert_allclose(
-      params["head"], before["head"] - HEAD_LR * grads["head"], rtol=1e-6)
+    lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-7), params["body"], saved
+  )
+  np.testing.assert_allclose(params["head"], before["head"] - HEAD_LR * grads["head"], rtol=1e-6)

@@ -25,15 +25,17 @@ SHAPES = {"w": (3, 4), "b": (4,), "s": ()}
 def _tree_at(scale, seed):
   """A float32 tree with every entry in +-[1, 2) * scale: no subnormals."""
   rng = np.random.default_rng(seed)
-  leaf = lambda shape: np.float32(scale) * (
-      rng.uniform(1, 2, shape) * rng.choice([-1.0, 1.0], shape)
-  ).astype(np.float32)
+  leaf = lambda shape: (
+    np.float32(scale)
+    * (rng.uniform(1, 2, shape) * rng.choice([-1.0, 1.0], shape)).astype(np.float32)
+  )
   return {k: jnp.asarray(leaf(s), jnp.float32) for k, s in SHAPES.items()}
 
 
 def _flat64(tree):
-  return np.concatenate([np.asarray(leaf, np.float64).ravel()
-                         for leaf in jax.tree_util.tree_leaves(tree)])
+  return np.concatenate(
+    [np.asarray(leaf, np.float64).ravel() for leaf in jax.tree_util.tree_leaves(tree)]
+  )
 
 
 def _cosine64(x, y):
@@ -57,10 +59,11 @@ def test_cosine_matches_float64_at_every_pair_of_scales(scale_x, scale_y):
   x = _tree_at(scale_x, seed=1)
   # y leans on x, so the cosine is far from 0 and its digits all count.
   y = jax.tree_util.tree_map(
-      lambda a, b: jnp.asarray(
-          np.asarray(a, np.float64) * (scale_y / scale_x) + np.asarray(b, np.float64),
-          jnp.float32),
-      x, _tree_at(scale_y, seed=2),
+    lambda a, b: jnp.asarray(
+      np.asarray(a, np.float64) * (scale_y / scale_x) + np.asarray(b, np.float64), jnp.float32
+    ),
+    x,
+    _tree_at(scale_y, seed=2),
   )
   with jax.numpy_dtype_promotion("strict"):
     got = jax.jit(_tree.tree_cosine)(x, y)
@@ -77,18 +80,18 @@ def test_gram_ratios_match_float64(scale, ratio):
   x = _tree_at(scale, seed=3)
   # y = -x/2 + noise: s - r ~ 1.5 s is well conditioned.
   y = jax.tree_util.tree_map(
-      lambda a, b: jnp.asarray(
-          -0.5 * ratio * np.asarray(a, np.float64) + 0.1 * np.asarray(b, np.float64),
-          jnp.float32),
-      x, _tree_at(scale * ratio, seed=4),
+    lambda a, b: jnp.asarray(
+      -0.5 * ratio * np.asarray(a, np.float64) + 0.1 * np.asarray(b, np.float64), jnp.float32
+    ),
+    x,
+    _tree_at(scale * ratio, seed=4),
   )
   with jax.numpy_dtype_promotion("strict"):
     r, s, n = jax.jit(_tree.tree_gram)(x, y)
   X, Y = _flat64(x), _flat64(y)
   assert all(v.dtype == jnp.float32 for v in (r, s, n))
   assert all(np.isfinite(float(v)) for v in (r, s, n))
-  np.testing.assert_allclose(float(r / (s - r)), (X @ Y) / (X @ X - X @ Y),
-                             rtol=8 * EPS32)
+  np.testing.assert_allclose(float(r / (s - r)), (X @ Y) / (X @ X - X @ Y), rtol=8 * EPS32)
   np.testing.assert_allclose(float(n / s), (Y @ Y) / (X @ X), rtol=8 * EPS32)
   np.testing.assert_allclose(float(r / s), (X @ Y) / (X @ X), rtol=8 * EPS32)
 
@@ -130,16 +133,20 @@ def _hd_reference(params, eta0, beta, steps):
   return np.array(rates), w
 
 
-@pytest.mark.parametrize("scale", [
-    1e-30, 1e-11, 1.0, 1e10,
+@pytest.mark.parametrize(
+  "scale",
+  [
+    1e-30,
+    1e-11,
+    1.0,
+    1e10,
     1e30,
-])
+  ],
+)
 def test_multiplicative_hd_rate_follows_float64_reference(scale):
   eta0, beta, steps = 0.1, 0.01, 3
-  tx = optax_lr.hypergradient_descent(eta0, beta, multiplicative=True,
-                                      safety_net=False)
-  params = {k: jnp.asarray(np.float32(scale) * v.astype(np.float32))
-            for k, v in START.items()}
+  tx = optax_lr.hypergradient_descent(eta0, beta, multiplicative=True, safety_net=False)
+  params = {k: jnp.asarray(np.float32(scale) * v.astype(np.float32)) for k, v in START.items()}
   curvature = {k: jnp.asarray(v, jnp.float32) for k, v in CURVATURE.items()}
 
   @jax.jit
@@ -163,5 +170,4 @@ def test_multiplicative_hd_rate_follows_float64_reference(scale):
   assert abs(want[-1] - eta0) > 1e-3
   assert rates[-1] != rates[0]
   np.testing.assert_allclose(rates, want, rtol=2e-6)
-  np.testing.assert_allclose(_flat64(params) / scale, want_params / scale,
-                             rtol=1e-5)
+  np.testing.assert_allclose(_flat64(params) / scale, want_params / scale, rtol=1e-5)

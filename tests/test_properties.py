@@ -25,15 +25,14 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from hypothesis import HealthCheck
 from hypothesis import example
 from hypothesis import given
-from hypothesis import HealthCheck
 from hypothesis import settings
 from hypothesis import strategies as st
 
-import optax_lr
-
 import _reliability as rel
+import optax_lr
 from test_contract import parabola_params
 
 DTYPES = ("float16", "bfloat16", "float32", "float64")
@@ -41,24 +40,22 @@ SHAPES = ((), (1,), (3,), (2, 2))
 
 # A leaf spec is None (a None leaf) or (shape, dtype, seed).
 _leaf = st.one_of(
-    st.none(),
-    st.tuples(st.sampled_from(SHAPES), st.sampled_from(DTYPES), st.integers(0, 99)),
+  st.none(),
+  st.tuples(st.sampled_from(SHAPES), st.sampled_from(DTYPES), st.integers(0, 99)),
 )
 TREES = st.recursive(
-    _leaf,
-    lambda children: st.one_of(
-        st.lists(children, max_size=3),
-        st.dictionaries(st.sampled_from("abcd"), children, max_size=3),
-    ),
-    max_leaves=6,
+  _leaf,
+  lambda children: st.one_of(
+    st.lists(children, max_size=3),
+    st.dictionaries(st.sampled_from("abcd"), children, max_size=3),
+  ),
+  max_leaves=6,
 )
 
 CASES = [
-    case
-    for case in rel.METHODS
-    if rel.holds_optax_lr_method(
-        jax.eval_shape(case.make(case.parabola_lr).init, parabola_params())
-    )
+  case
+  for case in rel.METHODS
+  if rel.holds_optax_lr_method(jax.eval_shape(case.make(case.parabola_lr).init, parabola_params()))
 ]
 
 
@@ -93,10 +90,10 @@ def _loss(params):
 
 def _buffers(tree):
   return [
-      shard.data.unsafe_buffer_pointer()
-      for x in jax.tree_util.tree_leaves(tree)
-      if isinstance(x, jax.Array)
-      for shard in x.addressable_shards
+    shard.data.unsafe_buffer_pointer()
+    for x in jax.tree_util.tree_leaves(tree)
+    if isinstance(x, jax.Array)
+    for shard in x.addressable_shards
   ]
 
 
@@ -107,7 +104,7 @@ def _assert_no_shared_buffers(params, state):
 
 def _avals(tree):
   return jax.tree_util.tree_structure(tree), [
-      (jnp.shape(x), jnp.result_type(x)) for x in jax.tree_util.tree_leaves(tree)
+    (jnp.shape(x), jnp.result_type(x)) for x in jax.tree_util.tree_leaves(tree)
   ]
 
 
@@ -126,7 +123,7 @@ def _check(case, spec, masked):
     updates, state = tx.update(grads, state, params, **case.extra_args(_loss, params))
     assert jax.tree_util.tree_structure(updates) == jax.tree_util.tree_structure(params)
     for (path, u), p in zip(
-        jax.tree_util.tree_leaves_with_path(updates), jax.tree_util.tree_leaves(params)
+      jax.tree_util.tree_leaves_with_path(updates), jax.tree_util.tree_leaves(params)
     ):
       where = jax.tree_util.keystr(path)
       assert (u.dtype, u.shape) == (p.dtype, p.shape), where
@@ -139,10 +136,10 @@ def _check(case, spec, masked):
 
 @pytest.mark.parametrize("case", CASES, ids=rel.case_id)
 @settings(
-    max_examples=4,
-    deadline=None,
-    derandomize=True,
-    suppress_health_check=[HealthCheck.too_slow],
+  max_examples=4,
+  deadline=None,
+  derandomize=True,
+  suppress_health_check=[HealthCheck.too_slow],
 )
 @given(spec=TREES, masked=st.booleans())
 @example(spec=None, masked=False)
@@ -150,9 +147,13 @@ def _check(case, spec, masked):
 @example(spec=[[], {"a": None}], masked=False)
 @example(spec=((), "bfloat16", 0), masked=False)
 @example(
-    spec={"a": ((2, 2), "float16", 1), "b": [((), "float64", 2), None],
-          "c": ((3,), "bfloat16", 3), "d": ((1,), "float32", 4)},
-    masked=True,
+  spec={
+    "a": ((2, 2), "float16", 1),
+    "b": [((), "float64", 2), None],
+    "c": ((3,), "bfloat16", 3),
+    "d": ((1,), "float32", 4),
+  },
+  masked=True,
 )
 def test_updates_keep_leaf_dtypes_and_states_stay_donatable(case, spec, masked):
   x64 = jax.enable_x64(True) if _uses_float64(spec) else contextlib.nullcontext()

@@ -14,7 +14,6 @@ import pytest
 from optax_lr.range_test import RangeTestResult
 from optax_lr.range_test import lr_range_test
 
-
 # ---------------------------------------------------------------------------
 # Helpers. Module-level loss functions so repeated calls share compilations.
 
@@ -99,26 +98,26 @@ def reference_suggestion(lrs, smoothed, d, num_steps, rule):
 
 def test_result_fields_and_sweep_exact():
   n = 37
-  res = lr_range_test(batch_loss, jnp.zeros(()), jnp.ones((n,)),
-                      min_lr=1e-5, max_lr=3.0, num_steps=n)
+  res = lr_range_test(
+    batch_loss, jnp.zeros(()), jnp.ones((n,)), min_lr=1e-5, max_lr=3.0, num_steps=n
+  )
   assert isinstance(res, RangeTestResult)
   assert res._fields[:4] == ("lrs", "losses", "smoothed", "suggestion")
   assert res.lrs.shape == res.losses.shape == res.smoothed.shape == (n,)
   assert res.lrs.dtype == res.losses.dtype == res.smoothed.dtype == jnp.float32
   assert res.suggestion.shape == () and res.suggestion.dtype == jnp.float32
   assert res.diverged_at.dtype == jnp.int32 and int(res.diverged_at) == n
-  np.testing.assert_array_equal(
-      np.asarray(res.lrs), sweep64(1e-5, 3.0, n).astype(np.float32))
+  np.testing.assert_array_equal(np.asarray(res.lrs), sweep64(1e-5, 3.0, n).astype(np.float32))
   assert res.lrs[0] == np.float32(1e-5) and res.lrs[-1] == np.float32(3.0)
   ratios = np.asarray(res.lrs[1:], np.float64) / np.asarray(res.lrs[:-1])
   np.testing.assert_allclose(ratios, (3.0 / 1e-5) ** (1 / (n - 1)), rtol=1e-6)
 
 
 def test_two_steps_is_the_minimum():
-  res = lr_range_test(batch_loss, jnp.zeros(()), jnp.ones((3,)),
-                      min_lr=0.01, max_lr=0.1, num_steps=2)
-  np.testing.assert_array_equal(np.asarray(res.lrs),
-                                np.float32([0.01, 0.1]))
+  res = lr_range_test(
+    batch_loss, jnp.zeros(()), jnp.ones((3,)), min_lr=0.01, max_lr=0.1, num_steps=2
+  )
+  np.testing.assert_array_equal(np.asarray(res.lrs), np.float32([0.01, 0.1]))
 
 
 @pytest.mark.parametrize("smoothing", [0.0, 0.5, 0.9, 0.98])
@@ -126,13 +125,11 @@ def test_smoothing_is_bias_corrected_ema_and_batches_cycle(smoothing):
   rng = np.random.default_rng(1)
   batches = rng.uniform(1.0, 2.0, size=13).astype(np.float32)
   n = 40
-  res = lr_range_test(batch_loss, jnp.zeros(()), batches, num_steps=n,
-                      smoothing=smoothing)
+  res = lr_range_test(batch_loss, jnp.zeros(()), batches, num_steps=n, smoothing=smoothing)
   assert int(res.diverged_at) == n
   raw = batches[np.arange(n) % 13]
   np.testing.assert_array_equal(np.asarray(res.losses), raw)
-  np.testing.assert_allclose(np.asarray(res.smoothed),
-                             ema_reference(raw, smoothing), rtol=2e-6)
+  np.testing.assert_allclose(np.asarray(res.smoothed), ema_reference(raw, smoothing), rtol=2e-6)
   assert res.smoothed[0] == res.losses[0]  # bias correction at step 0
   if smoothing == 0.0:
     np.testing.assert_array_equal(np.asarray(res.smoothed), raw)
@@ -140,8 +137,7 @@ def test_smoothing_is_bias_corrected_ema_and_batches_cycle(smoothing):
 
 def test_batch_pytree_index_is_step_mod_n():
   n, steps = 5, 23
-  batches = {"idx": jnp.arange(n, dtype=jnp.int32),
-             "x": jnp.ones((n, 2, 3))}
+  batches = {"idx": jnp.arange(n, dtype=jnp.int32), "x": jnp.ones((n, 2, 3))}
   seen = []
 
   def loss_fn(w, b):
@@ -178,32 +174,38 @@ def test_suggestion_at_analytic_steepest_point(t0):
   n, min_lr, max_lr, width = 61, 1e-4, 1.0, 4.0
   r = (max_lr / min_lr) ** (1 / (n - 1))
   batches = jnp.array([[t0, width, min_lr, r]], jnp.float32)
-  res = lr_range_test(sigmoid_curve_loss, jnp.zeros(()), batches,
-                      min_lr=min_lr, max_lr=max_lr, num_steps=n, smoothing=0.0,
-                      suggest="steep")
+  res = lr_range_test(
+    sigmoid_curve_loss,
+    jnp.zeros(()),
+    batches,
+    min_lr=min_lr,
+    max_lr=max_lr,
+    num_steps=n,
+    smoothing=0.0,
+    suggest="steep",
+  )
   i = np.arange(n)
   # The construction really produces the curve (so the test is not vacuous).
-  np.testing.assert_allclose(np.asarray(res.losses),
-                             2.0 - np.tanh((i - t0) / width), atol=2e-4)
+  np.testing.assert_allclose(np.asarray(res.losses), 2.0 - np.tanh((i - t0) / width), atol=2e-4)
   assert int(res.diverged_at) == n  # 3 -> 1: never 4x the best
-  analytic = min_lr * r ** t0  # the rate at the steepest point in log lr
+  analytic = min_lr * r**t0  # the rate at the steepest point in log lr
   assert abs(np.log(float(res.suggestion)) - np.log(analytic)) <= np.log(r)
   assert float(res.suggestion) == pytest.approx(float(res.lrs[round(t0)]))
 
 
 @hypothesis.settings(max_examples=25, deadline=None, derandomize=True)
 @hypothesis.given(
-    values=st.lists(st.floats(1.0, 3.0, width=32), min_size=20, max_size=20),
-    smoothing=st.sampled_from([0.0, 0.3, 0.9]),
-    nan_at=st.integers(0, 25),
+  values=st.lists(st.floats(1.0, 3.0, width=32), min_size=20, max_size=20),
+  smoothing=st.sampled_from([0.0, 0.3, 0.9]),
+  nan_at=st.integers(0, 25),
 )
-def test_suggestion_matches_np_gradient_before_divergence(
-    values, smoothing, nan_at):
+def test_suggestion_matches_np_gradient_before_divergence(values, smoothing, nan_at):
   batches = np.array(values, np.float32)
   if nan_at < 20:
     batches[nan_at] = np.nan
-  res = lr_range_test(batch_loss, jnp.zeros(()), batches, num_steps=20,
-                      smoothing=smoothing, suggest="steep")
+  res = lr_range_test(
+    batch_loss, jnp.zeros(()), batches, num_steps=20, smoothing=smoothing, suggest="steep"
+  )
   d = int(res.diverged_at)
   assert d == (nan_at if nan_at < 20 else 20)  # values within 3x: NaN only
   sugg = float(res.suggestion)
@@ -227,14 +229,16 @@ def test_first_tenth_of_the_sweep_is_skipped():
   values[:3] = [3.0, 2.0, 2.5]
   g = np.gradient(values)
   assert np.argmin(g) == 0 and 3 + np.argmin(g[3:]) == 14
-  res = lr_range_test(batch_loss, jnp.zeros(()), np.float32(values),
-                      num_steps=30, smoothing=0.0, suggest="steep")
+  res = lr_range_test(
+    batch_loss, jnp.zeros(()), np.float32(values), num_steps=30, smoothing=0.0, suggest="steep"
+  )
   assert int(res.diverged_at) == 30
   assert res.suggestion == res.lrs[14]
   # Divergence within the skipped part: all valid steps are candidates.
   early = np.float32([3.0, 2.9, 1.0, 50.0] + [1.0] * 26)
-  res = lr_range_test(batch_loss, jnp.zeros(()), early, num_steps=30,
-                      smoothing=0.0, suggest="steep")
+  res = lr_range_test(
+    batch_loss, jnp.zeros(()), early, num_steps=30, smoothing=0.0, suggest="steep"
+  )
   assert int(res.diverged_at) == 3
   assert res.suggestion == res.lrs[2]  # np.gradient: [-.1, -1, -1.9]
 
@@ -244,39 +248,48 @@ def test_suggestion_uses_one_sided_difference_at_last_valid_step():
   # last valid step is steepest only if the backward difference is used there
   # (a central difference would need the diverged value at step 5).
   batches = np.float32([3.0, 2.9, 2.8, 2.7, 1.0, np.inf, 1.0, 1.0])
-  res = lr_range_test(batch_loss, jnp.zeros(()), batches, num_steps=8,
-                      smoothing=0.0, suggest="steep")
+  res = lr_range_test(
+    batch_loss, jnp.zeros(()), batches, num_steps=8, smoothing=0.0, suggest="steep"
+  )
   assert int(res.diverged_at) == 5
   assert res.suggestion == res.lrs[4]
 
 
 @pytest.mark.parametrize("rule", ["valley", "steep", "minimum"])
 @pytest.mark.parametrize(
-    "values, expected_d, minimum_at",
-    [
-        ([np.nan] * 6, 0, None),                # all NaN
-        ([np.nan, 1, 1, 1, 1, 1], 0, None),     # NaN at the start
-        ([2.0, np.inf, 1, 1, 1, 1], 1, None),   # only one valid step
-        ([2.0, 100.0, 1, 1, 1, 1], 1, None),    # blows up at step 1
-        # Two valid: steep ties -> first; the valley [2, 1] has s=0, e=1 and
-        # picks 0 + (2 * 1) // 3 = 0; the minimum is at step 1.
-        ([2.0, 1.0, 50.0, 1, 1, 1], 2, 1),
-        ([1.0] * 6, 6, 0),                      # flat: everything at step 0
-    ])
+  "values, expected_d, minimum_at",
+  [
+    ([np.nan] * 6, 0, None),  # all NaN
+    ([np.nan, 1, 1, 1, 1, 1], 0, None),  # NaN at the start
+    ([2.0, np.inf, 1, 1, 1, 1], 1, None),  # only one valid step
+    ([2.0, 100.0, 1, 1, 1, 1], 1, None),  # blows up at step 1
+    # Two valid: steep ties -> first; the valley [2, 1] has s=0, e=1 and
+    # picks 0 + (2 * 1) // 3 = 0; the minimum is at step 1.
+    ([2.0, 1.0, 50.0, 1, 1, 1], 2, 1),
+    ([1.0] * 6, 6, 0),  # flat: everything at step 0
+  ],
+)
 def test_degenerate_cases_suggest_min_lr(values, expected_d, minimum_at, rule):
   # d < 2: no curve, every rule falls back to min_lr. Otherwise steep and
   # valley give min_lr and minimum gives its step's rate / 10.
-  res = lr_range_test(batch_loss, jnp.zeros(()), np.float32(values),
-                      min_lr=1e-3, max_lr=1.0, num_steps=6, smoothing=0.0,
-                      suggest=rule)
+  res = lr_range_test(
+    batch_loss,
+    jnp.zeros(()),
+    np.float32(values),
+    min_lr=1e-3,
+    max_lr=1.0,
+    num_steps=6,
+    smoothing=0.0,
+    suggest=rule,
+  )
   assert int(res.diverged_at) == expected_d
   if rule == "minimum" and minimum_at is not None:
     np.testing.assert_array_max_ulp(  # the division's rounding, see below
-        np.float32(res.suggestion),
-        np.float32(res.lrs[minimum_at]) / np.float32(10), maxulp=1)
+      np.float32(res.suggestion), np.float32(res.lrs[minimum_at]) / np.float32(10), maxulp=1
+    )
   else:
     assert res.suggestion == np.float32(1e-3)
-  assert np.all(np.isnan(np.asarray(res.losses[expected_d + 1:])))
+  assert np.all(np.isnan(np.asarray(res.losses[expected_d + 1 :])))
 
 
 def two_descents():
@@ -289,30 +302,27 @@ def two_descents():
   s = 7 and the pick is 7 + (2 * 19) // 3 = 19. Minimum: 1.0 at step 26.
   """
   gentle = 3.9 - np.arange(20) * (2.9 / 19)
-  values = np.concatenate([[3.5, 3.5, 3.0], [3.0, 2.6, 1.8, 1.5], gentle,
-                           [1.1, 1.2, 1.3]])
+  values = np.concatenate([[3.5, 3.5, 3.0], [3.0, 2.6, 1.8, 1.5], gentle, [1.1, 1.2, 1.3]])
   assert len(values) == 30 and values[26] == 1.0
   return np.float32(values)
 
 
-@pytest.mark.parametrize("rule, index, divisor", [
-    ("valley", 19, 1), ("steep", 4, 1), ("minimum", 26, 10)])
+@pytest.mark.parametrize(
+  "rule, index, divisor", [("valley", 19, 1), ("steep", 4, 1), ("minimum", 26, 10)]
+)
 def test_rules_on_two_descents(rule, index, divisor):
   values = two_descents()
   g = np.gradient(values.astype(np.float64))
   assert 3 + np.argmin(g[3:]) == 4  # the construction does what it says
-  res = lr_range_test(batch_loss, jnp.zeros(()), values, num_steps=30,
-                      smoothing=0.0, suggest=rule)
+  res = lr_range_test(batch_loss, jnp.zeros(()), values, num_steps=30, smoothing=0.0, suggest=rule)
   assert int(res.diverged_at) == 30
   assert res.suggestion == res.lrs[index] / np.float32(divisor)
-  assert res.suggestion == reference_suggestion(res.lrs, res.smoothed, 30, 30,
-                                                rule)
+  assert res.suggestion == reference_suggestion(res.lrs, res.smoothed, 30, 30, rule)
 
 
 def test_default_rule_is_valley():
   values = two_descents()
-  res = lr_range_test(batch_loss, jnp.zeros(()), values, num_steps=30,
-                      smoothing=0.0)
+  res = lr_range_test(batch_loss, jnp.zeros(()), values, num_steps=30, smoothing=0.0)
   assert res.suggestion == res.lrs[19]  # inside the long descent, not at 4
 
 
@@ -329,43 +339,42 @@ def test_valley_bridges_bumps_in_a_descent():
   values = np.float32(values)
   runs = np.diff(np.flatnonzero(np.diff(values) >= 0))
   assert runs.max() <= 4  # no strictly decreasing run of more than 4 points
-  res = lr_range_test(batch_loss, jnp.zeros(()), values, num_steps=40,
-                      smoothing=0.0)
+  res = lr_range_test(batch_loss, jnp.zeros(()), values, num_steps=40, smoothing=0.0)
   assert int(res.diverged_at) == 40
   assert reference_valley_index(values, 40, 40) == 26
   assert res.suggestion == res.lrs[26]
 
 
-@pytest.mark.parametrize("rule, index, divisor", [
-    ("valley", 13, 1),    # s = 2, e = 19: 2 + (2 * 17) // 3
-    ("steep", 2, 1),      # constant slope: the first candidate
+@pytest.mark.parametrize(
+  "rule, index, divisor",
+  [
+    ("valley", 13, 1),  # s = 2, e = 19: 2 + (2 * 17) // 3
+    ("steep", 2, 1),  # constant slope: the first candidate
     ("minimum", 19, 10),
-])
+  ],
+)
 def test_rules_on_a_straight_descent(rule, index, divisor):
   values = np.float32(30.0 - np.arange(20))
-  res = lr_range_test(batch_loss, jnp.zeros(()), values, num_steps=20,
-                      smoothing=0.0, suggest=rule)
+  res = lr_range_test(batch_loss, jnp.zeros(()), values, num_steps=20, smoothing=0.0, suggest=rule)
   assert res.suggestion == res.lrs[index] / np.float32(divisor)
 
 
-@pytest.mark.parametrize("rule, divisor", [
-    ("valley", 1), ("steep", 1), ("minimum", 10)])
+@pytest.mark.parametrize("rule, divisor", [("valley", 1), ("steep", 1), ("minimum", 10)])
 def test_rules_on_a_rising_curve_pick_the_first_candidate(rule, divisor):
   # Nothing decreases: valley has L = 1 everywhere (first candidate), steep
   # the least increase (all equal: first), minimum the first candidate.
   values = np.float32(1.0 + 0.01 * np.arange(20))
-  res = lr_range_test(batch_loss, jnp.zeros(()), values, num_steps=20,
-                      smoothing=0.0, suggest=rule)
+  res = lr_range_test(batch_loss, jnp.zeros(()), values, num_steps=20, smoothing=0.0, suggest=rule)
   assert res.suggestion == res.lrs[2] / np.float32(divisor)
 
 
 def test_minimum_skips_the_first_tenth():
   # The lowest value is at step 0, inside the skipped tenth (n // 10 = 2); the
   # lowest candidate is the end of the descent, step 19.
-  values = np.float32(np.concatenate([[0.9, 2.0],
-                                      2.0 - 0.05 * np.arange(18)]))
-  res = lr_range_test(batch_loss, jnp.zeros(()), values, num_steps=20,
-                      smoothing=0.0, suggest="minimum")
+  values = np.float32(np.concatenate([[0.9, 2.0], 2.0 - 0.05 * np.arange(18)]))
+  res = lr_range_test(
+    batch_loss, jnp.zeros(()), values, num_steps=20, smoothing=0.0, suggest="minimum"
+  )
   assert int(res.diverged_at) == 20
   assert res.suggestion == res.lrs[19] / np.float32(10)
 
@@ -379,8 +388,9 @@ def test_rules_stop_at_divergence():
   values = two_descents()
   values[16] = np.inf
   for rule, expected in [("valley", 12), ("minimum", 6)]:
-    res = lr_range_test(batch_loss, jnp.zeros(()), values, num_steps=30,
-                        smoothing=0.0, suggest=rule)
+    res = lr_range_test(
+      batch_loss, jnp.zeros(()), values, num_steps=30, smoothing=0.0, suggest=rule
+    )
     assert int(res.diverged_at) == 16
     divisor = np.float32(10 if rule == "minimum" else 1)
     assert res.suggestion == res.lrs[expected] / divisor
@@ -388,31 +398,31 @@ def test_rules_stop_at_divergence():
 
 @hypothesis.settings(max_examples=25, deadline=None, derandomize=True)
 @hypothesis.given(
-    values=st.lists(st.floats(1.0, 3.0, width=32), min_size=20, max_size=20),
-    smoothing=st.sampled_from([0.0, 0.3, 0.9]),
-    nan_at=st.integers(0, 25),
-    rule=st.sampled_from(["valley", "minimum"]),
+  values=st.lists(st.floats(1.0, 3.0, width=32), min_size=20, max_size=20),
+  smoothing=st.sampled_from([0.0, 0.3, 0.9]),
+  nan_at=st.integers(0, 25),
+  rule=st.sampled_from(["valley", "minimum"]),
 )
 def test_valley_and_minimum_match_reference(values, smoothing, nan_at, rule):
   batches = np.array(values, np.float32)
   if nan_at < 20:
     batches[nan_at] = np.nan
-  res = lr_range_test(batch_loss, jnp.zeros(()), batches, num_steps=20,
-                      smoothing=smoothing, suggest=rule)
+  res = lr_range_test(
+    batch_loss, jnp.zeros(()), batches, num_steps=20, smoothing=smoothing, suggest=rule
+  )
   d = int(res.diverged_at)
   assert d == (nan_at if nan_at < 20 else 20)
-  expected = reference_suggestion(res.lrs, np.asarray(res.smoothed), d, 20,
-                                  rule)
+  expected = reference_suggestion(res.lrs, np.asarray(res.smoothed), d, 20, rule)
   # The same point of the sweep; "minimum" divides its rate by 10, which XLA
   # may compute as a product by 0.1 (one ulp apart from numpy's division).
-  np.testing.assert_array_max_ulp(np.float32(res.suggestion),
-                                  np.float32(expected), maxulp=1)
+  np.testing.assert_array_max_ulp(np.float32(res.suggestion), np.float32(expected), maxulp=1)
   assert np.isfinite(float(res.suggestion)) and float(res.suggestion) > 0
   assert res.suggestion.shape == () and res.suggestion.dtype == jnp.float32
 
 
-@pytest.mark.parametrize("bad", ["Valley", "steepest", "", "min", None, 0,
-                                 ("valley",), np.array("valley")])
+@pytest.mark.parametrize(
+  "bad", ["Valley", "steepest", "", "min", None, 0, ("valley",), np.array("valley")]
+)
 def test_invalid_suggest_names_the_value(bad):
   with pytest.raises(ValueError, match=re.escape(repr(bad))):
     lr_range_test(batch_loss, jnp.zeros(()), jnp.ones(3), suggest=bad)
@@ -427,13 +437,14 @@ def test_changing_the_rule_does_not_retrace_the_sweep():
 
   results = {}
   for rule in ("valley", "steep", "minimum", "valley"):
-    results[rule] = lr_range_test(loss_fn, jnp.zeros(3), jnp.ones((4, 3)),
-                                  min_lr=1e-4, max_lr=1.0, num_steps=30,
-                                  suggest=rule)
+    results[rule] = lr_range_test(
+      loss_fn, jnp.zeros(3), jnp.ones((4, 3)), min_lr=1e-4, max_lr=1.0, num_steps=30, suggest=rule
+    )
   assert len(traces) == 1
   # One sweep, three readings of the same curve.
-  np.testing.assert_array_equal(np.asarray(results["steep"].smoothed),
-                                np.asarray(results["valley"].smoothed))
+  np.testing.assert_array_equal(
+    np.asarray(results["steep"].smoothed), np.asarray(results["valley"].smoothed)
+  )
 
 
 # ---------------------------------------------------------------------------
@@ -445,8 +456,9 @@ def test_divergence_freezes_params_and_marks_steps(smoothing):
   n = 30
   batches = np.ones(n, np.float32)
   batches[12:] = 50.0  # a jump the EMA sees at step 12 at the latest
-  res = lr_range_test(counting_loss, jnp.zeros(()), batches, min_lr=1e-3,
-                      max_lr=1.0, num_steps=n, smoothing=smoothing)
+  res = lr_range_test(
+    counting_loss, jnp.zeros(()), batches, min_lr=1e-3, max_lr=1.0, num_steps=n, smoothing=smoothing
+  )
   sm_ref = ema_reference(batches, smoothing)
   best = np.minimum.accumulate(sm_ref)
   expected_d = int(np.flatnonzero(sm_ref[1:] > 4.0 * best[:-1])[0] + 1)
@@ -454,28 +466,26 @@ def test_divergence_freezes_params_and_marks_steps(smoothing):
   if smoothing == 0.0:
     assert expected_d == 12
   d = expected_d
-  np.testing.assert_array_equal(np.asarray(res.losses[:d + 1]),
-                                batches[:d + 1])
-  np.testing.assert_allclose(np.asarray(res.smoothed[:d + 1]),
-                             sm_ref[:d + 1], rtol=1e-6)
-  assert np.all(np.isnan(np.asarray(res.losses[d + 1:])))
-  assert np.all(np.isnan(np.asarray(res.smoothed[d + 1:])))
+  np.testing.assert_array_equal(np.asarray(res.losses[: d + 1]), batches[: d + 1])
+  np.testing.assert_allclose(np.asarray(res.smoothed[: d + 1]), sm_ref[: d + 1], rtol=1e-6)
+  assert np.all(np.isnan(np.asarray(res.losses[d + 1 :])))
+  assert np.all(np.isnan(np.asarray(res.smoothed[d + 1 :])))
   # Steps 0..d-1 applied their rate; step d and all later ones are no-ops.
   lrs = np.asarray(res.lrs, np.float64)
   np.testing.assert_allclose(float(res.params), lrs[:d].sum(), rtol=1e-6)
-  assert not np.isclose(float(res.params), lrs[:d + 1].sum(), rtol=1e-4)
+  assert not np.isclose(float(res.params), lrs[: d + 1].sum(), rtol=1e-4)
 
 
 def test_no_divergence_applies_every_step():
-  res = lr_range_test(counting_loss, jnp.zeros(()), np.ones(30, np.float32),
-                      min_lr=1e-3, max_lr=1.0, num_steps=30)
+  res = lr_range_test(
+    counting_loss, jnp.zeros(()), np.ones(30, np.float32), min_lr=1e-3, max_lr=1.0, num_steps=30
+  )
   assert int(res.diverged_at) == 30
-  np.testing.assert_allclose(float(res.params),
-                             np.asarray(res.lrs, np.float64).sum(), rtol=1e-6)
+  np.testing.assert_allclose(float(res.params), np.asarray(res.lrs, np.float64).sum(), rtol=1e-6)
 
 
 def quadratic_loss(w, b):
-  return 0.5 * b * jnp.sum(w ** 2)
+  return 0.5 * b * jnp.sum(w**2)
 
 
 def test_quadratic_blow_up_matches_reference_simulation():
@@ -485,7 +495,7 @@ def test_quadratic_blow_up_matches_reference_simulation():
   lrs = sweep64(1e-3, 10.0, n).astype(np.float32).astype(np.float64)
   w, avg, best, losses, sm, d = np.ones(4), 0.0, np.inf, [], [], n
   for i, lr in enumerate(lrs):
-    loss = 0.5 * a * np.sum(w ** 2)
+    loss = 0.5 * a * np.sum(w**2)
     avg = smoothing * avg + (1 - smoothing) * loss
     s = avg / (1 - smoothing ** (i + 1))
     losses.append(loss)
@@ -498,28 +508,48 @@ def test_quadratic_blow_up_matches_reference_simulation():
   assert 0 < d < n
   # The threshold is crossed by a wide margin (no borderline f32 decision).
   assert sm[d] > 1.5 * factor * best and sm[d - 1] < 0.9 * factor * best
-  res = lr_range_test(quadratic_loss, jnp.ones(4), jnp.full((2,), a),
-                      min_lr=1e-3, max_lr=10.0, num_steps=n,
-                      smoothing=smoothing, diverge_factor=factor)
+  res = lr_range_test(
+    quadratic_loss,
+    jnp.ones(4),
+    jnp.full((2,), a),
+    min_lr=1e-3,
+    max_lr=10.0,
+    num_steps=n,
+    smoothing=smoothing,
+    diverge_factor=factor,
+  )
   assert int(res.diverged_at) == d
-  np.testing.assert_allclose(np.asarray(res.losses[:d + 1]), losses, rtol=1e-4)
-  np.testing.assert_allclose(np.asarray(res.smoothed[:d + 1]), sm, rtol=1e-4)
+  np.testing.assert_allclose(np.asarray(res.losses[: d + 1]), losses, rtol=1e-4)
+  np.testing.assert_allclose(np.asarray(res.smoothed[: d + 1]), sm, rtol=1e-4)
   np.testing.assert_allclose(np.asarray(res.params), w, rtol=1e-4)
   k = reference_suggestion_index(np.array(sm), d, n)
-  steep = lr_range_test(quadratic_loss, jnp.ones(4), jnp.full((2,), a),
-                        min_lr=1e-3, max_lr=10.0, num_steps=n,
-                        smoothing=smoothing, diverge_factor=factor,
-                        suggest="steep")
+  steep = lr_range_test(
+    quadratic_loss,
+    jnp.ones(4),
+    jnp.full((2,), a),
+    min_lr=1e-3,
+    max_lr=10.0,
+    num_steps=n,
+    smoothing=smoothing,
+    diverge_factor=factor,
+    suggest="steep",
+  )
   assert steep.suggestion == res.lrs[k]
   # The default (valley) and the minimum rule, from the same curve.
   smoothed = np.asarray(res.smoothed)
   assert res.suggestion == res.lrs[reference_valley_index(smoothed, d, n)]
-  minimum = lr_range_test(quadratic_loss, jnp.ones(4), jnp.full((2,), a),
-                          min_lr=1e-3, max_lr=10.0, num_steps=n,
-                          smoothing=smoothing, diverge_factor=factor,
-                          suggest="minimum")
-  assert minimum.suggestion == res.lrs[
-      reference_minimum_index(smoothed, d, n)] / np.float32(10)
+  minimum = lr_range_test(
+    quadratic_loss,
+    jnp.ones(4),
+    jnp.full((2,), a),
+    min_lr=1e-3,
+    max_lr=10.0,
+    num_steps=n,
+    smoothing=smoothing,
+    diverge_factor=factor,
+    suggest="minimum",
+  )
+  assert minimum.suggestion == res.lrs[reference_minimum_index(smoothed, d, n)] / np.float32(10)
   for r in (res, steep, minimum):  # rates that still converge
     assert float(r.suggestion) < 2.0 / a
 
@@ -528,31 +558,34 @@ def test_quadratic_blow_up_matches_reference_simulation():
 def test_nonfinite_loss_diverges(bad):
   batches = np.ones(20, np.float32)
   batches[9] = bad
-  res = lr_range_test(counting_loss, jnp.zeros(()), batches, min_lr=1e-3,
-                      max_lr=1.0, num_steps=20)  # default smoothing 0.98
+  res = lr_range_test(
+    counting_loss, jnp.zeros(()), batches, min_lr=1e-3, max_lr=1.0, num_steps=20
+  )  # default smoothing 0.98
   assert int(res.diverged_at) == 9
   assert np.isfinite(float(res.suggestion)) and float(res.suggestion) > 0
-  np.testing.assert_allclose(float(res.params),
-                             np.asarray(res.lrs[:9], np.float64).sum(),
-                             rtol=1e-6)
+  np.testing.assert_allclose(
+    float(res.params), np.asarray(res.lrs[:9], np.float64).sum(), rtol=1e-6
+  )
 
 
 def test_negative_losses_use_relative_criterion():
   # A naive `smoothed > 4 * best` would stop at step 1 on a constant -1.
-  flat = lr_range_test(batch_loss, jnp.zeros(()), -np.ones(10, np.float32),
-                       num_steps=10, smoothing=0.0)
+  flat = lr_range_test(
+    batch_loss, jnp.zeros(()), -np.ones(10, np.float32), num_steps=10, smoothing=0.0
+  )
   assert int(flat.diverged_at) == 10
   # -1 -> 2.5 rises by 3.5 > (4 - 1) * |-1|: diverged; -1 -> 1.5 does not.
-  jump = lr_range_test(batch_loss, jnp.zeros(()),
-                       np.float32([-1, -1, 1.5, -1, 2.5, -1]),
-                       num_steps=6, smoothing=0.0)
+  jump = lr_range_test(
+    batch_loss, jnp.zeros(()), np.float32([-1, -1, 1.5, -1, 2.5, -1]), num_steps=6, smoothing=0.0
+  )
   assert int(jump.diverged_at) == 4
 
 
 def test_infinite_diverge_factor_stops_only_on_nan():
   batches = np.float32([1, 1e6, 1e30, 1, np.nan, 1])
-  res = lr_range_test(batch_loss, jnp.zeros(()), batches, num_steps=6,
-                      smoothing=0.0, diverge_factor=np.inf)
+  res = lr_range_test(
+    batch_loss, jnp.zeros(()), batches, num_steps=6, smoothing=0.0, diverge_factor=np.inf
+  )
   assert int(res.diverged_at) == 4
 
 
@@ -571,18 +604,27 @@ def momentum_reference(lrs, beta, scale=1.0):
 @pytest.mark.parametrize("name", ["sgd", "adam", "momentum", "chain"])
 def test_works_with_optimizer_factories(name):
   optimizer, expected = {
-      "sgd": (optax.sgd, lambda lrs: lrs.sum()),
-      # Adam's update for a constant gradient is exactly lr (up to eps).
-      "adam": (optax.adam, lambda lrs: lrs.sum()),
-      "momentum": (functools.partial(optax.sgd, momentum=0.9),
-                   lambda lrs: momentum_reference(lrs, 0.9)),
-      "chain": (lambda learning_rate: optax.chain(
-          optax.scale(2.0), optax.sgd(learning_rate)),
-                lambda lrs: 2.0 * lrs.sum()),
+    "sgd": (optax.sgd, lambda lrs: lrs.sum()),
+    # Adam's update for a constant gradient is exactly lr (up to eps).
+    "adam": (optax.adam, lambda lrs: lrs.sum()),
+    "momentum": (
+      functools.partial(optax.sgd, momentum=0.9),
+      lambda lrs: momentum_reference(lrs, 0.9),
+    ),
+    "chain": (
+      lambda learning_rate: optax.chain(optax.scale(2.0), optax.sgd(learning_rate)),
+      lambda lrs: 2.0 * lrs.sum(),
+    ),
   }[name]
-  res = lr_range_test(counting_loss, jnp.zeros(()), np.ones(25, np.float32),
-                      optimizer=optimizer, min_lr=1e-3, max_lr=1.0,
-                      num_steps=25)
+  res = lr_range_test(
+    counting_loss,
+    jnp.zeros(()),
+    np.ones(25, np.float32),
+    optimizer=optimizer,
+    min_lr=1e-3,
+    max_lr=1.0,
+    num_steps=25,
+  )
   lrs = np.asarray(res.lrs, np.float64)
   assert int(res.diverged_at) == 25
   np.testing.assert_allclose(float(res.params), expected(lrs), rtol=1e-5)
@@ -595,9 +637,16 @@ def test_works_with_optimizer_factories(name):
 def test_bfloat16_params_with_adam():
   params = {"w": jnp.zeros(3, jnp.bfloat16)}
   loss_fn = lambda p, x: jnp.mean((x @ p["w"].astype(jnp.float32) - 1.0) ** 2)
-  res = lr_range_test(loss_fn, params, jnp.ones((4, 8, 3)),
-                      optimizer=optax.adam, min_lr=1e-3, max_lr=1.0,
-                      num_steps=30, smoothing=0.5)
+  res = lr_range_test(
+    loss_fn,
+    params,
+    jnp.ones((4, 8, 3)),
+    optimizer=optax.adam,
+    min_lr=1e-3,
+    max_lr=1.0,
+    num_steps=30,
+    smoothing=0.5,
+  )
   assert res.params["w"].dtype == jnp.bfloat16
   assert np.all(np.isfinite(np.asarray(res.losses[:10])))
   assert float(res.losses[10]) < float(res.losses[0])
@@ -605,8 +654,7 @@ def test_bfloat16_params_with_adam():
 
 def test_rejects_factory_without_learning_rate_keyword():
   with pytest.raises(TypeError, match="learning_rate"):
-    lr_range_test(batch_loss, jnp.zeros(()), jnp.ones(3),
-                  optimizer=lambda lr: optax.sgd(lr))
+    lr_range_test(batch_loss, jnp.zeros(()), jnp.ones(3), optimizer=lambda lr: optax.sgd(lr))
 
 
 # ---------------------------------------------------------------------------
@@ -616,15 +664,18 @@ def test_rejects_factory_without_learning_rate_keyword():
 def test_callers_params_untouched():
   params = {"a": jnp.arange(3.0), "b": [jnp.ones((2, 2))]}
   before = jax.tree_util.tree_map(np.array, params)
-  res = lr_range_test(lambda p, x: jnp.sum((p["a"] - x) ** 2)
-                      + jnp.sum(p["b"][0] ** 2), params,
-                      jnp.ones((2, 3)), min_lr=1e-3, max_lr=0.1, num_steps=10)
-  for leaf, ref in zip(jax.tree_util.tree_leaves(params),
-                       jax.tree_util.tree_leaves(before)):
+  res = lr_range_test(
+    lambda p, x: jnp.sum((p["a"] - x) ** 2) + jnp.sum(p["b"][0] ** 2),
+    params,
+    jnp.ones((2, 3)),
+    min_lr=1e-3,
+    max_lr=0.1,
+    num_steps=10,
+  )
+  for leaf, ref in zip(jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(before)):
     assert not leaf.is_deleted()
     np.testing.assert_array_equal(np.asarray(leaf), ref)
-  assert jax.tree_util.tree_structure(res.params) == (
-      jax.tree_util.tree_structure(params))
+  assert jax.tree_util.tree_structure(res.params) == (jax.tree_util.tree_structure(params))
   assert not np.allclose(np.asarray(res.params["a"]), before["a"])
 
 
@@ -635,14 +686,20 @@ def test_compiles_once_for_same_shapes():
     traces.append(1)  # Python side effect: runs once per trace
     return jnp.sum((w - b) ** 2)
 
-  lr_range_test(loss_fn, jnp.zeros(3), jnp.ones((4, 3)), min_lr=1e-4,
-                max_lr=1.0, num_steps=30)
+  lr_range_test(loss_fn, jnp.zeros(3), jnp.ones((4, 3)), min_lr=1e-4, max_lr=1.0, num_steps=30)
   first = len(traces)
   assert first >= 1
   # Other values of every traced argument: no new trace.
-  res = lr_range_test(loss_fn, jnp.full(3, 2.0, jnp.float32), 3 * jnp.ones((4, 3)),
-                      min_lr=1e-3, max_lr=2.0, num_steps=30, smoothing=0.5,
-                      diverge_factor=8.0)
+  res = lr_range_test(
+    loss_fn,
+    jnp.full(3, 2.0, jnp.float32),
+    3 * jnp.ones((4, 3)),
+    min_lr=1e-3,
+    max_lr=2.0,
+    num_steps=30,
+    smoothing=0.5,
+    diverge_factor=8.0,
+  )
   assert len(traces) == first
   assert res.lrs[0] == np.float32(1e-3) and res.lrs[-1] == np.float32(2.0)
 
@@ -662,13 +719,16 @@ def test_unhashable_callables_are_cached_by_identity():
 
   loss_fn = Loss()
   for max_lr in (0.1, 0.2):
-    res = lr_range_test(loss_fn, jnp.zeros(2), jnp.ones((3, 2)), min_lr=1e-3,
-                        max_lr=max_lr, num_steps=12)
+    res = lr_range_test(
+      loss_fn, jnp.zeros(2), jnp.ones((3, 2)), min_lr=1e-3, max_lr=max_lr, num_steps=12
+    )
   assert len(traces) == 1
   assert float(res.losses[-1]) < float(res.losses[0])
 
 
-@pytest.mark.parametrize("kwargs, name", [
+@pytest.mark.parametrize(
+  "kwargs, name",
+  [
     (dict(min_lr=0.0), "min_lr"),
     (dict(min_lr=-1e-3), "min_lr"),
     (dict(min_lr=float("nan")), "min_lr"),
@@ -684,26 +744,37 @@ def test_unhashable_callables_are_cached_by_identity():
     (dict(diverge_factor=1.0), "diverge_factor"),
     (dict(diverge_factor=0.5), "diverge_factor"),
     (dict(diverge_factor=float("nan")), "diverge_factor"),
-])
+  ],
+)
 def test_invalid_hyperparameters(kwargs, name):
   with pytest.raises(ValueError, match=name):
     lr_range_test(batch_loss, jnp.zeros(()), jnp.ones(3), **kwargs)
 
 
-@pytest.mark.parametrize("batches", [
-    {},                                              # no leaves
-    jnp.zeros((0, 3)),                               # zero batches
-    {"x": jnp.ones((4, 3)), "y": jnp.ones((5,))},    # sizes disagree
-    jnp.array(1.0),                                  # no leading axis
-])
+@pytest.mark.parametrize(
+  "batches",
+  [
+    {},  # no leaves
+    jnp.zeros((0, 3)),  # zero batches
+    {"x": jnp.ones((4, 3)), "y": jnp.ones((5,))},  # sizes disagree
+    jnp.array(1.0),  # no leading axis
+  ],
+)
 def test_invalid_batches(batches):
   with pytest.raises(ValueError, match="batches"):
     lr_range_test(batch_loss, jnp.zeros(()), batches)
 
 
-@pytest.mark.parametrize("kwargs", [
-    dict(num_steps=2.5), dict(num_steps=True), dict(min_lr="big"),
-    dict(optimizer=None), dict(optimizer=3.0)])
+@pytest.mark.parametrize(
+  "kwargs",
+  [
+    dict(num_steps=2.5),
+    dict(num_steps=True),
+    dict(min_lr="big"),
+    dict(optimizer=None),
+    dict(optimizer=3.0),
+  ],
+)
 def test_type_errors(kwargs):
   with pytest.raises(TypeError):
     lr_range_test(batch_loss, jnp.zeros(()), jnp.ones(3), **kwargs)
@@ -715,9 +786,14 @@ def test_non_callable_loss_fn():
 
 
 def test_accepts_numpy_scalars():
-  res = lr_range_test(batch_loss, np.zeros((), np.float32), np.ones(3),
-                      min_lr=np.float32(1e-3), max_lr=jnp.array(1.0),
-                      num_steps=np.int64(5))
+  res = lr_range_test(
+    batch_loss,
+    np.zeros((), np.float32),
+    np.ones(3),
+    min_lr=np.float32(1e-3),
+    max_lr=jnp.array(1.0),
+    num_steps=np.int64(5),
+  )
   assert res.lrs.shape == (5,)
 
 
@@ -728,16 +804,20 @@ def test_accepts_numpy_scalars():
 @pytest.fixture(scope="module")
 def digits():
   from sklearn.datasets import load_digits
+
   x, y = load_digits(return_X_y=True)
   x = (x / 16.0).astype(np.float32)  # pixel values 0..16 -> [0, 1]
   perm = np.random.default_rng(0).permutation(len(x))
   x, y = x[perm], y[perm].astype(np.int32)
   nb = len(x) // 64
-  batches = (x[:nb * 64].reshape(nb, 64, 64), y[:nb * 64].reshape(nb, 64))
+  batches = (x[: nb * 64].reshape(nb, 64, 64), y[: nb * 64].reshape(nb, 64))
   k1, k2 = jax.random.split(jax.random.PRNGKey(0))
-  params = {"w1": jax.random.normal(k1, (64, 32)) / 8.0, "b1": jnp.zeros(32),
-            "w2": jax.random.normal(k2, (32, 10)) / np.sqrt(32.0),
-            "b2": jnp.zeros(10)}
+  params = {
+    "w1": jax.random.normal(k1, (64, 32)) / 8.0,
+    "b1": jnp.zeros(32),
+    "w2": jax.random.normal(k2, (32, 10)) / np.sqrt(32.0),
+    "b2": jnp.zeros(10),
+  }
   return x, y, batches, params
 
 
@@ -765,12 +845,12 @@ def train_sgd(params, batches, epochs, lr):
 
 # On this tanh net steep picks 1.0 (the best of a 0.01-3 grid; 3 diverges),
 # valley 0.25 and minimum 0.2: the lower two need more epochs.
-@pytest.mark.parametrize("rule, epochs", [
-    ("steep", 3), ("valley", 10), ("minimum", 10)])
+@pytest.mark.parametrize("rule, epochs", [("steep", 3), ("valley", 10), ("minimum", 10)])
 def test_digits_mlp_suggestion_trains_well(digits, rule, epochs):
   x, y, batches, params = digits
-  res = lr_range_test(mlp_loss, params, batches, min_lr=1e-4, max_lr=100.0,
-                      num_steps=100, suggest=rule)
+  res = lr_range_test(
+    mlp_loss, params, batches, min_lr=1e-4, max_lr=100.0, num_steps=100, suggest=rule
+  )
   lr = float(res.suggestion)
   assert 1e-3 <= lr <= 5.0
   d = int(res.diverged_at)
@@ -802,15 +882,16 @@ def test_valley_trains_where_steep_sits_at_divergence():
   # smoothed loss under 4x its best for long, and steep picks 7.49, where SGD
   # at a constant rate does not train. Held-out: digits 1400 onwards.
   from sklearn.datasets import load_digits
+
   x, y = load_digits(return_X_y=True)
   x, y = (x / 16.0).astype(np.float32), y.astype(np.int32)
-  batches = (jnp.asarray(x[:992].reshape(31, 32, 64)),
-             jnp.asarray(y[:992].reshape(31, 32)))
+  batches = (jnp.asarray(x[:992].reshape(31, 32, 64)), jnp.asarray(y[:992].reshape(31, 32)))
   held_out = (jnp.asarray(x[1400:]), jnp.asarray(y[1400:]))
   keys = jax.random.split(jax.random.PRNGKey(2), 3)
-  params = [{"w": jax.random.uniform(k, (a, b), minval=-1.0, maxval=1.0)
-                  / np.sqrt(a), "b": jnp.zeros(b)}
-            for k, (a, b) in zip(keys, [(64, 128), (128, 128), (128, 10)])]
+  params = [
+    {"w": jax.random.uniform(k, (a, b), minval=-1.0, maxval=1.0) / np.sqrt(a), "b": jnp.zeros(b)}
+    for k, (a, b) in zip(keys, [(64, 128), (128, 128), (128, 10)])
+  ]
 
   @jax.jit
   def held_out_loss(lrs):  # 30 epochs of SGD at each constant rate
@@ -825,24 +906,25 @@ def test_valley_trains_where_steep_sits_at_divergence():
       def epoch(carry, key):
         perm = jax.random.permutation(key, 992)
         shuffled = jax.tree_util.tree_map(
-            lambda b: b.reshape((992,) + b.shape[2:])[perm].reshape(b.shape),
-            batches)
+          lambda b: b.reshape((992,) + b.shape[2:])[perm].reshape(b.shape), batches
+        )
         return jax.lax.scan(step, carry, shuffled)[0], None
 
       carry = (params, opt.init(params))
-      carry, _ = jax.lax.scan(epoch, carry,
-                              jax.random.split(jax.random.PRNGKey(1), 30))
+      carry, _ = jax.lax.scan(epoch, carry, jax.random.split(jax.random.PRNGKey(1), 30))
       return relu_mlp_loss(carry[0], held_out)
 
     return jax.vmap(train)(lrs)
 
   kwargs = dict(min_lr=1e-5, max_lr=100.0, num_steps=200)
   valley = lr_range_test(relu_mlp_loss, params, batches, **kwargs)
-  steep = lr_range_test(relu_mlp_loss, params, batches, suggest="steep",
-                        **kwargs)
+  steep = lr_range_test(relu_mlp_loss, params, batches, suggest="steep", **kwargs)
   grid = np.float32([1e-2, 0.1, 1.0])
-  losses = np.asarray(held_out_loss(jnp.concatenate(
-      [jnp.asarray(grid), jnp.stack([valley.suggestion, steep.suggestion])])))
+  losses = np.asarray(
+    held_out_loss(
+      jnp.concatenate([jnp.asarray(grid), jnp.stack([valley.suggestion, steep.suggestion])])
+    )
+  )
   losses = np.where(np.isfinite(losses), losses, np.inf)
   best = losses[:3].min()
   assert 0.01 < float(valley.suggestion) < 1.0

@@ -35,11 +35,11 @@ import numpy as np
 import pytest
 
 import _reliability as rel
-from optax_lr.aalr import AALRState
+from optax_lr._monitor import EpochWindow
 from optax_lr.aalr import ROLLBACK
+from optax_lr.aalr import AALRState
 from optax_lr.aslr import ASLRState
 from optax_lr.hypergradient import HypergradientState
-from optax_lr._monitor import EpochWindow
 
 FORMATS = ("flax", "orbax")
 WORKER = pathlib.Path(__file__).with_name("_resume_worker.py")
@@ -54,15 +54,18 @@ def runs(tmp_path_factory):
   """``{case name: (uninterrupted, saved checkpoint, {format: resumed})}``."""
   root = tmp_path_factory.mktemp("resume")
   env = dict(
-      os.environ,
-      JAX_COMPILATION_CACHE_DIR=str(root / "compilation_cache"),
-      JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-      JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
+    os.environ,
+    JAX_COMPILATION_CACHE_DIR=str(root / "compilation_cache"),
+    JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+    JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
   )
   for mode in ("save", "resume"):
     done = subprocess.run(
-        [sys.executable, str(WORKER), mode, str(root)],
-        env=env, capture_output=True, text=True, timeout=600,
+      [sys.executable, str(WORKER), mode, str(root)],
+      env=env,
+      capture_output=True,
+      text=True,
+      timeout=600,
     )
     assert done.returncode == 0, f"{mode}:\n{done.stderr[-4000:]}"
 
@@ -71,14 +74,12 @@ def runs(tmp_path_factory):
     tx = case.make(case.parabola_lr)
     checkpoint = jax.eval_shape(lambda: rel.resume_template(tx))
     params, state = checkpoint["params"], checkpoint["state"]
-    losses = jax.ShapeDtypeStruct(
-        (rel.RESUME_TOTAL_STEPS - rel.RESUME_SAVED_AFTER,), jnp.float32
-    )
+    losses = jax.ShapeDtypeStruct((rel.RESUME_TOTAL_STEPS - rel.RESUME_SAVED_AFTER,), jnp.float32)
     outputs = {"params": params, "state": state, "losses": losses}
     results[case.name] = (
-        _load(root / f"{case.name}.uninterrupted", outputs),
-        _load(root / f"{case.name}.msgpack", checkpoint),
-        {fmt: _load(root / f"{case.name}.{fmt}.resumed", outputs) for fmt in FORMATS},
+      _load(root / f"{case.name}.uninterrupted", outputs),
+      _load(root / f"{case.name}.msgpack", checkpoint),
+      {fmt: _load(root / f"{case.name}.{fmt}.resumed", outputs) for fmt in FORMATS},
     )
   return results
 
@@ -107,6 +108,6 @@ def test_checkpoints_hold_the_hard_parts(runs):
   # Some epoch window is part-way through, and the tangents are nonzero.
   assert any(int(w.steps) > 0 for w in windows)
   assert all(
-      any(np.any(leaf != 0) for leaf in jax.tree_util.tree_leaves((s.tangent, s.u_prev)))
-      for s in hyper
+    any(np.any(leaf != 0) for leaf in jax.tree_util.tree_leaves((s.tangent, s.u_prev)))
+    for s in hyper
   )

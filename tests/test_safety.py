@@ -31,20 +31,23 @@ from optax_lr import hypergradient
 # ---------------------------------------------------------------- unit checks
 
 
-def _net(first=math.inf, saved=math.inf, rate=0.1, since=0, failures=0,
-         rolled_back=False, pending=False):
+def _net(
+  first=math.inf, saved=math.inf, rate=0.1, since=0, failures=0, rolled_back=False, pending=False
+):
   net = _checkpoint.net_init({"w": jnp.zeros(2)}, (), jnp.float32(rate))
   return net._replace(
-      first_cost=jnp.float32(first),
-      checkpoint=net.checkpoint._replace(cost=jnp.float32(saved)),
-      since_save=jnp.int32(since),
-      failures=jnp.int32(failures),
-      rolled_back=jnp.bool_(rolled_back),
-      pending=jnp.bool_(pending),
+    first_cost=jnp.float32(first),
+    checkpoint=net.checkpoint._replace(cost=jnp.float32(saved)),
+    since_save=jnp.int32(since),
+    failures=jnp.int32(failures),
+    rolled_back=jnp.bool_(rolled_back),
+    pending=jnp.bool_(pending),
   )
 
 
-@pytest.mark.parametrize("first,saved,value,diverged", [
+@pytest.mark.parametrize(
+  "first,saved,value,diverged",
+  [
     # ref = max(first, saved) = 2: the limit is 10 * 2 = 20.
     (2.0, 1.0, 19.9, False),
     (2.0, 1.0, 20.1, True),
@@ -60,10 +63,12 @@ def _net(first=math.inf, saved=math.inf, rate=0.1, since=0, failures=0,
     (-1.0, math.inf, 8.1, True),
     (2.0, 1.0, math.nan, True),
     (2.0, 1.0, math.inf, True),
-])
+  ],
+)
 def test_a_loss_ten_times_its_reference_is_a_divergence(first, saved, value, diverged):
   save, rollback, cost = _checkpoint.net_decide(
-      _net(first, saved, since=0), jnp.float32(value), jnp.bool_(True))
+    _net(first, saved, since=0), jnp.float32(value), jnp.bool_(True)
+  )
   assert bool(rollback) == diverged
   assert not bool(save)  # since_save = 0: too early to save
   np.testing.assert_equal(float(cost), np.float32(value))
@@ -75,22 +80,26 @@ def test_unhealthy_numbers_and_pending_rollbacks_are_divergences():
   assert not bool(_checkpoint.net_decide(_net(), None, jnp.bool_(True))[1])
 
 
-@pytest.mark.parametrize("since,saved,value,save", [
+@pytest.mark.parametrize(
+  "since,saved,value,save",
+  [
     (_checkpoint.SAVE_EVERY - 1, 1.0, 0.9, True),
     (_checkpoint.SAVE_EVERY - 1, 1.0, 1.0, True),
     (_checkpoint.SAVE_EVERY - 1, 1.0, 1.1, False),  # worse than the checkpoint
     (_checkpoint.SAVE_EVERY - 2, 1.0, 0.5, False),  # too early
     (_checkpoint.SAVE_EVERY - 1, math.inf, 5.0, True),  # the first finite loss
     (_checkpoint.SAVE_EVERY - 1, 1.0, None, True),  # no loss: healthy is enough
-])
-def test_saves_come_every_save_every_healthy_calls_at_no_worse_loss(
-    since, saved, value, save):
+  ],
+)
+def test_saves_come_every_save_every_healthy_calls_at_no_worse_loss(since, saved, value, save):
   value = None if value is None else jnp.float32(value)
   got = _checkpoint.net_decide(_net(2.0, saved, since=since), value, jnp.bool_(True))
   assert bool(got[0]) == save and not bool(got[1])
 
 
-@pytest.mark.parametrize("rate,failures,rolled_back,expected", [
+@pytest.mark.parametrize(
+  "rate,failures,rolled_back,expected",
+  [
     # The first divergence since the save restores the checkpoint's rate 0.1.
     (0.5, 0, False, 0.1),
     # The second one from the same checkpoint divides it by 10.
@@ -102,9 +111,9 @@ def test_saves_come_every_save_every_healthy_calls_at_no_worse_loss(
     (0.5, 2, True, 0.01),
     # A rate already below wins.
     (0.003, 1, False, 0.003),
-])
-def test_backoff_restores_the_saved_rate_then_divides_it(rate, failures,
-                                                         rolled_back, expected):
+  ],
+)
+def test_backoff_restores_the_saved_rate_then_divides_it(rate, failures, rolled_back, expected):
   net = _net(rate=0.1, failures=failures, rolled_back=rolled_back)
   got = _checkpoint.backoff_rate(jnp.float32(rate), net, net.checkpoint)
   np.testing.assert_allclose(float(got), expected, rtol=1e-6)
@@ -115,13 +124,13 @@ def test_failures_count_divergences_after_a_step_and_reset_on_save():
   ckpt = net.checkpoint
   cost = jnp.float32(1.0)
   t, f = jnp.bool_(True), jnp.bool_(False)
-  net = _checkpoint.net_update(net, ckpt, f, t, cost)   # a rollback: 1
-  net = _checkpoint.net_update(net, ckpt, f, t, cost)   # right after one: 1
+  net = _checkpoint.net_update(net, ckpt, f, t, cost)  # a rollback: 1
+  net = _checkpoint.net_update(net, ckpt, f, t, cost)  # right after one: 1
   assert int(net.failures) == 1 and int(net.rollbacks) == 2
-  net = _checkpoint.net_update(net, ckpt, f, f, cost)   # a step
-  net = _checkpoint.net_update(net, ckpt, f, t, cost)   # diverged again: 2
+  net = _checkpoint.net_update(net, ckpt, f, f, cost)  # a step
+  net = _checkpoint.net_update(net, ckpt, f, t, cost)  # diverged again: 2
   assert int(net.failures) == 2
-  net = _checkpoint.net_update(net, ckpt, t, f, cost)   # a save
+  net = _checkpoint.net_update(net, ckpt, t, f, cost)  # a save
   assert int(net.failures) == 0 and int(net.since_save) == 0
 
 
@@ -154,25 +163,28 @@ class NetCase:
 
 
 NET_CASES = [
-    NetCase("hypergradient_descent",
-            lambda lr, **kw: optax_lr.hypergradient_descent(lr, **kw)),
-    NetCase("hypergradient_descent_multiplicative",
-            lambda lr, **kw: optax_lr.hypergradient_descent(
-                lr, multiplicative=True, **kw)),
-    NetCase("rtho", lambda lr, **kw: optax_lr.rtho(lr, **kw),
-            needs=("value", "loss_fn")),
-    NetCase("marthe_fixed_mu",
-            lambda lr, **kw: optax_lr.marthe(lr, mu=0.9, hyper_lr_step=0.0,
-                                             hyper_lr=1e-5, **kw),
-            needs=("value", "loss_fn")),
-    NetCase("newton_lr",
-            lambda lr, **kw: optax_lr.newton_lr(lr, update_every=10, **kw)),
-    NetCase("newton_lr_per_leaf",
-            lambda lr, **kw: optax_lr.newton_lr(lr, update_every=10,
-                                                per_leaf=True, **kw)),
-    NetCase("aslr_window",
-            lambda lr, **kw: optax_lr.aslr(lr, steps_per_epoch=10, **kw),
-            banded=False, saves_by_loss=False),
+  NetCase("hypergradient_descent", lambda lr, **kw: optax_lr.hypergradient_descent(lr, **kw)),
+  NetCase(
+    "hypergradient_descent_multiplicative",
+    lambda lr, **kw: optax_lr.hypergradient_descent(lr, multiplicative=True, **kw),
+  ),
+  NetCase("rtho", lambda lr, **kw: optax_lr.rtho(lr, **kw), needs=("value", "loss_fn")),
+  NetCase(
+    "marthe_fixed_mu",
+    lambda lr, **kw: optax_lr.marthe(lr, mu=0.9, hyper_lr_step=0.0, hyper_lr=1e-5, **kw),
+    needs=("value", "loss_fn"),
+  ),
+  NetCase("newton_lr", lambda lr, **kw: optax_lr.newton_lr(lr, update_every=10, **kw)),
+  NetCase(
+    "newton_lr_per_leaf",
+    lambda lr, **kw: optax_lr.newton_lr(lr, update_every=10, per_leaf=True, **kw),
+  ),
+  NetCase(
+    "aslr_window",
+    lambda lr, **kw: optax_lr.aslr(lr, steps_per_epoch=10, **kw),
+    banded=False,
+    saves_by_loss=False,
+  ),
 ]
 NETS = pytest.mark.parametrize("case", NET_CASES, ids=lambda c: c.name)
 
@@ -191,21 +203,26 @@ def _train(case, tx, steps, w0=W0, loss_fn=quadratic, poison_at=None):
 
   def body(carry, t):
     w, state = carry
-    scale = jnp.where(t == poison_at, jnp.float32(jnp.nan), jnp.float32(1.0)) \
-        if poison_at is not None else jnp.float32(1.0)
+    scale = (
+      jnp.where(t == poison_at, jnp.float32(jnp.nan), jnp.float32(1.0))
+      if poison_at is not None
+      else jnp.float32(1.0)
+    )
     poisoned = lambda p: loss_fn(p) * scale
     loss, grads = jax.value_and_grad(poisoned)(w)
     available = {"value": loss, "loss_fn": poisoned}
     extra = {name: available[name] for name in case.needs}
     updates, state = tx.update(grads, state, w, **extra)
     w = optax_lr.apply_updates(w, updates, state)
-    return (w, state), (w, optax_lr.current_lr(state), state.safety.rolled_back
-                        if state.safety is not None else jnp.bool_(False))
+    return (w, state), (
+      w,
+      optax_lr.current_lr(state),
+      state.safety.rolled_back if state.safety is not None else jnp.bool_(False),
+    )
 
   @jax.jit
   def run(w0):
-    (w, state), (ws, rates, flags) = jax.lax.scan(
-        body, (w0, tx.init(w0)), jnp.arange(steps))
+    (w, state), (ws, rates, flags) = jax.lax.scan(body, (w0, tx.init(w0)), jnp.arange(steps))
     return ws, rates, flags, state
 
   return run(w0)
@@ -253,10 +270,8 @@ def test_the_net_changes_nothing_where_nothing_diverges(case):
   with_net = _train(case, case.make(0.01), 60)
   without = _train(case, case.make(0.01, safety_net=False), 60)
   assert not np.asarray(with_net[2]).any()
-  np.testing.assert_allclose(np.asarray(with_net[0]), np.asarray(without[0]),
-                             rtol=1e-5, atol=1e-7)
-  np.testing.assert_allclose(np.asarray(with_net[1]), np.asarray(without[1]),
-                             rtol=1e-5)
+  np.testing.assert_allclose(np.asarray(with_net[0]), np.asarray(without[0]), rtol=1e-5, atol=1e-7)
+  np.testing.assert_allclose(np.asarray(with_net[1]), np.asarray(without[1]), rtol=1e-5)
   assert without[3].safety is None
 
 
@@ -274,8 +289,7 @@ def test_the_net_costs_one_params_copy_and_one_direction_state_copy(case):
   assert expected <= extra <= expected + 64
 
 
-@pytest.mark.parametrize("case", [c for c in NET_CASES if c.saves_by_loss],
-                         ids=lambda c: c.name)
+@pytest.mark.parametrize("case", [c for c in NET_CASES if c.saves_by_loss], ids=lambda c: c.name)
 def test_a_run_worse_than_the_initial_model_never_saves(case):
   # A too-high rate can damage a model in its first steps (dead units,
   # saturated outputs) without a tenfold loss. The first call's loss is the
@@ -332,6 +346,7 @@ def test_marthe_kappa_selection_decimates_kappa_and_rolls_back():
   case = NetCase("marthe", optax_lr.marthe, needs=("value", "loss_fn"))
   tx = optax_lr.marthe(0.01)
   kappa0 = hypergradient.DEFAULT_HYPER_LR_STEP
+
   # Two scripted divergences: NaN losses at steps 30 and 60.
   def body(carry, t):
     w, state = carry
@@ -341,11 +356,17 @@ def test_marthe_kappa_selection_decimates_kappa_and_rolls_back():
     loss, grads = jax.value_and_grad(poisoned)(w)
     updates, state = tx.update(grads, state, w, value=loss, loss_fn=poisoned)
     w = optax_lr.apply_updates(w, updates, state)
-    return (w, state), (w, state.hyper_lr_step, state.safety.rolled_back,
-                        state.hyper_lr, state.safety.checkpoint.params)
+    return (w, state), (
+      w,
+      state.hyper_lr_step,
+      state.safety.rolled_back,
+      state.hyper_lr,
+      state.safety.checkpoint.params,
+    )
 
   (_, state), (ws, kappas, flags, betas, saved) = jax.jit(
-      lambda w: jax.lax.scan(body, (w, tx.init(w)), jnp.arange(70)))(W0)
+    lambda w: jax.lax.scan(body, (w, tx.init(w)), jnp.arange(70))
+  )(W0)
   kappas, flags = np.asarray(kappas), np.asarray(flags)
   np.testing.assert_array_equal(np.nonzero(flags)[0], [30, 60])
   np.testing.assert_allclose(kappas[:30], kappa0, rtol=1e-6)
@@ -411,26 +432,36 @@ def test_aslr_rolls_back_at_the_call_after_a_diverged_epoch():
 # ------------------------------------------- no `value`: the gradient gate
 
 
-@pytest.mark.parametrize("level,grad_sq,save", [
+@pytest.mark.parametrize(
+  "level,grad_sq,save",
+  [
     (0.0, 5.0, True),  # no average yet: the first gradient is fine
     (2.0, 19.9, True),  # within GRADIENT_GROWTH = 10 times the average
     (2.0, 20.1, False),  # a blow-up in the making: no save there
     (2.0, math.inf, False),
     (2.0, math.nan, False),
-])
-def test_without_value_a_save_needs_the_gradient_within_its_growth_bound(
-    level, grad_sq, save):
+  ],
+)
+def test_without_value_a_save_needs_the_gradient_within_its_growth_bound(level, grad_sq, save):
   net = _net(since=_checkpoint.SAVE_EVERY)._replace(grad_level=jnp.float32(level))
   got, rollback, _ = _checkpoint.net_decide(
-      net, None, jnp.asarray(True), grad_sq=jnp.float32(grad_sq))
+    net, None, jnp.asarray(True), grad_sq=jnp.float32(grad_sq)
+  )
   assert bool(got) == save and not bool(rollback)
 
 
 def test_gradient_average_moves_at_most_five_percent_up_per_call():
   net = _net()._replace(grad_level=jnp.float32(4.0))
-  keep = lambda g, rollback=False: _checkpoint.net_update(
-      net, net.checkpoint, jnp.bool_(False), jnp.bool_(rollback),
-      jnp.float32(math.inf), grad_sq=jnp.float32(g)).grad_level
+  keep = lambda g, rollback=False: (
+    _checkpoint.net_update(
+      net,
+      net.checkpoint,
+      jnp.bool_(False),
+      jnp.bool_(rollback),
+      jnp.float32(math.inf),
+      grad_sq=jnp.float32(g),
+    ).grad_level
+  )
   # 4 + (min(1e6, 8) - 4) / 20 = 4.2; 4 + (2 - 4) / 20 = 3.9.
   np.testing.assert_allclose(float(keep(1e6)), 4.2, rtol=1e-6)
   np.testing.assert_allclose(float(keep(2.0)), 3.9, rtol=1e-6)
@@ -452,7 +483,8 @@ def test_newton_lr_without_value_survives_rosenbrock(direction):
     return (optax_lr.apply_updates(params, updates, state), state), None
 
   params = jnp.zeros(2)
-  (params, state), _ = jax.jit(
-      lambda p: jax.lax.scan(body, (p, tx.init(p)), None, length=30_000))(params)
+  (params, state), _ = jax.jit(lambda p: jax.lax.scan(body, (p, tx.init(p)), None, length=30_000))(
+    params
+  )
   np.testing.assert_allclose(params, [1.0, 1.0], rtol=3e-2, atol=3e-2)
   assert int(state.safety.rollbacks) > 0  # it did diverge on the way

@@ -31,8 +31,9 @@ EPS32 = float(np.finfo(np.float32).eps)
 # Independent float64 references.
 
 
-def torch_cyclic_lr(last_epoch, base_lr, max_lr, step_size_up,
-                    step_size_down=None, mode="triangular", gamma=1.0):
+def torch_cyclic_lr(
+  last_epoch, base_lr, max_lr, step_size_up, step_size_down=None, mode="triangular", gamma=1.0
+):
   """torch.optim.lr_scheduler.CyclicLR.get_lr, for one parameter group."""
   step_size_up = float(step_size_up)
   step_size_down = float(step_size_down) if step_size_down is not None else step_size_up
@@ -75,8 +76,10 @@ def sgdr_walk(counts, init_value, first_period, period_mult, min_value):
     previous = count
     while count >= start + period:
       start, period = start + period, period * period_mult
-    values.append(min_value + 0.5 * (init_value - min_value) * (
-        1 + math.cos(math.pi * (count - start) / period)))
+    values.append(
+      min_value
+      + 0.5 * (init_value - min_value) * (1 + math.cos(math.pi * (count - start) / period))
+    )
     starts.append(start)
     ends.append(start + period)
   return np.array(values), np.array(starts, float), np.array(ends, float)
@@ -126,13 +129,12 @@ def test_cyclic_hand_computed():
   # peaks need neither to round well.
   odd = cyclic_schedule(0.07, 0.2, step_size_up=41, step_size_down=3)
   counts = jnp.arange(8)
-  got = evaluate_all([(asym, counts), (tri2, counts), (exp, counts), (odd, counts * 44),
-                      (odd, counts * 44 + 41)])
-  np.testing.assert_allclose(got[0], [0.1, 0.55, 1.0, 0.775, 0.55, 0.325, 0.1, 0.55],
-                             rtol=1e-6)
+  got = evaluate_all(
+    [(asym, counts), (tri2, counts), (exp, counts), (odd, counts * 44), (odd, counts * 44 + 41)]
+  )
+  np.testing.assert_allclose(got[0], [0.1, 0.55, 1.0, 0.775, 0.55, 0.325, 0.1, 0.55], rtol=1e-6)
   np.testing.assert_allclose(got[1], [0, 1, 0, 0.5, 0, 0.25, 0, 0.125], atol=1e-7)
-  np.testing.assert_allclose(got[2], [0, 0.5, 0, 0.125, 0, 0.5**5, 0, 0.5**7],
-                             rtol=1e-6, atol=1e-9)
+  np.testing.assert_allclose(got[2], [0, 0.5, 0, 0.125, 0, 0.5**5, 0, 0.5**7], rtol=1e-6, atol=1e-9)
   # Cycle starts give base and peaks give max exactly, not just closely.
   np.testing.assert_array_equal(got[0][[0, 2, 6]], np.float32([0.1, 1.0, 0.1]))
   np.testing.assert_array_equal(got[3], np.float32(0.07))
@@ -142,12 +144,18 @@ def test_cyclic_hand_computed():
 CYCLIC_SHAPES = [(1, None), (2, 4), (5, None), (3, 7), (4, 1), (2.5, 1.5), (2.5, 1)]
 
 
-@pytest.mark.parametrize("mode,gamma", [("triangular", 1.0), ("triangular2", 1.0),
-                                        ("exp_range", 0.99), ("exp_range", 1.02)])
+@pytest.mark.parametrize(
+  "mode,gamma",
+  [("triangular", 1.0), ("triangular2", 1.0), ("exp_range", 0.99), ("exp_range", 1.02)],
+)
 def test_cyclic_matches_torch(mode, gamma):
   # Alternately rising (base < max) and falling (base > max, as PyTorch allows).
-  configs = [(base, peak, up, down) for (up, down), (base, peak)
-             in zip(CYCLIC_SHAPES, [(0.001, 0.1), (1.0, 0.2)] * len(CYCLIC_SHAPES))]
+  configs = [
+    (base, peak, up, down)
+    for (up, down), (base, peak) in zip(
+      CYCLIC_SHAPES, [(0.001, 0.1), (1.0, 0.2)] * len(CYCLIC_SHAPES)
+    )
+  ]
   pairs, wants, scales = [], [], []
   for base, peak, up, down in configs:
     sched = cyclic_schedule(base, peak, up, down, mode=mode, gamma=gamma)
@@ -171,10 +179,13 @@ def test_cyclic_matches_torch(mode, gamma):
 
 def test_cyclic_default_down_equals_up_and_gamma_only_for_exp_range():
   counts = jnp.arange(40)
-  a, b, c = evaluate_all([
+  a, b, c = evaluate_all(
+    [
       (cyclic_schedule(0.1, 1.0, 3, gamma=0.5), counts),
       (cyclic_schedule(0.1, 1.0, 3, 3), counts),
-      (cyclic_schedule(0.1, 1.0, 3, mode="exp_range", gamma=0.5), counts)])
+      (cyclic_schedule(0.1, 1.0, 3, mode="exp_range", gamma=0.5), counts),
+    ]
+  )
   np.testing.assert_array_equal(a, b)
   assert not np.allclose(a, c)
 
@@ -184,9 +195,12 @@ def test_cyclic_default_down_equals_up_and_gamma_only_for_exp_range():
 
 
 def test_inverse_time_hand_computed():
-  smooth, stairs = evaluate_all([
+  smooth, stairs = evaluate_all(
+    [
       (inverse_time_decay(1.0, decay_rate=0.5, transition_steps=2), jnp.arange(5)),
-      (inverse_time_decay(1.0, 0.5, transition_steps=2, staircase=True), jnp.arange(6))])
+      (inverse_time_decay(1.0, 0.5, transition_steps=2, staircase=True), jnp.arange(6)),
+    ]
+  )
   np.testing.assert_allclose(smooth, [1, 1 / 1.25, 1 / 1.5, 1 / 1.75, 0.5], rtol=1e-6)
   np.testing.assert_allclose(stairs, [1, 1, 1 / 1.5, 1 / 1.5, 0.5, 0.5], rtol=1e-6)
 
@@ -196,13 +210,17 @@ def test_inverse_time_matches_formula(staircase):
   int_counts = list(range(0, 320)) + [10**6, 10**6 + 1, INT32_MAX]
   float_counts = list(np.arange(0.0, 40.0, 0.125))
   pairs, wants = [], []
-  for init, rate, steps in [(0.1, 0.01, 1), (1.0, 0.5, 3), (2.0, 1.0, 2.5),
-                            (0.3, 0.2, 100), (0.5, 0.0, 7)]:
+  for init, rate, steps in [
+    (0.1, 0.01, 1),
+    (1.0, 0.5, 3),
+    (2.0, 1.0, 2.5),
+    (0.3, 0.2, 100),
+    (0.5, 0.0, 7),
+  ]:
     sched = inverse_time_decay(init, rate, steps, staircase=staircase)
     for counts, dtype in [(int_counts, jnp.int32), (float_counts, jnp.float32)]:
       pairs.append((sched, jnp.asarray(counts, dtype)))
-      wants.append([inverse_time_reference(c, init, rate, steps, staircase)
-                    for c in counts])
+      wants.append([inverse_time_reference(c, init, rate, steps, staircase) for c in counts])
   for got, want in zip(evaluate_all(pairs), wants):
     np.testing.assert_allclose(got, want, rtol=2e-6)
 
@@ -220,12 +238,14 @@ def test_inverse_time_staircase_is_constant_within_each_block():
 
 def test_sgdr_hand_computed():
   # T0 = 2, m = 2: cycles [0, 2), [2, 6), [6, 14).
-  doubling, constant = evaluate_all([
+  doubling, constant = evaluate_all(
+    [
       (sgdr_schedule(1.0, first_period=2, period_mult=2), jnp.arange(8)),
-      (sgdr_schedule(1.0, first_period=4, min_value=0.2), jnp.arange(0, 8, 2))])
+      (sgdr_schedule(1.0, first_period=4, min_value=0.2), jnp.arange(0, 8, 2)),
+    ]
+  )
   r = math.sqrt(0.5)
-  want = [1, 0.5, 1, 0.5 + 0.5 * r, 0.5, 0.5 - 0.5 * r, 1,
-          0.5 + 0.5 * math.cos(math.pi / 8)]
+  want = [1, 0.5, 1, 0.5 + 0.5 * r, 0.5, 0.5 - 0.5 * r, 1, 0.5 + 0.5 * math.cos(math.pi / 8)]
   np.testing.assert_allclose(doubling, want, rtol=1e-6, atol=1e-7)
   np.testing.assert_allclose(constant, [1, 0.6, 1, 0.6], rtol=1e-6)
 
@@ -233,8 +253,21 @@ def test_sgdr_hand_computed():
 # (first_period, period_mult): integer (the exact integer path for int32
 # counts), m = 1, non-integer T0, m = 1.5 (m - 1 a power of two: still exact),
 # m = 2.5 (1 / (m - 1) rounded), and inexact m (1.1, 1.01, 1.0001) near 1.
-SGDR_CONFIGS = [(10, 1), (7, 1.0), (2.5, 1), (1, 2), (10, 2.0), (3, 3), (2, 7),
-                (4, 1.5), (5, 2.5), (2.5, 2), (10, 1.1), (10, 1.01), (3, 1.0001)]
+SGDR_CONFIGS = [
+  (10, 1),
+  (7, 1.0),
+  (2.5, 1),
+  (1, 2),
+  (10, 2.0),
+  (3, 3),
+  (2, 7),
+  (4, 1.5),
+  (5, 2.5),
+  (2.5, 2),
+  (10, 1.1),
+  (10, 1.01),
+  (3, 1.0001),
+]
 
 
 @pytest.mark.parametrize("dtype", [jnp.int32, jnp.float32])
@@ -258,26 +291,38 @@ def test_sgdr_matches_cycle_walk(dtype):
       assert np.all(np.abs(got - want)[keep] <= tol[keep]), (t0, m)
 
 
-@pytest.mark.parametrize("dtype,configs", [
-    (jnp.int32, [(1000, 2, INT32_MAX),  # the 20th restart is at 1,048,575,000
-                 (1, 2, INT32_MAX),     # the 31st restart is INT32_MAX itself
-                 (1, 3, INT32_MAX),     # 3**20 overflows int32; S_20 does not
-                 (5, 7, INT32_MAX),
-                 (1, 1, 300),
-                 (256, 1.5, 2**24)]),   # dyadic m: 256, 640, 1216, 2080, ...
-    (jnp.float32, [(10, 2, 2**24),      # the 20th restart: 10,485,750
-                   (7, 4, 2**24),       # 1 / (m - 1) is not exact
-                   (256, 1.5, 2**24),
-                   (3, 1, 3000),
-                   (0.5, 3, 2**24)]),   # non-integer T0: the even restarts
-])
+@pytest.mark.parametrize(
+  "dtype,configs",
+  [
+    (
+      jnp.int32,
+      [
+        (1000, 2, INT32_MAX),  # the 20th restart is at 1,048,575,000
+        (1, 2, INT32_MAX),  # the 31st restart is INT32_MAX itself
+        (1, 3, INT32_MAX),  # 3**20 overflows int32; S_20 does not
+        (5, 7, INT32_MAX),
+        (1, 1, 300),
+        (256, 1.5, 2**24),  # dyadic m: 256, 640, 1216, 2080, ...
+      ],
+    ),
+    (
+      jnp.float32,
+      [
+        (10, 2, 2**24),  # the 20th restart: 10,485,750
+        (7, 4, 2**24),  # 1 / (m - 1) is not exact
+        (256, 1.5, 2**24),
+        (3, 1, 3000),
+        (0.5, 3, 2**24),  # non-integer T0: the even restarts
+      ],
+    ),
+  ],
+)
 def test_sgdr_exact_at_every_restart(dtype, configs):
   init, low = 0.1, 0.02  # in float32, 0.02 + (0.1 - 0.02) != 0.1
   pairs, nears = [], []
   for t0, m, limit in configs:
     sched = sgdr_schedule(init, t0, m, min_value=low)
-    starts = np.array([s for s in sgdr_restarts(t0, m, limit) if float(s).is_integer()],
-                      np.int64)
+    starts = np.array([s for s in sgdr_restarts(t0, m, limit) if float(s).is_integer()], np.int64)
     assert len(starts) >= 8
     near = np.concatenate([starts - 1, starts + 1])
     near = np.sort(near[near <= limit])
@@ -296,11 +341,16 @@ def test_sgdr_first_restart_is_exact_for_any_period_mult(t0):
   # S_1 = T0 whatever m is, also when m is inexact (1.1) or close to 1.
   mults = [1.1, 1.7, 2.5, 1.0001]
   counts = [t0 - 1, t0, t0 + 1]
-  got = evaluate_all([(sgdr_schedule(0.1, t0, m, 0.001), jnp.asarray(counts, dtype))
-                      for m in mults for dtype in [jnp.int32, jnp.float32]])
+  got = evaluate_all(
+    [
+      (sgdr_schedule(0.1, t0, m, 0.001), jnp.asarray(counts, dtype))
+      for m in mults
+      for dtype in [jnp.int32, jnp.float32]
+    ]
+  )
   for k, m in enumerate(mults):
     want = sgdr_walk(counts, 0.1, t0, m, 0.001)[0]
-    for values in got[2 * k: 2 * k + 2]:
+    for values in got[2 * k : 2 * k + 2]:
       assert values[1] == np.float32(0.1), m
       np.testing.assert_allclose(values, want, rtol=0, atol=1e-6, err_msg=str(m))
 
@@ -308,11 +358,15 @@ def test_sgdr_first_restart_is_exact_for_any_period_mult(t0):
 def test_sgdr_far_counts_int32():
   # Away from restarts too, up to INT32_MAX, on the integer path.
   rng = np.random.default_rng(0)
-  counts = np.sort(np.concatenate([rng.integers(0, INT32_MAX, 300, endpoint=True),
-                                   [INT32_MAX, INT32_MAX - 1, 2**30, 2**30 - 1]]))
+  counts = np.sort(
+    np.concatenate(
+      [rng.integers(0, INT32_MAX, 300, endpoint=True), [INT32_MAX, INT32_MAX - 1, 2**30, 2**30 - 1]]
+    )
+  )
   configs = [(1, 2), (1000, 2), (1, 3), (13, 4)]
-  got = evaluate_all([(sgdr_schedule(1.0, t0, m), jnp.asarray(counts, jnp.int32))
-                      for t0, m in configs])
+  got = evaluate_all(
+    [(sgdr_schedule(1.0, t0, m), jnp.asarray(counts, jnp.int32)) for t0, m in configs]
+  )
   for (t0, m), values in zip(configs, got):
     want = sgdr_walk([int(c) for c in counts], 1.0, t0, m, 0.0)[0]
     np.testing.assert_allclose(values, want, rtol=0, atol=2e-6, err_msg=f"{t0}, {m}")
@@ -321,8 +375,7 @@ def test_sgdr_far_counts_int32():
 
 def test_sgdr_min_value_above_init_and_negative_counts():
   sched = sgdr_schedule(0.1, first_period=4, min_value=0.5)
-  np.testing.assert_allclose(evaluate(sched, [-5, 0, 2, 4]), [0.1, 0.1, 0.3, 0.1],
-                             rtol=1e-6)
+  np.testing.assert_allclose(evaluate(sched, [-5, 0, 2, 4]), [0.1, 0.1, 0.3, 0.1], rtol=1e-6)
 
 
 # --------------------------------------------------------------------------
@@ -334,10 +387,13 @@ def test_per_epoch_is_schedule_at_epoch_and_constant_within_epoch(steps):
   inner = sgdr_schedule(1.0, first_period=3, period_mult=2)
   decay = optax.exponential_decay(1.0, transition_steps=1, decay_rate=0.5)
   n = int(steps)
-  values, inner_values, halving = evaluate_all([
+  values, inner_values, halving = evaluate_all(
+    [
       (per_epoch(inner, steps_per_epoch=steps), jnp.arange(40 * n)),
       (inner, jnp.arange(40)),
-      (per_epoch(decay, steps_per_epoch=steps), jnp.arange(4 * n))])
+      (per_epoch(decay, steps_per_epoch=steps), jnp.arange(4 * n)),
+    ]
+  )
   values = values.reshape(40, n)
   assert np.all(values == values[:, :1])
   np.testing.assert_array_equal(values[:, 0], inner_values)
@@ -365,24 +421,39 @@ def test_per_epoch_passes_the_epoch_index_with_the_count_dtype():
 # All schedules: jit, vmap, dtypes.
 
 ALL = {
-    "cyclic": (lambda: cyclic_schedule(0.01, 0.1, 3, 5, mode="triangular2"),
-               lambda c: torch_cyclic_lr(c, 0.01, 0.1, 3, 5, "triangular2")),
-    "cyclic_exp": (lambda: cyclic_schedule(0.01, 0.1, 3, mode="exp_range", gamma=0.9),
-                   lambda c: torch_cyclic_lr(c, 0.01, 0.1, 3, None, "exp_range", 0.9)),
-    "inverse": (lambda: inverse_time_decay(0.1, 0.3, 4),
-                lambda c: inverse_time_reference(c, 0.1, 0.3, 4, False)),
-    "inverse_stairs": (lambda: inverse_time_decay(0.1, 0.3, 4, staircase=True),
-                       lambda c: inverse_time_reference(c, 0.1, 0.3, 4, True)),
-    "sgdr_int": (lambda: sgdr_schedule(0.1, 5, 2, 0.001),
-                 lambda c: sgdr_reference(c, 0.1, 5, 2, 0.001)),
-    "sgdr_m1": (lambda: sgdr_schedule(0.1, 5, 1),
-                lambda c: sgdr_reference(c, 0.1, 5, 1, 0.0)),
-    "sgdr_float": (lambda: sgdr_schedule(0.1, 5, 1.5, 0.001),
-                   lambda c: sgdr_reference(c, 0.1, 5, 1.5, 0.001)),
-    "sgdr_near_one": (lambda: sgdr_schedule(0.1, 5, 1.01, 0.001),
-                      lambda c: sgdr_reference(c, 0.1, 5, 1.01, 0.001)),
-    "per_epoch": (lambda: per_epoch(sgdr_schedule(0.1, 2, 2), 3),
-                  lambda c: sgdr_reference(c // 3, 0.1, 2, 2, 0.0)),
+  "cyclic": (
+    lambda: cyclic_schedule(0.01, 0.1, 3, 5, mode="triangular2"),
+    lambda c: torch_cyclic_lr(c, 0.01, 0.1, 3, 5, "triangular2"),
+  ),
+  "cyclic_exp": (
+    lambda: cyclic_schedule(0.01, 0.1, 3, mode="exp_range", gamma=0.9),
+    lambda c: torch_cyclic_lr(c, 0.01, 0.1, 3, None, "exp_range", 0.9),
+  ),
+  "inverse": (
+    lambda: inverse_time_decay(0.1, 0.3, 4),
+    lambda c: inverse_time_reference(c, 0.1, 0.3, 4, False),
+  ),
+  "inverse_stairs": (
+    lambda: inverse_time_decay(0.1, 0.3, 4, staircase=True),
+    lambda c: inverse_time_reference(c, 0.1, 0.3, 4, True),
+  ),
+  "sgdr_int": (
+    lambda: sgdr_schedule(0.1, 5, 2, 0.001),
+    lambda c: sgdr_reference(c, 0.1, 5, 2, 0.001),
+  ),
+  "sgdr_m1": (lambda: sgdr_schedule(0.1, 5, 1), lambda c: sgdr_reference(c, 0.1, 5, 1, 0.0)),
+  "sgdr_float": (
+    lambda: sgdr_schedule(0.1, 5, 1.5, 0.001),
+    lambda c: sgdr_reference(c, 0.1, 5, 1.5, 0.001),
+  ),
+  "sgdr_near_one": (
+    lambda: sgdr_schedule(0.1, 5, 1.01, 0.001),
+    lambda c: sgdr_reference(c, 0.1, 5, 1.01, 0.001),
+  ),
+  "per_epoch": (
+    lambda: per_epoch(sgdr_schedule(0.1, 2, 2), 3),
+    lambda c: sgdr_reference(c // 3, 0.1, 2, 2, 0.0),
+  ),
 }
 
 
@@ -425,14 +496,20 @@ def test_dtypes_and_shapes(name):
 def test_dtypes_follow_value_arguments():
   bf16, f32 = jnp.bfloat16, jnp.float32
   count = jnp.int32(3)
-  for sched in [cyclic_schedule(bf16(0.1), bf16(1.0), 2),
-                inverse_time_decay(bf16(0.1), 0.5),
-                sgdr_schedule(bf16(0.1), 4, 2)]:
+  for sched in [
+    cyclic_schedule(bf16(0.1), bf16(1.0), 2),
+    inverse_time_decay(bf16(0.1), 0.5),
+    sgdr_schedule(bf16(0.1), 4, 2),
+  ]:
     assert jax.eval_shape(sched, count).dtype == jnp.float32
   with jax.enable_x64(True):
     for count in [jnp.int64(3), jnp.float64(3.0), jnp.int32(3)]:
-      for sched in [cyclic_schedule(0.1, 1.0, 2), inverse_time_decay(0.1, 0.5),
-                    sgdr_schedule(0.1, 4, 2), sgdr_schedule(0.1, 4, 1.5)]:
+      for sched in [
+        cyclic_schedule(0.1, 1.0, 2),
+        inverse_time_decay(0.1, 0.5),
+        sgdr_schedule(0.1, 4, 2),
+        sgdr_schedule(0.1, 4, 1.5),
+      ]:
         assert jax.eval_shape(sched, count).dtype == jnp.float64
     sched = sgdr_schedule(f32(0.1), 4, 2, f32(0))
     assert jax.eval_shape(sched, jnp.int64(3)).dtype == jnp.float32
@@ -440,22 +517,25 @@ def test_dtypes_follow_value_arguments():
 
 def test_float64_precision_under_x64():
   cases = [
-      (lambda: cyclic_schedule(0.1, 1.0, 3, 7, mode="exp_range", gamma=0.999),
-       lambda c: torch_cyclic_lr(c, 0.1, 1.0, 3, 7, "exp_range", 0.999)),
-      (lambda: sgdr_schedule(0.3, 10, 1.5, 0.01),
-       lambda c: sgdr_reference(c, 0.3, 10, 1.5, 0.01)),
-      (lambda: sgdr_schedule(0.3, 7, 3, 0.01),
-       lambda c: sgdr_reference(c, 0.3, 7, 3, 0.01)),
-      (lambda: inverse_time_decay(0.3, 0.7, 3), lambda c: 0.3 / (1 + 0.7 * c / 3)),
+    (
+      lambda: cyclic_schedule(0.1, 1.0, 3, 7, mode="exp_range", gamma=0.999),
+      lambda c: torch_cyclic_lr(c, 0.1, 1.0, 3, 7, "exp_range", 0.999),
+    ),
+    (lambda: sgdr_schedule(0.3, 10, 1.5, 0.01), lambda c: sgdr_reference(c, 0.3, 10, 1.5, 0.01)),
+    (lambda: sgdr_schedule(0.3, 7, 3, 0.01), lambda c: sgdr_reference(c, 0.3, 7, 3, 0.01)),
+    (lambda: inverse_time_decay(0.3, 0.7, 3), lambda c: 0.3 / (1 + 0.7 * c / 3)),
   ]
   counts = np.arange(0, 2000)
   with jax.enable_x64(True):
-    pairs = [(make(), jnp.asarray(counts, dtype)) for make, _ in cases
-             for dtype in [jnp.int64, jnp.float64]]
+    pairs = [
+      (make(), jnp.asarray(counts, dtype))
+      for make, _ in cases
+      for dtype in [jnp.int64, jnp.float64]
+    ]
     got = evaluate_all(pairs)
   for k, (_, ref) in enumerate(cases):
     want = [ref(int(c)) for c in counts]
-    for values in got[2 * k: 2 * k + 2]:
+    for values in got[2 * k : 2 * k + 2]:
       np.testing.assert_allclose(values, want, rtol=1e-12, atol=1e-13)
 
 
@@ -463,8 +543,12 @@ def test_sgdr_int64_counts_under_x64():
   # int64 counts: exact integer arithmetic up to 2**63 - 1 (= S_63 for T0 = 1).
   far = [2**62 - 2, 2**62 - 1, 2**62 + 12345, 2**63 - 2, 2**63 - 1]
   with jax.enable_x64(True):
-    got = evaluate_all([(sgdr_schedule(1.0, 1, 2), jnp.asarray(far, jnp.int64)),
-                        (sgdr_schedule(1.0, 3, 3), jnp.asarray(far, jnp.int64))])
+    got = evaluate_all(
+      [
+        (sgdr_schedule(1.0, 1, 2), jnp.asarray(far, jnp.int64)),
+        (sgdr_schedule(1.0, 3, 3), jnp.asarray(far, jnp.int64)),
+      ]
+    )
   np.testing.assert_array_equal(got[0][[1, 4]], [1.0, 1.0])
   np.testing.assert_allclose(got[0], sgdr_walk(far, 1.0, 1, 2, 0.0)[0], rtol=0, atol=1e-12)
   np.testing.assert_allclose(got[1], sgdr_walk(far, 1.0, 3, 3, 0.0)[0], rtol=0, atol=1e-12)
@@ -473,9 +557,11 @@ def test_sgdr_int64_counts_under_x64():
 def test_value_arguments_may_be_traced():
   @jax.jit
   def run(base, peak, init):
-    return (cyclic_schedule(base, peak, 2)(jnp.int32(1)),
-            inverse_time_decay(init, 1.0)(jnp.int32(1)),
-            sgdr_schedule(init, 4, 2, base)(jnp.int32(2)))
+    return (
+      cyclic_schedule(base, peak, 2)(jnp.int32(1)),
+      inverse_time_decay(init, 1.0)(jnp.int32(1)),
+      sgdr_schedule(init, 4, 2, base)(jnp.int32(2)),
+    )
 
   np.testing.assert_allclose(run(0.0, 1.0, 0.5), [0.5, 0.25, 0.25], rtol=1e-6)
 
@@ -484,55 +570,57 @@ def test_value_arguments_may_be_traced():
 # Validation: every bad argument raises ValueError naming argument and value.
 
 BAD = [
-    (cyclic_schedule, dict(step_size_up=0), r"step_size_up.*0"),
-    (cyclic_schedule, dict(step_size_up=-2), r"step_size_up.*-2"),
-    (cyclic_schedule, dict(step_size_up=float("nan")), r"step_size_up.*nan"),
-    (cyclic_schedule, dict(step_size_up=float("inf")), r"step_size_up.*inf"),
-    (cyclic_schedule, dict(step_size_up="3"), r"step_size_up.*'3'"),
-    (cyclic_schedule, dict(step_size_up=True), r"step_size_up.*True"),
-    (cyclic_schedule, dict(step_size_up=np.array([1, 2])), r"step_size_up"),
-    (cyclic_schedule, dict(step_size_down=0), r"step_size_down.*0"),
-    (cyclic_schedule, dict(step_size_down=-1.5), r"step_size_down.*-1.5"),
-    (cyclic_schedule, dict(mode="cosine"), r"mode.*'cosine'"),
-    (cyclic_schedule, dict(mode=None), r"mode.*None"),
-    (cyclic_schedule, dict(gamma=0.0), r"gamma.*0"),
-    (cyclic_schedule, dict(gamma=-0.9), r"gamma.*-0.9"),
-    (cyclic_schedule, dict(gamma=float("inf")), r"gamma.*inf"),
-    (cyclic_schedule, dict(base_value=float("nan")), r"base_value.*nan"),
-    (cyclic_schedule, dict(max_value=float("inf")), r"max_value.*inf"),
-    (cyclic_schedule, dict(max_value="high"), r"max_value.*'high'"),
-    (inverse_time_decay, dict(decay_rate=-0.1), r"decay_rate.*-0.1"),
-    (inverse_time_decay, dict(decay_rate=float("nan")), r"decay_rate.*nan"),
-    (inverse_time_decay, dict(transition_steps=0), r"transition_steps.*0"),
-    (inverse_time_decay, dict(transition_steps=-5), r"transition_steps.*-5"),
-    (inverse_time_decay, dict(staircase="yes"), r"staircase.*'yes'"),
-    (inverse_time_decay, dict(init_value=float("nan")), r"init_value.*nan"),
-    (sgdr_schedule, dict(first_period=0), r"first_period.*0"),
-    (sgdr_schedule, dict(first_period=-10), r"first_period.*-10"),
-    (sgdr_schedule, dict(first_period=float("inf")), r"first_period.*inf"),
-    (sgdr_schedule, dict(period_mult=0.5), r"period_mult.*0.5"),
-    (sgdr_schedule, dict(period_mult=0), r"period_mult.*0"),
-    (sgdr_schedule, dict(period_mult=float("nan")), r"period_mult.*nan"),
-    (sgdr_schedule, dict(init_value=float("nan")), r"init_value.*nan"),
-    (sgdr_schedule, dict(min_value=float("-inf")), r"min_value.*-inf"),
-    (per_epoch, dict(steps_per_epoch=0), r"steps_per_epoch.*0"),
-    (per_epoch, dict(steps_per_epoch=-3), r"steps_per_epoch.*-3"),
-    (per_epoch, dict(steps_per_epoch=2.5), r"steps_per_epoch.*2.5"),
-    (per_epoch, dict(steps_per_epoch=True), r"steps_per_epoch.*True"),
-    (per_epoch, dict(steps_per_epoch=None), r"steps_per_epoch.*None"),
+  (cyclic_schedule, dict(step_size_up=0), r"step_size_up.*0"),
+  (cyclic_schedule, dict(step_size_up=-2), r"step_size_up.*-2"),
+  (cyclic_schedule, dict(step_size_up=float("nan")), r"step_size_up.*nan"),
+  (cyclic_schedule, dict(step_size_up=float("inf")), r"step_size_up.*inf"),
+  (cyclic_schedule, dict(step_size_up="3"), r"step_size_up.*'3'"),
+  (cyclic_schedule, dict(step_size_up=True), r"step_size_up.*True"),
+  (cyclic_schedule, dict(step_size_up=np.array([1, 2])), r"step_size_up"),
+  (cyclic_schedule, dict(step_size_down=0), r"step_size_down.*0"),
+  (cyclic_schedule, dict(step_size_down=-1.5), r"step_size_down.*-1.5"),
+  (cyclic_schedule, dict(mode="cosine"), r"mode.*'cosine'"),
+  (cyclic_schedule, dict(mode=None), r"mode.*None"),
+  (cyclic_schedule, dict(gamma=0.0), r"gamma.*0"),
+  (cyclic_schedule, dict(gamma=-0.9), r"gamma.*-0.9"),
+  (cyclic_schedule, dict(gamma=float("inf")), r"gamma.*inf"),
+  (cyclic_schedule, dict(base_value=float("nan")), r"base_value.*nan"),
+  (cyclic_schedule, dict(max_value=float("inf")), r"max_value.*inf"),
+  (cyclic_schedule, dict(max_value="high"), r"max_value.*'high'"),
+  (inverse_time_decay, dict(decay_rate=-0.1), r"decay_rate.*-0.1"),
+  (inverse_time_decay, dict(decay_rate=float("nan")), r"decay_rate.*nan"),
+  (inverse_time_decay, dict(transition_steps=0), r"transition_steps.*0"),
+  (inverse_time_decay, dict(transition_steps=-5), r"transition_steps.*-5"),
+  (inverse_time_decay, dict(staircase="yes"), r"staircase.*'yes'"),
+  (inverse_time_decay, dict(init_value=float("nan")), r"init_value.*nan"),
+  (sgdr_schedule, dict(first_period=0), r"first_period.*0"),
+  (sgdr_schedule, dict(first_period=-10), r"first_period.*-10"),
+  (sgdr_schedule, dict(first_period=float("inf")), r"first_period.*inf"),
+  (sgdr_schedule, dict(period_mult=0.5), r"period_mult.*0.5"),
+  (sgdr_schedule, dict(period_mult=0), r"period_mult.*0"),
+  (sgdr_schedule, dict(period_mult=float("nan")), r"period_mult.*nan"),
+  (sgdr_schedule, dict(init_value=float("nan")), r"init_value.*nan"),
+  (sgdr_schedule, dict(min_value=float("-inf")), r"min_value.*-inf"),
+  (per_epoch, dict(steps_per_epoch=0), r"steps_per_epoch.*0"),
+  (per_epoch, dict(steps_per_epoch=-3), r"steps_per_epoch.*-3"),
+  (per_epoch, dict(steps_per_epoch=2.5), r"steps_per_epoch.*2.5"),
+  (per_epoch, dict(steps_per_epoch=True), r"steps_per_epoch.*True"),
+  (per_epoch, dict(steps_per_epoch=None), r"steps_per_epoch.*None"),
 ]
 
 GOOD = {
-    cyclic_schedule: dict(base_value=0.1, max_value=1.0, step_size_up=2),
-    inverse_time_decay: dict(init_value=0.1, decay_rate=0.5),
-    sgdr_schedule: dict(init_value=0.1, first_period=10, period_mult=2),
-    per_epoch: dict(schedule=optax.constant_schedule(0.1), steps_per_epoch=10),
+  cyclic_schedule: dict(base_value=0.1, max_value=1.0, step_size_up=2),
+  inverse_time_decay: dict(init_value=0.1, decay_rate=0.5),
+  sgdr_schedule: dict(init_value=0.1, first_period=10, period_mult=2),
+  per_epoch: dict(schedule=optax.constant_schedule(0.1), steps_per_epoch=10),
 }
 
 
 @pytest.mark.parametrize(
-    "factory,bad,pattern", BAD,
-    ids=[f"{f.__name__}-{next(iter(b))}-{i}" for i, (f, b, _) in enumerate(BAD)])
+  "factory,bad,pattern",
+  BAD,
+  ids=[f"{f.__name__}-{next(iter(b))}-{i}" for i, (f, b, _) in enumerate(BAD)],
+)
 def test_bad_arguments_raise_value_error(factory, bad, pattern):
   factory(**GOOD[factory])  # the good arguments alone are fine
   with pytest.raises(ValueError, match=pattern):
@@ -554,12 +642,15 @@ def test_traced_structural_argument_raises_value_error():
 def test_allowed_edge_arguments():
   # max_value < base_value (as PyTorch), gamma > 1, integral floats, numpy ints.
   counts = jnp.arange(8)
-  inverted, growing, float_args, int_args, flat = evaluate_all([
+  inverted, growing, float_args, int_args, flat = evaluate_all(
+    [
       (cyclic_schedule(1.0, 0.5, np.int64(2), 2.0), counts),
       (cyclic_schedule(0.0, 1.0, 1, mode="exp_range", gamma=2.0), counts),
       (sgdr_schedule(1.0, 2.0, 2.0), counts),
       (sgdr_schedule(1.0, 2, 2), counts),
-      (inverse_time_decay(1.0, 0.0), jnp.array([0, 10**6]))])
+      (inverse_time_decay(1.0, 0.0), jnp.array([0, 10**6])),
+    ]
+  )
   np.testing.assert_allclose(inverted[:5], [1, 0.75, 0.5, 0.75, 1])
   np.testing.assert_allclose(growing[[1, 3]], [2.0, 8.0])
   np.testing.assert_array_equal(float_args, int_args)
@@ -567,11 +658,14 @@ def test_allowed_edge_arguments():
   # Step sizes and periods beyond int32 with int32 counts.
   huge = 10**12
   count = jnp.array([5 * 10**8], jnp.int32)
-  cyc, sgdr, stairs, epochs = evaluate_all([
+  cyc, sgdr, stairs, epochs = evaluate_all(
+    [
       (cyclic_schedule(0.1, 1.0, huge), count),
       (sgdr_schedule(1.0, huge, 2), count),
       (inverse_time_decay(1.0, 0.5, huge, staircase=True), count),
-      (per_epoch(lambda e: e.astype(jnp.float32), huge), count)])
+      (per_epoch(lambda e: e.astype(jnp.float32), huge), count),
+    ]
+  )
   np.testing.assert_allclose(cyc, 0.1 + 0.9 * 5e8 / huge, rtol=1e-6)
   np.testing.assert_allclose(sgdr, 0.5 * (1 + math.cos(math.pi * 5e8 / huge)), rtol=1e-6)
   np.testing.assert_array_equal(stairs, [1.0])

@@ -45,9 +45,8 @@ from jax.sharding import Mesh
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-import optax_lr
-
 import _reliability as rel
+import optax_lr
 
 NUM_DEVICES = 8
 TOLERANCE = 2e-5  # of each leaf's largest magnitude
@@ -71,16 +70,14 @@ def _assert_close(actual, expected):
   """Floats within ``TOLERANCE`` of each leaf's largest magnitude; the rest equal."""
   assert jax.tree_util.tree_structure(actual) == jax.tree_util.tree_structure(expected)
   for (path, a), b in zip(
-      jax.tree_util.tree_leaves_with_path(actual), jax.tree_util.tree_leaves(expected)
+    jax.tree_util.tree_leaves_with_path(actual), jax.tree_util.tree_leaves(expected)
   ):
     where = jax.tree_util.keystr(path)
     a, b = np.asarray(a), np.asarray(b)
     assert a.dtype == b.dtype and a.shape == b.shape, where
     if np.issubdtype(a.dtype, np.floating):
       scale = float(np.max(np.abs(b), initial=0.0))
-      np.testing.assert_allclose(
-          a, b, rtol=TOLERANCE, atol=TOLERANCE * scale, err_msg=where
-      )
+      np.testing.assert_allclose(a, b, rtol=TOLERANCE, atol=TOLERANCE * scale, err_msg=where)
     else:
       np.testing.assert_array_equal(a, b, err_msg=where)
 
@@ -117,11 +114,13 @@ def two_processes(tmp_path_factory):
     s.bind(("localhost", 0))
     port = s.getsockname()[1]
   workers = [
-      subprocess.Popen(
-          [sys.executable, str(WORKER), str(pid), str(port), str(out)],
-          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-      )
-      for pid in range(2)
+    subprocess.Popen(
+      [sys.executable, str(WORKER), str(pid), str(port), str(out)],
+      stdout=subprocess.PIPE,
+      stderr=subprocess.STDOUT,
+      text=True,
+    )
+    for pid in range(2)
   ]
 
   @functools.lru_cache(maxsize=None)
@@ -150,9 +149,7 @@ def test_sharded_run_matches_one_device_and_state_stays_sharded(case, two_proces
   params = jax.device_put(rel.mlp_params(), fsdp)
   state = jax.block_until_ready(tx.init(params))
   rel.assert_sharded_like_params(params, state)
-  data = jax.device_put(
-      rel.batches(0, rel.SHARDED_STEPS), NamedSharding(mesh, P(None, "fsdp"))
-  )
+  data = jax.device_put(rel.batches(0, rel.SHARDED_STEPS), NamedSharding(mesh, P(None, "fsdp")))
   params, state, losses = jax.block_until_ready(run(params, state, data))
   rel.assert_sharded_like_params(params, state)
   for leaf in jax.tree_util.tree_leaves(params):
@@ -169,6 +166,4 @@ def test_two_processes_match_one_device(case, two_processes):
   actual = two_processes()
   _assert_close(actual["losses"], expected["losses"])
   _assert_close(actual["params"][case.name], expected["params"][case.name])
-  _assert_close(
-      actual["state"].inner_states[case.name], expected["state"].inner_states[case.name]
-  )
+  _assert_close(actual["state"].inner_states[case.name], expected["state"].inner_states[case.name])

@@ -25,42 +25,42 @@ ETA0, ETA_MIN, ETA_MAX = 0.8, 0.01, 0.8
 def _survey_rows():
   k, alpha, drop, s, power, T = 0.05, 0.1, 0.5, 10, 2.0, 40
   return {
-      "fixed": (optax.constant_schedule(ETA0), lambda t: ETA0 + 0.0 * t),
-      # Eq. 2.2: lr0 * drop ** floor(epoch / step_size).
-      "step": (
-          optax.exponential_decay(ETA0, transition_steps=s, decay_rate=drop, staircase=True),
-          lambda t: ETA0 * drop ** np.floor(t / s),
-      ),
-      # Eq. 2.3 / 2.6: eta0 * exp(-k * epoch).
-      "exponential": (
-          optax.exponential_decay(ETA0, transition_steps=1, decay_rate=math.exp(-k)),
-          lambda t: ETA0 * np.exp(-k * t),
-      ),
-      # Eq. 2.1 / 2.4: eta0 / (1 + alpha * epoch).
-      "inverse_time": (
-          optax_lr.inverse_time_decay(ETA0, decay_rate=alpha),
-          lambda t: ETA0 / (1.0 + alpha * t),
-      ),
-      # Eq. 2.5: eta0 * (1 - epoch / max_epoch) ** power.
-      "polynomial": (
-          optax.polynomial_schedule(ETA0, 0.0, power=power, transition_steps=T),
-          lambda t: ETA0 * (1.0 - np.minimum(t, T) / T) ** power,
-      ),
-      # Section 2.8.2: linear up from min to max over s epochs, then down.
-      "triangular": (
-          optax_lr.cyclic_schedule(ETA_MIN, ETA_MAX, step_size_up=s),
-          lambda t: ETA_MIN + (ETA_MAX - ETA_MIN) * (1.0 - np.abs((t % (2 * s)) / s - 1.0)),
-      ),
-      # Eq. 2.7: eta_min + (eta_max - eta_min)(1 + cos(t pi / max_epochs)) / 2.
-      "cosine": (
-          optax.cosine_decay_schedule(ETA_MAX, decay_steps=T, alpha=ETA_MIN / ETA_MAX),
-          lambda t: ETA_MIN + 0.5 * (ETA_MAX - ETA_MIN) * (1.0 + np.cos(t * np.pi / T)),
-      ),
-      # Cosine annealing restarted at epochs 5, 15, 35 (periods 5, 10, 20).
-      "sgdr": (
-          optax_lr.sgdr_schedule(ETA_MAX, first_period=5, period_mult=2, min_value=ETA_MIN),
-          _sgdr_reference(first_period=5, mult=2),
-      ),
+    "fixed": (optax.constant_schedule(ETA0), lambda t: ETA0 + 0.0 * t),
+    # Eq. 2.2: lr0 * drop ** floor(epoch / step_size).
+    "step": (
+      optax.exponential_decay(ETA0, transition_steps=s, decay_rate=drop, staircase=True),
+      lambda t: ETA0 * drop ** np.floor(t / s),
+    ),
+    # Eq. 2.3 / 2.6: eta0 * exp(-k * epoch).
+    "exponential": (
+      optax.exponential_decay(ETA0, transition_steps=1, decay_rate=math.exp(-k)),
+      lambda t: ETA0 * np.exp(-k * t),
+    ),
+    # Eq. 2.1 / 2.4: eta0 / (1 + alpha * epoch).
+    "inverse_time": (
+      optax_lr.inverse_time_decay(ETA0, decay_rate=alpha),
+      lambda t: ETA0 / (1.0 + alpha * t),
+    ),
+    # Eq. 2.5: eta0 * (1 - epoch / max_epoch) ** power.
+    "polynomial": (
+      optax.polynomial_schedule(ETA0, 0.0, power=power, transition_steps=T),
+      lambda t: ETA0 * (1.0 - np.minimum(t, T) / T) ** power,
+    ),
+    # Section 2.8.2: linear up from min to max over s epochs, then down.
+    "triangular": (
+      optax_lr.cyclic_schedule(ETA_MIN, ETA_MAX, step_size_up=s),
+      lambda t: ETA_MIN + (ETA_MAX - ETA_MIN) * (1.0 - np.abs((t % (2 * s)) / s - 1.0)),
+    ),
+    # Eq. 2.7: eta_min + (eta_max - eta_min)(1 + cos(t pi / max_epochs)) / 2.
+    "cosine": (
+      optax.cosine_decay_schedule(ETA_MAX, decay_steps=T, alpha=ETA_MIN / ETA_MAX),
+      lambda t: ETA_MIN + 0.5 * (ETA_MAX - ETA_MIN) * (1.0 + np.cos(t * np.pi / T)),
+    ),
+    # Cosine annealing restarted at epochs 5, 15, 35 (periods 5, 10, 20).
+    "sgdr": (
+      optax_lr.sgdr_schedule(ETA_MAX, first_period=5, period_mult=2, min_value=ETA_MIN),
+      _sgdr_reference(first_period=5, mult=2),
+    ),
   }
 
 
@@ -110,9 +110,13 @@ def test_readme_lists_every_row():
 
   readme = (pathlib.Path(__file__).resolve().parents[1] / "README.md").read_text()
   for call in [
-      "optax.constant_schedule", "staircase=True", "decay_rate=math.exp(-k)",
-      "optax_lr.inverse_time_decay", "optax.polynomial_schedule",
-      "optax_lr.cyclic_schedule", "optax.cosine_decay_schedule",
-      "optax_lr.sgdr_schedule",
+    "optax.constant_schedule",
+    "staircase=True",
+    "decay_rate=math.exp(-k)",
+    "optax_lr.inverse_time_decay",
+    "optax.polynomial_schedule",
+    "optax_lr.cyclic_schedule",
+    "optax.cosine_decay_schedule",
+    "optax_lr.sgdr_schedule",
   ]:
     assert call in readme, call

@@ -19,8 +19,8 @@ def _tree_pair(dtype):
 
 def _np_dot(x, y):
   return sum(
-      float(np.sum(np.asarray(a, np.float64) * np.asarray(b, np.float64)))
-      for a, b in zip(jax.tree_util.tree_leaves(x), jax.tree_util.tree_leaves(y))
+    float(np.sum(np.asarray(a, np.float64) * np.asarray(b, np.float64)))
+    for a, b in zip(jax.tree_util.tree_leaves(x), jax.tree_util.tree_leaves(y))
   )
 
 
@@ -93,19 +93,21 @@ def test_sharded_reduction_matches_single_device():
   mesh = jax.sharding.Mesh(np.array(devices[:8]).reshape(4, 2), ("data", "model"))
   spec = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data", "model"))
   rng = np.random.default_rng(1)
-  x = {"w": rng.normal(size=(8, 6)).astype(np.float32), "b": rng.normal(size=(6,)).astype(np.float32)}
-  y = {"w": rng.normal(size=(8, 6)).astype(np.float32), "b": rng.normal(size=(6,)).astype(np.float32)}
-  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-  shard = lambda t: {
-      "w": jax.device_put(t["w"], spec), "b": jax.device_put(t["b"], replicated)
+  x = {
+    "w": rng.normal(size=(8, 6)).astype(np.float32),
+    "b": rng.normal(size=(6,)).astype(np.float32),
   }
+  y = {
+    "w": rng.normal(size=(8, 6)).astype(np.float32),
+    "b": rng.normal(size=(6,)).astype(np.float32),
+  }
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  shard = lambda t: {"w": jax.device_put(t["w"], spec), "b": jax.device_put(t["b"], replicated)}
   xs, ys = shard(x), shard(y)
   assert len(xs["w"].sharding.device_set) == 8
   got = jax.jit(_tree.tree_vdot)(xs, ys)
   np.testing.assert_allclose(float(got), _np_dot(x, y), rtol=1e-5)
-  np.testing.assert_allclose(
-      float(jax.jit(_tree.tree_norm)(xs)), np.sqrt(_np_dot(x, x)), rtol=1e-5
-  )
+  np.testing.assert_allclose(float(jax.jit(_tree.tree_norm)(xs)), np.sqrt(_np_dot(x, x)), rtol=1e-5)
 
 
 # ------------------------------------------------ range (issue 12)
@@ -118,9 +120,8 @@ def _normal_tree(scale, seed, dtypes=(jnp.float32, jnp.float32, jnp.float32)):
   rng = np.random.default_rng(seed)
   shapes = [(2, 3), (4,), ()]
   return {
-      f"l{i}": jnp.asarray(
-          scale * rng.uniform(1, 2, s) * rng.choice([-1.0, 1.0], s), dtype)
-      for i, (s, dtype) in enumerate(zip(shapes, dtypes))
+    f"l{i}": jnp.asarray(scale * rng.uniform(1, 2, s) * rng.choice([-1.0, 1.0], s), dtype)
+    for i, (s, dtype) in enumerate(zip(shapes, dtypes))
   }
 
 
@@ -130,18 +131,29 @@ def _ref_cosine(x, y):
   The division is exact, and keeps float64's own squares in range for trees
   near 1e-300 or 1e300.
   """
+
   def normalized(tree):
-    flat = np.concatenate([np.asarray(v, np.float64).ravel()
-                           for v in jax.tree_util.tree_leaves(tree)])
+    flat = np.concatenate(
+      [np.asarray(v, np.float64).ravel() for v in jax.tree_util.tree_leaves(tree)]
+    )
     return np.ldexp(flat, -int(np.frexp(np.abs(flat).max())[1]))
+
   x, y = normalized(x), normalized(y)
   return x @ y / np.sqrt((x @ x) * (y @ y))
 
 
-@pytest.mark.parametrize("scale_x,scale_y", [
-    (1e-37, 1e-37), (1e-37, 3e37), (1e-30, 1e30), (1e30, 1e-30),
-    (1e38, 1.0), (1e-20, 1e-20), (1e19, 1e19),
-])
+@pytest.mark.parametrize(
+  "scale_x,scale_y",
+  [
+    (1e-37, 1e-37),
+    (1e-37, 3e37),
+    (1e-30, 1e30),
+    (1e30, 1e-30),
+    (1e38, 1.0),
+    (1e-20, 1e-20),
+    (1e19, 1e19),
+  ],
+)
 def test_cosine_extreme_scales_match_float64(scale_x, scale_y):
   x, y = _normal_tree(scale_x, 0), _normal_tree(scale_y, 1)
   got = jax.jit(_tree.tree_cosine)(x, y)
@@ -180,7 +192,7 @@ def test_cosine_is_exact_under_power_of_two_rescaling():
   # Past the one-pass range each tree is rescaled by a power of two, so
   # scaling either tree by another power of two changes no bit.
   x, y = _normal_tree(1.0, 9), _normal_tree(1.0, 10)
-  scaled = lambda t, k: jax.tree_util.tree_map(lambda v: v * np.float32(2.0 ** k), t)
+  scaled = lambda t, k: jax.tree_util.tree_map(lambda v: v * np.float32(2.0**k), t)
   cos = jax.jit(_tree.tree_cosine)
   reference = cos(scaled(x, -100), scaled(y, 100))
   for kx, ky in [(-120, 120), (-70, -90), (110, 60), (120, -110)]:
@@ -191,7 +203,7 @@ def test_cosine_is_exact_under_power_of_two_rescaling():
 
 def test_gram_is_exact_under_power_of_two_rescaling():
   x, y = _normal_tree(1.0, 11), _normal_tree(1.0, 12)
-  scaled = lambda t, k: jax.tree_util.tree_map(lambda v: v * np.float32(2.0 ** k), t)
+  scaled = lambda t, k: jax.tree_util.tree_map(lambda v: v * np.float32(2.0**k), t)
   gram = jax.jit(_tree.tree_gram)
   reference = gram(x, y)
   for k in (-120, -64, 64, 120):
@@ -202,8 +214,10 @@ def test_gram_is_exact_under_power_of_two_rescaling():
   largest = max(float(_tree.tree_max_abs(x)), float(_tree.tree_max_abs(y)))
   k = int(np.frexp(largest)[1])
   np.testing.assert_allclose(
-      [float(v) * 4.0 ** k for v in reference],
-      [_np_dot(x, y), _np_dot(x, x), _np_dot(y, y)], rtol=4 * EPS32)
+    [float(v) * 4.0**k for v in reference],
+    [_np_dot(x, y), _np_dot(x, x), _np_dot(y, y)],
+    rtol=4 * EPS32,
+  )
 
 
 def test_gram_keeps_ratios_where_the_raw_sums_overflow():
@@ -275,12 +289,13 @@ def test_cosine_gradient_at_every_scale(scale):
   # the right gradient (the power of two is a constant).
   x, y = _normal_tree(scale, 16), _normal_tree(1.0, 17)
   grad = jax.jit(jax.grad(_tree.tree_cosine))(x, y)
-  fx, fy = (np.concatenate([np.asarray(v, np.float64).ravel()
-                            for v in jax.tree_util.tree_leaves(t)]) for t in (x, y))
+  fx, fy = (
+    np.concatenate([np.asarray(v, np.float64).ravel() for v in jax.tree_util.tree_leaves(t)])
+    for t in (x, y)
+  )
   nx, ny = np.linalg.norm(fx), np.linalg.norm(fy)
   want = fy / (nx * ny) - (fx @ fy) / (nx * ny) * fx / nx**2
-  got = np.concatenate([np.asarray(v, np.float64).ravel()
-                        for v in jax.tree_util.tree_leaves(grad)])
+  got = np.concatenate([np.asarray(v, np.float64).ravel() for v in jax.tree_util.tree_leaves(grad)])
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
 
 
@@ -303,9 +318,11 @@ def test_sharded_scale_free_reductions_match_single_device():
   y = (rng.uniform(1, 2, (8, 6)) * 1e30).astype(np.float32)
   xs, ys = jax.device_put(x, spec), jax.device_put(y, spec)
   assert float(jax.jit(_tree.tree_cosine)(xs, ys)) == pytest.approx(
-      _ref_cosine(x, y), abs=4 * EPS32)
-  np.testing.assert_allclose(float(jax.jit(_tree.tree_norm)(ys)),
-                             np.sqrt(_np_dot(y, y)), rtol=4 * EPS32)
+    _ref_cosine(x, y), abs=4 * EPS32
+  )
+  np.testing.assert_allclose(
+    float(jax.jit(_tree.tree_norm)(ys)), np.sqrt(_np_dot(y, y)), rtol=4 * EPS32
+  )
   r, s, n = jax.jit(_tree.tree_gram)(xs, xs * np.float32(3))
   assert float(r / s) == pytest.approx(3.0, rel=2 * EPS32)
   assert float(jax.jit(_tree.tree_max_abs)(ys)) == np.abs(y).max()

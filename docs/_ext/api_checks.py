@@ -49,10 +49,15 @@ def field_comments(cls: type) -> dict[str, str]:
   for tok in tokens:
     if tok.type == tokenize.COMMENT:
       row = tok.start[0]
-      if lines[row - 1][:tok.start[1]].strip():
+      if lines[row - 1][: tok.start[1]].strip():
         trailing[row] = tok.string
-    elif tok.type not in (tokenize.NL, tokenize.NEWLINE, tokenize.INDENT,
-                          tokenize.DEDENT, tokenize.ENDMARKER):
+    elif tok.type not in (
+      tokenize.NL,
+      tokenize.NEWLINE,
+      tokenize.INDENT,
+      tokenize.DEDENT,
+      tokenize.ENDMARKER,
+    ):
       code_lines.add(tok.start[0])
   field = re.compile(r"^\s+([A-Za-z_]\w*)\s*:")
   for row, line in enumerate(lines, start=1):
@@ -111,30 +116,44 @@ def _owner(dotted: str):
 def check_public_docstrings(app):
   """Each public name has a docstring (a warning, an error under -W)."""
   import optax_lr  # pylint: disable=import-outside-toplevel
+
   for name in optax_lr.__all__:
     obj = getattr(optax_lr, name)
     if not (inspect.getdoc(obj) or "").strip():
-      logger.warning("optax_lr.%s is public (optax_lr.__all__) but has no "
-                     "docstring", name, type="optax_lr", subtype="docstring")
+      logger.warning(
+        "optax_lr.%s is public (optax_lr.__all__) but has no docstring",
+        name,
+        type="optax_lr",
+        subtype="docstring",
+      )
     if _is_namedtuple(obj):
       comments = field_comments(obj)
       doc = inspect.getdoc(obj) or ""
       for field in obj._fields:
         if field not in comments and not re.search(rf"^\s+{field}:", doc, re.M):
-          logger.warning("optax_lr.%s: field %r has neither a comment nor an "
-                         "Attributes: entry", name, field,
-                         type="optax_lr", subtype="docstring")
+          logger.warning(
+            "optax_lr.%s: field %r has neither a comment nor an Attributes: entry",
+            name,
+            field,
+            type="optax_lr",
+            subtype="docstring",
+          )
 
 
 def check_public_documented(app, env):
   """Each public name is documented on an API page as optax_lr.<name>."""
   del app
   import optax_lr  # pylint: disable=import-outside-toplevel
+
   objects = env.get_domain("py").objects
   for name in optax_lr.__all__:
     if f"optax_lr.{name}" not in objects:
-      logger.warning("optax_lr.%s is public (optax_lr.__all__) but no API page "
-                     "documents it", name, type="optax_lr", subtype="api")
+      logger.warning(
+        "optax_lr.%s is public (optax_lr.__all__) but no API page documents it",
+        name,
+        type="optax_lr",
+        subtype="api",
+      )
 
 
 def resolve_public(app, env, node, contnode):
@@ -152,15 +171,19 @@ def resolve_public(app, env, node, contnode):
   if not target:
     return None
   domain = env.get_domain("py")
-  matches = sorted(name for name in domain.objects
-                   if name.startswith("optax_lr.")
-                   and (name == f"optax_lr.{target}" or name.endswith(f".{target}")))
+  matches = sorted(
+    name
+    for name in domain.objects
+    if name.startswith("optax_lr.")
+    and (name == f"optax_lr.{target}" or name.endswith(f".{target}"))
+  )
   if f"optax_lr.{target}" in matches:
     matches = [f"optax_lr.{target}"]
   if len(matches) != 1:
     return None
-  return domain.resolve_xref(env, node["refdoc"], env.app.builder,
-                             node.get("reftype", "obj"), matches[0], node, contnode)
+  return domain.resolve_xref(
+    env, node["refdoc"], env.app.builder, node.get("reftype", "obj"), matches[0], node, contnode
+  )
 
 
 def setup(app):

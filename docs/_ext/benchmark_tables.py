@@ -31,7 +31,6 @@ import pathlib
 from typing import Any
 
 import numpy as np
-
 from docutils import nodes
 from docutils.parsers.rst import directives
 from sphinx.util import logging
@@ -80,8 +79,9 @@ def _code(text: str) -> nodes.literal:
   return nodes.literal(text, text)
 
 
-def table_node(header: list[str], rows: list[list[str]], caption: str = "",
-               numeric_from: int = 1) -> nodes.table:
+def table_node(
+  header: list[str], rows: list[list[str]], caption: str = "", numeric_from: int = 1
+) -> nodes.table:
   """A docutils table; columns from ``numeric_from`` on are right-aligned."""
   table = nodes.table(classes=["benchmark-table"])
   if caption:
@@ -115,16 +115,18 @@ def table_node(header: list[str], rows: list[list[str]], caption: str = "",
 
 
 def command_paragraph(report: dict, name: str) -> nodes.paragraph:
-  """"Command: ``...`` (file; date, backend, load)"."""
+  """The paragraph "Command: ``...`` (file; date, backend, load)"."""
   para = nodes.paragraph()
   para += nodes.strong("Command: ", "Command: ")
   para += _code(report.get("command", "(none recorded)"))
   machine = report.get("machine", {})
   details = [f"benchmarks/figures/{name}"]
   if machine:
-    details.append(f"run {machine.get('date', '?')[:10]} on {machine.get('backend', '?')}"
-                   f" ({machine.get('cpu', '?')}, {machine.get('cpus_available', '?')} cores),"
-                   f" jax {machine.get('jax', '?')}, optax {machine.get('optax', '?')}")
+    details.append(
+      f"run {machine.get('date', '?')[:10]} on {machine.get('backend', '?')}"
+      f" ({machine.get('cpu', '?')}, {machine.get('cpus_available', '?')} cores),"
+      f" jax {machine.get('jax', '?')}, optax {machine.get('optax', '?')}"
+    )
   if isinstance(report.get("wall_s"), (int, float)):
     details.append(f"{report['wall_s']:.0f} s wall time")
   text = " (" + "; ".join(details) + ")"
@@ -137,29 +139,32 @@ def command_paragraph(report: dict, name: str) -> nodes.paragraph:
 
 def compare_table(report: dict, methods=None):
   rates = report["setting"]["initial_rates"]
-  header = (["method"] + [f"lr={_rate(r)}" for r in rates]
-            + ["worst", "spread", "ms/step"])
+  header = ["method"] + [f"lr={_rate(r)}" for r in rates] + ["worst", "spread", "ms/step"]
   rows = []
   for name, m in report["methods"].items():
     if methods and name not in methods:
       continue
     # float32 arithmetic, as the script formatted it.
-    cells = [f"{_num(r['final_test_loss'])} / "
-             f"{100 * np.float32(r['final_test_accuracy']):.1f}"
-             for r in m["runs"]]
+    cells = [
+      f"{_num(r['final_test_loss'])} / {100 * np.float32(r['final_test_accuracy']):.1f}"
+      for r in m["runs"]
+    ]
     if len(cells) < len(rates):  # one run that does not depend on the rate
       cells += ["(same run)"] * (len(rates) - len(cells))
     stats = m["summary_of_scored_final_loss"]
-    rows.append([name] + cells + [_num(stats["worst"]), _num(stats["spread"]),
-                                  _num(m["ms_per_step"])])
+    rows.append(
+      [name] + cells + [_num(stats["worst"]), _num(stats["spread"]), _num(m["ms_per_step"])]
+    )
   return header, rows
 
 
 def robustness_table(report: dict, ds: dict, methods=None):
   rates = ds.get("initial_rates") or report["initial_rates"]
-  header = (["method", "mean ± std", "worst"]
-            + [f"lr={_rate(r)}" for r in rates]
-            + ["acc %", "non-finite params"])
+  header = (
+    ["method", "mean ± std", "worst"]
+    + [f"lr={_rate(r)}" for r in rates]
+    + ["acc %", "non-finite params"]
+  )
   rows = []
   for name, m in ds["methods"].items():
     if methods and name not in methods:
@@ -174,20 +179,23 @@ def robustness_table(report: dict, ds: dict, methods=None):
       cells += [""] * (len(rates) - 1)
     # The script averages the float32 accuracies in float32: so does this.
     acc = float(np.mean(np.asarray(m["final_test_accuracy"], np.float32)))
-    rows.append([name, f"{_num(stats['mean'])} ± {_num(stats['std'])}",
-                 _num(stats["worst"])] + cells
-                + [f"{100 * acc:.1f}", f"{m['nonfinite_params_runs']}/{m['runs']}"])
+    rows.append(
+      [name, f"{_num(stats['mean'])} ± {_num(stats['std'])}", _num(stats["worst"])]
+      + cells
+      + [f"{100 * acc:.1f}", f"{m['nonfinite_params_runs']}/{m['runs']}"]
+    )
   return header, rows
 
 
 def hand_tuned_table(ds: dict, methods=None):
   refs = ds["hand_tuned"]
   grid = next(iter(refs.values()))["grid"]
-  header = (["optimizer"] + [f"lr={_rate(r)}" for r in grid]
-            + ["best rate", "best loss"])
-  rows = [[name] + [_num(x) for x in r["seed_mean_loss"]]
-          + [_rate(r["best_rate"]), _num(r["best_loss"])]
-          for name, r in refs.items() if not methods or name in methods]
+  header = ["optimizer"] + [f"lr={_rate(r)}" for r in grid] + ["best rate", "best loss"]
+  rows = [
+    [name] + [_num(x) for x in r["seed_mean_loss"]] + [_rate(r["best_rate"]), _num(r["best_loss"])]
+    for name, r in refs.items()
+    if not methods or name in methods
+  ]
   return header, rows
 
 
@@ -195,60 +203,88 @@ def targets_table(report: dict, ds: dict, methods=None):
   target = ds["targets"]
   bound = target["hand_tuned_bound"]
   row_of = report.get("targets", {}).get("target_row_of", {})
-  header = ["method", "worst", "worst at", "/ best hand-tuned", f"≤ {bound}×",
-            "non-finite params", "as robust as dog"]
+  header = [
+    "method",
+    "worst",
+    "worst at",
+    "/ best hand-tuned",
+    f"≤ {bound}×",
+    "non-finite params",
+    "as robust as dog",
+  ]
   rows = []
   for name, t in target["methods"].items():
     if methods and name not in methods:
       continue
     counted = t.get("counts", True)
     label = name if counted else f"{name} (see {row_of.get(name, '')})"
-    rows.append([label, _num(t["worst_loss"]), t["worst_at"],
-                 _num(t["ratio_to_best_hand_tuned"]),
-                 _verdict(t["within_bound"]) if counted else "(info)",
-                 f"{t['nonfinite_params_runs']}/{t['runs']}",
-                 _verdict(t["as_robust_as_dog"])])
+    rows.append(
+      [
+        label,
+        _num(t["worst_loss"]),
+        t["worst_at"],
+        _num(t["ratio_to_best_hand_tuned"]),
+        _verdict(t["within_bound"]) if counted else "(info)",
+        f"{t['nonfinite_params_runs']}/{t['runs']}",
+        _verdict(t["as_robust_as_dog"]),
+      ]
+    )
   best = target["best_hand_tuned"]
-  note = (f"Best hand-tuned: {best['optimizer']} at {_rate(best['rate'])}, "
-          f"{_num(best['loss'])}; dog's worst: {_num(target['dog_worst'])}; "
-          f"best hypergradient method: {target['best_hypergradient']}.")
+  note = (
+    f"Best hand-tuned: {best['optimizer']} at {_rate(best['rate'])}, "
+    f"{_num(best['loss'])}; dog's worst: {_num(target['dog_worst'])}; "
+    f"best hypergradient method: {target['best_hypergradient']}."
+  )
   rt = target.get("range_test")
   if rt:
-    note += (f" Range test: SGD at the suggestions ("
-             + " ".join(f"{x:.3g}" for x in rt["suggestions"])
-             + f") {_num(rt['loss'])}; SGD at its best grid rate "
-             f"{_rate(rt['best_sgd_grid_rate'])} {_num(rt['best_sgd_grid_loss'])}; "
-             f"ratio {_num(rt['ratio'])} (≤ {rt['bound']}×: {_verdict(rt['met'])}).")
+    note += (
+      " Range test: SGD at the suggestions ("
+      + " ".join(f"{x:.3g}" for x in rt["suggestions"])
+      + f") {_num(rt['loss'])}; SGD at its best grid rate "
+      f"{_rate(rt['best_sgd_grid_rate'])} {_num(rt['best_sgd_grid_loss'])}; "
+      f"ratio {_num(rt['ratio'])} (≤ {rt['bound']}×: {_verdict(rt['met'])})."
+    )
   note += f" All targets met: {'yes' if target['all_met'] else 'no'}."
   return header, rows, note
 
 
 def speed_table(model: dict, methods=None):
-  anchors = [k[len("ratio_to_"):] for k in model if k.startswith("ratio_to_")]
+  anchors = [k[len("ratio_to_") :] for k in model if k.startswith("ratio_to_")]
   header = ["step", "ms/step", "/ sgd"] + [f"/ {a}" for a in anchors]
   rows = []
   for name, seconds in model["median_seconds_per_step"].items():
     if methods and name not in methods:
       continue
-    rows.append([name, f"{1e3 * seconds:.3f}",
-                 _num(model.get("median_ratio_to_sgd", {}).get(name))]
-                + [_num(model[f"ratio_to_{a}"].get(name)) for a in anchors])
+    rows.append(
+      [name, f"{1e3 * seconds:.3f}", _num(model.get("median_ratio_to_sgd", {}).get(name))]
+      + [_num(model[f"ratio_to_{a}"].get(name)) for a in anchors]
+    )
   return header, rows
 
 
 def speed_targets_table(model: dict, methods=None):
   header = ["target", "measured as", "ratio", "bound", "met"]
-  rows = [[f"{t['method']} / {t['baseline']}", t["measured_as"], _num(t["ratio"]),
-           f"≤ {t['bound']:.2f}", _verdict(t["met"])]
-          for t in model["targets"] if not methods or t["method"] in methods]
+  rows = [
+    [
+      f"{t['method']} / {t['baseline']}",
+      t["measured_as"],
+      _num(t["ratio"]),
+      f"≤ {t['bound']:.2f}",
+      _verdict(t["met"]),
+    ]
+    for t in model["targets"]
+    if not methods or t["method"] in methods
+  ]
   return header, rows
 
 
 def safety_net_table(model: dict, methods=None):
   header = ["method", "net on / net off", "bound", "met"]
-  rows = [[t["method"], _num(t["ratio_net_on_to_off"]), f"≤ {t['bound']:.2f}",
-           _verdict(t["met"])]
-          for t in model["safety_net_targets"] if not methods or t["method"] in methods]
+  rows = [
+    [t["method"], _num(t["ratio_net_on_to_off"]), f"≤ {t['bound']:.2f}", _verdict(t["met"])]
+    for t in model["safety_net_targets"]
+    if not methods or t["method"] in methods
+  ]
   return header, rows
 
 
@@ -256,10 +292,10 @@ class BenchmarkTable(SphinxDirective):
   required_arguments = 1
   has_content = True
   option_spec = {
-      "table": directives.unchanged_required,
-      "dataset": directives.unchanged,
-      "model": directives.unchanged,
-      "methods": directives.unchanged,
+    "table": directives.unchanged_required,
+    "dataset": directives.unchanged,
+    "model": directives.unchanged,
+    "methods": directives.unchanged,
   }
 
   def run(self):
@@ -285,8 +321,11 @@ class BenchmarkTable(SphinxDirective):
           header, rows, note = targets_table(report, ds, methods)
       elif kind in ("speed", "speed-targets", "safety-net"):
         model = report["models"][self.options["model"]]
-        fn = {"speed": speed_table, "speed-targets": speed_targets_table,
-              "safety-net": safety_net_table}[kind]
+        fn = {
+          "speed": speed_table,
+          "speed-targets": speed_targets_table,
+          "safety-net": safety_net_table,
+        }[kind]
         header, rows = fn(model, methods)
       else:
         raise self.error(f"unknown :table: {kind!r}")
@@ -295,8 +334,7 @@ class BenchmarkTable(SphinxDirective):
     if methods:
       missing = set(methods) - {r[0].split(" ")[0] for r in rows}
       if missing:
-        logger.warning("%s: no row for %s", name, sorted(missing),
-                       location=self.get_location())
+        logger.warning("%s: no row for %s", name, sorted(missing), location=self.get_location())
     caption = " ".join(self.content).strip()
     container = nodes.container(classes=["benchmark"])
     container += command_paragraph(report, name)
@@ -319,10 +357,10 @@ class BenchmarkFigure(SphinxDirective):
   required_arguments = 1
   has_content = True
   option_spec = {
-      "json": directives.unchanged,
-      "command": directives.unchanged,
-      "alt": directives.unchanged,
-      "width": directives.unchanged,
+    "json": directives.unchanged,
+    "command": directives.unchanged,
+    "alt": directives.unchanged,
+    "width": directives.unchanged,
   }
 
   def run(self):
@@ -339,11 +377,15 @@ class BenchmarkFigure(SphinxDirective):
       raise self.error("a benchmark figure names its command: give :json: or :command:")
     # The image path, relative to this document's directory.
     docdir = pathlib.Path(self.env.doc2path(self.env.docname)).parent
-    rel = pathlib.Path(*([".."] * len(docdir.relative_to(self.env.srcdir).parts)),
-                       "..", "benchmarks", "figures", name)
+    rel = pathlib.Path(
+      *([".."] * len(docdir.relative_to(self.env.srcdir).parts)),
+      "..",
+      "benchmarks",
+      "figures",
+      name,
+    )
     figure = nodes.figure(classes=["benchmark-figure"])
-    image = nodes.image(uri=str(rel).replace("\\", "/"),
-                        alt=self.options.get("alt", name))
+    image = nodes.image(uri=str(rel).replace("\\", "/"), alt=self.options.get("alt", name))
     if "width" in self.options:
       image["width"] = self.options["width"]
     figure += image

@@ -14,7 +14,7 @@ import re
 
 # README link target -> site document (absolute from the source directory).
 SITE_LINKS = {
-    "benchmarks/RESULTS.md": "project:/which_method.md",
+  "benchmarks/RESULTS.md": "project:/which_method.md",
 }
 _NOTEBOOK = re.compile(r"^notebooks/(\d\d_\w+)\.ipynb$")
 _LINK = re.compile(r"\[([^\]]+)\]\(([^)\s]+)\)")

@@ -20,6 +20,7 @@ import numpy as np
 import optax
 
 import optax_lr
+from benchmarks import _methods
 from optax_lr import _checkpoint
 from optax_lr._registry import EXTRA_ARG_NAMES
 
@@ -113,13 +114,7 @@ def make_train_step(
     if hvp:
       _, hess_grads = jax.jvp(jax.grad(batch_loss), (params,), (grads,))
       grads = jax.tree_util.tree_map(lambda g, h: g + 1e-3 * h, grads, hess_grads)
-    extra = {}
-    if "value" in needs:
-      extra["value"] = loss
-    if "loss_fn" in needs:
-      extra["loss_fn"] = batch_loss
-    if "val_grads" in needs:
-      extra["val_grads"] = grads
+    extra = _methods.extra_args(needs, loss=loss, batch_loss=batch_loss, val_grads_fn=lambda: grads)
     updates, state = tx.update(grads, state, params, **extra)
     params = optax_lr.apply_updates(params, updates, state)
     return params, state, loss

@@ -53,8 +53,19 @@ def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
   return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
 
 
+class _Classifier:
+  """``accuracy`` from ``logits``: the fraction of argmax predictions that hit."""
+
+  def logits(self, params: Any, x: jax.Array) -> jax.Array:
+    raise NotImplementedError
+
+  def accuracy(self, params: Any, batch: tuple[jax.Array, jax.Array]) -> jax.Array:
+    x, y = batch
+    return jnp.mean(jnp.argmax(self.logits(params, x), -1) == y)
+
+
 @dataclasses.dataclass(frozen=True)
-class Model:
+class Model(_Classifier):
   """A flax module with a fixed input shape, as pure functions of its params."""
 
   name: str
@@ -76,10 +87,6 @@ class Model:
   def loss(self, params: Any, batch: tuple[jax.Array, jax.Array]) -> jax.Array:
     x, y = batch
     return cross_entropy(self.logits(params, x), y)
-
-  def accuracy(self, params: Any, batch: tuple[jax.Array, jax.Array]) -> jax.Array:
-    x, y = batch
-    return jnp.mean(jnp.argmax(self.logits(params, x), -1) == y)
 
 
 def mlp(input_shape: tuple[int, ...], hidden: Sequence[int], classes: int = 10) -> Model:
@@ -170,7 +177,7 @@ def _sequence_cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
 
 
 @dataclasses.dataclass(frozen=True)
-class LanguageModel:
+class LanguageModel(_Classifier):
   """A :class:`TransformerLM` as pure functions of its params, like :class:`Model`.
 
   ``loss(params, (x, y))`` is the mean cross-entropy of the next byte over
@@ -214,10 +221,6 @@ class LanguageModel:
   def loss(self, params: Any, batch: tuple[jax.Array, jax.Array]) -> jax.Array:
     x, y = batch
     return _sequence_cross_entropy(self.logits(params, x), y)
-
-  def accuracy(self, params: Any, batch: tuple[jax.Array, jax.Array]) -> jax.Array:
-    x, y = batch
-    return jnp.mean(jnp.argmax(self.logits(params, x), -1) == y)
 
 
 def transformer_lm(

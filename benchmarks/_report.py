@@ -8,6 +8,7 @@ import math
 import os
 import platform
 import sys
+import time
 from typing import Any, Iterable
 
 import jax
@@ -102,10 +103,46 @@ def pyplot():
   return plt
 
 
+def add_output_args(parser, name: str, *, progress: bool = False) -> None:
+  """``--out results/<name>.json``, ``--png results/<name>.png`` (and ``--no-progress``)."""
+  parser.add_argument("--out", default=f"results/{name}.json")
+  parser.add_argument("--png", default=f"results/{name}.png")
+  if progress:
+    parser.add_argument("--no-progress", action="store_true")
+
+
+def finish(report: dict, start: float, path: str) -> dict:
+  """Stamps ``report["wall_s"]`` since ``start``, writes it to ``path``, returns it."""
+  report["wall_s"] = time.perf_counter() - start
+  write_json(path, report)
+  print(f"total {report['wall_s']:.0f} s")
+  return report
+
+
+def panels(plt, rows: int, cols: int, width: float, height: float, **kwargs):
+  """``(fig, axes)``: a ``rows x cols`` grid of ``width x height``-inch panels.
+
+  ``axes`` is always 2-D (``squeeze=False``) and the layout constrained;
+  ``kwargs`` go to ``plt.subplots``.
+  """
+  return plt.subplots(
+    rows,
+    cols,
+    figsize=(width * cols, height * rows),
+    squeeze=False,
+    layout="constrained",
+    **kwargs,
+  )
+
+
 def save_figure(fig, path: str) -> None:
+  """Writes ``fig`` to ``path`` and closes it."""
   os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
   fig.savefig(path, dpi=90)
   print(f"wrote {path}")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+
+  plt.close(fig)
 
 
 def fmt(x: float, digits: int = 3) -> str:

@@ -66,9 +66,7 @@ def parse_args(argv):
     default=None,
     help="interleaved rounds timing the train steps (0: no timing)",
   )
-  parser.add_argument("--out", default="results/compare.json")
-  parser.add_argument("--png", default="results/compare.png")
-  parser.add_argument("--no-progress", action="store_true")
+  _report.add_output_args(parser, "compare", progress=True)
   args = parser.parse_args(argv)
   if args.quick:
     _train.fast_compilation()
@@ -113,9 +111,7 @@ def plot(results, methods, rates, setting, path):
     return
   cols = 4
   rows = -(-len(methods) // 2)
-  fig, axes = plt.subplots(
-    rows, cols, figsize=(4.2 * cols, 2.6 * rows), squeeze=False, layout="constrained"
-  )
+  fig, axes = _report.panels(plt, rows, cols, 4.2, 2.6)
   colors = plt.get_cmap("viridis")(np.linspace(0, 0.9, len(rates)))
   for i, m in enumerate(methods):
     ax_loss, ax_lr = axes[i // 2, 2 * (i % 2)], axes[i // 2, 2 * (i % 2) + 1]
@@ -150,7 +146,6 @@ def plot(results, methods, rates, setting, path):
     "digits, MLP: held-out loss per epoch and learning rate per step, one line per initial rate"
   )
   _report.save_figure(fig, path)
-  plt.close(fig)
 
 
 def main(argv=None) -> dict:
@@ -247,10 +242,7 @@ def main(argv=None) -> dict:
     "methods": report_methods,
   }
   plot(results, methods, args.rates, setting, args.png)
-  report["wall_s"] = time.perf_counter() - start
-  _report.write_json(args.out, report)
-  print(f"total {report['wall_s']:.0f} s")
-  return report
+  return _report.finish(report, start, args.out)
 
 
 if __name__ == "__main__":

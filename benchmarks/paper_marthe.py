@@ -213,7 +213,6 @@ def plot(report, lrs_schedules, online_rates, path):
   ax.set_title("final validation accuracy against β (below 88 % off the chart)", fontsize=10)
   ax.legend(fontsize=7)
   _report.save_figure(fig, path)
-  plt.close(fig)
 
 
 def main(argv=None) -> dict:
@@ -243,9 +242,7 @@ def main(argv=None) -> dict:
   parser.add_argument(
     "--lrs-step", type=float, default=None, help="gradient-descent step on the rates"
   )
-  parser.add_argument("--out", default="results/paper_marthe.json")
-  parser.add_argument("--png", default="results/paper_marthe.png")
-  parser.add_argument("--no-progress", action="store_true")
+  _report.add_output_args(parser, "paper_marthe", progress=True)
   args = parser.parse_args(argv)
   q = args.quick
   if q:
@@ -389,10 +386,7 @@ def main(argv=None) -> dict:
   print(_report.table(["method", "best β/κ", "valid acc", "test acc", hyper_note], rows))
 
   plot(report, lrs_schedules, online_rates, args.png)
-  report["wall_s"] = time.perf_counter() - start
-  _report.write_json(args.out, report)
-  print(f"total {report['wall_s']:.0f} s")
-  return report
+  return _report.finish(report, start, args.out)
 
 
 if __name__ == "__main__":

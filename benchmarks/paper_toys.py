@@ -192,7 +192,6 @@ def plot(results, path):
     ax.set_title(f"{fname}: learning rate at each method's best β", fontsize=10)
     ax.legend(fontsize=7)
   _report.save_figure(fig, path)
-  plt.close(fig)
 
 
 def main(argv=None) -> dict:
@@ -200,8 +199,7 @@ def main(argv=None) -> dict:
   parser.add_argument("--quick", action="store_true", help="3 values of β, 50 steps")
   parser.add_argument("--steps", type=int, default=None)
   parser.add_argument("--betas", type=float, nargs="+", default=None)
-  parser.add_argument("--out", default="results/paper_toys.json")
-  parser.add_argument("--png", default="results/paper_toys.png")
+  _report.add_output_args(parser, "paper_toys")
   args = parser.parse_args(argv)
   steps = args.steps or (50 if args.quick else 500)
   betas = args.betas or (
@@ -249,10 +247,7 @@ def main(argv=None) -> dict:
       )
     print(_report.table(header, rows))
   plot(results, args.png)
-  report["wall_s"] = time.perf_counter() - start
-  _report.write_json(args.out, report)
-  print(f"total {report['wall_s']:.0f} s")
-  return report
+  return _report.finish(report, start, args.out)
 
 
 if __name__ == "__main__":

@@ -196,9 +196,7 @@ def plot(report, path):
   if plt is None:
     return
   names = list(report["datasets"])
-  fig, axes = plt.subplots(
-    1, len(names), figsize=(7 * len(names), 5), squeeze=False, layout="constrained"
-  )
+  fig, axes = _report.panels(plt, 1, len(names), 7, 5)
   for ax, name in zip(axes[0], names):
     ds = report["datasets"][name]
     methods = list(ds["methods"])
@@ -252,7 +250,6 @@ def plot(report, path):
   fig.legend(handles, labels, fontsize=8, loc="outside right center")
   fig.suptitle("robustness to the initial rate (solid: optax_lr, dashed: optax)")
   _report.save_figure(fig, path)
-  plt.close(fig)
 
 
 def rates_png(png: str, dataset: str) -> str:
@@ -275,9 +272,7 @@ def plot_rates(report, png):
     best = ds["targets"]["best_hand_tuned"]
     cols = min(4, len(methods))
     rows = -(-len(methods) // cols)
-    fig, axes = plt.subplots(
-      rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False, sharex=True, layout="constrained"
-    )
+    fig, axes = _report.panels(plt, rows, cols, 4.2, 3.2, sharex=True)
     for ax in axes.flat[len(methods) :]:
       ax.set_visible(False)
     target = ds["targets"]["methods"]
@@ -323,7 +318,6 @@ def plot_rates(report, png):
       fontsize=10,
     )
     _report.save_figure(fig, rates_png(png, name))
-    plt.close(fig)
 
 
 def _seed_mean_scored(runs, num_classes):
@@ -607,9 +601,7 @@ def main(argv=None) -> dict:
     "eval-windows",
   ):
     lm.add_argument(f"--{flag}", type=int, default=None)
-  parser.add_argument("--out", default="results/robustness.json")
-  parser.add_argument("--png", default="results/robustness.png")
-  parser.add_argument("--no-progress", action="store_true")
+  _report.add_output_args(parser, "robustness", progress=True)
   args = parser.parse_args(argv)
   if args.quick:
     _train.fast_compilation()
@@ -706,10 +698,7 @@ def main(argv=None) -> dict:
       report["datasets"][name]["num_params"] = model.num_params()
   plot(report, args.png)
   plot_rates(report, args.png)
-  report["wall_s"] = time.perf_counter() - start
-  _report.write_json(args.out, report)
-  print(f"total {report['wall_s']:.0f} s")
-  return report
+  return _report.finish(report, start, args.out)
 
 
 if __name__ == "__main__":

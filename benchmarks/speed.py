@@ -418,9 +418,7 @@ def plot(report, path):
   if plt is None:
     return
   names = list(report["models"])
-  fig, axes = plt.subplots(
-    1, len(names), figsize=(5.5 * len(names), 6), squeeze=False, layout="constrained"
-  )
+  fig, axes = _report.panels(plt, 1, len(names), 5.5, 6)
   for ax, name in zip(axes[0], names):
     ratios = report["models"][name]["median_ratio_to_sgd"]
     order = sorted(ratios, key=ratios.get)
@@ -448,7 +446,6 @@ def plot(report, path):
     "gray: optax"
   )
   _report.save_figure(fig, path)
-  plt.close(fig)
 
 
 def main(argv=None) -> dict:
@@ -477,8 +474,7 @@ def main(argv=None) -> dict:
       default=None,
       help=f"Transformer's {flag} (default {LM_DEFAULT[flag]})",
     )
-  parser.add_argument("--out", default="results/speed.json")
-  parser.add_argument("--png", default="results/speed.png")
+  _report.add_output_args(parser, "speed")
   args = parser.parse_args(argv)
   unknown = sorted(set(args.methods or ()) - known_names())
   if unknown:
@@ -647,10 +643,7 @@ def main(argv=None) -> dict:
 
   if any("median_ratio_to_sgd" in m for m in report["models"].values()):
     plot(report, args.png)
-  report["wall_s"] = time.perf_counter() - start
-  _report.write_json(args.out, report)
-  print(f"total {report['wall_s']:.0f} s")
-  return report
+  return _report.finish(report, start, args.out)
 
 
 if __name__ == "__main__":

@@ -639,6 +639,45 @@ def _tangent_step(
   return u, new_direction_state, new_tangent, new_direction_tangent
 
 
+def _fixed_mu(
+  name: str,
+  learning_rate: float,
+  hyper_lr: Optional[float],
+  *,
+  mu: float,
+  multiplicative: bool,
+  direction: Optional[optax.GradientTransformation],
+  safety_net: bool,
+) -> optax.GradientTransformationExtraArgs:
+  """HD (``mu=0``) or RTHO (``mu=1``): a fixed discount, a fixed ``hyper_lr``.
+
+  Checks the public factories' arguments (``learning_rate``,
+  ``multiplicative``, ``hyper_lr``, ``safety_net``, in that order) and builds
+  the engine; ``hyper_lr=None`` takes the default of the rule
+  (:data:`DEFAULT_MULTIPLICATIVE_HYPER_LR` with ``multiplicative``, else the
+  scale-free rule with :data:`DEFAULT_HYPER_LR`).
+  """
+  learning_rate = _checks.non_negative("learning_rate", learning_rate)
+  multiplicative = _checks.boolean("multiplicative", multiplicative)
+  normalized = hyper_lr is None
+  if normalized:
+    hyper_lr = DEFAULT_MULTIPLICATIVE_HYPER_LR if multiplicative else DEFAULT_HYPER_LR
+  else:
+    hyper_lr = _checks.non_negative("hyper_lr", hyper_lr)
+  return _engine(
+    learning_rate,
+    hyper_lr=hyper_lr,
+    hyper_lr_step=0.0,
+    mu=mu,
+    multiplicative=multiplicative,
+    normalized=normalized and not multiplicative,
+    select_kappa=False,
+    safety_net=_checks.boolean("safety_net", safety_net),
+    direction=direction,
+    name=name,
+  )
+
+
 # --------------------------------------------------------------------------
 # Public factories.
 
@@ -724,24 +763,14 @@ def hypergradient_descent(
     Rate via Hypergradients: New Insights and a New Algorithm
     <https://arxiv.org/abs/1910.10238>`_, 2019.
   """
-  learning_rate = _checks.non_negative("learning_rate", learning_rate)
-  normalized = hyper_lr is None
-  multiplicative = _checks.boolean("multiplicative", multiplicative)
-  if normalized:
-    hyper_lr = DEFAULT_MULTIPLICATIVE_HYPER_LR if multiplicative else DEFAULT_HYPER_LR
-  else:
-    hyper_lr = _checks.non_negative("hyper_lr", hyper_lr)
-  return _engine(
+  return _fixed_mu(
+    "hypergradient_descent",
     learning_rate,
-    hyper_lr=hyper_lr,
-    hyper_lr_step=0.0,
+    hyper_lr,
     mu=0.0,
     multiplicative=multiplicative,
-    normalized=normalized and not multiplicative,
-    select_kappa=False,
-    safety_net=_checks.boolean("safety_net", safety_net),
     direction=direction,
-    name="hypergradient_descent",
+    safety_net=safety_net,
   )
 
 
@@ -826,20 +855,14 @@ def rtho(
     Rate via Hypergradients: New Insights and a New Algorithm
     <https://arxiv.org/abs/1910.10238>`_, 2019.
   """
-  learning_rate = _checks.non_negative("learning_rate", learning_rate)
-  normalized = hyper_lr is None
-  hyper_lr = DEFAULT_HYPER_LR if normalized else _checks.non_negative("hyper_lr", hyper_lr)
-  return _engine(
+  return _fixed_mu(
+    "rtho",
     learning_rate,
-    hyper_lr=hyper_lr,
-    hyper_lr_step=0.0,
+    hyper_lr,
     mu=1.0,
     multiplicative=False,
-    normalized=normalized,
-    select_kappa=False,
-    safety_net=_checks.boolean("safety_net", safety_net),
     direction=direction,
-    name="rtho",
+    safety_net=safety_net,
   )
 
 

@@ -688,22 +688,7 @@ def test_best_params_under_multisteps():
 # ---------------------------------------------------------------- validation
 
 
-@pytest.mark.parametrize("rate", [0.0, -0.1, np.nan, np.inf, True, "0.1"])
-def test_bad_learning_rate(rate):
-  with pytest.raises(ValueError, match="learning_rate"):
-    optax_lr.aalr(rate)
-
-
-@pytest.mark.parametrize("patience", [0, -1, 2.5, True, None])
-def test_bad_warmup_patience(patience):
-  with pytest.raises(ValueError, match="warmup_patience"):
-    optax_lr.aalr(0.1, warmup_patience=patience)
-
-
-@pytest.mark.parametrize("steps", [0, -3, 2.5, True])
-def test_bad_steps_per_epoch(steps):
-  with pytest.raises(ValueError, match="steps_per_epoch"):
-    optax_lr.aalr(0.1, steps_per_epoch=steps)
+# Bad arguments at construction: tests/test_bad_input.py.
 
 
 def test_update_needs_params_and_window_mode_needs_value():
@@ -714,15 +699,6 @@ def test_update_needs_params_and_window_mode_needs_value():
   tx = optax_lr.aalr(0.1, steps_per_epoch=3)
   with pytest.raises(ValueError, match="value"):
     tx.update(params, tx.init(params), params)
-
-
-def test_bad_array_values_are_named():
-  with pytest.raises(ValueError, match="warmup_patience"):
-    optax_lr.aalr(0.1, warmup_patience=np.float32(2.0))
-  with pytest.raises(ValueError, match="warmup_patience"):
-    optax_lr.aalr(0.1, warmup_patience=np.int32(0))
-  with pytest.raises(ValueError, match="learning_rate"):
-    optax_lr.aalr(np.ones(2, np.float32))
 
 
 # ---------------------------------------------------------------- one epoch source

@@ -388,24 +388,7 @@ def test_window_mode_needs_value():
 # ---------------------------------------------------------------- validation
 
 
-@pytest.mark.parametrize("rate", [0.0, -0.1, np.nan, np.inf, 1e-31, 1e32, True, "0.1"])
-def test_bad_learning_rate(rate):
-  with pytest.raises(ValueError, match="learning_rate"):
-    optax_lr.aslr(rate)
-
-
-@pytest.mark.parametrize("steps", [0, -3, 2.5, True])
-def test_bad_steps_per_epoch(steps):
-  with pytest.raises(ValueError, match="steps_per_epoch"):
-    optax_lr.aslr(0.1, steps_per_epoch=steps)
-
-
-@pytest.mark.parametrize(
-  "seed", [1.5, "1", None, True, -1, 2**64, np.float32(1.0), np.int32(-3), np.ones(2, np.int32)]
-)
-def test_bad_seed(seed):
-  with pytest.raises(ValueError, match="seed"):
-    optax_lr.aslr(0.1, seed=seed)
+# Bad arguments at construction: tests/test_bad_input.py.
 
 
 def _key(seed):

@@ -1,7 +1,8 @@
 """Bad hyperparameters and bad extra arguments fail loudly, naming the argument.
 
 * Every factory rejects each bad hyperparameter at construction with a
-  `ValueError` whose message names it.
+  `ValueError` whose message names it and the bad value. (The per-module test
+  files leave these checks to this one.)
 * For every method of the contract suite's `METHODS`, a bad extra argument
   (wrong shapes, wrong tree, not callable, not a scalar) or bad params either
   raise a `ValueError` naming the argument while the update is traced, or are
@@ -42,32 +43,52 @@ _EVERY_FACTORY = {
 _SPECIFIC = {
   "hypergradient_descent": {
     # None is the default (issue 11): the scale-free rule.
-    "hyper_lr": [-1.0, math.nan, math.inf, "x"],
+    "hyper_lr": [-1.0, -1e-3, math.nan, math.inf, "x"],
     "multiplicative": ["yes", 1],
     "safety_net": ["yes", 1, None],
   },
-  "rtho": {"hyper_lr": [-1.0, math.nan, math.inf, "x"], "safety_net": ["yes", 1, None]},
+  "rtho": {
+    "learning_rate": [-1.0],
+    "hyper_lr": [-1.0, -0.5, math.nan, math.inf, "x"],
+    "safety_net": ["yes", 1, None],
+  },
   "marthe": {
     "hyper_lr": [-1.0, math.nan, "x"],
     # None is the default (issue 11): kappa selection.
-    "hyper_lr_step": [-1.0, math.nan, math.inf, "x"],
+    "hyper_lr_step": [-1.0, -1e-3, math.nan, math.inf, "x"],
     "mu": [-0.1, 1.5, math.nan, "x"],
     "safety_net": ["yes", 1, None],
   },
   "newton_lr": {
+    # 1e-50 is 0 in float32, 1e39 is inf.
+    "learning_rate": [0.0, 1e-50, 1e39],
+    "direction": ["adam"],
     "update_every": [0, -3, 2.5, "5", True],
-    "gamma": [0.0, -1.0, math.nan, math.inf],
+    "gamma": [0.0, -0.2, -1.0, math.nan, math.inf],
     "max_factor": [0.5, math.nan, math.inf, -1.0],
-    "fraction": [0.0, -0.1, math.inf],
+    "fraction": [0.0, -0.1, -0.5, math.nan, math.inf],
     "per_leaf": ["yes"],
   },
   "aslr": {
-    "steps_per_epoch": [0, -4, 2.5, "4", True],
-    "seed": [1.5, "3", None, True],
+    "learning_rate": [0.0, 1e-31, 1e32],
+    "steps_per_epoch": [0, -3, -4, 2.5, "4", True],
+    "seed": [
+      1.5,
+      "1",
+      "3",
+      None,
+      True,
+      -1,
+      2**64,
+      np.float32(1.0),
+      np.int32(-3),
+      np.ones(2, np.int32),
+    ],
   },
   "aalr": {
-    "steps_per_epoch": [0, -4, 2.5, "4", True],
-    "warmup_patience": [0, -1, 2.5, "10", True, None],
+    "learning_rate": [0.0, np.ones(2, np.float32)],
+    "steps_per_epoch": [0, -3, -4, 2.5, "4", True],
+    "warmup_patience": [0, -1, 2.5, "10", True, None, np.float32(2.0), np.int32(0)],
   },
 }
 
@@ -88,14 +109,24 @@ HYPERPARAMETER_CASES = [
 def test_bad_hyperparameter_fails_at_construction_naming_it(factory, name, value):
   make, good = FACTORIES[factory]
   make(**good)  # the good arguments are good
-  with pytest.raises(ValueError, match=name):
+  with pytest.raises(ValueError, match=name) as info:
     make(**{**good, name: value})
+  assert repr(value) in str(info.value)
 
 
-def test_newton_lr_needs_exactly_one_window_length():
-  for kwargs in ({}, {"update_every": 5, "steps_per_epoch": 20}):
-    with pytest.raises(ValueError, match="update_every"):
-      optax_lr.newton_lr(0.1, **kwargs)
+@pytest.mark.parametrize(
+  "window,name",
+  [
+    ({}, "update_every"),  # neither given
+    ({"update_every": 5, "steps_per_epoch": 20}, "update_every"),  # both given
+    ({"update_every": 2, "steps_per_epoch": 9}, "update_every"),
+    ({"steps_per_epoch": 0}, "steps_per_epoch"),
+    ({"steps_per_epoch": 10.0}, "steps_per_epoch"),
+  ],
+)
+def test_newton_lr_needs_exactly_one_good_window_length(window, name):
+  with pytest.raises(ValueError, match=name):
+    optax_lr.newton_lr(0.1, **window)
 
 
 # ---------------------------------------------------------------- extra args

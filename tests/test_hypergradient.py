@@ -588,36 +588,7 @@ def test_rate_rule_non_finite_keeps_the_previous_values(flags, hyper_lr, where):
 # ---------------------------------------------------------------- validation
 
 
-def _hd(*args, **kwargs):
-  return optax_lr.hypergradient_descent(*args, **kwargs)
-
-
-@pytest.mark.parametrize(
-  "make,name,bad",
-  [
-    (lambda: _hd(-0.1, 0.1), "learning_rate", -0.1),
-    (lambda: _hd(float("nan"), 0.1), "learning_rate", float("nan")),
-    (lambda: _hd(float("inf"), 0.1), "learning_rate", float("inf")),
-    (lambda: _hd(0.1, -1e-3), "hyper_lr", -1e-3),
-    (lambda: _hd(0.1, float("nan")), "hyper_lr", float("nan")),
-    (lambda: _hd(0.1, 1e-3, multiplicative="yes"), "multiplicative", "yes"),
-    (lambda: optax_lr.rtho(-1.0, 0.1), "learning_rate", -1.0),
-    (lambda: optax_lr.rtho(0.1, -0.5), "hyper_lr", -0.5),
-    (lambda: optax_lr.rtho(0.1, float("inf")), "hyper_lr", float("inf")),
-    (lambda: optax_lr.marthe(-0.1, hyper_lr_step=0.0), "learning_rate", -0.1),
-    (lambda: optax_lr.marthe(0.1, hyper_lr=-1.0, hyper_lr_step=0.0), "hyper_lr", -1.0),
-    (lambda: optax_lr.marthe(0.1, hyper_lr_step=-1e-3), "hyper_lr_step", -1e-3),
-    (lambda: optax_lr.marthe(0.1, hyper_lr_step=float("inf")), "hyper_lr_step", float("inf")),
-    (lambda: optax_lr.marthe(0.1, hyper_lr_step=0.0, mu=-0.1), "mu", -0.1),
-    (lambda: optax_lr.marthe(0.1, hyper_lr_step=0.0, mu=1.5), "mu", 1.5),
-    (lambda: optax_lr.marthe(0.1, hyper_lr_step=0.0, mu=float("nan")), "mu", float("nan")),
-  ],
-  ids=lambda x: None if callable(x) else str(x),
-)
-def test_invalid_hyperparameters_raise(make, name, bad):
-  with pytest.raises(ValueError) as info:
-    make()
-  assert name in str(info.value) and repr(bad) in str(info.value)
+# Bad hyperparameters: tests/test_bad_input.py.
 
 
 def test_marthe_takes_its_hyperparameters_as_keywords():

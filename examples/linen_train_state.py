@@ -25,7 +25,6 @@ import optax
 from flax import linen
 from flax import serialization
 from flax.training import train_state
-from sklearn.datasets import load_digits
 
 import optax_lr
 
@@ -52,16 +51,13 @@ class MLP(linen.Module):
 
 
 def digits(batch_size: int, seed: int = 0):
-  data = load_digits()
-  x = (data.data / 16.0).astype(np.float32)
-  y = data.target.astype(np.int32)
-  order = np.random.default_rng(seed).permutation(len(x))
-  x, y = x[order], y[order]
-  x_train, y_train, x_val, y_val = x[297:], y[297:], x[:297], y[:297]
-  steps = len(x_train) // batch_size
-  x_train = x_train[: steps * batch_size].reshape(steps, batch_size, 64)
-  y_train = y_train[: steps * batch_size].reshape(steps, batch_size)
-  return (jnp.asarray(x_train), jnp.asarray(y_train)), (jnp.asarray(x_val), jnp.asarray(y_val))
+  """Train batches ``[steps, batch, 64]`` and a validation split of 297, as arrays."""
+  splits = optax_lr.datasets.digits(n_train=1500, n_valid=297, seed=seed)
+  x_train, y_train = splits.train_batches(batch_size)
+  return (jnp.asarray(x_train), jnp.asarray(y_train)), (
+    jnp.asarray(splits.x_valid),
+    jnp.asarray(splits.y_valid),
+  )
 
 
 def train(

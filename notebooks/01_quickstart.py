@@ -51,7 +51,6 @@ import matplotlib.pyplot as plt
 import numpy as np
 import optax
 from flax import nnx
-from sklearn.datasets import load_digits
 
 import optax_lr
 
@@ -89,15 +88,10 @@ METHODS = {
 # ## Data and model
 
 # %%
-data = load_digits()
-x = (data.data / 16.0).astype(np.float32)
-y = data.target.astype(np.int32)
-order = np.random.default_rng(0).permutation(len(x))
-x, y = x[order], y[order]
-x_val, y_val = jnp.asarray(x[:297]), jnp.asarray(y[:297])
-steps_per_epoch = (len(x) - 297) // BATCH
-x_train = jnp.asarray(x[297:297 + steps_per_epoch * BATCH].reshape(steps_per_epoch, BATCH, 64))
-y_train = jnp.asarray(y[297:297 + steps_per_epoch * BATCH].reshape(steps_per_epoch, BATCH))
+splits = optax_lr.datasets.digits(n_train=1500, n_valid=297, seed=0)
+x_train, y_train = map(jnp.asarray, splits.train_batches(BATCH))
+x_val, y_val = jnp.asarray(splits.x_valid), jnp.asarray(splits.y_valid)
+steps_per_epoch = len(x_train)
 
 
 class MLP(nnx.Module):

@@ -51,23 +51,15 @@ import matplotlib.pyplot as plt
 import numpy as np
 import optax
 from flax import linen as nn
-from sklearn.datasets import load_digits
 
 import optax_lr
 
 
 def digits(batch_size, seed=0):
     """Shuffled 8x8 digits: train batches [steps, batch, 64], a validation split."""
-    data = load_digits()
-    x = (data.data / 16.0).astype(np.float32)
-    y = data.target.astype(np.int32)
-    order = np.random.default_rng(seed).permutation(len(x))
-    x, y = x[order], y[order]
-    x_train, y_train, x_val, y_val = x[297:], y[297:], x[:297], y[:297]
-    steps = len(x_train) // batch_size
-    x_train = x_train[: steps * batch_size].reshape(steps, batch_size, 64)
-    y_train = y_train[: steps * batch_size].reshape(steps, batch_size)
-    return tuple(map(jnp.asarray, (x_train, y_train, x_val, y_val)))
+    splits = optax_lr.datasets.digits(n_train=1500, n_valid=297, seed=seed)
+    x_train, y_train = splits.train_batches(batch_size)
+    return tuple(map(jnp.asarray, (x_train, y_train, splits.x_valid, splits.y_valid)))
 
 
 class MLP(nn.Module):

@@ -5,6 +5,7 @@ state lives in a pytree, so a jit-compiled train step fuses the learning-rate
 logic with the weight update.
 """
 
+from optax_lr import datasets
 from optax_lr import flax_utils
 from optax_lr._monitor import apply_updates
 from optax_lr._monitor import best_params
@@ -37,6 +38,7 @@ __all__ = [
   "best_params",
   "current_lr",
   "cyclic_schedule",
+  "datasets",
   "flax_utils",
   "hypergradient_descent",
   "inverse_time_decay",

@@ -701,26 +701,6 @@ def test_update_needs_params_and_window_mode_needs_value():
     tx.update(params, tx.init(params), params)
 
 
-# ---------------------------------------------------------------- one epoch source
-
-
-def test_observe_refuses_a_state_that_ends_its_epochs_itself():
-  params = {"w": jnp.ones(2)}
-  tx = optax_lr.aalr(0.1, steps_per_epoch=3)
-  state = tx.init(params)
-  with pytest.raises(ValueError, match="steps_per_epoch.*one or the other"):
-    optax_lr.observe(state, 1.0)
-  with pytest.raises(ValueError, match="twice"):  # at trace time, under jit
-    jax.jit(optax_lr.observe)(state, jnp.float32(1.0))
-  multi = optax.MultiSteps(tx, every_k_schedule=2)
-  with pytest.raises(ValueError, match="steps_per_epoch"):
-    optax_lr.observe(multi.init(params), 1.0)
-  # Without a window, observe drives it, and the state has no window at all.
-  state = optax_lr.aalr(0.1).init(params)
-  assert state.window is None
-  assert float(optax_lr.observe(state, 1.0).best_cost) == 1.0
-
-
 # ---------------------------------------------------------------- inject_hyperparams
 
 

@@ -409,32 +409,6 @@ def test_seed_uses_all_64_bits():
     assert _key(seed) == tuple(np.asarray(jax.random.PRNGKey(seed)).tolist())
 
 
-# ---------------------------------------------------------------- one epoch source
-
-
-def test_observe_refuses_a_state_that_ends_its_epochs_itself():
-  params = {"w": jnp.ones(2)}
-  tx = optax_lr.aslr(0.1, steps_per_epoch=2)
-  state = tx.init(params)
-  with pytest.raises(ValueError, match="steps_per_epoch.*one or the other"):
-    optax_lr.observe(state, 1.0)
-  with pytest.raises(ValueError, match="twice"):  # at trace time, under jit
-    jax.jit(optax_lr.observe)(state, jnp.float32(1.0))
-  # Found at any depth: in a chain, under inject_hyperparams.
-  chained = optax.chain(optax.clip(1.0), tx)
-  with pytest.raises(ValueError, match="steps_per_epoch"):
-    optax_lr.observe(chained.init(params), 1.0)
-  injected = optax.inject_hyperparams(optax_lr.aslr, static_args=("steps_per_epoch",))(
-    learning_rate=0.1, steps_per_epoch=2
-  )
-  with pytest.raises(ValueError, match="steps_per_epoch"):
-    optax_lr.observe(injected.init(params), 1.0)
-  # Without a window, observe drives it, and the state has no window at all.
-  state = optax_lr.aslr(0.1).init(params)
-  assert state.window is None
-  assert float(optax_lr.observe(state, 1.0).min_cost) == 1.0
-
-
 # ---------------------------------------------------------------- inject_hyperparams
 
 

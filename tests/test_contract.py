@@ -265,3 +265,44 @@ def test_inside_optax_multisteps(case):
     final, _, _, lrs = _scan_train(case, tx, parabola, params, 400)
   assert float(parabola(final)) < 1e-2 * float(parabola(params))
   _assert_rates_valid(lrs)
+
+
+# ---------------------------------------------------------------- one epoch source
+
+EPOCH_LEVEL = pytest.mark.parametrize(
+  "case", [c for c in METHODS if c.epoch_level], ids=lambda c: c.name
+)
+
+
+@EPOCH_LEVEL
+def test_observe_refuses_a_state_that_ends_its_epochs_itself(case):
+  # With steps_per_epoch the update call ends the epochs; a second source of
+  # epoch ends would count each epoch twice.
+  params = {"w": jnp.ones(2)}
+  windowed = dict(case.kwargs, steps_per_epoch=2)
+  state = case.factory(0.1, **windowed).init(params)
+  with pytest.raises(ValueError, match="steps_per_epoch.*one or the other"):
+    optax_lr.observe(state, 1.0)
+  with pytest.raises(ValueError, match="twice"):  # at trace time, under jit
+    jax.jit(optax_lr.observe)(state, jnp.float32(1.0))
+  # Found at any depth: in a chain, under MultiSteps, under inject_hyperparams.
+  wrapped = [
+    optax.chain(optax.clip(1.0), case.factory(0.1, **windowed)),
+    optax.MultiSteps(case.factory(0.1, **windowed), every_k_schedule=2),
+    optax.inject_hyperparams(case.factory, static_args=case.static_args)(
+      learning_rate=0.1, **windowed
+    ),
+  ]
+  for tx in wrapped:
+    with pytest.raises(ValueError, match="steps_per_epoch"):
+      optax_lr.observe(tx.init(params), 1.0)
+  # Without a window, observe drives it, and the state has no window at all.
+  state = case.make(0.1).init(params)
+  assert state.window is None
+  observed = optax_lr.observe(state, 1.0)
+  changed = [
+    float(new)
+    for old, new in zip(jax.tree_util.tree_leaves(state), jax.tree_util.tree_leaves(observed))
+    if not np.array_equal(old, new)
+  ]
+  assert 1.0 in changed  # the epoch's cost is recorded

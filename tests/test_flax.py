@@ -5,7 +5,8 @@ same optax_lr transformation driven by hand on a plain dict of params
 (``tx.update`` + ``optax_lr.apply_updates`` under ``jax.jit``): the wrappers
 must pass ``value``, ``loss_fn`` and ``val_grads`` through unchanged and read
 the same learning rate. AALR's rollbacks must land exactly on the checkpoint,
-also from NaN params.
+also from NaN params. The methods are the registry's (``optax_lr._registry``):
+a method joins these checks with its ``MethodCase`` there.
 """
 
 import jax
@@ -19,6 +20,7 @@ from flax import struct
 from flax.training import train_state
 
 import optax_lr
+from optax_lr._registry import METHODS as REGISTRY
 
 STEPS = 6
 X = jax.random.normal(jax.random.PRNGKey(0), (STEPS, 16, 4))
@@ -26,13 +28,20 @@ Y = jnp.sin(X @ jnp.array([1.0, -2.0, 0.5, 1.0]))[..., None]
 X_VAL = jax.random.normal(jax.random.PRNGKey(1), (16, 4))
 Y_VAL = jnp.sin(X_VAL @ jnp.array([1.0, -2.0, 0.5, 1.0]))[..., None]
 
-# Every method gets every extra arg: those it does not use are ignored.
-METHODS = {
-  "newton_lr": lambda: optax_lr.newton_lr(0.05, update_every=2, gamma=0.5),
-  "aslr": lambda: optax_lr.aslr(0.05, steps_per_epoch=2, seed=3),
-  "aalr": lambda: optax_lr.aalr(0.05, warmup_patience=2, steps_per_epoch=2),
-  "marthe": lambda: optax_lr.marthe(0.05, hyper_lr=1e-3, hyper_lr_step=1e-3),
-}
+# Every method of the registry, at one initial rate; every step gives every
+# method every extra arg (those it does not read are ignored).
+METHODS = {case.name: case for case in REGISTRY}
+RATE = 0.05
+
+
+def _marthe():
+  """MARTHE with fixed β and κ, for the tests of its extra args."""
+  return optax_lr.marthe(RATE, hyper_lr=1e-3, hyper_lr_step=1e-3)
+
+
+def _rates(rate):
+  """The learning rate(s) as one flat array: a scalar, or per_leaf's tree."""
+  return np.concatenate([np.ravel(np.asarray(r)) for r in jax.tree_util.tree_leaves(rate)])
 
 
 def _mse(pred, y):
@@ -77,73 +86,96 @@ def _pure(tree):
   return jax.tree_util.tree_map(np.asarray, nnx.as_pure(tree))
 
 
-def _reference(tx, params, loss_of_params):
-  """The same training by hand: ``tx.update`` + ``optax_lr.apply_updates``."""
+# What `_reference(..., perturb=name)` gives the method instead of the extra
+# arg `name`: a different number of the same shape.
+_PERTURBED = {
+  "value": lambda value, loss_fn, val_grads: value + 1.0,
+  "loss_fn": lambda value, loss_fn, val_grads: lambda p: 2.0 * loss_fn(p),
+  "val_grads": lambda value, loss_fn, val_grads: jax.tree_util.tree_map(
+    lambda g: 2.0 * g, val_grads
+  ),
+}
+
+
+def _reference(tx, params, loss_of_params, perturb=None):
+  """The same training by hand: ``tx.update`` + ``optax_lr.apply_updates``.
+
+  With ``perturb``, the extra arg of that name is replaced by a different one.
+  """
 
   @jax.jit
   def step(params, state, x, y):
     loss, grads = jax.value_and_grad(loss_of_params)(params, x, y)
-    val_grads = jax.grad(loss_of_params)(params, X_VAL, Y_VAL)
-    updates, state = tx.update(
-      grads,
-      state,
-      params,
-      value=loss,
-      loss_fn=lambda p: loss_of_params(p, x, y),
-      val_grads=val_grads,
-    )
+    extra = {
+      "value": loss,
+      "loss_fn": lambda p: loss_of_params(p, x, y),
+      "val_grads": jax.grad(loss_of_params)(params, X_VAL, Y_VAL),
+    }
+    if perturb is not None:
+      extra[perturb] = _PERTURBED[perturb](**extra)
+    updates, state = tx.update(grads, state, params, **extra)
     return optax_lr.apply_updates(params, updates, state), state
 
   state = tx.init(params)
   rates = []
   for i in range(STEPS):
     params, state = step(params, state, X[i], Y[i])
-    rates.append(float(optax_lr.current_lr(state)))
+    rates.append(_rates(optax_lr.current_lr(state)))
   return params, state, rates
 
 
-def _nnx_reference(tx):
+def _nnx_reference(tx, perturb=None):
   model = NnxMLP(nnx.Rngs(0))
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
 
   def loss_of_params(p, x, y):
     return _mse(nnx.merge(graphdef, p, rest)(x), y)
 
-  return _reference(tx, nnx.as_pure(params), loss_of_params)
+  return _reference(tx, nnx.as_pure(params), loss_of_params, perturb)
 
 
-def _used_extra_args(name, state, initial_rate, rates):
-  """Evidence that the extra args reached the method, per method."""
-  if name == "newton_lr":  # windows of 2: the rate moves at call 4
-    assert rates[2] == initial_rate and rates[3] != initial_rate
-  elif name == "aslr":  # value: an epoch of 2 windowed training losses
-    assert np.isfinite(float(state.min_cost))
-  elif name == "aalr":
-    assert np.isfinite(float(state.best_cost))
-  else:  # Z_0 = 0 keeps the first rate; then the tangent moves it every call
-    assert rates[0] == initial_rate
-    assert len(set(rates[1:])) == STEPS - 1 and initial_rate not in rates[1:]
+@pytest.mark.parametrize(
+  "name, extra", [(case.name, extra) for case in REGISTRY for extra in case.given]
+)
+def test_every_extra_arg_a_method_is_given_changes_its_training(name, extra):
+  """The evidence that the Flax paths below pass the extra args through: they
+  match the reference run with the true extra args, and the reference run with
+  a different one of them ends in a different state."""
+  _, want_state, _ = _nnx_reference(METHODS[name].make(RATE))
+  _, other_state, _ = _nnx_reference(METHODS[name].make(RATE), perturb=extra)
+  leaves = zip(jax.tree_util.tree_leaves(want_state), jax.tree_util.tree_leaves(other_state))
+  assert any(not np.allclose(a, b, **_STATE_TOLERANCE) for a, b in leaves), extra
+
+
+# How closely a Flax path's optimizer state must match the reference's.
+_STATE_TOLERANCE = dict(rtol=1e-5, atol=1e-7, equal_nan=True)
+
+
+def _assert_same_state(got, want):
+  got, want = jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want)
+  assert len(got) == len(want)
+  for a, b in zip(got, want):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), **_STATE_TOLERANCE)
 
 
 @pytest.mark.parametrize("name", sorted(METHODS))
 def test_nnx_update_matches_raw_optax(name):
   model = NnxMLP(nnx.Rngs(0))
-  optimizer = nnx.Optimizer(model, METHODS[name](), wrt=nnx.Param)
-  initial_rate = float(optax_lr.current_lr(optimizer.opt_state))
+  optimizer = nnx.Optimizer(model, METHODS[name].make(RATE), wrt=nnx.Param)
   step = _nnx_step(use_helper=True)
-  rates = [float(step(model, optimizer, X[i], Y[i])) for i in range(STEPS)]
+  rates = [_rates(step(model, optimizer, X[i], Y[i])) for i in range(STEPS)]
 
-  want_params, want_state, want_rates = _nnx_reference(METHODS[name]())
+  want_params, want_state, want_rates = _nnx_reference(METHODS[name].make(RATE))
   np.testing.assert_allclose(rates, want_rates, rtol=1e-6)
-  # Outside jit, current_lr reads the Variable, which float() unboxes.
-  assert float(optax_lr.current_lr(optimizer.opt_state)) == rates[-1]
+  # Outside jit, current_lr reads the live Variable(s).
+  np.testing.assert_array_equal(_rates(optax_lr.current_lr(optimizer.opt_state)), rates[-1])
   jax.tree_util.tree_map(
     lambda got, want: np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7),
     _pure(nnx.state(model, nnx.Param)),
     _pure(want_params),
   )
   assert int(optimizer.step[...]) == STEPS
-  _used_extra_args(name, _pure(optimizer.opt_state), initial_rate, rates)
+  _assert_same_state(_pure(optimizer.opt_state), want_state)
 
 
 def test_nnx_stock_update_forwards_extra_args_like_the_helper():
@@ -152,7 +184,7 @@ def test_nnx_stock_update_forwards_extra_args_like_the_helper():
   results = []
   for use_helper in (True, False):
     model = NnxMLP(nnx.Rngs(0))
-    optimizer = nnx.Optimizer(model, METHODS["marthe"](), wrt=nnx.Param)
+    optimizer = nnx.Optimizer(model, _marthe(), wrt=nnx.Param)
     step = _nnx_step(use_helper)
     rates = [float(step(model, optimizer, X[i], Y[i])) for i in range(STEPS)]
     results.append((rates, _pure(nnx.state(model, nnx.Param))))
@@ -168,7 +200,7 @@ def test_nnx_val_grads_reach_marthe():
   rates = []
   for with_val_grads in ("nnx.grad", "jax.grad", None):
     model = NnxMLP(nnx.Rngs(0))
-    optimizer = nnx.Optimizer(model, METHODS["marthe"](), wrt=nnx.Param)
+    optimizer = nnx.Optimizer(model, _marthe(), wrt=nnx.Param)
 
     @nnx.jit
     def step(model, optimizer, x, y):
@@ -294,15 +326,14 @@ def _linen_step(state, x, y):
 
 @pytest.mark.parametrize("name", sorted(METHODS))
 def test_train_state_apply_gradients_matches_raw_optax(name):
-  state = _linen_state(METHODS[name]())
-  initial_rate = float(optax_lr.current_lr(state.opt_state))
+  state = _linen_state(METHODS[name].make(RATE))
   rates = []
   for i in range(STEPS):
     state, rate = _linen_step(state, X[i], Y[i])
-    rates.append(float(rate))
+    rates.append(_rates(rate))
 
-  want_params, _, want_rates = _reference(
-    METHODS[name](), _linen_state(optax.sgd(0.0)).params, _linen_loss(LinenMLP().apply)
+  want_params, want_state, want_rates = _reference(
+    METHODS[name].make(RATE), _linen_state(optax.sgd(0.0)).params, _linen_loss(LinenMLP().apply)
   )
   np.testing.assert_allclose(rates, want_rates, rtol=1e-6)
   jax.tree_util.tree_map(
@@ -311,7 +342,7 @@ def test_train_state_apply_gradients_matches_raw_optax(name):
     want_params,
   )
   assert int(state.step) == STEPS
-  _used_extra_args(name, state.opt_state, initial_rate, rates)
+  _assert_same_state(state.opt_state, want_state)
 
 
 @pytest.mark.parametrize("poison", [False, True], ids=["finite", "nan"])
@@ -354,7 +385,8 @@ def test_train_state_stock_apply_gradients_cannot_take_extra_args():
   grads = jax.tree_util.tree_map(jnp.zeros_like, state.params)
   with pytest.raises(TypeError):  # kwargs replace fields of the dataclass
     state.apply_gradients(grads=grads, value=jnp.float32(1.0))
-  state = _linen_state(METHODS["aslr"]())  # windowed: needs value every call
+  # Windowed: needs value every call.
+  state = _linen_state(optax_lr.aslr(RATE, steps_per_epoch=2, seed=3))
   with pytest.raises(ValueError, match="value"):
     state.apply_gradients(grads=grads)
   state = optax_lr.apply_gradients(state, grads=grads, value=jnp.float32(1.0))

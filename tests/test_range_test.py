@@ -508,7 +508,8 @@ def test_quadratic_blow_up_matches_reference_simulation():
   assert 0 < d < n
   # The threshold is crossed by a wide margin (no borderline f32 decision).
   assert sm[d] > 1.5 * factor * best and sm[d - 1] < 0.9 * factor * best
-  res = lr_range_test(
+  run = functools.partial(
+    lr_range_test,
     quadratic_loss,
     jnp.ones(4),
     jnp.full((2,), a),
@@ -518,37 +519,18 @@ def test_quadratic_blow_up_matches_reference_simulation():
     smoothing=smoothing,
     diverge_factor=factor,
   )
+  res = run()
   assert int(res.diverged_at) == d
   np.testing.assert_allclose(np.asarray(res.losses[: d + 1]), losses, rtol=1e-4)
   np.testing.assert_allclose(np.asarray(res.smoothed[: d + 1]), sm, rtol=1e-4)
   np.testing.assert_allclose(np.asarray(res.params), w, rtol=1e-4)
   k = reference_suggestion_index(np.array(sm), d, n)
-  steep = lr_range_test(
-    quadratic_loss,
-    jnp.ones(4),
-    jnp.full((2,), a),
-    min_lr=1e-3,
-    max_lr=10.0,
-    num_steps=n,
-    smoothing=smoothing,
-    diverge_factor=factor,
-    suggest="steep",
-  )
+  steep = run(suggest="steep")
   assert steep.suggestion == res.lrs[k]
   # The default (valley) and the minimum rule, from the same curve.
   smoothed = np.asarray(res.smoothed)
   assert res.suggestion == res.lrs[reference_valley_index(smoothed, d, n)]
-  minimum = lr_range_test(
-    quadratic_loss,
-    jnp.ones(4),
-    jnp.full((2,), a),
-    min_lr=1e-3,
-    max_lr=10.0,
-    num_steps=n,
-    smoothing=smoothing,
-    diverge_factor=factor,
-    suggest="minimum",
-  )
+  minimum = run(suggest="minimum")
   assert minimum.suggestion == res.lrs[reference_minimum_index(smoothed, d, n)] / np.float32(10)
   for r in (res, steep, minimum):  # rates that still converge
     assert float(r.suggestion) < 2.0 / a

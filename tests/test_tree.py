@@ -86,12 +86,17 @@ def test_cosine_bounds():
   assert abs(float(_tree.tree_cosine(x, neg)) + 1.0) < 1e-6
 
 
-def test_sharded_reduction_matches_single_device():
+def _sharding_4x2():
+  """Arrays split over a 4 x 2 mesh of CPU devices (rows x columns)."""
   devices = jax.devices()
   if len(devices) < 8:
     pytest.skip("needs 8 devices (set by conftest.py's XLA_FLAGS)")
   mesh = jax.sharding.Mesh(np.array(devices[:8]).reshape(4, 2), ("data", "model"))
-  spec = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data", "model"))
+  return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data", "model"))
+
+
+def test_sharded_reduction_matches_single_device():
+  spec = _sharding_4x2()
   rng = np.random.default_rng(1)
   x = {
     "w": rng.normal(size=(8, 6)).astype(np.float32),
@@ -101,7 +106,7 @@ def test_sharded_reduction_matches_single_device():
     "w": rng.normal(size=(8, 6)).astype(np.float32),
     "b": rng.normal(size=(6,)).astype(np.float32),
   }
-  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  replicated = jax.sharding.NamedSharding(spec.mesh, jax.sharding.PartitionSpec())
   shard = lambda t: {"w": jax.device_put(t["w"], spec), "b": jax.device_put(t["b"], replicated)}
   xs, ys = shard(x), shard(y)
   assert len(xs["w"].sharding.device_set) == 8
@@ -308,11 +313,7 @@ def test_cosine_under_vmap_mixes_both_branches():
 
 
 def test_sharded_scale_free_reductions_match_single_device():
-  devices = jax.devices()
-  if len(devices) < 8:
-    pytest.skip("needs 8 devices (set by conftest.py's XLA_FLAGS)")
-  mesh = jax.sharding.Mesh(np.array(devices[:8]).reshape(4, 2), ("data", "model"))
-  spec = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data", "model"))
+  spec = _sharding_4x2()
   rng = np.random.default_rng(2)
   x = (rng.uniform(1, 2, (8, 6)) * 1e-30).astype(np.float32)
   y = (rng.uniform(1, 2, (8, 6)) * 1e30).astype(np.float32)

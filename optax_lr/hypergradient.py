@@ -681,7 +681,37 @@ def _fixed_mu(
 # --------------------------------------------------------------------------
 # Public factories.
 
+# The pitfall every hypergradient factory's docstring states (README,
+# "Pitfalls"), written once; ``_with_chain_pitfall`` puts it in place of the
+# docstring's ``{chain_pitfall}`` line with that line's indentation.
+_CHAIN_PITFALL = """\
+The optimizer goes in ``direction=``, never before the method in an
+``optax.chain``: ``optax.chain(optax.scale_by_adam(), optax_lr.{name}(lr))``
+runs, but the method then takes Adam's output for the gradient, so its
+hypergradient and tangent ignore Adam's dependence on the rate and a
+rollback cannot restore Adam's moments. Measured for RTHO after ten Adam
+steps on a 3-parameter problem (README, "Pitfalls"): the tangent
+``dw/dη`` is ``[6.426, -9.918, 9.603]`` with ``direction=``, equal to
+``jax.jvp`` through the unrolled steps, and ``[5.021, -8.780, 8.931]``
+in the chain. Inside ``optax.partition``, pass
+``loss_fn=optax_lr.partition_loss(loss_fn, params)`` (with the full
+params) where the method needs ``loss_fn``."""
 
+
+def _with_chain_pitfall(factory):
+  """``factory`` with ``_CHAIN_PITFALL`` in its docstring's placeholder line."""
+  if factory.__doc__ is None:  # python -OO strips docstrings
+    return factory
+  lines = factory.__doc__.splitlines()
+  (at,) = [i for i, line in enumerate(lines) if line.strip() == "{chain_pitfall}"]
+  indent = lines[at][: len(lines[at]) - len(lines[at].lstrip())]
+  text = _CHAIN_PITFALL.format(name=factory.__name__).splitlines()
+  lines[at : at + 1] = [indent + line for line in text]
+  factory.__doc__ = "\n".join(lines)
+  return factory
+
+
+@_with_chain_pitfall
 def hypergradient_descent(
   learning_rate: float,
   hyper_lr: Optional[float] = None,
@@ -741,18 +771,7 @@ def hypergradient_descent(
     True
 
   Pitfalls:
-    The optimizer goes in ``direction=``, never before the method in an
-    ``optax.chain``:
-    ``optax.chain(optax.scale_by_adam(), optax_lr.hypergradient_descent(lr))``
-    runs, but the method then takes Adam's output for the gradient, so its
-    hypergradient and tangent ignore Adam's dependence on the rate and a
-    rollback cannot restore Adam's moments. Measured for RTHO after ten Adam
-    steps on a 3-parameter problem (README, "Pitfalls"): the tangent
-    ``dw/dη`` is ``[6.426, -9.918, 9.603]`` with ``direction=``, equal to
-    ``jax.jvp`` through the unrolled steps, and ``[5.021, -8.780, 8.931]``
-    in the chain. Inside ``optax.partition``, pass
-    ``loss_fn=optax_lr.partition_loss(loss_fn, params)`` (with the full
-    params) where the method needs ``loss_fn``.
+    {chain_pitfall}
 
   References:
     Baydin, Cornish, Martinez-Rubio, Schmidt, Wood, `Online Learning Rate
@@ -774,6 +793,7 @@ def hypergradient_descent(
   )
 
 
+@_with_chain_pitfall
 def rtho(
   learning_rate: float,
   hyper_lr: Optional[float] = None,
@@ -835,17 +855,7 @@ def rtho(
     True
 
   Pitfalls:
-    The optimizer goes in ``direction=``, never before the method in an
-    ``optax.chain``: ``optax.chain(optax.scale_by_adam(), optax_lr.rtho(lr))`` runs, but
-    the method then takes Adam's output for the gradient, so its
-    hypergradient and tangent ignore Adam's dependence on the rate and a
-    rollback cannot restore Adam's moments. Measured for RTHO after ten Adam
-    steps on a 3-parameter problem (README, "Pitfalls"): the tangent
-    ``dw/dη`` is ``[6.426, -9.918, 9.603]`` with ``direction=``, equal to
-    ``jax.jvp`` through the unrolled steps, and ``[5.021, -8.780, 8.931]``
-    in the chain. Inside ``optax.partition``, pass
-    ``loss_fn=optax_lr.partition_loss(loss_fn, params)`` (with the full
-    params) where the method needs ``loss_fn``.
+    {chain_pitfall}
 
   References:
     Franceschi, Donini, Frasconi, Pontil, `Forward and Reverse Gradient-Based
@@ -866,6 +876,7 @@ def rtho(
   )
 
 
+@_with_chain_pitfall
 def marthe(
   learning_rate: float,
   *,
@@ -950,17 +961,7 @@ def marthe(
     (True, True)
 
   Pitfalls:
-    The optimizer goes in ``direction=``, never before the method in an
-    ``optax.chain``: ``optax.chain(optax.scale_by_adam(), optax_lr.marthe(lr))`` runs, but
-    the method then takes Adam's output for the gradient, so its
-    hypergradient and tangent ignore Adam's dependence on the rate and a
-    rollback cannot restore Adam's moments. Measured for RTHO after ten Adam
-    steps on a 3-parameter problem (README, "Pitfalls"): the tangent
-    ``dw/dη`` is ``[6.426, -9.918, 9.603]`` with ``direction=``, equal to
-    ``jax.jvp`` through the unrolled steps, and ``[5.021, -8.780, 8.931]``
-    in the chain. Inside ``optax.partition``, pass
-    ``loss_fn=optax_lr.partition_loss(loss_fn, params)`` (with the full
-    params) where the method needs ``loss_fn``.
+    {chain_pitfall}
 
   References:
     Donini, Franceschi, Pontil, Majumder, Frasconi, `Scheduling the Learning

@@ -22,6 +22,7 @@ import numpy as np
 import optax
 import pytest
 
+import _inject
 import _reliability as rel
 import optax_lr
 
@@ -127,6 +128,42 @@ def test_bad_hyperparameter_fails_at_construction_naming_it(factory, name, value
 def test_newton_lr_needs_exactly_one_good_window_length(window, name):
   with pytest.raises(ValueError, match=name):
     optax_lr.newton_lr(0.1, **window)
+
+
+# The epoch-level methods' factories also run under `optax.inject_hyperparams`,
+# where a bad value arrives as a concrete array at `init`: the same checks
+# apply eagerly. A window length cannot be injected (it shapes the state).
+INJECTED_BAD = {
+  "aslr": [
+    ("learning_rate", -1.0, "learning_rate"),
+    ("learning_rate", np.nan, "learning_rate"),
+    ("learning_rate", 1e-31, "learning_rate"),
+    ("seed", -1, "seed"),
+    ("seed", 1.5, "seed"),
+    ("steps_per_epoch", 3, "static_args"),
+  ],
+  "aalr": [
+    ("learning_rate", -1.0, "learning_rate"),
+    ("learning_rate", np.nan, "learning_rate"),
+    ("learning_rate", np.inf, "learning_rate"),
+    ("warmup_patience", 0, "warmup_patience"),
+    ("warmup_patience", 2.5, "warmup_patience"),
+    ("steps_per_epoch", 3, "static_args"),
+  ],
+}
+INJECTED_CASES = [(f, *case) for f, cases in INJECTED_BAD.items() for case in cases]
+
+
+@pytest.mark.parametrize(
+  "factory, name, value, match",
+  INJECTED_CASES,
+  ids=[f"{f}-{n}={v!r}" for f, n, v, _ in INJECTED_CASES],
+)
+def test_bad_concrete_values_under_inject_hyperparams_raise(factory, name, value, match):
+  make, good = FACTORIES[factory]
+  tx = optax.inject_hyperparams(make)(**{**good, name: value})
+  with pytest.raises(ValueError, match=match):
+    tx.init(_inject.inject_params())  # eager: the factory sees concrete arrays
 
 
 # ---------------------------------------------------------------- extra args

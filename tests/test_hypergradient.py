@@ -20,6 +20,7 @@ import pytest
 
 import optax_lr
 from optax_lr import hypergradient
+from optax_lr._registry import standard_promotion
 from optax_lr.hypergradient import HypergradientState
 
 # ---------------------------------------------------------------- problem
@@ -215,22 +216,6 @@ def test_update_rules_match_float64_reference(case, momentum, use_val):
 
 
 # ---------------------------------------------------------------- exactness
-
-
-def standard_promotion(tx):
-  """``tx`` traced under standard promotion: optax's Adam bias correction
-  raises a float to an int32 power, which the suite's strict promotion
-  rejects. Only the direction is wrapped; the engine stays strict."""
-
-  def init(params):
-    with jax.numpy_dtype_promotion("standard"):
-      return tx.init(params)
-
-  def update(updates, state, params=None, **extra_args):
-    with jax.numpy_dtype_promotion("standard"):
-      return optax.with_extra_args_support(tx).update(updates, state, params, **extra_args)
-
-  return optax.GradientTransformationExtraArgs(init, update)
 
 
 EXACT_DIRECTIONS = {
@@ -918,3 +903,16 @@ def test_injected_hyper_lr_takes_effect_at_the_next_update(factory, extra):
     updates, state = step(w, state)
     w = w + updates
   assert float(state.inner_state.learning_rate) == moved  # beta = 0: frozen
+
+
+@pytest.mark.parametrize(
+  "factory", [optax_lr.hypergradient_descent, optax_lr.rtho, optax_lr.marthe]
+)
+def test_each_factory_documents_the_chain_pitfall_with_its_own_call(factory):
+  doc = factory.__doc__
+  assert "{chain_pitfall}" not in doc
+  pitfalls = doc[doc.index("  Pitfalls:\n") : doc.index("  References:")]
+  assert f"optax.chain(optax.scale_by_adam(), optax_lr.{factory.__name__}(lr))" in pitfalls
+  # Indented as the section's body, so Sphinx renders it inside the section.
+  body = pitfalls.splitlines()[1:]
+  assert body and all(line.startswith("    ") for line in body if line)

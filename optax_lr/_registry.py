@@ -1,15 +1,16 @@
 """The registry of learning-rate methods: one ``MethodCase`` per method.
 
-Private: not part of the API. The contract suite (``tests/test_contract.py``)
-and the suites built on it run every entry of ``METHODS`` through the same
-checks, and the benchmarks (``benchmarks/memory.py``) measure every entry; a
+Private: not part of the API. The contract suite (``tests/test_contract.py``),
+the suites built on it and the Flax suite (``tests/test_flax.py``) run every
+entry of ``METHODS`` through the same checks, and the benchmarks (``benchmarks/memory.py``) measure every entry; a
 method joins them all with one ``MethodCase`` here. Each case records its
 factory, the keyword arguments and static arguments it is built with, and the
 extra arguments its update needs.
 
 Also the one copy of ``EXTRA_ARG_NAMES`` (the extra arguments an update may
-be given) and of ``standard_promotion`` (a transformation traced under
-standard dtype promotion), which tests and benchmarks share.
+be given) and of ``under_promotion`` (a transformation traced under a given
+dtype promotion; ``standard_promotion`` for the standard one), which tests
+and benchmarks share.
 """
 
 from __future__ import annotations
@@ -115,6 +116,22 @@ def plain_sgd(learning_rate):
   )
 
 
+def under_promotion(tx, mode: str):
+  """``tx`` traced under dtype promotion ``mode`` (``"standard"`` or
+  ``"strict"``) whatever its caller's mode, extra args passed through."""
+  tx = optax.with_extra_args_support(tx)
+
+  def init(params):
+    with jax.numpy_dtype_promotion(mode):
+      return tx.init(params)
+
+  def update(updates, state, params=None, **extra_args):
+    with jax.numpy_dtype_promotion(mode):
+      return tx.update(updates, state, params, **extra_args)
+
+  return optax.GradientTransformationExtraArgs(init, update)
+
+
 def standard_promotion(tx):
   """``tx`` traced under standard dtype promotion, extra args passed through.
 
@@ -123,17 +140,7 @@ def standard_promotion(tx):
   test suite's) rejects. Wrap only the direction (or the optax method), so a
   method's own code stays under strict promotion.
   """
-  tx = optax.with_extra_args_support(tx)
-
-  def init(params):
-    with jax.numpy_dtype_promotion("standard"):
-      return tx.init(params)
-
-  def update(updates, state, params=None, **extra_args):
-    with jax.numpy_dtype_promotion("standard"):
-      return tx.update(updates, state, params, **extra_args)
-
-  return optax.GradientTransformationExtraArgs(init, update)
+  return under_promotion(tx, "standard")
 
 
 # The arguments of each factory that shape the state or are read as Python

@@ -52,6 +52,7 @@ from optax._src import test_utils
 import optax_lr
 import test_defaults
 from optax_lr._registry import METHODS
+from optax_lr._registry import under_promotion
 from test_contract import _assert_same_avals
 
 CASES = pytest.mark.parametrize("case", METHODS, ids=lambda c: c.name)
@@ -250,26 +251,12 @@ def test_updates_have_the_params_dtype(case, dtype):
   assert updates.dtype == params.dtype
 
 
-def _strict_promotion(tx):
-  """``tx`` traced under strict promotion, whatever its caller's mode."""
-
-  def init(params):
-    with jax.numpy_dtype_promotion("strict"):
-      return tx.init(params)
-
-  def update(updates, state, params=None, **extra_args):
-    with jax.numpy_dtype_promotion("strict"):
-      return tx.update(updates, state, params, **extra_args)
-
-  return optax.GradientTransformationExtraArgs(init, update)
-
-
 @CASES
 @pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float32], ids=["bf16", "f32"])
 def test_multisteps_gives_a_zero_update_on_a_micro_step(case, dtype):
   # optax.MultiSteps mixes int32 and float32 itself, which strict promotion
   # rejects: it runs under standard promotion, the method under strict.
-  opt = optax.MultiSteps(_strict_promotion(case.make(case.parabola_lr)), every_k_schedule=4)
+  opt = optax.MultiSteps(under_promotion(case.make(case.parabola_lr), "strict"), every_k_schedule=4)
   fun = lambda x: jnp.sum(x**2)
   params = jnp.array([1.0, 2.0], dtype=dtype)
   grads = jax.grad(fun)(params)

@@ -2,10 +2,11 @@
 
 Private: not part of the API. The contract suite (``tests/test_contract.py``),
 the suites built on it and the Flax suite (``tests/test_flax.py``) run every
-entry of ``METHODS`` through the same checks, and the benchmarks (``benchmarks/memory.py``) measure every entry; a
-method joins them all with one ``MethodCase`` here. Each case records its
-factory, the keyword arguments and static arguments it is built with, and the
-extra arguments its update needs.
+entry of ``METHODS`` through the same checks, and the benchmarks
+(``benchmarks/memory.py``) measure every entry; a method joins them all with
+one ``MethodCase`` here. Each case records its factory, the keyword arguments
+and static arguments it is built with, and the extra arguments its update
+needs.
 
 Also the one copy of ``EXTRA_ARG_NAMES`` (the extra arguments an update may
 be given) and of ``under_promotion`` (a transformation traced under a given

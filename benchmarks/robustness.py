@@ -326,12 +326,30 @@ def _seed_mean_scored(runs, num_classes):
   return loss, _train.score(loss, num_classes)
 
 
+def _early_stopped(runs, num_classes):
+  """Scored test loss [runs, seeds] at each run's epoch of lowest validation loss.
+
+  What early stopping on the validation split would keep: information beside
+  the targets (which score the final params), telling a rate that trains too
+  slowly from one that trains fast and then overfits. The epoch is chosen on
+  the validation split only; a non-finite validation loss is never chosen.
+  """
+  stopped = []
+  for r in runs:
+    valid = np.asarray(r.history["valid_loss"], np.float64)  # [seeds, epochs]
+    test = np.asarray(r.history["test_loss"], np.float64)
+    epoch = np.where(np.isfinite(valid), valid, np.inf).argmin(1)
+    stopped.append(test[np.arange(len(epoch)), epoch])
+  return _train.score(np.stack(stopped), num_classes)
+
+
 def run_methods(methods, model, rates, splits, setting, seeds, quiet):
   """Trains every method from every rate; returns ``(entries, table rows)``."""
   entries, rows = {}, []
   for m in _report.progress(methods, desc="methods", quiet=quiet):
     runs = _train.train_rates(model, m, rates, splits, setting, seeds=seeds)
     loss, scored = _seed_mean_scored(runs, splits.num_classes)  # [runs, seeds]
+    stopped = _early_stopped(runs, splits.num_classes)
     acc = np.stack([r.history["test_acc"][:, -1] for r in runs])
     params_finite = np.stack([r.history["params_finite"] for r in runs])
     seed_rates = np.array([r.seed_rates for r in runs])  # [runs, seeds]
@@ -348,6 +366,7 @@ def run_methods(methods, model, rates, splits, setting, seeds, quiet):
       "final_test_loss": loss,
       "final_test_accuracy": acc,
       "scored_loss": scored,
+      "early_stopped_loss": stopped,
       "across_rates": stats,
       "diverged_runs": diverged,
       "params_finite": params_finite,
@@ -386,6 +405,7 @@ def run_hand_tuned(model, grid, splits, setting, seeds, quiet, hand_tuned=None):
     loss, scored = _seed_mean_scored(runs, splits.num_classes)
     per_rate = scored.mean(1)
     best = int(np.argmin(per_rate))
+    stopped = _early_stopped(runs, splits.num_classes).mean(1)
     refs[m.name] = {
       "grid": list(grid),
       "final_test_loss": loss,
@@ -393,6 +413,9 @@ def run_hand_tuned(model, grid, splits, setting, seeds, quiet, hand_tuned=None):
       "seed_mean_loss": per_rate,
       "best_rate": grid[best],
       "best_loss": float(per_rate[best]),
+      # Information: early stopping on the validation split, at each grid rate.
+      "early_stopped_seed_mean_loss": stopped,
+      "early_stopped_best_loss": float(stopped.min()),
       "lr_per_step_seed0_best": runs[best].history["lr"][0],
     }
   return refs
@@ -424,6 +447,12 @@ def targets(entries: dict, refs: dict) -> dict:
     min(hypergradient, key=lambda n: entries[n]["across_rates"]["worst"]) if hypergradient else None
   )
   held_to_dog = set(AS_ROBUST_AS_DOG) | {best_hypergradient}
+  # Information: the same comparison with every run early-stopped on the
+  # validation split (the methods' worst rate against the references' best).
+  stopped_refs = [
+    r["early_stopped_best_loss"] for r in refs.values() if "early_stopped_best_loss" in r
+  ]
+  best_stopped = min(stopped_refs) if stopped_refs else None
 
   methods = {}
   for name, entry in entries.items():
@@ -444,6 +473,10 @@ def targets(entries: dict, refs: dict) -> dict:
       # ASLR's target row is its pipeline's; its raw sweep is for information.
       "counts": name not in TARGET_ROW_OF,
     }
+    if "early_stopped_loss" in entry and best_stopped is not None:
+      worst_stopped = float(np.asarray(entry["early_stopped_loss"]).mean(1).max())
+      methods[name]["early_stopped_worst"] = worst_stopped
+      methods[name]["early_stopped_ratio"] = worst_stopped / best_stopped
 
   range_test = None
   if "sgd_range_test" in entries and "sgd" in refs:
@@ -469,6 +502,7 @@ def targets(entries: dict, refs: dict) -> dict:
   )
   return {
     "best_hand_tuned": best,
+    "best_hand_tuned_early_stopped": best_stopped,
     "hand_tuned_bound": HAND_TUNED_BOUND,
     "dog_worst": dog_worst,
     "best_hypergradient": best_hypergradient,
@@ -527,6 +561,7 @@ def print_targets(name: str, target: dict, refs: dict) -> None:
         _verdict(t["within_bound"]) if t["counts"] else "(info)",
         f"{t['nonfinite_params_runs']}/{t['runs']}",
         _verdict(t["as_robust_as_dog"]),
+        "-" if t.get("early_stopped_ratio") is None else _report.fmt(t["early_stopped_ratio"]),
       ]
     )
   print(
@@ -539,10 +574,17 @@ def print_targets(name: str, target: dict, refs: dict) -> None:
         f"<= {HAND_TUNED_BOUND}x",
         "non-finite params",
         "as robust as dog",
+        "early-stopped (info)",
       ],
       rows,
     )
   )
+  if target.get("best_hand_tuned_early_stopped") is not None:
+    print(
+      "early-stopped (info): every run scored at its epoch of lowest validation loss, the "
+      "worst initial rate against the best hand-tuned run so stopped "
+      f"({_report.fmt(target['best_hand_tuned_early_stopped'])}); not a target"
+    )
   rt = target["range_test"]
   if rt is not None:
     print(

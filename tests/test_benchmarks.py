@@ -387,6 +387,8 @@ def test_robustness(tmp_path, capsys):
     assert entry["nonfinite_params_runs"] == int((~np.asarray(entry["params_finite"])).sum())
     stats = entry["across_rates"]
     assert stats["worst"] >= stats["mean"] >= 0
+    stopped = np.asarray(entry["early_stopped_loss"])
+    assert stopped.shape == (runs, 2) and np.all(np.isfinite(stopped))
   # The seeds' suggestions are shared by the ASLR pipeline and constant SGD.
   assert (
     ds["methods"]["aslr_range_test"]["seed_rates"] == ds["methods"]["sgd_range_test"]["seed_rates"]
@@ -410,6 +412,13 @@ def test_robustness(tmp_path, capsys):
     assert t["ratio_to_best_hand_tuned"] == pytest.approx(t["worst_loss"] / best["loss"])
     assert t["within_bound"] == (t["ratio_to_best_hand_tuned"] <= robustness.HAND_TUNED_BOUND)
     assert t["nonfinite_params_runs"] == entry["nonfinite_params_runs"]
+    assert t["early_stopped_ratio"] == pytest.approx(
+      np.asarray(entry["early_stopped_loss"]).mean(1).max()
+      / targets["best_hand_tuned_early_stopped"]
+    )
+  assert targets["best_hand_tuned_early_stopped"] == pytest.approx(
+    min(r["early_stopped_best_loss"] for r in refs.values())
+  )
   assert targets["methods"]["aslr_range_test"]["worst_at"] == "range test"
   assert not targets["methods"]["aslr"]["counts"]  # ASLR's target is its pipeline
   assert targets["methods"]["aalr"]["as_robust_as_dog"] == (
@@ -439,6 +448,19 @@ def _entry(per_rate, library="optax_lr", swept=True, nonfinite=0):
     "nonfinite_params_runs": nonfinite,
     "runs": scored.size,
   }
+
+
+def test_early_stopping_picks_the_epoch_of_lowest_validation_loss():
+  from benchmarks import robustness  # pylint: disable=g-import-not-at-top
+
+  class Run:  # two seeds, three epochs
+    history = {
+      "valid_loss": np.array([[3.0, 1.0, 2.0], [np.nan, 5.0, 4.0]]),
+      "test_loss": np.array([[30.0, 10.0, 20.0], [1.0, 50.0, 40.0]]),
+    }
+
+  # Seed 1's NaN validation epoch is never chosen, however low its test loss.
+  np.testing.assert_array_equal(robustness._early_stopped([Run()], 10), [[10.0, 40.0]])
 
 
 def test_robustness_targets_logic():

@@ -211,6 +211,7 @@ def targets_table(report: dict, ds: dict, methods=None):
     f"≤ {bound}×",
     "non-finite params",
     "as robust as dog",
+    "early-stopped (info)",
   ]
   rows = []
   for name, t in target["methods"].items():
@@ -227,6 +228,7 @@ def targets_table(report: dict, ds: dict, methods=None):
         _verdict(t["within_bound"]) if counted else "(info)",
         f"{t['nonfinite_params_runs']}/{t['runs']}",
         _verdict(t["as_robust_as_dog"]),
+        _num(t.get("early_stopped_ratio")),
       ]
     )
   best = target["best_hand_tuned"]
@@ -245,6 +247,14 @@ def targets_table(report: dict, ds: dict, methods=None):
       f"ratio {_num(rt['ratio'])} (≤ {rt['bound']}×: {_verdict(rt['met'])})."
     )
   note += f" All targets met: {'yes' if target['all_met'] else 'no'}."
+  stopped = target.get("best_hand_tuned_early_stopped")
+  note += (
+    " Early-stopped (information, not a target): the worst initial rate's "
+    "held-out loss with every run stopped at its epoch of lowest validation "
+    f"loss, over the best hand-tuned run so stopped ({_num(stopped)})."
+    if stopped is not None
+    else " Early-stopped: not measured in this run."
+  )
   return header, rows, note
 
 

@@ -21,6 +21,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from optax_lr import _checks
+
 __all__ = ["Splits", "digits", "mnist1d"]
 
 
@@ -53,8 +55,9 @@ class Splits(NamedTuple):
       ``[steps, batch_size, ...]``.
     """
     n_train = len(self.y_train)
-    if not 1 <= batch_size <= n_train:
-      raise ValueError(f"batch_size must be in [1, {n_train}], got {batch_size}")
+    batch_size = _checks.positive_int("batch_size", batch_size)
+    if batch_size > n_train:
+      raise ValueError(f"batch_size must be at most n_train = {n_train}, got {batch_size}")
     steps = n_train // batch_size
     keep = steps * batch_size
 

@@ -51,8 +51,10 @@ def test_train_batches_drop_the_remainder_in_order():
   np.testing.assert_array_equal(x.reshape(-1, 64), splits.x_train[:1000])
   np.testing.assert_array_equal(y.reshape(-1), splits.y_train[:1000])
   for bad in (0, 1004):
-    with pytest.raises(ValueError, match=f"got {bad}"):
+    with pytest.raises(ValueError, match=f"batch_size.*{bad}"):
       splits.train_batches(bad)
+  with pytest.raises(TypeError, match="batch_size"):  # a float, even a whole one
+    splits.train_batches(100.0)
 
 
 def test_mnist1d_is_generated_offline_and_leaves_numpy_state_alone():

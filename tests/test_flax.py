@@ -134,6 +134,10 @@ def _nnx_reference(tx, perturb=None):
   return _reference(tx, nnx.as_pure(params), loss_of_params, perturb)
 
 
+# How closely a Flax path's optimizer state must match the reference's.
+_STATE_TOLERANCE = dict(rtol=1e-5, atol=1e-7, equal_nan=True)
+
+
 @pytest.mark.parametrize(
   "name, extra", [(case.name, extra) for case in REGISTRY for extra in case.given]
 )
@@ -145,10 +149,6 @@ def test_every_extra_arg_a_method_is_given_changes_its_training(name, extra):
   _, other_state, _ = _nnx_reference(METHODS[name].make(RATE), perturb=extra)
   leaves = zip(jax.tree_util.tree_leaves(want_state), jax.tree_util.tree_leaves(other_state))
   assert any(not np.allclose(a, b, **_STATE_TOLERANCE) for a, b in leaves), extra
-
-
-# How closely a Flax path's optimizer state must match the reference's.
-_STATE_TOLERANCE = dict(rtol=1e-5, atol=1e-7, equal_nan=True)
 
 
 def _assert_same_state(got, want):

@@ -36,6 +36,11 @@ per task checks the issue's targets:
 * SGD at the range test's suggestion ends within ``RANGE_TEST_BOUND`` (1.5)
   times the held-out loss of SGD at its best grid rate.
 
+The targets table also gives, for information only, the same worst-case ratio
+with every run (methods and references alike) early-stopped: scored at its
+epoch of lowest validation loss. It tells a rate that trains too slowly, or
+ends in a worse place, from one that trains fast and then overfits.
+
 The ``stdlib_lm`` task is the workload of optax's users: a decoder-only
 Transformer (flax NNX, pre-norm, causal attention, learned positions, tied
 embeddings; ``_models.transformer_lm``) as a byte-level language model of the

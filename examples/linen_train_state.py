@@ -50,20 +50,12 @@ class MLP(linen.Module):
     return linen.Dense(10)(jax.nn.relu(linen.Dense(64)(x)))
 
 
-def digits(batch_size: int, seed: int = 0):
-  """Train batches ``[steps, batch, 64]`` and a validation split of 297, as arrays."""
-  splits = optax_lr.datasets.digits(n_train=1500, n_valid=297, seed=seed)
-  x_train, y_train = splits.train_batches(batch_size)
-  return (jnp.asarray(x_train), jnp.asarray(y_train)), (
-    jnp.asarray(splits.x_valid),
-    jnp.asarray(splits.y_valid),
-  )
-
-
 def train(
   method: str = "aalr", epochs: int = 10, batch_size: int = 100, seed: int = 0, verbose: bool = True
 ) -> dict:
-  (x_train, y_train), (x_val, y_val) = digits(batch_size, seed)
+  splits = optax_lr.datasets.digits(n_train=1500, n_valid=297, seed=seed)
+  x_train, y_train = map(jnp.asarray, splits.train_batches(batch_size))
+  x_val, y_val = jnp.asarray(splits.x_valid), jnp.asarray(splits.y_valid)
   steps_per_epoch = x_train.shape[0]
   model = MLP()
   state = train_state.TrainState.create(

@@ -65,16 +65,6 @@ def cross_entropy(model, x, y):
   return optax.softmax_cross_entropy_with_integer_labels(model(x), y).mean()
 
 
-def digits(batch_size: int, seed: int = 0):
-  """Train batches ``[steps, batch, 64]`` and a validation split of 297, as arrays."""
-  splits = optax_lr.datasets.digits(n_train=1500, n_valid=297, seed=seed)
-  x_train, y_train = splits.train_batches(batch_size)
-  return (jnp.asarray(x_train), jnp.asarray(y_train)), (
-    jnp.asarray(splits.x_valid),
-    jnp.asarray(splits.y_valid),
-  )
-
-
 def train(
   method: str = "marthe",
   epochs: int = 10,
@@ -83,7 +73,9 @@ def train(
   verbose: bool = True,
 ) -> dict:
   """Trains and returns the per-step rates and losses and per-epoch val losses."""
-  (x_train, y_train), (x_val, y_val) = digits(batch_size, seed)
+  splits = optax_lr.datasets.digits(n_train=1500, n_valid=297, seed=seed)
+  x_train, y_train = map(jnp.asarray, splits.train_batches(batch_size))
+  x_val, y_val = jnp.asarray(splits.x_valid), jnp.asarray(splits.y_valid)
   steps_per_epoch = x_train.shape[0]
   model = MLP(nnx.Rngs(seed))
   optimizer = nnx.Optimizer(model, make_tx(method, steps_per_epoch), wrt=nnx.Param)

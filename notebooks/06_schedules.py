@@ -55,13 +55,6 @@ from flax import linen as nn
 import optax_lr
 
 
-def digits(batch_size, seed=0):
-    """Shuffled 8x8 digits: train batches [steps, batch, 64], a validation split."""
-    splits = optax_lr.datasets.digits(n_train=1500, n_valid=297, seed=seed)
-    x_train, y_train = splits.train_batches(batch_size)
-    return tuple(map(jnp.asarray, (x_train, y_train, splits.x_valid, splits.y_valid)))
-
-
 class MLP(nn.Module):
     hidden: int = 64
 
@@ -115,7 +108,9 @@ plt.show()
 
 # %%
 BATCH = 64
-x_train, y_train, x_val, y_val = digits(BATCH)
+splits = optax_lr.datasets.digits(n_train=1500, n_valid=297, seed=0)
+x_train, y_train = map(jnp.asarray, splits.train_batches(BATCH))
+x_val, y_val = jnp.asarray(splits.x_valid), jnp.asarray(splits.y_valid)
 model = MLP(hidden=256 if FULL else 64)
 loss_fn = make_loss(model)
 params0 = model.init(jax.random.PRNGKey(0), x_train[0])["params"]

@@ -63,13 +63,14 @@ def machine() -> dict:
   }
 
 
-def _jsonable(x: Any) -> Any:
+def jsonable(x: Any) -> Any:
+  """``x`` as JSON holds it: arrays and tuples as lists, non-finite floats as strings."""
   if isinstance(x, dict):
-    return {str(k): _jsonable(v) for k, v in x.items()}
+    return {str(k): jsonable(v) for k, v in x.items()}
   if isinstance(x, (list, tuple)):
-    return [_jsonable(v) for v in x]
+    return [jsonable(v) for v in x]
   if isinstance(x, (np.ndarray, jax.Array)):
-    return _jsonable(np.asarray(x).tolist())
+    return jsonable(np.asarray(x).tolist())
   if isinstance(x, (np.floating, float)):
     x = float(x)
     return x if math.isfinite(x) else str(x)  # JSON has no NaN/inf
@@ -86,7 +87,7 @@ def write_json(path: str, report: dict) -> None:
       pass
   os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
   with open(path, "w") as f:
-    json.dump(_jsonable(report), f, indent=1)
+    json.dump(jsonable(report), f, indent=1)
   print(f"wrote {path}")
 
 

@@ -68,14 +68,26 @@ Usage::
     python -m benchmarks.robustness --datasets stdlib_lm    # the Transformer LM
     python -m benchmarks.robustness --quick    # a smoke run
     python -m benchmarks.robustness --datasets digits --methods sgd newton_lr
+    # after a change to MARTHE only: rerun it, keep the rest of the report
+    python -m benchmarks.robustness --datasets stdlib_lm --methods marthe \
+        --update benchmarks/figures/robustness_lm.json --out results/robustness_lm.json
 
 Writes ``results/robustness.json`` and ``results/robustness.png``.
+
+``--update REPORT`` is for a task too slow to rerun whole (stdlib_lm: about
+an hour on 2 cores) after a change to some methods: it runs only the methods
+named, no hand-tuned reference, puts their entries in place of REPORT's for
+the same task (whose settings must match), recomputes the targets from the
+merged entries and REPORT's references, and records the command under
+``updates``.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
+import json
 import os
 import sys
 import time
@@ -602,6 +614,53 @@ def print_targets(name: str, target: dict, refs: dict) -> None:
   print(f"all targets met on {name}: {'yes' if target['all_met'] else 'no'}")
 
 
+# What a rerun must share with the report it updates, per task.
+_UPDATE_MUST_MATCH = (
+  "model",
+  "epochs",
+  "batch_size",
+  "steps_per_epoch",
+  "split",
+  "initial_rates",
+  "direction",
+)
+
+
+def update_report(base: dict, new: dict) -> dict:
+  """``base`` with the method entries of ``new`` in place of its own.
+
+  For every task of ``new``: its method entries replace (or join) ``base``'s,
+  the targets are recomputed from the merged entries and ``base``'s
+  hand-tuned references, and ``base["updates"]`` records ``new``'s command,
+  machine, wall time and methods. ``base`` itself is not modified.
+
+  Raises:
+    ValueError: a task of ``new`` is not in ``base``, or its settings
+      (``_UPDATE_MUST_MATCH``) differ.
+  """
+  merged = copy.deepcopy(base)
+  for name, task_report in new["datasets"].items():
+    if name not in merged["datasets"]:
+      raise ValueError(f"--update: the report has no task {name!r}")
+    old = merged["datasets"][name]
+    for key in _UPDATE_MUST_MATCH:
+      # Compared as the JSON file holds them (tuples as lists, arrays as lists).
+      here, there = (json.loads(json.dumps(_report.jsonable(t[key]))) for t in (task_report, old))
+      if here != there:
+        raise ValueError(f"--update: {name}'s {key} is {here!r} here, {there!r} in the report")
+    old["methods"].update(task_report["methods"])
+    old["targets"] = targets(old["methods"], old["hand_tuned"])
+  merged.setdefault("updates", []).append(
+    {
+      "command": new["command"],
+      "machine": new["machine"],
+      "wall_s": new.get("wall_s"),
+      "methods": {name: list(t["methods"]) for name, t in new["datasets"].items()},
+    }
+  )
+  return merged
+
+
 def _select(methods, names):
   """The methods of a task named in ``names`` (all when empty), in registry order."""
   return list(methods) if not names else [m for m in methods if m.name in set(names)]
@@ -648,8 +707,20 @@ def main(argv=None) -> dict:
     "eval-windows",
   ):
     lm.add_argument(f"--{flag}", type=int, default=None)
+  parser.add_argument(
+    "--update",
+    default=None,
+    metavar="REPORT",
+    help="run only --methods (no references) and merge them into this saved report",
+  )
   _report.add_output_args(parser, "robustness", progress=True)
   args = parser.parse_args(argv)
+  if args.update is not None and not args.methods:
+    parser.error("--update needs --methods: the methods to rerun")
+  base = None
+  if args.update is not None:
+    with open(args.update) as f:
+      base = json.load(f)
   if args.quick:
     _train.fast_compilation()
   seeds = args.seeds or ([0, 1] if args.quick else [0, 1, 2])
@@ -694,7 +765,8 @@ def main(argv=None) -> dict:
     splits, model, setting = t.splits, t.model, t.setting
     rates, grid = args.rates or t.rates, args.grid or t.grid
     methods = _select(t.methods, args.methods)
-    hand_tuned = _select(t.hand_tuned, args.references)
+    # An update keeps the report's references.
+    hand_tuned = [] if base is not None else _select(t.hand_tuned, args.references)
     size = f"{model.num_params()} params; " if hasattr(model, "num_params") else ""
     print(
       f"\n{name}: {len(splits.y_train)}/{len(splits.y_valid)}/{len(splits.y_test)} "
@@ -722,7 +794,8 @@ def main(argv=None) -> dict:
       )
     )
     target = targets(entries, refs)
-    print_targets(name, target, refs)
+    if base is None:
+      print_targets(name, target, refs)
     report["datasets"][name] = {
       "model": model.name,
       "epochs": setting.epochs,
@@ -743,6 +816,20 @@ def main(argv=None) -> dict:
     }
     if hasattr(model, "num_params"):
       report["datasets"][name]["num_params"] = model.num_params()
+  if base is not None:
+    # The merged report keeps the base run's wall time; the update's is in
+    # its `updates` record.
+    report["wall_s"] = time.perf_counter() - start
+    report = update_report(base, report)
+    for name in tasks:
+      task_report = report["datasets"][name]
+      print(f"\n{name}: merged into {args.update}")
+      print_targets(name, task_report["targets"], task_report["hand_tuned"])
+    plot(report, args.png)
+    plot_rates(report, args.png)
+    _report.write_json(args.out, report)
+    print(f"total {report['updates'][-1]['wall_s']:.0f} s")
+    return report
   plot(report, args.png)
   plot_rates(report, args.png)
   return _report.finish(report, start, args.out)

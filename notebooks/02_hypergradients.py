@@ -171,7 +171,7 @@ axes[1, 1].plot(marthe_logs["beta"], color="C2")
 axes[0, 0].set(title="learning rate η", xlabel="step")
 axes[0, 1].set(title="tangent norm ‖Z‖", xlabel="step", yscale="log")
 axes[0, 2].set_yscale("symlog", linthresh=1e-2)
-axes[0, 2].set(title="normalised hypergradient ⟨Z, ∇E⟩ / (‖Z‖ ‖∇E‖)", xlabel="step")
+axes[0, 2].set(title="hypergradient h: the cosine (MARTHE: standardised)", xlabel="step")
 axes[1, 0].set(title="MARTHE's μ (adapted)", xlabel="step", ylim=(-0.05, 1.05))
 axes[1, 1].set(title="MARTHE's β (adapted)", xlabel="step")
 axes[1, 2].set(title="validation loss", xlabel="step", yscale="log")
@@ -184,5 +184,7 @@ plt.show()
 # accumulates the whole trajectory (its norm grows); MARTHE discounts the past
 # with μ and grows β while consecutive hypergradients agree. With their
 # defaults all three read the hypergradient normalised by the norms it
-# multiplies (a cosine), so no hyper-learning rate depends on the loss's scale,
-# and MARTHE selects its κ itself (divided by 10 at each divergence).
+# multiplies (a cosine, ⟨Z, ∇E⟩ / (‖Z‖ ‖∇E‖)), so no hyper-learning rate
+# depends on the loss's scale. MARTHE also divides that cosine by its running
+# root mean square (a long tangent's cosine is tiny, and β would not move),
+# and selects its κ itself (divided by 10 at each divergence).

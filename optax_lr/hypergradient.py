@@ -49,12 +49,17 @@ Defaults (no hyper-hyperparameter to tune):
   ``DEFAULT_MULTIPLICATIVE_HYPER_LR`` = 0.02.
 * ``hyper_lr_step=None`` (MARTHE) is the paper's own :math:`\kappa`
   selection (Section 4: start high, decimate until the learning system does
-  not diverge), run inside the train step: the scale-free :math:`\hat h`
-  above drives :math:`\beta_t = \mathrm{clip}(\beta_{t-1} + \kappa \hat h_t
-  \hat h_{t-1}, 0, 0.5)` and :math:`\eta_t = \eta_{t-1}\exp(-\beta_t \hat
+  not diverge), run inside the train step. The cosine above is
+  standardised by its running root mean square, :math:`s_t = 0.9 s_{t-1} +
+  0.1 \cos_t^2` (``HYPERGRADIENT_SCALE_DECAY``) and :math:`\hat h_t =
+  \mathrm{clip}(\cos_t / \sqrt{s_t}, -1, 1)`, because the cosine of a long
+  tangent with a minibatch gradient is ~0.01 and would move neither
+  :math:`\beta` nor :math:`\eta`; :math:`\hat h` then drives
+  :math:`\beta_t = \mathrm{clip}(\beta_{t-1} + \kappa \hat h_t \hat
+  h_{t-1}, 0, 0.5)` and :math:`\eta_t = \eta_{t-1}\exp(-\beta_t \hat
   h_t)`; :math:`\kappa` starts at ``DEFAULT_HYPER_LR_STEP`` = 0.01 and every
   divergence (below) rolls back to the last checkpoint, divides
-  :math:`\kappa` by 10 and restarts :math:`\beta` from 0.
+  :math:`\kappa` by 10 and restarts :math:`\beta` from 0 (and :math:`s`).
 * An explicit number keeps the paper's additive rule exactly.
 
 The safety net (``safety_net=True``, the default; ``optax_lr._checkpoint``):
@@ -143,6 +148,10 @@ class HypergradientState(NamedTuple):
   mu: jax.Array  # [] A: mu_t, the tangent's discount of the last update.
   horizon: jax.Array  # [] A: c_t, effective horizon of the tangent.
   hypergradient: jax.Array  # [] A: h_t of the last accepted update.
+  # [] A: kappa selection's running mean of cos(Z_t, v_t)^2, by which it
+  # divides the cosine; 0 before the first call and after a rollback, and
+  # for every other rule.
+  hypergradient_scale: jax.Array
   # Z_{t+1}: params-like, each leaf in its dtype promoted to >= float32;
   # None for mu = 0 (HD), whose tangent is -u_prev.
   tangent: Any
@@ -179,6 +188,14 @@ DEFAULT_MULTIPLICATIVE_HYPER_LR = 0.02
 # rollback; beta (scale-free) stays within [0, MAX_NORMALIZED_HYPER_LR].
 DEFAULT_HYPER_LR_STEP = 1e-2
 MAX_NORMALIZED_HYPER_LR = 0.5
+# Under kappa selection the cosine is divided by its root mean square over
+# the last ~10 calls (a running mean of its square with this decay). The
+# cosine of a long tangent with a minibatch gradient is small: over RTHO's
+# tangent on the benchmark MLPs, |cos| ~ 0.01 after a few hundred steps, a
+# step exp(-0.05 cos) of 0.05%, and kappa * h_t * h_{t-1} ~ 1e-6, so beta
+# never moves. The ratio is O(1) whatever the tangent's length (a
+# consistent sign gives +-1, noise alone a mean near 0), clipped to [-1, 1].
+HYPERGRADIENT_SCALE_DECAY = 0.9
 # With the safety net, the rate stays within [eta_0 / RATE_BAND,
 # eta_0 * RATE_BAND]; leaving it is a divergence under kappa selection.
 RATE_BAND = _checkpoint.RATE_BAND
@@ -219,6 +236,7 @@ class _Rate(NamedTuple):
   mu: jax.Array  # [] A: mu_t, likewise.
   horizon: jax.Array  # [] A: c_t, likewise.
   h: jax.Array  # [] A: h_t as the state records it, likewise.
+  scale: jax.Array  # [] A: kappa selection's running mean of cos^2, likewise.
   kappa: jax.Array  # [] A: the step that adapts beta (not guarded).
   finite: jax.Array  # [] bool: the new values were all finite and are taken.
   # [] bool: whether v_t is finite, when the rule's cosine pass gives it at no
@@ -291,10 +309,22 @@ def _rate_rule(
     tangent = state.tangent if uses_tangent else state.u_prev
     cosine, objective_finite = tree_cosine_and_finite(tangent, objective_grads)
     cosine = cosine.astype(dtype)
+  scale = state.hypergradient_scale
   if normalized:
     # The scale-free hypergradient h_t / (|Z_t| |v_t|), in [-1, 1].
     h = cosine if uses_tangent else -cosine
     finite = finite & jnp.isfinite(h)
+    if select_kappa:
+      # Standardised: h_t = clip(cos_t / sqrt(s_t), -1, 1) with s_t the
+      # running mean of cos^2 (its first value cos_0^2, so h_0 = +-1). The
+      # clip bounds the step; h_t = 0 where every cosine so far was 0.
+      decay = HYPERGRADIENT_SCALE_DECAY
+      squared = h * h
+      previous = state.hypergradient_scale
+      scale = jnp.where(previous == 0, squared, decay * previous + (1 - decay) * squared)
+      positive = scale > 0
+      root = jnp.sqrt(jnp.where(positive, scale, jnp.ones_like(scale)))
+      h = jnp.where(positive, jnp.clip(h / root, -1, 1), jnp.zeros_like(h))
 
   # Step 3: beta grows when consecutive hypergradients agree (gradient
   # descent on beta; the paper's printed minus sign would shrink it).
@@ -330,6 +360,7 @@ def _rate_rule(
     mu=keep(mu_t, state.mu),
     horizon=keep(horizon, state.horizon),
     h=keep(h, state.hypergradient),
+    scale=keep(scale, state.hypergradient_scale),
     kappa=kappa,
     finite=finite,
     objective_finite=objective_finite,
@@ -400,6 +431,7 @@ def _engine(
       mu=scalar(0.0 if adaptive_mu else mu),
       horizon=scalar(0.0),
       hypergradient=scalar(0.0),
+      hypergradient_scale=scalar(0.0),
       tangent=tangent,
       direction_tangent=direction_tangent,
       u_prev=u_prev,
@@ -453,6 +485,7 @@ def _engine(
     )
     eta_t, beta_t, mu_t, horizon = rate.eta, rate.beta, rate.mu, rate.horizon
     h_kept, kappa, finite = rate.h, rate.kappa, rate.finite
+    scale_kept = rate.scale
     objective_finite = rate.objective_finite
     if safety_net and objective_finite is None:
       # Whether v_t is finite, at any scale (|v_t|^2 overflows for float32
@@ -490,6 +523,7 @@ def _engine(
         kappa = jnp.where(rollback, kappa / 10, kappa)
         beta_t = jnp.where(rollback, jnp.zeros_like(beta_t), beta_t)
       h_kept = jnp.where(rollback, jnp.zeros_like(h_kept), h_kept)
+      scale_kept = jnp.where(rollback, jnp.zeros_like(scale_kept), scale_kept)
       finite = finite & jnp.logical_not(rollback)
     if safety_net:
       pushed_below = eta_t < low
@@ -556,6 +590,7 @@ def _engine(
       mu=mu_t,
       horizon=horizon,
       hypergradient=h_kept,
+      hypergradient_scale=scale_kept,
       tangent=tangent,
       direction_tangent=direction_tangent,
       u_prev=u_prev,

@@ -434,6 +434,31 @@ def test_robustness(tmp_path, capsys):
   assert f"{dataset}: targets" in out and "range test: SGD at the suggestion" in out
   _check_png(tmp_path, "robustness")
 
+  # --update reruns only the methods named and merges them into the report.
+  with pytest.raises(SystemExit):
+    robustness.main(["--quick", "--update", str(tmp_path / "robustness.json")])
+  robustness.main(
+    ["--quick", "--datasets", dataset, "--methods", "dog", "--no-progress"]
+    + ["--update", str(tmp_path / "robustness.json")]
+    + _outputs(tmp_path, "updated")
+  )
+  assert f"{dataset}: merged into" in capsys.readouterr().out
+  updated = _load(tmp_path / "updated.json")
+  assert updated["updates"][0]["methods"] == {dataset: ["dog"]}
+  assert "--update" in updated["updates"][0]["command"]
+  assert updated["wall_s"] == saved["wall_s"]  # the base run's
+  merged = updated["datasets"][dataset]
+  assert merged["hand_tuned"] == ds["hand_tuned"]  # no reference reran
+  assert set(merged["methods"]) == set(methods)
+  for name in set(methods) - {"dog"}:
+    assert merged["methods"][name] == ds["methods"][name]
+  # The same program and seeds: the rerun reproduces dog's entry.
+  np.testing.assert_allclose(
+    merged["methods"]["dog"]["scored_loss"], ds["methods"]["dog"]["scored_loss"], rtol=1e-5
+  )
+  assert merged["targets"]["dog_worst"] == pytest.approx(targets["dog_worst"], rel=1e-5)
+  _check_png(tmp_path, "updated")
+
 
 def _entry(per_rate, library="optax_lr", swept=True, nonfinite=0):
   """A robustness entry with these seed-mean losses (two identical seeds)."""
@@ -496,6 +521,45 @@ def test_robustness_targets_logic():
   # Only what passes: HD and the ASLR pipeline (the raw sweep is information).
   passing = {n: entries[n] for n in ("hd", "aslr", "aslr_range_test", "dog", "sgd_range_test")}
   assert robustness.targets(passing, refs)["all_met"]
+
+
+def test_update_report_replaces_entries_and_recomputes_targets():
+  from benchmarks import robustness  # pylint: disable=g-import-not-at-top
+
+  refs = {"adam": {"best_loss": 0.10, "best_rate": 1e-3}}
+  settings = {key: f"{key} of the task" for key in robustness._UPDATE_MUST_MATCH}
+  settings["initial_rates"] = [1e-4, 1.0]
+
+  def report(entries, command):
+    task = dict(settings, methods=entries, hand_tuned=refs)
+    task["targets"] = robustness.targets(entries, refs)
+    return {"command": command, "machine": {"cpu": "x"}, "wall_s": 7.0, "datasets": {"t": task}}
+
+  base = report({"hd": _entry([0.11, 0.20]), "dog": _entry([0.12, 0.13], "optax")}, "base")
+  new = report({"hd": _entry([0.11, 0.12])}, "rerun hd")
+  merged = robustness.update_report(base, new)
+  task = merged["datasets"]["t"]
+  assert task["methods"]["hd"] is not base["datasets"]["t"]["methods"]["hd"]
+  np.testing.assert_array_equal(task["methods"]["hd"]["scored_loss"], [[0.11] * 2, [0.12] * 2])
+  np.testing.assert_array_equal(task["methods"]["dog"]["scored_loss"], [[0.12] * 2, [0.13] * 2])
+  # HD's worst went from 2.0x to 1.2x the best hand-tuned loss, and it is now
+  # as robust as dog (0.12 <= 0.13).
+  hd = task["targets"]["methods"]["hd"]
+  assert hd["ratio_to_best_hand_tuned"] == pytest.approx(1.2) and hd["within_bound"]
+  assert hd["as_robust_as_dog"] is True
+  assert base["datasets"]["t"]["targets"]["methods"]["hd"]["within_bound"] is False  # untouched
+  assert merged["updates"] == [
+    {"command": "rerun hd", "machine": {"cpu": "x"}, "wall_s": 7.0, "methods": {"t": ["hd"]}}
+  ]
+  assert robustness.update_report(merged, new)["updates"][1]["command"] == "rerun hd"
+
+  other = report({"hd": _entry([0.11, 0.12])}, "x")
+  other["datasets"]["t"]["epochs"] = 3
+  with pytest.raises(ValueError, match="epochs"):
+    robustness.update_report(base, other)
+  other["datasets"] = {"u": new["datasets"]["t"]}
+  with pytest.raises(ValueError, match="no task 'u'"):
+    robustness.update_report(base, other)
 
 
 def test_paper_marthe(tmp_path):

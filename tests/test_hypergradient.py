@@ -426,7 +426,9 @@ _MARTHE_SELECT = {
 _MARTHE_ADAPTIVE_MU = {**_RTHO, "mu": None, "adaptive_mu": True, "keeps_u_prev": True}
 
 
-def _rule_state(eta, *, beta=0.0, mu=0.0, horizon=0.0, h=0.0, kappa=0.0, tangent=None, u_prev=None):
+def _rule_state(
+  eta, *, beta=0.0, mu=0.0, horizon=0.0, h=0.0, scale=0.0, kappa=0.0, tangent=None, u_prev=None
+):
   f64 = lambda x: jnp.asarray(x, jnp.float64)
   tree = lambda t: None if t is None else {"a": f64(t[:2]), "b": f64(t[2:])}
   return HypergradientState(
@@ -436,6 +438,7 @@ def _rule_state(eta, *, beta=0.0, mu=0.0, horizon=0.0, h=0.0, kappa=0.0, tangent
     mu=f64(mu),
     horizon=f64(horizon),
     hypergradient=f64(h),
+    hypergradient_scale=f64(scale),
     tangent=tree(tangent),
     direction_tangent=None,
     u_prev=tree(u_prev),
@@ -479,27 +482,71 @@ def test_rate_rule_hd_reads_the_last_direction():
     _assert_rate(rate, 0.1 - 0.01 * -5.0, 0.01, 0.0, 0.0, -5.0, 0.0)
 
 
+# MARTHE's kappa selection, cos(Z, v) = 24 / 25 = 0.96 (the scale of v does
+# not matter) standardised: s = 0.9 s' + 0.1 cos^2 (cos^2 itself where s' =
+# 0), h = clip(cos / sqrt(s), -1, 1).
+_COS = 0.96
+_SCALE_FROM_ONE = 0.9 * 1.0 + 0.1 * _COS**2  # s' = 1: s = 0.99216
+_H_FROM_ONE = _COS / np.sqrt(_SCALE_FROM_ONE)  # 0.96379...
+
+
 @pytest.mark.parametrize(
-  "beta_prev, h_prev, beta",
+  "scale_prev, scale, h",
   [
-    (0.1, 0.5, 0.1 + 0.01 * 0.96 * 0.5),  # beta grows as h_t h_{t-1} > 0
-    (0.45, 100.0, 0.5),  # clipped at MAX_NORMALIZED_HYPER_LR
-    (0.45, -100.0, 0.0),  # clipped at 0
+    (0.0, _COS**2, 1.0),  # first call: s = cos^2, so h = 1
+    (1.0, _SCALE_FROM_ONE, _H_FROM_ONE),  # a larger past scale: h < 1
+    (0.01, 0.9 * 0.01 + 0.1 * _COS**2, 1.0),  # a smaller one: clipped at 1
   ],
 )
-def test_rate_rule_normalized_by_hand(beta_prev, h_prev, beta):
-  # MARTHE's kappa selection: h = cos(Z, v) = 24 / 25 = 0.96 (the scale of
-  # v does not matter), beta = clip(beta' + kappa h h', 0, 0.5) with kappa =
-  # 0.01 from the state (not the factory's 123), eta = 0.2 exp(-beta h).
+@pytest.mark.parametrize(
+  "beta_prev, h_prev, beta_of_h",
+  [
+    (0.1, 0.5, lambda h: 0.1 + 0.01 * h * 0.5),  # beta grows as h_t h_{t-1} > 0
+    (0.45, 100.0, lambda h: 0.5),  # clipped at MAX_NORMALIZED_HYPER_LR
+    (0.45, -100.0, lambda h: 0.0),  # clipped at 0
+  ],
+)
+def test_rate_rule_normalized_by_hand(scale_prev, scale, h, beta_prev, h_prev, beta_of_h):
+  # beta = clip(beta' + kappa h h', 0, 0.5) with kappa = 0.01 from the state
+  # (not the factory's 123), eta = 0.2 exp(-beta h).
   assert hypergradient.MAX_NORMALIZED_HYPER_LR == 0.5
+  assert hypergradient.HYPERGRADIENT_SCALE_DECAY == 0.9
+  beta = beta_of_h(h)
   with jax.enable_x64(True):
     state = _rule_state(
-      0.2, beta=beta_prev, mu=1.0, horizon=0.0, h=h_prev, kappa=0.01, tangent=[3.0, 0.0, 4.0]
+      0.2,
+      beta=beta_prev,
+      mu=1.0,
+      horizon=0.0,
+      h=h_prev,
+      scale=scale_prev,
+      kappa=0.01,
+      tangent=[3.0, 0.0, 4.0],
     )
     rate = _rule(state, [4e10, 0.0, 3e10], 0.0, _MARTHE_SELECT)
-    assert np.isclose(float(rate.h), 0.96, rtol=1e-15, atol=0)
-    _assert_rate(rate, 0.2 * np.exp(-beta * 0.96), beta, 1.0, 1.0, 0.96, 0.01)
+    _assert_rate(rate, 0.2 * np.exp(-beta * h), beta, 1.0, 1.0, h, 0.01)
+    np.testing.assert_allclose(float(rate.scale), scale, rtol=1e-15)
     assert bool(rate.objective_finite)
+
+
+def test_rate_rule_normalized_is_zero_while_every_cosine_was_zero():
+  # v orthogonal to Z: cos = 0, s = 0, h = 0 (no 0/0), eta unchanged.
+  with jax.enable_x64(True):
+    state = _rule_state(0.2, beta=0.1, mu=1.0, kappa=0.01, tangent=[3.0, 0.0, 4.0])
+    rate = _rule(state, [0.0, 5.0, 0.0], 0.0, _MARTHE_SELECT)
+    _assert_rate(rate, 0.2, 0.1, 1.0, 1.0, 0.0, 0.01)
+    assert float(rate.scale) == 0.0
+
+
+def test_rate_rule_other_rules_leave_the_scale_alone():
+  # Only kappa selection standardises: RTHO's cosine rule (hyper_lr=None)
+  # records the raw cosine and keeps s.
+  flags = {**_RTHO, "normalized": True}
+  with jax.enable_x64(True):
+    state = _rule_state(0.2, mu=1.0, scale=0.25, tangent=[3.0, 0.0, 4.0])
+    rate = _rule(state, [4.0, 0.0, 3.0], 0.05, flags)
+    _assert_rate(rate, 0.2 * np.exp(-0.05 * _COS), 0.05, 1.0, 1.0, _COS, 0.0)
+    assert float(rate.scale) == 0.25
 
 
 @pytest.mark.parametrize("sign, eta", [(1.0, 0.1 * (1 + 0.02 * 0.96)), (-1.0, 0.0)])
@@ -806,11 +853,13 @@ def _normalised_reference(eta0, mu, beta0, kappa, steps, curvatures, w0):
   """Float64 numpy reference of the scale-free rule on 0.5 sum(c w^2), SGD.
 
   h_hat = <Z, g> / (|Z| |g|) (0 where a norm is 0), with Z = -u_prev for
-  mu = 0; beta = clip(beta + kappa h_hat h_hat_prev, 0, 0.5) when kappa > 0;
-  eta = eta exp(-beta h_hat); Z <- mu (Z - eta H Z) - g.
+  mu = 0; when kappa > 0 (kappa selection), h_hat is standardised, s = 0.9 s
+  + 0.1 h_hat^2 (h_hat^2 where s = 0), h_hat = clip(h_hat / sqrt(s), -1, 1),
+  and beta = clip(beta + kappa h_hat h_hat_prev, 0, 0.5); eta = eta
+  exp(-beta h_hat); Z <- mu (Z - eta H Z) - g.
   """
   c, w = np.asarray(curvatures, np.float64), np.asarray(w0, np.float64)
-  eta, beta, h_prev = eta0, beta0, 0.0
+  eta, beta, h_prev, scale = eta0, beta0, 0.0, 0.0
   z, u_prev, rates = np.zeros_like(w), np.zeros_like(w), []
   for _ in range(steps):
     g = c * w
@@ -818,6 +867,8 @@ def _normalised_reference(eta0, mu, beta0, kappa, steps, curvatures, w0):
     norms = np.linalg.norm(tangent) * np.linalg.norm(g)
     h = 0.0 if norms == 0 else tangent @ g / norms
     if kappa > 0:
+      scale = h * h if scale == 0 else 0.9 * scale + 0.1 * h * h
+      h = 0.0 if scale == 0 else min(max(h / np.sqrt(scale), -1.0), 1.0)
       beta = min(max(beta + kappa * h * h_prev, 0.0), 0.5)
     eta = eta * np.exp(-beta * h)
     z = mu * (z - eta * c * z) - g
@@ -828,7 +879,7 @@ def _normalised_reference(eta0, mu, beta0, kappa, steps, curvatures, w0):
 
 
 @pytest.mark.parametrize(
-  "name,make,mu,beta0,kappa",
+  "name,make,mu,beta0,kappa,steps",
   [
     (
       "hd",
@@ -836,6 +887,7 @@ def _normalised_reference(eta0, mu, beta0, kappa, steps, curvatures, w0):
       0.0,
       hypergradient.DEFAULT_HYPER_LR,
       0.0,
+      40,
     ),
     (
       "rtho",
@@ -843,18 +895,24 @@ def _normalised_reference(eta0, mu, beta0, kappa, steps, curvatures, w0):
       1.0,
       hypergradient.DEFAULT_HYPER_LR,
       0.0,
+      40,
     ),
     # kappa selection with a fixed mu; no divergence here, so no rollback.
+    # Its standardised rule takes the rate from 0.02 up to 1.14 (call 29,
+    # past the stable 2 / 5 of curvature 5) and back down to 0.28 (call 34).
+    # From there the iterates are ~1e-5 and float32 parts from float64 within
+    # a few calls, so 32 calls are compared.
     (
       "marthe",
       lambda: optax_lr.marthe(0.02, mu=0.5),
       0.5,
       0.0,
       hypergradient.DEFAULT_HYPER_LR_STEP,
+      32,
     ),
   ],
 )
-def test_scale_free_defaults_match_a_float64_reference(name, make, mu, beta0, kappa):
+def test_scale_free_defaults_match_a_float64_reference(name, make, mu, beta0, kappa, steps):
   curvatures, w0 = jnp.array([1.0, 3.0, 5.0]), jnp.array([1.0, -2.0, 0.5])
   loss = lambda w: 0.5 * jnp.sum(curvatures * w * w)
   tx = make()
@@ -867,11 +925,11 @@ def test_scale_free_defaults_match_a_float64_reference(name, make, mu, beta0, ka
       w = optax_lr.apply_updates(w, u, s)
       return (w, s), s.learning_rate
 
-    return jax.lax.scan(body, (w, tx.init(w)), None, length=40)
+    return jax.lax.scan(body, (w, tx.init(w)), None, length=steps)
 
   (w, _), rates = run(w0)
-  want_rates, want_w = _normalised_reference(0.02, mu, beta0, kappa, 40, curvatures, w0)
-  # float32 against float64 over 40 compounding steps.
+  want_rates, want_w = _normalised_reference(0.02, mu, beta0, kappa, steps, curvatures, w0)
+  # float32 against float64 over compounding steps.
   np.testing.assert_allclose(np.asarray(rates), want_rates, rtol=1e-4)
   np.testing.assert_allclose(np.asarray(w), want_w, rtol=1e-4, atol=1e-7)
   # The rate moved: the defaults adapt it.

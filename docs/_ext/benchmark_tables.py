@@ -131,6 +131,12 @@ def command_paragraph(report: dict, name: str) -> nodes.paragraph:
     details.append(f"{report['wall_s']:.0f} s wall time")
   text = " (" + "; ".join(details) + ")"
   para += nodes.Text(text)
+  # Rows rerun later and merged in (`benchmarks.robustness --update`).
+  for update in report.get("updates", []):
+    rows = sorted({m for methods in update.get("methods", {}).values() for m in methods})
+    para += nodes.Text(f"; then {', '.join(rows)} rerun by ")
+    para += _code(update.get("command", "(none recorded)"))
+    para += nodes.Text(f" ({update.get('machine', {}).get('date', '?')[:10]})")
   return para
 
 

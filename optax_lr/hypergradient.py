@@ -56,10 +56,11 @@ Defaults (no hyper-hyperparameter to tune):
   tangent with a minibatch gradient is ~0.01 and would move neither
   :math:`\beta` nor :math:`\eta`; :math:`\hat h` then drives
   :math:`\beta_t = \mathrm{clip}(\beta_{t-1} + \kappa \hat h_t \hat
-  h_{t-1}, 0, 0.5)` and :math:`\eta_t = \eta_{t-1}\exp(-\beta_t \hat
-  h_t)`; :math:`\kappa` starts at ``DEFAULT_HYPER_LR_STEP`` = 0.01 and every
-  divergence (below) rolls back to the last checkpoint, divides
-  :math:`\kappa` by 10 and restarts :math:`\beta` from 0 (and :math:`s`).
+  h_{t-1}, 0, 0.05)` (at most 5% a step, as above) and :math:`\eta_t =
+  \eta_{t-1}\exp(-\beta_t \hat h_t)`; :math:`\kappa` starts at
+  ``DEFAULT_HYPER_LR_STEP`` = 0.01 and every divergence (below) rolls back
+  to the last checkpoint, divides :math:`\kappa` by 10 and restarts
+  :math:`\beta` from 0 (and :math:`s`).
 * An explicit number keeps the paper's additive rule exactly.
 
 The safety net (``safety_net=True``, the default; ``optax_lr._checkpoint``):
@@ -185,9 +186,14 @@ DEFAULT_HYPER_LR = 0.05
 # hyper_lr=None: 0.05 there let Adam's rate overshoot on Rosenbrock.
 DEFAULT_MULTIPLICATIVE_HYPER_LR = 0.02
 # MARTHE's kappa selection starts here ("high") and divides by 10 at every
-# rollback; beta (scale-free) stays within [0, MAX_NORMALIZED_HYPER_LR].
+# rollback; beta (scale-free) stays within [0, MAX_NORMALIZED_HYPER_LR]:
+# with the standardised |h_t| <= 1 below, at most 5% a step, as the fixed
+# beta of HD and RTHO. (A cap of 0.5, up to 65% a step, made the rate jump
+# threefold within ten steps, typically, on the benchmark tasks, for worst
+# held-out losses of 1.197 against 1.203 on MNIST-1D, 0.094 against 0.091 on
+# digits.)
 DEFAULT_HYPER_LR_STEP = 1e-2
-MAX_NORMALIZED_HYPER_LR = 0.5
+MAX_NORMALIZED_HYPER_LR = DEFAULT_HYPER_LR
 # Under kappa selection the cosine is divided by its root mean square over
 # the last ~10 calls (a running mean of its square with this decay). The
 # cosine of a long tangent with a minibatch gradient is small: over RTHO's

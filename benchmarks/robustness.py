@@ -635,9 +635,11 @@ def update_report(base: dict, new: dict) -> dict:
   machine, wall time and methods. ``base`` itself is not modified.
 
   Raises:
-    ValueError: a task of ``new`` is not in ``base``, or its settings
-      (``_UPDATE_MUST_MATCH``) differ.
+    ValueError: the seeds differ, a task of ``new`` is not in ``base``, or
+      its settings (``_UPDATE_MUST_MATCH``) differ.
   """
+  if list(new["seeds"]) != list(base["seeds"]):
+    raise ValueError(f"--update: seeds {new['seeds']} here, {base['seeds']} in the report")
   merged = copy.deepcopy(base)
   for name, task_report in new["datasets"].items():
     if name not in merged["datasets"]:
@@ -717,6 +719,8 @@ def main(argv=None) -> dict:
   args = parser.parse_args(argv)
   if args.update is not None and not args.methods:
     parser.error("--update needs --methods: the methods to rerun")
+  if args.update is not None and (args.references or args.grid):
+    parser.error("--update keeps the report's references: drop --references and --grid")
   base = None
   if args.update is not None:
     with open(args.update) as f:

@@ -435,8 +435,13 @@ def test_robustness(tmp_path, capsys):
   _check_png(tmp_path, "robustness")
 
   # --update reruns only the methods named and merges them into the report.
-  with pytest.raises(SystemExit):
-    robustness.main(["--quick", "--update", str(tmp_path / "robustness.json")])
+  for flags in (
+    [],
+    ["--methods", "dog", "--references", "sgd"],
+    ["--methods", "dog", "--grid", "1"],
+  ):
+    with pytest.raises(SystemExit):
+      robustness.main(["--quick", "--update", str(tmp_path / "robustness.json"), *flags])
   robustness.main(
     ["--quick", "--datasets", dataset, "--methods", "dog", "--no-progress"]
     + ["--update", str(tmp_path / "robustness.json")]
@@ -533,7 +538,13 @@ def test_update_report_replaces_entries_and_recomputes_targets():
   def report(entries, command):
     task = dict(settings, methods=entries, hand_tuned=refs)
     task["targets"] = robustness.targets(entries, refs)
-    return {"command": command, "machine": {"cpu": "x"}, "wall_s": 7.0, "datasets": {"t": task}}
+    return {
+      "command": command,
+      "machine": {"cpu": "x"},
+      "wall_s": 7.0,
+      "seeds": [0, 1],
+      "datasets": {"t": task},
+    }
 
   base = report({"hd": _entry([0.11, 0.20]), "dog": _entry([0.12, 0.13], "optax")}, "base")
   new = report({"hd": _entry([0.11, 0.12])}, "rerun hd")
@@ -554,6 +565,10 @@ def test_update_report_replaces_entries_and_recomputes_targets():
   assert robustness.update_report(merged, new)["updates"][1]["command"] == "rerun hd"
 
   other = report({"hd": _entry([0.11, 0.12])}, "x")
+  other["seeds"] = [0]
+  with pytest.raises(ValueError, match="seeds"):
+    robustness.update_report(base, other)
+  other["seeds"] = [0, 1]
   other["datasets"]["t"]["epochs"] = 3
   with pytest.raises(ValueError, match="epochs"):
     robustness.update_report(base, other)

@@ -92,8 +92,8 @@ Numerics:
   :math:`\nu = 0` (a parameter whose gradient has always been exactly 0) has
   ``0 * inf = NaN`` as its JAX JVP, although the step's derivative there is 0.
 * Non-finite hypergradients (NaN/Inf gradients, ``val_grads`` or HVPs, or
-  overflow) leave :math:`\eta, \beta, \mu, c, h` unchanged and reset the
-  tangents to 0: whenever :math:`h_t` or :math:`g_1` is not finite. A
+  overflow) leave :math:`\eta, \beta, \mu, c, h` (and :math:`s`) unchanged
+  and reset the tangents to 0: whenever :math:`h_t` or :math:`g_1` is not finite. A
   non-finite new tangent :math:`Z_{t+1}` is caught the same way one call
   later, since it makes :math:`h_{t+1} = \langle Z_{t+1}, v_{t+1}\rangle`
   non-finite; this costs no reduction over the tree. The learning rate is
@@ -268,13 +268,14 @@ def _rate_rule(
   r"""Steps 1-4 of the engine and their guards: the rate :math:`\eta_t`.
 
   Reads ``state``'s ``learning_rate``, ``hyper_lr``, ``mu``, ``horizon``,
-  ``hypergradient``, ``hyper_lr_step`` and, as the flags need them,
+  ``hypergradient``, ``hypergradient_scale`` (:math:`s`, kappa selection),
+  ``hyper_lr_step`` and, as the flags need them,
   ``tangent`` (:math:`Z_t`) and ``u_prev`` (:math:`u_{t-1}`);
   ``objective_grads`` is :math:`v_t`. ``mu``, ``hyper_lr`` and
   ``hyper_lr_step`` are the factory's (a Python number or an injected
   array); the flags are :func:`_engine`'s static structure. Where any new
-  value is not finite, :math:`\eta, \beta, \mu, c, h` keep the state's and
-  ``finite`` is False. Pure: no safety net, no tangent step.
+  value is not finite, :math:`\eta, \beta, \mu, c, h, s` keep the state's
+  and ``finite`` is False. Pure: no safety net, no tangent step.
   """
   dtype = state.learning_rate.dtype
   # Steps 1-2: the hypergradient h_t = <Z_t, v_t> and the one-step

@@ -126,6 +126,13 @@ def make_train_step(
   return lambda params, state, batch: compiled(params, state, batch, zero)
 
 
+def ended_finite(params: Any, state: Any, loss: jax.Array) -> bool:
+  """Whether a timed run's last ``loss`` and its ``params`` are all finite."""
+  del state  # A method's state may hold +inf by design (AALR's best cost).
+  leaves = [loss] + jax.tree_util.tree_leaves(params)
+  return all(bool(jnp.all(jnp.isfinite(leaf))) for leaf in leaves)
+
+
 @dataclasses.dataclass
 class Candidate:
   """One train step to time: ``tx`` with the extra args it needs."""
@@ -147,21 +154,24 @@ def time_candidates(
   steps_per_round: int = 20,
   seed: int = 0,
   final_states: Optional[dict] = None,
+  finite: Optional[dict] = None,
 ) -> dict[str, float]:
   """Median seconds per step of each candidate, interleaved in one run.
 
   ``final_states``, when given, receives each candidate's optimizer state
-  after its last timed step (e.g. to check that no step rolled back).
+  after its last timed step (e.g. to check that no step rolled back);
+  ``finite`` whether its last loss and its params after the last step are
+  all finite (a diverged run's steps time NaN arithmetic, not training).
   """
   runners = {}
   for cand in candidates:
     step = make_train_step(cand.tx, loss_fn, cand.needs, hvp=cand.hvp, no_saves=cand.no_saves)
     params = init_params()
-    carry = [params, cand.tx.init(params)]
+    carry = [params, cand.tx.init(params), None]
     # Compile and warm up outside the timed rounds.
     for _ in range(3):
-      carry[0], carry[1], loss = step(carry[0], carry[1], batch)
-    jax.block_until_ready(loss)
+      carry[0], carry[1], carry[2] = step(carry[0], carry[1], batch)
+    jax.block_until_ready(carry[2])
     runners[cand.name] = (step, carry)
 
   times: dict[str, list[float]] = {name: [] for name in runners}
@@ -173,9 +183,11 @@ def time_candidates(
       step, carry = runners[name]
       start = time.perf_counter()
       for _ in range(steps_per_round):
-        carry[0], carry[1], loss = step(carry[0], carry[1], batch)
-      jax.block_until_ready((carry[0], carry[1], loss))
+        carry[0], carry[1], carry[2] = step(carry[0], carry[1], batch)
+      jax.block_until_ready(carry)
       times[name].append((time.perf_counter() - start) / steps_per_round)
   if final_states is not None:
     final_states.update({name: carry[1] for name, (_, carry) in runners.items()})
+  if finite is not None:
+    finite.update({name: ended_finite(*carry) for name, (_, carry) in runners.items()})
   return {name: float(np.median(ts)) for name, ts in times.items()}

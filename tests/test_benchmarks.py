@@ -16,6 +16,7 @@ import json
 import math
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -248,7 +249,42 @@ def test_speed(tmp_path, capsys):
   else:
     assert net["status"] == "n/a" and net["met"] is None
   assert "net on / net off" in out
+  # No timed run diverged (MARTHE's net-off twin included): its ratios time
+  # training steps, not NaN arithmetic.
+  assert cnn["diverged_while_timed"] == []
+  assert "diverged while timed" not in out
   _check_png(tmp_path, "speed")
+
+
+def test_speed_leaves_targets_of_a_diverged_run_unmet(tmp_path, capsys, monkeypatch):
+  """A candidate whose timed run ends non-finite is listed, and every target
+  that reads it is unmet, whatever its ratio."""
+  from benchmarks import speed  # pylint: disable=g-import-not-at-top
+
+  # Plain SGD and AALR (which sees no epoch end while timed, so never halves)
+  # at a rate of 1e8 overflow the quick MLP within the warm-up steps.
+  monkeypatch.setattr(_methods, "SPEED_LR", 1e8)
+  report = speed.main(
+    ["--quick", "--models", "mlp", "--methods", "sgd", "aalr"] + _outputs(tmp_path, "speed")
+  )
+  out = capsys.readouterr().out
+  mlp = report["models"]["mlp"]
+  assert mlp["diverged_while_timed"] == ["aalr", "sgd"]
+  (target,) = mlp["targets"]
+  assert (target["method"], target["baseline"], target["met"]) == ("aalr", "sgd", False)
+  assert "diverged while timed" in out and "aalr, sgd" in out
+
+
+def test_harness_ended_finite():
+  from benchmarks import _harness  # pylint: disable=g-import-not-at-top
+
+  params = {"w": jnp.ones(3), "b": jnp.zeros(2)}
+  state = (jnp.full([], jnp.inf),)  # a state may hold +inf by design
+  assert _harness.ended_finite(params, state, jnp.asarray(0.5))
+  assert not _harness.ended_finite(params, state, jnp.asarray(jnp.nan))
+  nan_params = {"w": jnp.array([1.0, jnp.nan, 1.0]), "b": jnp.zeros(2)}
+  assert not _harness.ended_finite(nan_params, state, jnp.asarray(0.5))
+  assert not _harness.ended_finite({"w": jnp.array([jnp.inf])}, state, jnp.asarray(0.5))
 
 
 def test_speed_times_steps_that_do_not_save():

@@ -42,7 +42,8 @@ checks each net's ``rollbacks`` counter after timing and reports it. Nor may
 any candidate's timed run diverge (a NaN run's step is no production step,
 and a ratio against it says nothing): the script checks every candidate's
 last loss and params, lists those that ended non-finite, and leaves every
-target that reads one of them unmet.
+target that reads one of them unmet; a net target is unmet, too, when its
+method rolled back while timed.
 
 Targets (``TARGETS``, the first release's, measured with the net off
 (``<name>_net_off``) where a method has one): HD <= 1.10x sgd(momentum=0.9);
@@ -524,7 +525,7 @@ def main(argv=None) -> dict:
     )
     runs, final_states, finite = [], [], []
     for repeat in range(repeats):
-      states, ended_finite = {}, {}
+      states, finite_now = {}, {}
       times = _harness.time_candidates(
         cands,
         init_params,
@@ -534,11 +535,11 @@ def main(argv=None) -> dict:
         steps_per_round=steps,
         seed=repeat,
         final_states=states,
-        finite=ended_finite,
+        finite=finite_now,
       )
       runs.append(times)
       final_states.append(states)
-      finite.append(ended_finite)
+      finite.append(finite_now)
       print(f"  repeat {repeat + 1}/{repeats}: sgd {1e3 * times.get('sgd', np.nan):.3f} ms/step")
     ratio = lambda a, b: float(np.median([r[a] / r[b] for r in runs]))
     entry = {

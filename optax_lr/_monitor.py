@@ -322,6 +322,22 @@ def _land_on_checkpoint(checkpoint: Any, params: Any) -> Any:
   )
 
 
+def _select_checkpoint(flag: jax.Array, checkpoint: Any, params: Any) -> Any:
+  """Leaf by leaf: the checkpoint's value where ``flag``, else ``params``'.
+
+  An elementwise select, exact from NaN ``params``; the leaves a method does
+  not own (its ``MaskedNode`` s under ``optax.partition``) keep ``params``.
+  """
+  return jax.tree_util.tree_map(
+    lambda saved, new: (
+      new if isinstance(saved, optax.MaskedNode) or saved is None else jnp.where(flag, saved, new)
+    ),
+    checkpoint,
+    params,
+    is_leaf=lambda x: isinstance(x, optax.MaskedNode) or x is None,
+  )
+
+
 def apply_updates(params: Any, updates: Any, opt_state: Any) -> Any:
   r"""``optax.apply_updates`` that lands exactly on a rolled-back checkpoint.
 
@@ -334,8 +350,13 @@ def apply_updates(params: Any, updates: Any, opt_state: Any) -> Any:
     w_{t+1} = \begin{cases} c & \text{if the update call rolled back to } c,
     \\ w_t + u_t & \text{otherwise.} \end{cases}
 
-  The choice is a ``lax.cond`` on a scalar flag, so steps without a rollback
-  do no extra work over the trees. Flax users: ``optax_lr.nnx_update`` and
+  The choice is an elementwise select on a scalar flag, which XLA fuses with
+  the add and with the update's own rollback select (``checkpoint - params``,
+  which reads the same checkpoint): no extra pass over the trees. (A
+  ``lax.cond`` here cost 3-5% of an MLP's train step on CPU, with the net's
+  other work at about 2%: a conditional must wait for every new param leaf,
+  where fused selects let each leaf's update run as soon as its gradient is
+  ready.) Flax users: ``optax_lr.nnx_update`` and
   ``optax_lr.apply_gradients`` call it for ``nnx.Optimizer`` and
   ``TrainState``.
 
@@ -367,13 +388,7 @@ def apply_updates(params: Any, updates: Any, opt_state: Any) -> Any:
     if found is None:  # no rollback machinery (e.g. safety_net=False)
       continue
     rolled_back, checkpoint = found
-    new_params = jax.lax.cond(
-      jnp.logical_and(rolled_back, emitted),
-      lambda c, p: _land_on_checkpoint(c, p),
-      lambda c, p: p,
-      checkpoint,
-      new_params,
-    )
+    new_params = _select_checkpoint(jnp.logical_and(rolled_back, emitted), checkpoint, new_params)
   return new_params
 
 

@@ -391,7 +391,8 @@ def aslr(
     safety_net: keep a checkpoint of the params and the direction state,
       saved by the update call after each improving epoch end, and roll back
       to it after a diverged epoch (a non-finite cost, or one above ten times
-      the best) or a non-finite or blown-up ``value``: the centre then
+      the best) or a non-finite or blown-up ``value`` (above ten times its
+      reference or a thousand times its running level): the centre then
       returns to the one saved with the checkpoint, a decade lower for each
       further divergence from it, and the search restarts. ``update`` then
       needs ``params``. ``False`` saves one params copy and one

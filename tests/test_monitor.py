@@ -184,6 +184,18 @@ def test_apply_updates_lands_exactly_on_checkpoint_from_nan_params():
   jax.tree_util.tree_map(np.testing.assert_array_equal, got2, optax.apply_updates(got, updates))
 
 
+def test_apply_updates_is_a_select_not_a_conditional():
+  """The landing is an elementwise select that XLA fuses with the add: a
+  ``lax.cond`` there waits for every new param leaf (measured: 3-5% of an
+  MLP's step on CPU)."""
+  tx = toy(0.5)
+  state = tx.init(PARAMS)
+  updates, state = tx.update(GRADS, state, PARAMS)
+  hlo = jax.jit(optax_lr.apply_updates).lower(PARAMS, updates, state).as_text()
+  assert "select" in hlo
+  assert "stablehlo.case" not in hlo and "stablehlo.if" not in hlo
+
+
 @standard_promotion()
 def test_apply_updates_under_multisteps_only_on_the_emitting_call():
   tx = optax.MultiSteps(toy(0.5), every_k_schedule=2)

@@ -74,6 +74,43 @@ def test_a_loss_ten_times_its_reference_is_a_divergence(first, saved, value, div
   np.testing.assert_equal(float(cost), np.float32(value))
 
 
+@pytest.mark.parametrize(
+  "level,value,diverged",
+  [
+    # first = 1 (limit 10): only the running level can see these.
+    (1e-6, 0.9e-3, False),  # 900 times the level: noise, however large
+    (1e-6, 1.1e-3, True),  # above LEVEL_FACTOR = 1000 times it
+    (1e-2, 5.0, False),  # 500 times
+    # Below float epsilon times ref (1.19e-7 for ref = 1): the rounding noise
+    # of a loss that converged to ~0, never a divergence.
+    (1e-12, 1e-7, False),
+    (1e-12, 1.3e-7, True),
+    # No level yet (no positive loss seen): the tenfold test only.
+    (0.0, 5.0, False),
+  ],
+)
+def test_a_loss_a_thousand_times_its_running_level_is_a_divergence(level, value, diverged):
+  net = _net(1.0, 1.0)._replace(loss_level=jnp.float32(level))
+  _, rollback, _ = _checkpoint.net_decide(net, jnp.float32(value), jnp.bool_(True))
+  assert bool(rollback) == diverged
+
+
+def test_loss_level_averages_positive_losses_and_moves_at_most_five_percent_up():
+  net = _net()
+  step = lambda net, value, rollback=False: _checkpoint.net_update(
+    net, net.checkpoint, jnp.bool_(False), jnp.bool_(rollback), jnp.float32(value)
+  )
+  net = step(net, 4.0)  # the first positive loss starts the level
+  assert float(net.loss_level) == 4.0
+  # 4 + (min(1e6, 8) - 4) / 20 = 4.2; 4 + (2 - 4) / 20 = 3.9.
+  np.testing.assert_allclose(float(step(net, 1e6).loss_level), 4.2, rtol=1e-6)
+  np.testing.assert_allclose(float(step(net, 2.0).loss_level), 3.9, rtol=1e-6)
+  for unchanged in (step(net, 1e6, rollback=True), step(net, math.nan), step(net, -1.0)):
+    assert float(unchanged.loss_level) == 4.0
+  # Without a `value` the cost is +inf: no level.
+  assert float(step(_net(), math.inf).loss_level) == 0.0
+
+
 def test_unhealthy_numbers_and_pending_rollbacks_are_divergences():
   assert bool(_checkpoint.net_decide(_net(), None, jnp.bool_(False))[1])
   assert bool(_checkpoint.net_decide(_net(pending=True), None, jnp.bool_(True))[1])

@@ -108,8 +108,10 @@ SAVE_EVERY = 20
 # run blowing up (|g| growing x3 or more per call) does not.
 GRADIENT_GROWTH = 10.0
 # A training loss above this many times its running level (an average over
-# ~SAVE_EVERY calls) is a divergence: minibatch noise moves a loss by far
-# less against its own average, a blow-up from a converged point by more.
+# ~SAVE_EVERY calls) is a divergence. A blow-up from a converged point jumps
+# by far more; minibatch noise stayed far below it on every task measured
+# (digits, MNIST-1D, a teacher-student MSE regression whose loss goes to ~0:
+# runs bit-identical with and without the test).
 LEVEL_FACTOR = 1000.0
 # Methods with a net keep their rate within [eta_0 / RATE_BAND,
 # eta_0 * RATE_BAND]: no runaway, no collapse for good.

@@ -849,14 +849,15 @@ def test_non_finite_hypergradient_keeps_scalars_and_resets_tangents(poison):
 # ---------------------------------------------------------------- defaults
 
 
-def _normalised_reference(eta0, mu, beta0, kappa, steps, curvatures, w0):
+def _normalised_reference(eta0, mu, beta0, kappa, steps, curvatures, w0, multiplicative=False):
   """Float64 numpy reference of the scale-free rule on 0.5 sum(c w^2), SGD.
 
   h_hat = <Z, g> / (|Z| |g|) (0 where a norm is 0), with Z = -u_prev for
   mu = 0; when kappa > 0 (kappa selection), h_hat is standardised, s = 0.9 s
   + 0.1 h_hat^2 (h_hat^2 where s = 0), h_hat = clip(h_hat / sqrt(s), -1, 1),
   and beta = clip(beta + kappa h_hat h_hat_prev, 0, 0.05); eta = eta
-  exp(-beta h_hat); Z <- mu (Z - eta H Z) - g.
+  exp(-beta h_hat), or with ``multiplicative`` Baydin et al.'s
+  max(eta (1 - beta h_hat), 0); Z <- mu (Z - eta H Z) - g.
   """
   c, w = np.asarray(curvatures, np.float64), np.asarray(w0, np.float64)
   eta, beta, h_prev, scale = eta0, beta0, 0.0, 0.0
@@ -870,7 +871,7 @@ def _normalised_reference(eta0, mu, beta0, kappa, steps, curvatures, w0):
       scale = h * h if scale == 0 else 0.9 * scale + 0.1 * h * h
       h = 0.0 if scale == 0 else min(max(h / np.sqrt(scale), -1.0), 1.0)
       beta = min(max(beta + kappa * h * h_prev, 0.0), 0.05)
-    eta = eta * np.exp(-beta * h)
+    eta = max(eta * (1 - beta * h), 0.0) if multiplicative else eta * np.exp(-beta * h)
     z = mu * (z - eta * c * z) - g
     u_prev, h_prev = g, h
     w = w - eta * g
@@ -879,7 +880,7 @@ def _normalised_reference(eta0, mu, beta0, kappa, steps, curvatures, w0):
 
 
 @pytest.mark.parametrize(
-  "name,make,mu,beta0,kappa,steps",
+  "name,make,mu,beta0,kappa,steps,multiplicative",
   [
     (
       "hd",
@@ -888,6 +889,17 @@ def _normalised_reference(eta0, mu, beta0, kappa, steps, curvatures, w0):
       hypergradient.DEFAULT_HYPER_LR,
       0.0,
       40,
+      False,
+    ),
+    # Baydin et al.'s multiplicative rule, with the same default beta.
+    (
+      "hd_mult",
+      lambda: optax_lr.hypergradient_descent(0.02, multiplicative=True, safety_net=False),
+      0.0,
+      hypergradient.DEFAULT_HYPER_LR,
+      0.0,
+      40,
+      True,
     ),
     (
       "rtho",
@@ -896,6 +908,7 @@ def _normalised_reference(eta0, mu, beta0, kappa, steps, curvatures, w0):
       hypergradient.DEFAULT_HYPER_LR,
       0.0,
       40,
+      False,
     ),
     # kappa selection with a fixed mu; no divergence here, so no rollback.
     # Its standardised h is +-1 here, and beta reaches its cap 0.05 by call
@@ -907,10 +920,13 @@ def _normalised_reference(eta0, mu, beta0, kappa, steps, curvatures, w0):
       0.0,
       hypergradient.DEFAULT_HYPER_LR_STEP,
       40,
+      False,
     ),
   ],
 )
-def test_scale_free_defaults_match_a_float64_reference(name, make, mu, beta0, kappa, steps):
+def test_scale_free_defaults_match_a_float64_reference(
+  name, make, mu, beta0, kappa, steps, multiplicative
+):
   curvatures, w0 = jnp.array([1.0, 3.0, 5.0]), jnp.array([1.0, -2.0, 0.5])
   loss = lambda w: 0.5 * jnp.sum(curvatures * w * w)
   tx = make()
@@ -926,7 +942,9 @@ def test_scale_free_defaults_match_a_float64_reference(name, make, mu, beta0, ka
     return jax.lax.scan(body, (w, tx.init(w)), None, length=steps)
 
   (w, _), rates = run(w0)
-  want_rates, want_w = _normalised_reference(0.02, mu, beta0, kappa, steps, curvatures, w0)
+  want_rates, want_w = _normalised_reference(
+    0.02, mu, beta0, kappa, steps, curvatures, w0, multiplicative=multiplicative
+  )
   # float32 against float64 over compounding steps.
   np.testing.assert_allclose(np.asarray(rates), want_rates, rtol=1e-4)
   np.testing.assert_allclose(np.asarray(w), want_w, rtol=1e-4, atol=1e-7)

@@ -326,16 +326,10 @@ def _select_checkpoint(flag: jax.Array, checkpoint: Any, params: Any) -> Any:
   """Leaf by leaf: the checkpoint's value where ``flag``, else ``params``'.
 
   An elementwise select, exact from NaN ``params``; the leaves a method does
-  not own (its ``MaskedNode`` s under ``optax.partition``) keep ``params``.
+  not own keep ``params`` (:func:`_land_on_checkpoint`).
   """
-  return jax.tree_util.tree_map(
-    lambda saved, new: (
-      new if isinstance(saved, optax.MaskedNode) or saved is None else jnp.where(flag, saved, new)
-    ),
-    checkpoint,
-    params,
-    is_leaf=lambda x: isinstance(x, optax.MaskedNode) or x is None,
-  )
+  landed = _land_on_checkpoint(checkpoint, params)
+  return jax.tree_util.tree_map(lambda saved, new: jnp.where(flag, saved, new), landed, params)
 
 
 def apply_updates(params: Any, updates: Any, opt_state: Any) -> Any:

@@ -4,7 +4,9 @@ Every model is a :class:`Model` (flax linen: the MLP and the CNN) or a
 :class:`LanguageModel` (flax NNX: a decoder-only Transformer):
 ``init(key) -> params``, ``logits(params, x)``, ``loss(params, (x, y))`` (mean
 softmax cross-entropy) and ``accuracy``, pure functions of a params pytree,
-so any optax transformation trains them.
+so any optax transformation trains them. A :class:`Regressor` is a
+:class:`Model` with one output, the mean squared error as its loss and R² as
+its ``accuracy``.
 """
 
 from __future__ import annotations
@@ -56,6 +58,8 @@ def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
 class _Classifier:
   """``accuracy`` from ``logits``: the fraction of argmax predictions that hit."""
 
+  metric = "acc %"  # what the tables call ``accuracy``, as a percentage
+
   def logits(self, params: Any, x: jax.Array) -> jax.Array:
     raise NotImplementedError
 
@@ -89,9 +93,34 @@ class Model(_Classifier):
     return cross_entropy(self.logits(params, x), y)
 
 
+@dataclasses.dataclass(frozen=True)
+class Regressor(Model):
+  """A :class:`Model` of one output trained on the mean squared error.
+
+  ``accuracy`` is the coefficient of determination R² = 1 - MSE / Var(y) on
+  the batch (1: perfect; 0: no better than predicting the mean).
+  """
+
+  metric = "R² %"
+
+  def loss(self, params: Any, batch: tuple[jax.Array, jax.Array]) -> jax.Array:
+    x, y = batch
+    return jnp.mean((self.logits(params, x) - y) ** 2)
+
+  def accuracy(self, params: Any, batch: tuple[jax.Array, jax.Array]) -> jax.Array:
+    x, y = batch
+    return 1.0 - self.loss(params, batch) / jnp.mean((y - y.mean()) ** 2)
+
+
 def mlp(input_shape: tuple[int, ...], hidden: Sequence[int], classes: int = 10) -> Model:
   name = "mlp-" + "-".join(map(str, (int(jnp.prod(jnp.array(input_shape))), *hidden, classes)))
   return Model(name, MLPModule(tuple(hidden), classes), tuple(input_shape))
+
+
+def regressor_mlp(inputs: int, hidden: Sequence[int]) -> Regressor:
+  """A ReLU MLP with one linear output, trained on the mean squared error."""
+  name = "mlp-" + "-".join(map(str, (inputs, *hidden, 1)))
+  return Regressor(name, MLPModule(tuple(hidden), 1), (inputs,))
 
 
 def cnn2d(

@@ -147,8 +147,11 @@ def save_figure(fig, path: str) -> None:
 
 
 def fmt(x: float, digits: int = 3) -> str:
+  """``x`` with ``digits`` decimals; in scientific notation from 1e4 (a blown-up loss)."""
   if x is None or not np.isfinite(x):
     return "nan" if x is None or np.isnan(x) else ("inf" if x > 0 else "-inf")
+  if abs(x) >= 1e4:
+    return f"{x:.{digits - 1}e}"
   return f"{x:.{digits}f}"
 
 

@@ -389,10 +389,14 @@ def _train_task_rated(model, method, splits, setting, seeds, params, orders, dat
   return _result(method, math.nan, rates, done["task"], setting)
 
 
-def score(loss: np.ndarray, num_classes: int) -> np.ndarray:
-  """Final losses with a diverged (non-finite) run scored at chance, ln C."""
+def score(loss: np.ndarray, chance: float) -> np.ndarray:
+  """Final losses with a diverged (non-finite) run scored at ``chance``.
+
+  ``chance``: the loss of a model that learned nothing (``_data.chance_loss``:
+  ln C for C classes).
+  """
   loss = np.asarray(loss, np.float64)
-  return np.where(np.isfinite(loss), loss, math.log(num_classes))
+  return np.where(np.isfinite(loss), loss, chance)
 
 
 def summary(values: np.ndarray) -> dict:

@@ -179,7 +179,7 @@ def main(argv=None) -> dict:
     runs = results[m.name]
     losses = np.array([r.history["test_loss"][0, -1] for r in runs])
     accs = np.array([r.history["test_acc"][0, -1] for r in runs])
-    scored = _train.score(losses, splits.num_classes)
+    scored = _train.score(losses, _data.chance_loss(splits))
     cells = [f"{_report.fmt(l)} / {100 * a:4.1f}" for l, a in zip(losses, accs)]
     if not m.swept:
       cells = [cells[0]] + ["  (same run)"] * (len(args.rates) - 1)

@@ -23,6 +23,7 @@ import pytest
 from benchmarks import _data
 from benchmarks import _methods
 from benchmarks import _models
+from benchmarks import _report
 from benchmarks import _train
 
 HAVE_MATPLOTLIB = importlib.util.find_spec("matplotlib") is not None
@@ -179,8 +180,11 @@ def test_eval_params_do_not_change_training():
 
 
 def test_score_and_summary():
-  scored = _train.score(np.array([0.5, np.nan, np.inf]), 10)
+  scored = _train.score(np.array([0.5, np.nan, np.inf]), math.log(10))
   np.testing.assert_allclose(scored, [0.5, math.log(10), math.log(10)])
+  # A blown-up but finite loss reads as one, not as 30 digits.
+  assert _report.fmt(0.0694) == "0.069" and _report.fmt(4.2e29) == "4.20e+29"
+  assert _report.fmt(float("nan")) == "nan" and _report.fmt(-float("inf")) == "-inf"
   stats = _train.summary(np.array([1.0, 3.0]))
   assert stats == {"mean": 2.0, "std": 1.0, "worst": 3.0, "spread": 2.0}
 
@@ -526,7 +530,61 @@ def test_early_stopping_picks_the_epoch_of_lowest_validation_loss():
     }
 
   # Seed 1's NaN validation epoch is never chosen, however low its test loss.
-  np.testing.assert_array_equal(robustness._early_stopped([Run()], 10), [[10.0, 40.0]])
+  np.testing.assert_array_equal(robustness._early_stopped([Run()], math.log(10)), [[10.0, 40.0]])
+
+
+def test_teacher_student_data_and_regressor():
+  splits = _data.teacher_student(n_train=50, n_valid=20, n_test=30, seed=3)
+  assert isinstance(splits, _data.RegressionSplits)
+  assert splits.x_train.shape == (50, _data.TEACHER_INPUTS) and splits.y_train.shape == (50, 1)
+  assert splits.x_test.shape == (30, 8) and splits.y_valid.shape == (20, 1)
+  assert {a.dtype for a in splits} == {np.dtype(np.float32)}
+  again = _data.teacher_student(n_train=50, n_valid=20, n_test=30, seed=3)
+  for a, b in zip(splits, again):
+    np.testing.assert_array_equal(a, b)
+  assert not np.array_equal(_data.teacher_student(50, 20, 30, seed=4).y_train, splits.y_train)
+  # A model that learned nothing predicts the training mean.
+  expected = np.mean((splits.y_test.astype(np.float64) - splits.y_train.mean()) ** 2)
+  assert _data.chance_loss(splits) == pytest.approx(expected, rel=1e-6)
+  assert _data.chance_loss(_data.digits()) == pytest.approx(math.log(10))
+  # The targets' variance (the noise's 0.04 of it) at the default seed.
+  big = _data.teacher_student(n_train=20000, n_valid=1, n_test=1)
+  assert 0.6 < float(big.y_train.var()) < 0.8
+
+  model = _models.regressor_mlp(8, (4,))
+  assert model.name == "mlp-8-4-1" and model.metric == "R² %"
+  params = model.init(jax.random.PRNGKey(0))
+  # Zero the output layer but its bias: the model predicts the constant 2.
+  params = jax.tree_util.tree_map(jnp.zeros_like, params)
+  params["Dense_1"]["bias"] = jnp.array([2.0])
+  x = jnp.zeros((3, 8))
+  y = jnp.array([[1.0], [2.0], [6.0]])
+  # Squared errors 1, 0, 16: MSE 17/3; Var(y) = (4 + 1 + 9) / 3 = 14/3.
+  assert float(model.loss(params, (x, y))) == pytest.approx(17 / 3)
+  assert float(model.accuracy(params, (x, y))) == pytest.approx(1 - 17 / 14)
+
+
+def test_robustness_teacher_student(tmp_path, capsys):
+  from benchmarks import robustness  # pylint: disable=g-import-not-at-top
+
+  report = robustness.main(
+    ["--quick", "--datasets", "teacher_student", "--methods", "sgd", "hd", "--no-progress"]
+    + ["--references", "sgd", "--rates", "0.1", "100", "--grid", "0.1", "100", "--epochs", "8"]
+    + _outputs(tmp_path, "robustness")
+  )
+  out = capsys.readouterr().out
+  ds = report["datasets"]["teacher_student"]
+  assert ds["model"] == "mlp-8-16-1" and "R² %" in out
+  chance = _data.chance_loss(_data.teacher_student(n_train=200, n_valid=100, n_test=100))
+  assert ds["metric"] == "R² %" and ds["chance_loss"] == pytest.approx(chance)
+  # SGD at rate 100 diverges: its final loss is not finite, scored at chance.
+  sgd = ds["methods"]["sgd"]
+  assert not np.isfinite(np.asarray(sgd["final_test_loss"])[1]).any()
+  np.testing.assert_allclose(np.asarray(sgd["scored_loss"])[1], chance)
+  # SGD at 0.1 learns (R² > 0); HD's safety net survives rate 100 and learns too.
+  assert np.asarray(sgd["scored_loss"])[0].max() < chance
+  assert np.asarray(ds["methods"]["hd"]["params_finite"]).all()
+  assert np.asarray(ds["methods"]["hd"]["scored_loss"]).max() < chance
 
 
 def test_robustness_targets_logic():

@@ -59,6 +59,8 @@ def _num(x: Any, digits: int = 3) -> str:
     return x
   if not math.isfinite(x):
     return "nan" if math.isnan(x) else ("inf" if x > 0 else "-inf")
+  if abs(x) >= 1e4:  # a blown-up loss, as the scripts print it
+    return f"{x:.{digits - 1}e}"
   return f"{x:.{digits}f}"
 
 
@@ -169,7 +171,8 @@ def robustness_table(report: dict, ds: dict, methods=None):
   header = (
     ["method", "mean ± std", "worst"]
     + [f"lr={_rate(r)}" for r in rates]
-    + ["acc %", "non-finite params"]
+    # Accuracy, or R² on a regression (reports before it was recorded: accuracy).
+    + [ds.get("metric", "acc %"), "non-finite params"]
   )
   rows = []
   for name, m in ds["methods"].items():

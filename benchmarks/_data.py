@@ -54,6 +54,11 @@ def chance_loss(splits: Splits) -> float:
 class RegressionSplits(Splits):
   """:class:`Splits` of a regression: ``y`` float32 targets of shape ``[n, 1]``."""
 
+  @property
+  def num_classes(self) -> int:
+    # Splits counts labels; float targets would give a meaningless count.
+    raise TypeError("a regression has no classes (a diverged run scores _data.chance_loss)")
+
 
 # The teacher-student task, fixed once before any method ran on it (issue
 # 11's own example of a problem nobody tuned the defaults on): inputs

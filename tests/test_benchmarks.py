@@ -547,6 +547,8 @@ def test_teacher_student_data_and_regressor():
   expected = np.mean((splits.y_test.astype(np.float64) - splits.y_train.mean()) ** 2)
   assert _data.chance_loss(splits) == pytest.approx(expected, rel=1e-6)
   assert _data.chance_loss(_data.digits()) == pytest.approx(math.log(10))
+  with pytest.raises(TypeError, match="no classes"):
+    splits.num_classes  # noqa: B018
   # The targets' variance (the noise's 0.04 of it) at the default seed.
   big = _data.teacher_student(n_train=20000, n_valid=1, n_test=1)
   assert 0.6 < float(big.y_train.var()) < 0.8

@@ -11,8 +11,10 @@ Directives (MyST: ```` ```{benchmark-table} robustness.json ````):
 
 ``benchmark-table <file.json>``
   ``:table:`` one of ``compare``, ``robustness``, ``hand-tuned``,
-  ``targets``, ``speed``, ``speed-targets``, ``safety-net``;
-  ``:dataset:`` (robustness tables) or ``:model:`` (speed tables);
+  ``targets``, ``summary`` (every task of a robustness report side by
+  side), ``speed``, ``speed-targets``, ``safety-net``;
+  ``:dataset:`` (robustness tables but ``summary``) or ``:model:`` (speed
+  tables);
   ``:methods:`` an optional space-separated subset of rows, in order.
   The content, if any, is the table's caption.
 ``benchmark-figure <file.png>``
@@ -267,6 +269,32 @@ def targets_table(report: dict, ds: dict, methods=None):
   return header, rows, note
 
 
+def summary_table(report: dict, methods=None):
+  """Per optax_lr method, its worst case over the best hand-tuned loss on every task."""
+  names = list(report["datasets"])
+  header = ["method"] + [f"{name}: worst / best hand-tuned" for name in names]
+  header += [f"{name}: as robust as dog" for name in names]
+  found: dict[str, None] = {}  # the targeted methods, in the order the tasks list them
+  for name in names:
+    for method, t in report["datasets"][name]["targets"]["methods"].items():
+      if t.get("counts", True):
+        found.setdefault(method)
+  rows = []
+  for method in found:
+    if methods and method not in methods:
+      continue
+    targets = [report["datasets"][name]["targets"]["methods"].get(method) for name in names]
+    rows.append(
+      [method]
+      + [
+        "–" if t is None else f"{_num(t['ratio_to_best_hand_tuned'])} {_verdict(t['within_bound'])}"
+        for t in targets
+      ]
+      + ["–" if t is None else _verdict(t["as_robust_as_dog"]) for t in targets]
+    )
+  return header, rows
+
+
 def speed_table(model: dict, methods=None):
   anchors = [k[len("ratio_to_") :] for k in model if k.startswith("ratio_to_")]
   header = ["step", "ms/step", "/ sgd"] + [f"/ {a}" for a in anchors]
@@ -330,6 +358,8 @@ class BenchmarkTable(SphinxDirective):
     try:
       if kind == "compare":
         header, rows = compare_table(report, methods)
+      elif kind == "summary":
+        header, rows = summary_table(report, methods)
       elif kind in ("robustness", "hand-tuned", "targets"):
         ds = report["datasets"][self.options["dataset"]]
         if kind == "robustness":

@@ -533,6 +533,70 @@ def test_early_stopping_picks_the_epoch_of_lowest_validation_loss():
   np.testing.assert_array_equal(robustness._early_stopped([Run()], math.log(10)), [[10.0, 40.0]])
 
 
+def test_count_kernels_of_an_hlo_entry():
+  from benchmarks import net_cost  # pylint: disable=g-import-not-at-top
+
+  hlo = """HloModule jit_step
+
+%fused (p: f32[4]) -> f32[4] {
+  %p = f32[4]{0} parameter(0)
+  ROOT %n = f32[4]{0} negate(%p)
+}
+
+ENTRY %main (a: f32[4], b: f32[]) -> (f32[4], f32[]) {
+  %a = f32[4]{0} parameter(0)
+  %b = f32[] parameter(1)
+  %c = f32[] constant(1)
+  %s = f32[] add(%b, %c)
+  %f = f32[4]{0} fusion(%a), kind=kLoop, calls=%fused
+  %k = f32[4]{0} copy(%f)
+  %q = f32[] copy(%s)
+  %t = (f32[], pred[]) conditional(%s, %s, %s), branch_computations={%x, %y}
+  %g = f32[] get-tuple-element(%t), index=0
+  ROOT %r = (f32[4]{0}, f32[]) tuple(%k, %g)
+}
+"""
+  # Scalar: the add, the scalar copy, the conditional of scalars; array: the
+  # fusion and its copy. Parameters, the constant, the get-tuple-element, the
+  # tuple and the fused computation's own lines are not counted.
+  assert net_cost.count_kernels(hlo) == {"scalar": 3, "array": 2, "array_copies": 1}
+
+
+def test_net_cost(tmp_path, capsys):
+  from benchmarks import net_cost  # pylint: disable=g-import-not-at-top
+
+  report = net_cost.main(
+    ["--quick", "--methods", "hd", "newton_lr", "--out", str(tmp_path / "net_cost.json")]
+  )
+  out = capsys.readouterr().out
+  assert "sgd_rollback_select / sgd" in out
+  saved = _load(tmp_path / "net_cost.json")
+  assert saved["command"].startswith("python -m benchmarks.net_cost")
+  mlp = report["models"]["mlp"]
+  for name in ("hd", "newton_lr"):
+    on, off = mlp["kernels"][name], mlp["kernels"][name + "_net_off"]
+    # The net decides on scalars: more scalar kernels, no extra pass over arrays.
+    assert on["scalar"] > off["scalar"] and on["array"] <= off["array"]
+    ratio = mlp["net_on_over_off"][name]
+    assert ratio["min"] <= ratio["median"] <= ratio["max"] and ratio["median"] > 0
+  assert len(mlp["median_seconds_per_step"]) == 1  # one quick repeat
+  assert np.isfinite(mlp["select_over_sgd"]["median"])
+
+
+def test_rollback_select_is_sgd_until_a_rollback():
+  from benchmarks import net_cost  # pylint: disable=g-import-not-at-top
+
+  params = {"w": jnp.array([1.0, -2.0])}
+  grads = {"w": jnp.array([0.5, 4.0])}
+  tx = net_cost.sgd_rollback_select(0.1)
+  state = tx.init(params)
+  updates, state = tx.update(grads, state, params)
+  np.testing.assert_allclose(updates["w"], [-0.05, -0.4])
+  moved = {"w": jnp.array([3.0, 5.0])}
+  updates, _ = tx.update(grads, state._replace(rollback=jnp.asarray(True)), moved)
+  np.testing.assert_allclose(moved["w"] + updates["w"], params["w"])
+
+
 def test_teacher_student_data_and_regressor():
   splits = _data.teacher_student(n_train=50, n_valid=20, n_test=30, seed=3)
   assert isinstance(splits, _data.RegressionSplits)

@@ -69,20 +69,19 @@ class RollbackSelectState(NamedTuple):
 def sgd_rollback_select(learning_rate: float) -> optax.GradientTransformation:
   """SGD whose update goes through the safety net's rollback select.
 
-  ``update = where(rollback, checkpoint - params, -learning_rate * g)`` leaf
-  by leaf, as ``_checkpoint.step_or_rollback`` builds it; ``rollback`` is
-  never set, so this is SGD plus one read of a params-sized checkpoint.
+  The update is ``_checkpoint.step_or_rollback``'s, the select every net
+  method builds: ``where(rollback, checkpoint - params, -learning_rate * g)``
+  leaf by leaf. ``rollback`` is never set, so this is SGD plus one read of a
+  params-sized checkpoint.
   """
 
   def init_fn(params):
     return RollbackSelectState(_checkpoint.fresh_copy(params), jnp.zeros([], jnp.bool_))
 
   def update_fn(updates, state, params=None):
-    updates = jax.tree_util.tree_map(
-      lambda g, saved, p: jnp.where(state.rollback, saved - p, -learning_rate * g),
-      updates,
-      state.checkpoint,
-      params,
+    scale = jnp.asarray(-learning_rate, jnp.float32)
+    updates = _checkpoint.step_or_rollback(
+      state.rollback, updates, scale, state.checkpoint, params, updates
     )
     return updates, state
 

@@ -553,6 +553,13 @@ def adamw_optimizer(learning_rate) -> optax.GradientTransformation:
   return optax.chain(adamw_direction(), optax.scale_by_learning_rate(learning_rate))
 
 
+def adam_optimizer(learning_rate) -> optax.GradientTransformation:
+  """``optax.adam`` as an optimizer factory (``learning_rate`` keyword): what
+  the range test sweeps when the MLP tasks run over Adam (``robustness
+  --direction adam``)."""
+  return optax.adam(learning_rate)
+
+
 def warmup_cosine(total_steps: int):
   """The unit schedule of the cosine recipe: linear warm-up from 0 to 1 over
   ``ADAMW_WARMUP_FRACTION`` of the run, then cosine decay to 0 at its end."""

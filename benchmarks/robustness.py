@@ -73,6 +73,8 @@ Usage::
     python -m benchmarks.robustness --datasets stdlib_lm    # the Transformer LM
     python -m benchmarks.robustness --quick    # a smoke run
     python -m benchmarks.robustness --datasets digits --methods sgd newton_lr
+    # the optax_lr methods over optax.scale_by_adam() instead of momentum
+    python -m benchmarks.robustness --direction adam --out results/robustness_adam.json
     # after a change to MARTHE only: rerun it, keep the rest of the report
     python -m benchmarks.robustness --datasets stdlib_lm --methods marthe \
         --update benchmarks/figures/robustness_lm.json --out results/robustness_lm.json
@@ -98,6 +100,7 @@ import sys
 import time
 
 import numpy as np
+import optax
 
 from benchmarks import _data
 from benchmarks import _methods
@@ -170,11 +173,28 @@ def lm_size(quick: bool, overrides: dict | None = None) -> dict:
   return size
 
 
-def task(name: str, quick: bool, epochs: int | None, lm: dict | None = None) -> Task:
+# `--direction`: what the optax_lr methods step along on the MLP tasks (the
+# LM runs over AdamW), and what the range test sweeps there. "task": each
+# task's own (momentum 0.9); "adam": `optax.scale_by_adam()`, the direction
+# most optax users train with, and `optax.adam` for the range test.
+DIRECTIONS = {
+  "task": None,
+  "adam": (optax.scale_by_adam, _methods.adam_optimizer),
+}
+
+
+def task(
+  name: str, quick: bool, epochs: int | None, lm: dict | None = None, direction: str = "task"
+) -> Task:
   """A task's data, model, setting, methods, references, rates and grid.
 
   ``lm``: size overrides of the stdlib_lm task (keys of ``LM_SIZE``).
+  ``direction``: a key of :data:`DIRECTIONS` (the MLP tasks only).
   """
+  if direction not in DIRECTIONS:
+    raise ValueError(f"unknown direction {direction!r}; known: {sorted(DIRECTIONS)}")
+  if name == "stdlib_lm" and DIRECTIONS[direction] is not None:
+    raise ValueError("stdlib_lm runs over AdamW's direction: use direction='task'")
   if name == "stdlib_lm":
     size = lm_size(quick, dict(lm or {}, epochs=epochs))
     splits = _data.stdlib_text(
@@ -202,15 +222,23 @@ def task(name: str, quick: bool, epochs: int | None, lm: dict | None = None) -> 
   hand_tuned = list(_methods.HAND_TUNED)
   rates = [1e-2, 1.0] if quick else list(DEFAULT_RATES)
   grid = [1e-2, 0.1] if quick else list(_methods.HAND_TUNED_GRID)
+  over = DIRECTIONS[direction]
+
+  def setting_for(splits, default_epochs, batch_size):
+    setting = _train.setting_for(splits, epochs or default_epochs, batch_size)
+    if over is None:
+      return setting
+    return dataclasses.replace(setting, direction=over[0], range_test_optimizer=over[1])
+
   if name == "digits":
     splits = _data.digits()
     model = _models.mlp((64,), (16,) if quick else (128, 128))
-    setting = _train.setting_for(splits, epochs or (2 if quick else 30), 32)
+    setting = setting_for(splits, 2 if quick else 30, 32)
     return Task(splits, model, setting, methods, hand_tuned, rates, grid)
   if name == "mnist1d":
     splits = _data.mnist1d(n_train=300, n_valid=100, num_samples=500) if quick else _data.mnist1d()
     model = _models.mlp((40,), (16,) if quick else (128, 128))
-    setting = _train.setting_for(splits, epochs or (2 if quick else 30), 100)
+    setting = setting_for(splits, 2 if quick else 30, 100)
     return Task(splits, model, setting, methods, hand_tuned, rates, grid)
   if name == "teacher_student":
     # Issue 11's regression, which no default was chosen on: the student (a
@@ -221,7 +249,7 @@ def task(name: str, quick: bool, epochs: int | None, lm: dict | None = None) -> 
       else _data.teacher_student()
     )
     model = _models.regressor_mlp(_data.TEACHER_INPUTS, (16,) if quick else (64, 64))
-    setting = _train.setting_for(splits, epochs or (2 if quick else 30), 32)
+    setting = setting_for(splits, 2 if quick else 30, 32)
     return Task(splits, model, setting, methods, hand_tuned, rates, grid)
   raise ValueError(f"unknown data set {name!r}")
 
@@ -690,6 +718,15 @@ def update_report(base: dict, new: dict) -> dict:
   return merged
 
 
+def direction_label(setting: _train.Setting) -> str:
+  """What the report calls a task's direction."""
+  if setting.direction is None:
+    return "momentum 0.9 (optax.ema)"
+  if setting.direction is _methods.adamw_direction:
+    return f"AdamW: scale_by_adam + add_decayed_weights({_methods.ADAMW_WEIGHT_DECAY}, matrices)"
+  return "Adam: optax.scale_by_adam()"
+
+
 def _select(methods, names):
   """The methods of a task named in ``names`` (all when empty), in registry order."""
   return list(methods) if not names else [m for m in methods if m.name in set(names)]
@@ -725,6 +762,13 @@ def main(argv=None) -> dict:
     default=None,
     help="rate grid of the hand-tuned references (default: the task's)",
   )
+  parser.add_argument(
+    "--direction",
+    default="task",
+    choices=list(DIRECTIONS),
+    help="the optax_lr methods' direction on the MLP tasks: each task's own "
+    "(momentum 0.9) or optax.scale_by_adam() (and the range test sweeps optax.adam)",
+  )
   parser.add_argument("--seeds", type=int, nargs="+", default=None)
   parser.add_argument("--epochs", type=int, default=None)
   lm = parser.add_argument_group("stdlib_lm task size (default: LM_SIZE)")
@@ -749,6 +793,8 @@ def main(argv=None) -> dict:
   args = parser.parse_args(argv)
   if args.update is not None and not args.methods:
     parser.error("--update needs --methods: the methods to rerun")
+  if args.direction != "task" and "stdlib_lm" in args.datasets:
+    parser.error("--direction: stdlib_lm runs over AdamW's direction; drop it from --datasets")
   if args.update is not None and (args.references or args.grid):
     parser.error("--update keeps the report's references: drop --references and --grid")
   base = None
@@ -764,7 +810,9 @@ def main(argv=None) -> dict:
     if name == "mnist1d" and not _data.have_mnist1d():
       print("mnist1d is not installed: skipping it (pip install -e '.[examples]')")
       continue
-    tasks[name] = lambda name=name: task(name, args.quick, args.epochs, lm_overrides)
+    tasks[name] = lambda name=name: task(
+      name, args.quick, args.epochs, lm_overrides, args.direction
+    )
   for option, known in (
     ("methods", [m.name for m in _methods.COMPARE_METHODS + _methods.ADAM_BASELINES]),
     ("references", [m.name for m in _methods.HAND_TUNED + _methods.adam_hand_tuned(1)]),
@@ -844,11 +892,7 @@ def main(argv=None) -> dict:
       "chance_loss": _data.chance_loss(splits),
       "initial_rates": rates,
       "hand_tuned_grid": grid,
-      "direction": (
-        "momentum 0.9 (optax.ema)"
-        if setting.direction is None
-        else f"AdamW: scale_by_adam + add_decayed_weights({_methods.ADAMW_WEIGHT_DECAY}, matrices)"
-      ),
+      "direction": direction_label(setting),
       "methods": entries,
       "hand_tuned": refs,
       "targets": target,

@@ -67,11 +67,11 @@ every ``SAVE_EVERY`` = 20 healthy calls (with a training loss ``value`` no
 worse than the checkpoint's, when given; without one, with :math:`|g_t|^2`
 within ``GRADIENT_GROWTH`` = 10 times its running average) the params and
 the direction state are saved; a divergence (non-finite gradients, a
-non-finite ``value`` or one above ten times its reference or a thousand
-times its running level, and under :math:`\kappa` selection a rate leaving
-its band) rolls back to them in the same call, resets the tangents,
-and sets the rate to the checkpoint's (then a tenth of it for each further
-divergence from the same checkpoint). The rate is kept within
+non-finite ``value`` or one above ten times its reference (three times
+before the first save) or a thousand times its running level, and under
+:math:`\kappa` selection a rate leaving its band) rolls back to them in the
+same call, resets the tangents, and sets the rate to the checkpoint's (then
+a tenth of it for each further divergence from the same checkpoint). The rate is kept within
 :math:`[\eta_0 / 10^4, \eta_0 \cdot 10^4]` (``RATE_BAND``); a tangent that
 pushes it below the floor is stale (with :math:`\mu = 1` it remembers
 directions taken at far larger rates) and restarts. Memory: one params copy

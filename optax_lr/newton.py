@@ -315,10 +315,10 @@ def newton_lr(
   with :math:`|g|^2` within 10 times its running average), and rolls
   back to them, with the rate saved there (then a tenth of it for each
   further divergence from the same checkpoint), on a divergence: a training
-  loss ``value`` that is non-finite, above ten times its reference or above
-  a thousand times its running level, in the same call; a dropped
-  (non-finite) window sum, at the next call. The window restarts after a
-  rollback, and the rate stays within
+  loss ``value`` that is non-finite, above ten times its reference (three
+  times before the first save) or above a thousand times its running
+  level, in the same call; a dropped (non-finite) window sum, at the next
+  call. The window restarts after a rollback, and the rate stays within
   ``[η_0 / 10^4, η_0 · 10^4]``. Pass ``value=loss`` so the net sees a
   divergence before the numbers overflow. It costs one params copy and one
   direction-state copy; ``safety_net=False`` removes it.

@@ -653,6 +653,51 @@ def test_robustness_teacher_student(tmp_path, capsys):
   assert np.asarray(ds["methods"]["hd"]["scored_loss"]).max() < chance
 
 
+def test_robustness_over_adam(tmp_path, capsys):
+  """``--direction adam``: the optax_lr methods step along Adam's direction and
+  the range test sweeps ``optax.adam``; the references are unchanged."""
+  import optax  # pylint: disable=g-import-not-at-top
+
+  from benchmarks import robustness  # pylint: disable=g-import-not-at-top
+
+  adam = robustness.task("digits", True, None, direction="adam").setting
+  assert adam.direction is optax.scale_by_adam
+  assert adam.range_test_optimizer is _methods.adam_optimizer
+  assert robustness.task("digits", True, None).setting.direction is None
+  hd = _methods.by_name(_methods.COMPARE_METHODS, ["hd"])[0]
+  state = _train.build(hd, 1e-3, adam).init({"w": jnp.zeros(3)})
+  assert any(
+    isinstance(x, optax.ScaleByAdamState)
+    for x in jax.tree_util.tree_leaves(
+      state, is_leaf=lambda x: isinstance(x, optax.ScaleByAdamState)
+    )
+  )
+  with pytest.raises(ValueError, match="AdamW"):
+    robustness.task("stdlib_lm", True, None, direction="adam")
+  with pytest.raises(ValueError, match="unknown direction"):
+    robustness.task("digits", True, None, direction="lion")
+  with pytest.raises(SystemExit):
+    robustness.main(["--quick", "--datasets", "stdlib_lm", "--direction", "adam"])
+  capsys.readouterr()
+
+  args = ["--quick", "--datasets", "digits", "--methods", "hd", "--references", "adam"]
+  args += ["--rates", "1e-3", "--grid", "1e-3", "--seeds", "0", "--no-progress"]
+  robustness.main(args + ["--direction", "adam"] + _outputs(tmp_path, "adam"))
+  robustness.main(args + _outputs(tmp_path, "momentum"))
+  adam_ds, momentum_ds = (
+    _load(tmp_path / f"{n}.json")["datasets"]["digits"] for n in ("adam", "momentum")
+  )
+  assert adam_ds["direction"] == "Adam: optax.scale_by_adam()"
+  assert momentum_ds["direction"] == "momentum 0.9 (optax.ema)"
+  # The method's losses differ, the hand-tuned reference's do not.
+  hd_loss = [np.asarray(ds["methods"]["hd"]["final_test_loss"]) for ds in (adam_ds, momentum_ds)]
+  assert not np.array_equal(*hd_loss)
+  ref_loss = [
+    np.asarray(ds["hand_tuned"]["adam"]["final_test_loss"]) for ds in (adam_ds, momentum_ds)
+  ]
+  np.testing.assert_array_equal(*ref_loss)
+
+
 def test_robustness_targets_logic():
   from benchmarks import robustness  # pylint: disable=g-import-not-at-top
 

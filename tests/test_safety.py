@@ -32,10 +32,18 @@ from optax_lr import hypergradient
 
 
 def _net(
-  first=math.inf, saved=math.inf, rate=0.1, since=0, failures=0, rolled_back=False, pending=False
+  first=math.inf,
+  saved=math.inf,
+  rate=0.1,
+  since=0,
+  failures=0,
+  rolled_back=False,
+  pending=False,
+  has_saved=True,
 ):
   net = _checkpoint.net_init({"w": jnp.zeros(2)}, (), jnp.float32(rate))
   return net._replace(
+    saved=jnp.bool_(has_saved),
     first_cost=jnp.float32(first),
     checkpoint=net.checkpoint._replace(cost=jnp.float32(saved)),
     since_save=jnp.int32(since),
@@ -72,6 +80,53 @@ def test_a_loss_ten_times_its_reference_is_a_divergence(first, saved, value, div
   assert bool(rollback) == diverged
   assert not bool(save)  # since_save = 0: too early to save
   np.testing.assert_equal(float(cost), np.float32(value))
+
+
+@pytest.mark.parametrize(
+  "first,value,diverged",
+  [
+    # Before the first save the limit is 3 * ref: 3 * 2 = 6.
+    (2.0, 5.9, False),
+    (2.0, 6.1, True),
+    # ref + 2 |ref| for a negative ref: -1 + 2 = 1.
+    (-1.0, 0.9, False),
+    (-1.0, 1.1, True),
+    # Nothing seen yet: this loss is the reference.
+    (math.inf, 1e30, False),
+  ],
+)
+def test_before_the_first_save_a_loss_three_times_its_reference_is_a_divergence(
+  first, value, diverged
+):
+  net = _net(first, first, has_saved=False)
+  _, rollback, _ = _checkpoint.net_decide(net, jnp.float32(value), jnp.bool_(True))
+  assert bool(rollback) == diverged
+  # After a save the limit is 10 * ref: none of these is a divergence.
+  _, rollback, _ = _checkpoint.net_decide(
+    net._replace(saved=jnp.bool_(True)), jnp.float32(value), jnp.bool_(True)
+  )
+  assert not bool(rollback)
+
+
+def test_the_first_save_and_only_a_save_lifts_the_early_factor():
+  net = _net(2.0, 2.0, has_saved=False)
+  update = lambda save, rollback: _checkpoint.net_update(
+    net, net.checkpoint, jnp.bool_(save), jnp.bool_(rollback), jnp.float32(1.0)
+  )
+  assert not bool(_checkpoint.net_init({"w": jnp.zeros(2)}, (), jnp.float32(0.1)).saved)
+  assert bool(update(True, False).saved)
+  assert not bool(update(False, True).saved)
+  assert not bool(update(False, False).saved)
+  # Once saved, a rollback keeps it saved: the checkpoint is a trained point.
+  assert bool(
+    _checkpoint.net_update(
+      net._replace(saved=jnp.bool_(True)),
+      net.checkpoint,
+      jnp.bool_(False),
+      jnp.bool_(True),
+      jnp.float32(1.0),
+    ).saved
+  )
 
 
 @pytest.mark.parametrize(
@@ -329,7 +384,7 @@ def test_the_net_costs_one_params_copy_and_one_direction_state_copy(case):
 @pytest.mark.parametrize("case", [c for c in NET_CASES if c.saves_by_loss], ids=lambda c: c.name)
 def test_a_run_worse_than_the_initial_model_never_saves(case):
   # A too-high rate can damage a model in its first steps (dead units,
-  # saturated outputs) without a tenfold loss. The first call's loss is the
+  # saturated outputs) without a threefold loss. The first call's loss is the
   # initial checkpoint's cost, so no save stores the damage, and the
   # divergence that follows rolls back to the initial params.
   tx = case.make(0.01)
@@ -342,14 +397,48 @@ def test_a_run_worse_than_the_initial_model_never_saves(case):
     return optax_lr.apply_updates(w, updates, state), state
 
   w, state = W0, tx.init(W0)
-  scripted = [1.0] + [5.0] * (3 * _checkpoint.SAVE_EVERY) + [100.0]
+  scripted = [1.0] + [2.5] * (3 * _checkpoint.SAVE_EVERY) + [100.0]
   for t, value in enumerate(scripted):
     w, state = step(w, state, jnp.float32(value))
     if t == 0:
       assert float(state.safety.checkpoint.cost) == 1.0
-  assert bool(state.safety.rolled_back)
+    assert bool(state.safety.rolled_back) == (t == len(scripted) - 1)
+    assert not bool(state.safety.saved)
   np.testing.assert_array_equal(np.asarray(state.safety.checkpoint.params), W0)
   np.testing.assert_array_equal(np.asarray(w), W0)
+
+
+@NETS
+def test_a_threefold_loss_rolls_back_before_the_first_save_only(case):
+  # Adam at a too-high rate sends a loss to 6-10 times its first value in one
+  # step: before the first save (the checkpoint is the initial point) more
+  # than three times the first loss rolls back to it; after a save only ten
+  # times does.
+  tx = case.make(0.01)
+
+  @jax.jit
+  def step(w, state, value):
+    available = {"value": value, "loss_fn": quadratic}
+    extra = {name: available[name] for name in case.needs}
+    updates, state = tx.update(jax.grad(quadratic)(w), state, w, **extra)
+    return optax_lr.apply_updates(w, updates, state), state
+
+  def run(scripted):
+    w, state, flags = W0, tx.init(W0), []
+    for value in scripted:
+      w, state = step(w, state, jnp.float32(value))
+      flags.append(bool(state.safety.rolled_back))
+    return w, state, flags
+
+  w, state, flags = run([1.0, 2.9, 3.1])
+  assert flags == [False, False, True]
+  np.testing.assert_array_equal(np.asarray(w), W0)
+  # A save (ASLR's: at the end of an improving 10-call window), then 3.1
+  # again (and 9.9): no rollback; 10.1: one.
+  healthy = [1.0] + [0.5] * (2 * _checkpoint.SAVE_EVERY)
+  w, state, flags = run(healthy + [3.1, 9.9, 10.1])
+  assert bool(state.safety.saved)
+  assert flags[len(healthy) :] == [False, False, True]
 
 
 def test_the_initial_checkpoint_takes_the_first_call_loss_only():

@@ -176,7 +176,8 @@ def lm_size(quick: bool, overrides: dict | None = None) -> dict:
 # `--direction`: what the optax_lr methods step along on the MLP tasks (the
 # LM runs over AdamW), and what the range test sweeps there. "task": each
 # task's own (momentum 0.9); "adam": `optax.scale_by_adam()`, the direction
-# most optax users train with, and `optax.adam` for the range test.
+# most optax users train with, and `optax.adam` for the range test (and
+# no `sgd_range_test`).
 DIRECTIONS = {
   "task": None,
   "adam": (optax.scale_by_adam, _methods.adam_optimizer),
@@ -223,6 +224,10 @@ def task(
   rates = [1e-2, 1.0] if quick else list(DEFAULT_RATES)
   grid = [1e-2, 0.1] if quick else list(_methods.HAND_TUNED_GRID)
   over = DIRECTIONS[direction]
+  if over is not None:
+    # Its range test sweeps Adam: SGD at that suggestion checks nothing
+    # (the range-test target is the momentum run's).
+    methods = [m for m in methods if m.name != "sgd_range_test"]
 
   def setting_for(splits, default_epochs, batch_size):
     setting = _train.setting_for(splits, epochs or default_epochs, batch_size)

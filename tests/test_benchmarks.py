@@ -664,6 +664,8 @@ def test_robustness_over_adam(tmp_path, capsys):
   assert adam.direction is optax.scale_by_adam
   assert adam.range_test_optimizer is _methods.adam_optimizer
   assert robustness.task("digits", True, None).setting.direction is None
+  names = lambda d: {m.name for m in robustness.task("digits", True, None, direction=d).methods}
+  assert names("task") - names("adam") == {"sgd_range_test"}
   hd = _methods.by_name(_methods.COMPARE_METHODS, ["hd"])[0]
   state = _train.build(hd, 1e-3, adam).init({"w": jnp.zeros(3)})
   assert any(

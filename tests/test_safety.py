@@ -381,13 +381,8 @@ def test_the_net_costs_one_params_copy_and_one_direction_state_copy(case):
   assert expected <= extra <= expected + 64
 
 
-@pytest.mark.parametrize("case", [c for c in NET_CASES if c.saves_by_loss], ids=lambda c: c.name)
-def test_a_run_worse_than_the_initial_model_never_saves(case):
-  # A too-high rate can damage a model in its first steps (dead units,
-  # saturated outputs) without a threefold loss. The first call's loss is the
-  # initial checkpoint's cost, so no save stores the damage, and the
-  # divergence that follows rolls back to the initial params.
-  tx = case.make(0.01)
+def _scripted_step(case, tx):
+  """A jitted update call on the quadratic whose ``value`` is scripted."""
 
   @jax.jit
   def step(w, state, value):
@@ -396,6 +391,17 @@ def test_a_run_worse_than_the_initial_model_never_saves(case):
     updates, state = tx.update(jax.grad(quadratic)(w), state, w, **extra)
     return optax_lr.apply_updates(w, updates, state), state
 
+  return step
+
+
+@pytest.mark.parametrize("case", [c for c in NET_CASES if c.saves_by_loss], ids=lambda c: c.name)
+def test_a_run_worse_than_the_initial_model_never_saves(case):
+  # A too-high rate can damage a model in its first steps (dead units,
+  # saturated outputs) without a threefold loss. The first call's loss is the
+  # initial checkpoint's cost, so no save stores the damage, and the
+  # divergence that follows rolls back to the initial params.
+  tx = case.make(0.01)
+  step = _scripted_step(case, tx)
   w, state = W0, tx.init(W0)
   scripted = [1.0] + [2.5] * (3 * _checkpoint.SAVE_EVERY) + [100.0]
   for t, value in enumerate(scripted):
@@ -415,13 +421,7 @@ def test_a_threefold_loss_rolls_back_before_the_first_save_only(case):
   # than three times the first loss rolls back to it; after a save only ten
   # times does.
   tx = case.make(0.01)
-
-  @jax.jit
-  def step(w, state, value):
-    available = {"value": value, "loss_fn": quadratic}
-    extra = {name: available[name] for name in case.needs}
-    updates, state = tx.update(jax.grad(quadratic)(w), state, w, **extra)
-    return optax_lr.apply_updates(w, updates, state), state
+  step = _scripted_step(case, tx)
 
   def run(scripted):
     w, state, flags = W0, tx.init(W0), []

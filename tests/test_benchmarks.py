@@ -683,7 +683,7 @@ def test_robustness_over_adam(tmp_path, capsys):
   capsys.readouterr()
 
   args = ["--quick", "--datasets", "digits", "--methods", "hd", "--references", "adam"]
-  args += ["--rates", "1e-3", "--grid", "1e-3", "--seeds", "0", "--no-progress"]
+  args += ["--rates", "1e-3", "--grid", "1e-3", "1e-2", "--seeds", "0", "--no-progress"]
   robustness.main(args + ["--direction", "adam"] + _outputs(tmp_path, "adam"))
   robustness.main(args + _outputs(tmp_path, "momentum"))
   adam_ds, momentum_ds = (

@@ -194,9 +194,9 @@ def task(
   """
   if direction not in DIRECTIONS:
     raise ValueError(f"unknown direction {direction!r}; known: {sorted(DIRECTIONS)}")
-  if name == "stdlib_lm" and DIRECTIONS[direction] is not None:
-    raise ValueError("stdlib_lm runs over AdamW's direction: use direction='task'")
   if name == "stdlib_lm":
+    if DIRECTIONS[direction] is not None:
+      raise ValueError("stdlib_lm runs over AdamW's direction: use direction='task'")
     size = lm_size(quick, dict(lm or {}, epochs=epochs))
     splits = _data.stdlib_text(
       context=size["context"], max_bytes=size["max_bytes"], eval_windows=size["eval_windows"]

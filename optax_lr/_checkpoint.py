@@ -336,8 +336,10 @@ def net_decide(
       good = jnp.isfinite(grad_sq) & ((grad_sq <= GRADIENT_GROWTH * level) | (level == 0))
   else:
     # The larger of the first loss and the checkpoint's, among the finite ones.
-    saved = net.checkpoint.cost
-    ref = jnp.where(jnp.isfinite(saved), jnp.maximum(net.first_cost, saved), net.first_cost)
+    saved_cost = net.checkpoint.cost
+    ref = jnp.where(
+      jnp.isfinite(saved_cost), jnp.maximum(net.first_cost, saved_cost), net.first_cost
+    )
     ref = jnp.where(jnp.isfinite(ref), ref, cost)
     factor = jnp.where(net.saved, DIVERGENCE_FACTOR, EARLY_DIVERGENCE_FACTOR).astype(dtype)
     limit = ref + (factor - 1) * jnp.abs(ref)

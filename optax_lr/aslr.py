@@ -395,9 +395,8 @@ def aslr(
       reference, three times before the first save, or a thousand times its
       running level): the centre then returns to the one saved with the
       checkpoint, a decade lower for each further divergence from it, and
-      the search restarts. ``update`` then
-      needs ``params``. ``False`` saves one params copy and one
-      direction-state copy of memory.
+      the search restarts. ``update`` then needs ``params``. ``False`` saves
+      one params copy and one direction-state copy of memory.
 
   Its paper's recipe for the initial centre is the learning-rate range
   test: ``optax_lr.aslr(float(optax_lr.lr_range_test(loss_fn, params,

@@ -71,10 +71,11 @@ non-finite ``value`` or one above ten times its reference (three times
 before the first save) or a thousand times its running level, and under
 :math:`\kappa` selection a rate leaving its band) rolls back to them in the
 same call, resets the tangents, and sets the rate to the checkpoint's (then
-a tenth of it for each further divergence from the same checkpoint). The rate is kept within
-:math:`[\eta_0 / 10^4, \eta_0 \cdot 10^4]` (``RATE_BAND``); a tangent that
-pushes it below the floor is stale (with :math:`\mu = 1` it remembers
-directions taken at far larger rates) and restarts. Memory: one params copy
+a tenth of it for each further divergence from the same checkpoint). The
+rate is kept within :math:`[\eta_0 / 10^4, \eta_0 \cdot 10^4]`
+(``RATE_BAND``); a tangent that pushes it below the floor is stale (with
+:math:`\mu = 1` it remembers directions taken at far larger rates) and
+restarts. Memory: one params copy
 and one copy of the direction state; ``safety_net=False`` removes both (and
 the ``params`` argument is then optional for HD).
 

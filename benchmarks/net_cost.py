@@ -21,6 +21,11 @@ optax_lr methods over plain SGD directions, as there):
 * **net**: each method of ``speed.NET_METHODS`` with its net on against
   off, timed side by side with the two above (the ratio ``benchmarks.speed``
   reports, here with more repeats and fewer candidates).
+* **noise floor**: the first method's net-off step compiled a second time
+  and timed as one more candidate, against the first compilation: the same
+  program, so its ratio is 1 but for the machine's noise and the program's
+  place in the interleaving. A net ratio within that ratio's range is not
+  resolved by the run.
 
 Ratios follow the project's timing rule (``benchmarks._harness``): steps
 interleaved round by round in one process, each summarised by its median;
@@ -39,6 +44,7 @@ Writes ``results/net_cost.json``.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import re
 import sys
 import time
@@ -56,6 +62,8 @@ from benchmarks import speed
 from optax_lr import _checkpoint
 
 SELECT = "sgd_rollback_select"
+# Appended to a candidate's name for its second compilation (the noise floor).
+AGAIN_SUFFIX = "_again"
 # Top-level HLO operations that run nothing (bookkeeping of buffers).
 _NOT_KERNELS = ("parameter", "get-tuple-element", "tuple", "constant", "bitcast", "opt-barrier")
 _OPERATION = re.compile(r"^\s*(?:ROOT )?%\S+ = (\S+|\([^=]*\)) ([\w-]+)\(")
@@ -165,6 +173,10 @@ def main(argv=None) -> dict:
       _harness.Candidate("sgd", optax.sgd(_methods.SPEED_LR)),
       _harness.Candidate(SELECT, sgd_rollback_select(_methods.SPEED_LR)),
     ] + speed.candidates(args.methods, adam=adam)
+    # The noise floor: the first net-off twin built and compiled once more.
+    floor_base = args.methods[0] + speed.NET_OFF_SUFFIX
+    twin = {c.name: c for c in speed.candidates(args.methods[:1], adam=adam)}[floor_base]
+    cands.append(dataclasses.replace(twin, name=floor_base + AGAIN_SUFFIX))
     print(f"\n{description}: {len(cands)} candidates, {repeats} x {rounds} rounds of {steps} steps")
 
     kernels = {}
@@ -180,6 +192,7 @@ def main(argv=None) -> dict:
       )
     select = _ratio(times, SELECT, "sgd")
     net = {m: _ratio(times, m, m + speed.NET_OFF_SUFFIX) for m in args.methods}
+    floor = _ratio(times, floor_base + AGAIN_SUFFIX, floor_base)
 
     rows = []
     for m in args.methods:
@@ -211,12 +224,18 @@ def main(argv=None) -> dict:
       f"{_report.fmt(select['median'])} ({_report.fmt(select['min'])}-"
       f"{_report.fmt(select['max'])})"
     )
+    print(
+      f"  noise floor, {floor_base}{AGAIN_SUFFIX} / {floor_base} (one program compiled "
+      f"twice): {_report.fmt(floor['median'])} ({_report.fmt(floor['min'])}-"
+      f"{_report.fmt(floor['max'])})"
+    )
     report["models"][model_name] = {
       "description": description,
       "kernels": kernels,
       "median_seconds_per_step": times,
       "select_over_sgd": select,
       "net_on_over_off": net,
+      "noise_floor": dict(floor, program=floor_base),
     }
   return _report.finish(report, start, args.out)
 

@@ -581,6 +581,12 @@ def test_net_cost(tmp_path, capsys):
     assert ratio["min"] <= ratio["median"] <= ratio["max"] and ratio["median"] > 0
   assert len(mlp["median_seconds_per_step"]) == 1  # one quick repeat
   assert np.isfinite(mlp["select_over_sgd"]["median"])
+  # The noise floor: hd's net-off step compiled twice and timed side by side.
+  floor = mlp["noise_floor"]
+  assert floor["program"] == "hd_net_off"
+  assert "hd_net_off_again" in mlp["median_seconds_per_step"][0]
+  assert floor["min"] <= floor["median"] <= floor["max"] and np.isfinite(floor["median"])
+  assert "noise floor, hd_net_off_again / hd_net_off" in out
 
 
 def test_rollback_select_is_sgd_until_a_rollback():

@@ -5,7 +5,9 @@ checkpoint, a method with its net on may cost at most 1.05x the same method
 with ``safety_net=False`` (``benchmarks.speed``, ``NET_BOUND``). On a shared
 CPU one run of ``benchmarks.speed`` cannot resolve that bound, so this
 script takes the net apart, on the models of ``benchmarks.speed`` (the
-optax_lr methods over plain SGD directions, as there):
+optax_lr methods over the model's direction as there, plain SGD or AdamW's;
+``--direction momentum`` or ``adam`` puts them over ``optax.trace(0.9)`` or
+``optax.scale_by_adam()``, whose state a rollback restores):
 
 * **kernels**: the compiled train step that ``benchmarks.speed`` times (a
   step that does not save) with the net on and off, its top-level
@@ -37,6 +39,7 @@ Usage::
     python -m benchmarks.net_cost                    # the MLP, 7 repeats
     python -m benchmarks.net_cost --models mlp transformer --methods hd newton_lr
     python -m benchmarks.net_cost --quick            # a smoke run
+    python -m benchmarks.net_cost --direction adam   # the methods over Adam
 
 Writes ``results/net_cost.json``.
 """
@@ -62,6 +65,13 @@ from benchmarks import speed
 from optax_lr import _checkpoint
 
 SELECT = "sgd_rollback_select"
+# --direction: the optax_lr methods' direction ("model": the model's, as in
+# benchmarks.speed: plain SGD on the MLP and CNN, AdamW's on the Transformer).
+DIRECTIONS = {
+  "model": None,
+  "momentum": lambda: optax.trace(0.9),
+  "adam": optax.scale_by_adam,
+}
 # Appended to a candidate's name for its second compilation (the noise floor).
 AGAIN_SUFFIX = "_again"
 # Top-level HLO operations that run nothing (bookkeeping of buffers).
@@ -148,6 +158,12 @@ def main(argv=None) -> dict:
     "--methods", nargs="+", default=list(speed.NET_METHODS), choices=list(speed.NET_METHODS)
   )
   parser.add_argument("--repeats", type=int, default=None)
+  parser.add_argument(
+    "--direction",
+    default="model",
+    choices=list(DIRECTIONS),
+    help="the optax_lr methods' direction (default: the model's, as benchmarks.speed)",
+  )
   parser.add_argument("--out", default="results/net_cost.json")
   args = parser.parse_args(argv)
   repeats = args.repeats or (1 if args.quick else 7)
@@ -163,21 +179,27 @@ def main(argv=None) -> dict:
     "rounds": rounds,
     "steps_per_round": steps,
     "net_bound": speed.NET_BOUND,
+    "direction": args.direction,
     "models": {},
   }
   all_models = speed.models(args.quick)
+  direction = DIRECTIONS[args.direction]
   for model_name in args.models:
     init_params, loss_fn, batch, description = all_models[model_name]
     adam = model_name in speed.ADAM_MODELS
     cands = [
       _harness.Candidate("sgd", optax.sgd(_methods.SPEED_LR)),
       _harness.Candidate(SELECT, sgd_rollback_select(_methods.SPEED_LR)),
-    ] + speed.candidates(args.methods, adam=adam)
+    ] + speed.candidates(args.methods, adam=adam, direction=direction)
     # The noise floor: the first net-off twin built and compiled once more.
     floor_base = args.methods[0] + speed.NET_OFF_SUFFIX
-    twin = {c.name: c for c in speed.candidates(args.methods[:1], adam=adam)}[floor_base]
+    twins = speed.candidates(args.methods[:1], adam=adam, direction=direction)
+    twin = {c.name: c for c in twins}[floor_base]
     cands.append(dataclasses.replace(twin, name=floor_base + AGAIN_SUFFIX))
-    print(f"\n{description}: {len(cands)} candidates, {repeats} x {rounds} rounds of {steps} steps")
+    print(
+      f"\n{description}, optax_lr methods over {args.direction}'s direction: {len(cands)} "
+      f"candidates, {repeats} x {rounds} rounds of {steps} steps"
+    )
 
     kernels = {}
     for cand in cands:

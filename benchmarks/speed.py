@@ -308,7 +308,7 @@ def _measured(name: str, names) -> str:
   return name + NET_OFF_SUFFIX if name + NET_OFF_SUFFIX in names else name
 
 
-def candidates(names=None, adam: bool = False) -> list[_harness.Candidate]:
+def candidates(names=None, adam: bool = False, direction=None) -> list[_harness.Candidate]:
   """The anchors, every optax_lr method, and the net-off twin of each net method.
 
   The methods whose rate comes from the task (ASLR's range-test pipeline)
@@ -317,6 +317,8 @@ def candidates(names=None, adam: bool = False) -> list[_harness.Candidate]:
   along AdamW's direction, and the Adam anchors are timed too. ``names``:
   the candidates to time (parts' names expand to theirs); the parts'
   variants (``VARIANTS``) are timed only when named, with their net off.
+  ``direction``: a factory of the optax_lr methods' direction, in place of
+  the model's (plain SGD, or AdamW's with ``adam``).
   """
   anchors = list(_methods.SPEED_ANCHORS) + (list(_methods.ADAM_SPEED_ANCHORS) if adam else [])
   methods = anchors + [m for m in _methods.OPTAX_LR_METHODS if m.rate_from_task is None]
@@ -329,8 +331,11 @@ def candidates(names=None, adam: bool = False) -> list[_harness.Candidate]:
     # timed them against their anchors (robustness and compare use momentum),
     # or over AdamW's on a model trained over Adam.
     if m.library == "optax_lr":
-      direction = _methods.adamw_direction() if adam else optax.identity()
-      options = {"direction": direction, **options}
+      if direction is not None:
+        over = direction()
+      else:
+        over = _methods.adamw_direction() if adam else optax.identity()
+      options = {"direction": over, **options}
     return m.build(_methods.SPEED_LR, _methods.SPEED_STEPS_PER_EPOCH, **options)
 
   cands = []

@@ -414,11 +414,14 @@ def aalr(
       state.best_cost,
       updates,
     )
-    u, stepped = direction.update(updates, state.direction_state, params, **extra)
+    u, direction_state = _checkpoint.direction_or_restore(
+      rollback,
+      lambda: direction.update(updates, state.direction_state, params, **extra),
+      saved.direction_state,
+    )
     new_updates = _checkpoint.step_or_rollback(
       rollback, u, -state.learning_rate, saved.params, params, updates
     )
-    direction_state = _checkpoint.restore_if(rollback, stepped, saved.direction_state)
     checkpoint, checkpoint_direction_state, checkpoint_cost = (
       saved.params,
       saved.direction_state,

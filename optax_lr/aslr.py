@@ -501,9 +501,16 @@ def aslr(
       checkpoint, updates = _checkpoint.save_if(
         save, net.checkpoint, params, state.direction_state, state.learning_rate, cost, updates
       )
-    u, direction_state = direction.update(
+    step = lambda: direction.update(
       updates, state.direction_state, params, **_direction_extra_args(value, extra_args)
     )
+    if safety_net:
+      # A rollback's u is zeros: its step is `checkpoint - params` (below).
+      u, direction_state = _checkpoint.direction_or_restore(
+        rollback, step, checkpoint.direction_state
+      )
+    else:
+      u, direction_state = step()
     u_leaves, u_def = jax.tree_util.tree_flatten(u)
     rates_def = jax.tree_util.tree_structure(state.leaf_rates)
     if rates_def.num_leaves != len(u_leaves):
@@ -526,9 +533,6 @@ def aslr(
         checkpoint.params,
         params,
         updates,
-      )
-      direction_state = _checkpoint.restore_if(
-        rollback, direction_state, checkpoint.direction_state
       )
       backed_off = _backed_off(state, net, checkpoint)
       state = state._replace(

@@ -560,6 +560,14 @@ def _engine(
         mu_t,
         finite,
       )
+    elif safety_net:
+      # A rollback's u is zeros, and so is the u_prev it leaves (below).
+      u, new_direction_state = _checkpoint.direction_or_restore(
+        rollback,
+        lambda: direction.update(grads, direction_state, params, **extra_args),
+        checkpoint.direction_state,
+      )
+      tangent = direction_tangent = None
     else:
       u, new_direction_state = direction.update(grads, direction_state, params, **extra_args)
       tangent = direction_tangent = None
@@ -568,9 +576,11 @@ def _engine(
       new_updates = _checkpoint.step_or_rollback(
         rollback, u, -eta_t, checkpoint.params, params, grads
       )
-      new_direction_state = _checkpoint.restore_if(
-        rollback, new_direction_state, checkpoint.direction_state
-      )
+      if uses_tangent:
+        # The tangent step runs the direction inside its JVP: restore after.
+        new_direction_state = _checkpoint.restore_if(
+          rollback, new_direction_state, checkpoint.direction_state
+        )
       net = _checkpoint.net_update(net, checkpoint, save, rollback, cost, grad_sq=grad_sq)
     else:
       new_updates = jax.tree_util.tree_map(

@@ -492,21 +492,24 @@ def newton_lr(
       checkpoint, updates = _checkpoint.save_if(
         save, net.checkpoint, params, state.direction_state, lr, cost, updates
       )
-    u, direction_state = direction.update(updates, state.direction_state, params, **extra_args)
+    step = lambda: direction.update(updates, state.direction_state, params, **extra_args)
     if safety_net:
+      # A rollback's u is zeros; the window restarts on it (below).
+      u, direction_state = _checkpoint.direction_or_restore(
+        rollback, step, checkpoint.direction_state
+      )
       neg = jax.tree_util.tree_map(jnp.negative, lr)
       new_updates = _checkpoint.step_or_rollback(
         rollback, u, neg if per_leaf else jnp.negative(lr), checkpoint.params, params, updates
       )
-      direction_state = _checkpoint.restore_if(
-        rollback, direction_state, checkpoint.direction_state
-      )
       backed_off = _checkpoint.backoff_rate(lr, net, checkpoint)
       lr = jax.tree_util.tree_map(lambda b, r: jnp.where(rollback, b, r), backed_off, lr)
-    elif per_leaf:
-      new_updates = jax.tree_util.tree_map(_scale, u, lr)
     else:
-      new_updates = jax.tree_util.tree_map(lambda x: _scale(x, lr), u)
+      u, direction_state = step()
+      if per_leaf:
+        new_updates = jax.tree_util.tree_map(_scale, u, lr)
+      else:
+        new_updates = jax.tree_util.tree_map(lambda x: _scale(x, lr), u)
     add = lambda a, x: a + x.astype(a.dtype)
     acc = jax.tree_util.tree_map(add, state.acc, u)
     grad_acc = None if sgd else jax.tree_util.tree_map(add, state.grad_acc, updates)

@@ -589,6 +589,19 @@ def test_net_cost(tmp_path, capsys):
   assert "noise floor, hd_net_off_again / hd_net_off" in out
 
 
+def test_net_cost_over_adam(tmp_path):
+  from benchmarks import net_cost  # pylint: disable=g-import-not-at-top
+
+  report = net_cost.main(
+    ["--quick", "--direction", "adam", "--methods", "hd", "--out", str(tmp_path / "nc.json")]
+  )
+  assert report["direction"] == "adam"
+  kernels = report["models"]["mlp"]["kernels"]
+  # Over Adam too the net adds no top-level pass over arrays.
+  assert kernels["hd"]["array"] <= kernels["hd_net_off"]["array"]
+  assert kernels["hd"]["array_copies"] <= kernels["hd_net_off"]["array_copies"]
+
+
 def test_rollback_select_is_sgd_until_a_rollback():
   from benchmarks import net_cost  # pylint: disable=g-import-not-at-top
 

@@ -237,6 +237,36 @@ def test_epoch_ends_leave_a_save_or_a_rollback_pending():
   assert not bool(_checkpoint.net_epoch_end(net, jnp.float32(19.0), best).pending)
 
 
+@pytest.mark.parametrize("rollback", [False, True])
+def test_direction_or_restore_steps_or_restores_the_saved_state(rollback):
+  # Adam's state after one step from g = [2, -4] with b1 = 0.9, b2 = 0.999:
+  # mu = 0.1 g, nu = 0.001 g^2, count 1, and u = mu_hat / (sqrt(nu_hat) + eps)
+  # = g / |g| = [1, -1], to float32's rounding of 1 - b2 (7e-6).
+  adam = optax.scale_by_adam()
+  grads = jnp.array([2.0, -4.0])
+  state = adam.init(grads)
+  saved = optax.ScaleByAdamState(
+    count=jnp.int32(7), mu=jnp.array([0.5, 0.25]), nu=jnp.array([3.0, 1.0])
+  )
+
+  @jax.jit
+  def run(flag, state, saved):
+    return _checkpoint.direction_or_restore(flag, lambda: adam.update(grads, state), saved)
+
+  # optax's bias correction raises a float to an int32 count.
+  with jax.numpy_dtype_promotion("standard"):
+    u, new_state = run(jnp.asarray(rollback), state, saved)
+  if rollback:
+    np.testing.assert_array_equal(u, [0.0, 0.0])
+    jax.tree_util.tree_map(np.testing.assert_array_equal, new_state, saved)
+  else:
+    np.testing.assert_allclose(u, [1.0, -1.0], rtol=2e-5)
+    np.testing.assert_allclose(new_state.mu, [0.2, -0.4], rtol=1e-6)
+    np.testing.assert_allclose(new_state.nu, [0.004, 0.016], rtol=1e-5)
+    assert int(new_state.count) == 1
+  assert u.dtype == grads.dtype and new_state.mu.dtype == saved.mu.dtype
+
+
 # ---------------------------------------------------------------- the methods
 
 

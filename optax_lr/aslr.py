@@ -505,7 +505,7 @@ def aslr(
       updates, state.direction_state, params, **_direction_extra_args(value, extra_args)
     )
     if safety_net:
-      # A rollback's u is zeros: its step is `checkpoint - params` (below).
+      # A rollback's u is no step: that call's is `checkpoint - params`.
       u, direction_state = _checkpoint.direction_or_restore(
         rollback, step, checkpoint.direction_state
       )

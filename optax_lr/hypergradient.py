@@ -561,7 +561,7 @@ def _engine(
         finite,
       )
     elif safety_net:
-      # A rollback's u is zeros, and so is the u_prev it leaves (below).
+      # A rollback's u is no step: its u_prev is zeroed (below).
       u, new_direction_state = _checkpoint.direction_or_restore(
         rollback,
         lambda: direction.update(grads, direction_state, params, **extra_args),

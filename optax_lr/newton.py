@@ -494,7 +494,7 @@ def newton_lr(
       )
     step = lambda: direction.update(updates, state.direction_state, params, **extra_args)
     if safety_net:
-      # A rollback's u is zeros; the window restarts on it (below).
+      # A rollback's u is no step: the window restarts on it (below).
       u, direction_state = _checkpoint.direction_or_restore(
         rollback, step, checkpoint.direction_state
       )

@@ -267,6 +267,25 @@ def test_direction_or_restore_steps_or_restores_the_saved_state(rollback):
   assert u.dtype == grads.dtype and new_state.mu.dtype == saved.mu.dtype
 
 
+@pytest.mark.parametrize("rollback", [False, True])
+def test_direction_or_restore_returns_a_step_that_is_the_state_once(rollback):
+  # optax.trace's step is its new momentum buffer (0.9 * 1 + 2 = 2.9): it
+  # leaves the cond once, as the state, so a rollback's step is the
+  # restored buffer (no method steps along it).
+  momentum = optax.trace(0.9)
+  grads = {"w": jnp.array([2.0, -1.0]), "b": jnp.array(0.5)}
+  state = optax.TraceState(trace={"w": jnp.array([1.0, 1.0]), "b": jnp.array(1.0)})
+  saved = optax.TraceState(trace={"w": jnp.array([7.0, 8.0]), "b": jnp.array(9.0)})
+  update = lambda: momentum.update(grads, state)
+  u, new_state = jax.jit(lambda flag: _checkpoint.direction_or_restore(flag, update, saved))(
+    jnp.asarray(rollback)
+  )
+  expected = saved.trace if rollback else {"w": [2.9, -0.1], "b": 1.4}
+  for name in ("w", "b"):
+    np.testing.assert_allclose(new_state.trace[name], expected[name], rtol=1e-6)
+    np.testing.assert_array_equal(u[name], new_state.trace[name])
+
+
 # ---------------------------------------------------------------- the methods
 
 

@@ -19,8 +19,8 @@ only emits an inner update every k calls) plug in through
 :func:`register_wrapper`.
 
 The module also holds the epoch window shared by the epoch-level methods:
-:class:`EpochWindow`, :func:`window_init`, :func:`window_step` and
-:func:`maybe_epoch_end`.
+:class:`EpochWindow`, :class:`WindowEnd`, :func:`window_init`,
+:func:`window_step` and :func:`maybe_epoch_end`.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ import optax
 
 __all__ = [
   "EpochWindow",
+  "WindowEnd",
   "apply_updates",
   "best_params",
   "current_lr",
@@ -464,24 +465,44 @@ def best_params(opt_state: Any, params: Any) -> Any:
 
 
 class EpochWindow(NamedTuple):
-  """Running mean of the training loss over the current epoch window."""
+  """Running mean and spread of the training loss over the current epoch window."""
 
   total: jax.Array  # [] float32 (f64 under x64 params): sum of `value` so far.
   steps: jax.Array  # [] int32: update calls seen in the current window.
+  # [] float32 (f64 under x64): Welford's running mean of `value`, kept apart
+  # from `total` (which gives the window's cost) so that `spread` stays
+  # exact where a sum of squares would cancel (losses of 100 ± 0.01).
+  running_mean: jax.Array
+  # [] float32 (f64 under x64): Welford's sum of squared deviations from the
+  # running mean; spread / (steps - 1) is the sample variance.
+  spread: jax.Array
+
+
+class WindowEnd(NamedTuple):
+  """What :func:`window_step` reports about the window it closes."""
+
+  is_end: jax.Array  # [] bool: this call was the window's last.
+  cost: jax.Array  # [] mean `value` over the window (meaningful when is_end).
+  # [] the standard error of that mean, sqrt(sample variance / N), 0 for a
+  # window of one call (meaningful when is_end; NaN for non-finite values).
+  standard_error: jax.Array
 
 
 def window_init(dtype: Any = jnp.float32) -> EpochWindow:
   """An empty window accumulating in ``dtype`` (use ``accumulation_dtype``)."""
-  return EpochWindow(total=jnp.zeros([], dtype), steps=jnp.zeros([], jnp.int32))
+  zero = jnp.zeros([], dtype)
+  return EpochWindow(total=zero, steps=jnp.zeros([], jnp.int32), running_mean=zero, spread=zero)
 
 
 def window_step(
   window: EpochWindow, value: Optional[Any], steps_per_epoch: int
-) -> tuple[EpochWindow, jax.Array, jax.Array]:
+) -> tuple[EpochWindow, WindowEnd]:
   """Adds one training loss to the window and says whether the epoch ended.
 
   A NaN or Inf loss makes the window's mean NaN or Inf: the epoch is then
   judged on a non-finite cost, which each method treats as its paper says.
+  The window also keeps the spread of its losses (Welford's update), so a
+  method can tell a change of the mean from minibatch noise.
 
   Args:
     window: the current window.
@@ -490,9 +511,10 @@ def window_step(
     steps_per_epoch: the window length ``N`` (a Python int).
 
   Returns:
-    ``(window, is_end, mean_cost)``: the window after this call (emptied at an
-    epoch end), a scalar bool that is true on the window's last call, and the
-    window's mean loss (meaningful when ``is_end``).
+    ``(window, end)``: the window after this call (emptied at an epoch end),
+    and a :class:`WindowEnd` with ``is_end`` (true on the window's last call),
+    the window's mean loss and its standard error (both meaningful when
+    ``is_end``).
 
   Raises:
     ValueError: at trace time, when ``value`` is missing or not a scalar.
@@ -505,16 +527,23 @@ def window_step(
   value = jnp.asarray(value)
   if value.shape != ():
     raise ValueError(f"value: expected a scalar loss, got shape {value.shape}.")
-  total = window.total + value.astype(window.total.dtype)
+  value = value.astype(window.total.dtype)
+  total = window.total + value
   steps = window.steps + 1
+  count = steps.astype(total.dtype)
   is_end = steps >= steps_per_epoch
-  mean_cost = total / steps.astype(total.dtype)
+  mean_cost = total / count
+  # Welford: one pass, no cancellation between a sum of squares and the
+  # squared sum.
+  delta = value - window.running_mean
+  running_mean = window.running_mean + delta / count
+  spread = window.spread + delta * (value - running_mean)
+  variance = spread / jnp.maximum(count - 1, 1)
+  standard_error = jnp.sqrt(jnp.maximum(variance, 0) / count)
   emptied = window_init(total.dtype)
-  new_window = EpochWindow(
-    total=jnp.where(is_end, emptied.total, total),
-    steps=jnp.where(is_end, emptied.steps, steps),
-  )
-  return new_window, is_end, mean_cost
+  kept = EpochWindow(total=total, steps=steps, running_mean=running_mean, spread=spread)
+  new_window = jax.tree_util.tree_map(lambda e, k: jnp.where(is_end, e, k), emptied, kept)
+  return new_window, WindowEnd(is_end=is_end, cost=mean_cost, standard_error=standard_error)
 
 
 def maybe_epoch_end(

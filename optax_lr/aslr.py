@@ -553,7 +553,8 @@ def aslr(
       direction_state=direction_state,
     )
     if steps_per_epoch is not None:
-      window, is_end, cost = _monitor.window_step(state.window, value, steps_per_epoch)
+      window, end = _monitor.window_step(state.window, value, steps_per_epoch)
+      is_end = end.is_end
       if safety_net:
         # A rollback call trains nothing: its loss belongs to no epoch.
         window = jax.tree_util.tree_map(
@@ -568,7 +569,7 @@ def aslr(
         window=window,
         safety=None if net is None else net._replace(checkpoint=None),
       )
-      search = _monitor.maybe_epoch_end(search, is_end, cost, _epoch_end)
+      search = _monitor.maybe_epoch_end(search, is_end, end.cost, _epoch_end)
       state = search._replace(
         leaf_rates=state.leaf_rates,
         direction_state=state.direction_state,

@@ -504,6 +504,64 @@ def test_noisy_costs_do_not_halve_the_rate_for_ever():
   assert min(rates) >= 0.05 / 4 and rates[-1] >= 0.05
 
 
+def _window_run(tx, values, steps_per_epoch):
+  """Feeds ``values`` one per update call (gradient 0); the state after each epoch."""
+  params = {"w": jnp.ones(2, jnp.float32)}
+  update = jax.jit(tx.update)
+  state = tx.init(params)
+  after_epoch = []
+  grads = {"w": jnp.zeros(2, jnp.float32)}
+  for t, value in enumerate(values):
+    updates, state = update(grads, state, params, value=jnp.float32(value))
+    params = optax_lr.apply_updates(params, updates, state)
+    if (t + 1) % steps_per_epoch == 0:
+      after_epoch.append(state)
+  return after_epoch
+
+
+def test_window_mode_phase_one_halves_only_on_a_rise_beyond_the_noise():
+  # Three calls per epoch. Epoch 0: 1, 2, 3 (mean 2, sample variance 1, SE
+  # 1/sqrt(3)): L* = 2 (from +inf). The margin is 2·sqrt(2)·SE = 1.63299.
+  # Epoch 1: 2.5, 3.5, 4.5, mean 3.5 <= 2 + 1.633: within the noise, good
+  # (the paper's L > L* would halve here), L* = 3.5, i = 2. Epoch 2: 4.5,
+  # 5.5, 6.5, mean 5.5 > 3.5 + 1.633 = 5.133: bad, halve and roll back.
+  tx = optax_lr.aalr(0.4, warmup_patience=5, steps_per_epoch=3)
+  states = _window_run(tx, [1, 2, 3, 2.5, 3.5, 4.5, 4.5, 5.5, 6.5], 3)
+  assert [float(s.best_cost) for s in states[:2]] == [2.0, 3.5]
+  assert [int(s.good_epochs) for s in states] == [1, 2, 0]
+  assert [float(s.learning_rate) for s in states] == pytest.approx([0.4, 0.4, 0.2])
+  assert int(states[-1].pending) == PENDING_CODE[ROLLBACK]
+  margin = 2.0 * math.sqrt(2.0) * math.sqrt(1.0 / 3.0)
+  assert 3.5 <= 2.0 + margin and 5.5 > 3.5 + margin
+
+
+def test_window_mode_constant_windows_keep_the_papers_strict_test():
+  # No spread within a window, no margin: 2.0 after 1.0 is worse.
+  tx = optax_lr.aalr(0.4, warmup_patience=5, steps_per_epoch=2)
+  states = _window_run(tx, [1.0, 1.0, 1.0 + 1e-6, 1.0 + 1e-6], 2)
+  assert [float(s.learning_rate) for s in states] == pytest.approx([0.4, 0.2])
+
+
+def test_window_mode_minibatch_noise_does_not_collapse_a_small_rate():
+  # A rate too small to move the loss within an epoch's noise: each window's
+  # mean is a coin flip against L*. With the paper's strict test every flip
+  # halved and restarted, and the rate spiralled to 0 (1e-4 -> 1e-9 in 48
+  # epochs on noisy least squares). Here the loss ignores the params: pure
+  # noise, 20 calls per epoch, 60 epochs.
+  rng = np.random.default_rng(0)
+  values = 1.0 + 0.1 * rng.standard_normal(20 * 60)
+  states = _window_run(optax_lr.aalr(1e-4, steps_per_epoch=20), values, 20)
+  rates = np.asarray([s.learning_rate for s in states]) / np.float32(1e-4)
+  phases = np.asarray([s.phase for s in states])
+  # Phase 1 ends (with the strict test, ten falling means in a row under pure
+  # noise have probability 1/10!, and about every other epoch halved).
+  assert phases[20] == 2 and np.all(phases[20:] == 2)
+  assert rates[phases == 1].min() >= 0.5
+  # Phase 2 halves a rate that never improves with its patience doubled each
+  # time: a few halvings in 60 epochs, logarithmic in the epochs, not a spiral.
+  assert rates.min() >= 1 / 8
+
+
 @pytest.mark.parametrize("initial_cost", [None, 5.0], ids=["no_initial", "initial"])
 def test_phase_one_rollback_restores_best_cost_to_the_initial_models(initial_cost):
   tx = optax_lr.aalr(0.5, warmup_patience=3)

@@ -1014,3 +1014,53 @@ def test_adam_task_direction_and_range_test():
   assert {"hd", "adamw", "sgd"} <= set(cands)
   assert holds(cands["hd"].tx, optax.ScaleByAdamState)
   assert "adamw" not in {c.name for c in speed.candidates(["hd", "adamw"])}
+
+
+def test_fresh_tasks(tmp_path, capsys):
+  from benchmarks import fresh_tasks  # pylint: disable=g-import-not-at-top
+
+  report = fresh_tasks.main(
+    [
+      "--quick",
+      "--methods",
+      "hd",
+      "aalr",
+      "--problems",
+      "lsq",
+      "--directions",
+      "adam",
+      "--out",
+      str(tmp_path / "fresh.json"),
+    ]
+  )
+  out = capsys.readouterr().out
+  assert "lsq: best hand-tuned final training loss" in out
+  saved = _load(tmp_path / "fresh.json")
+  assert saved["command"].startswith("python -m benchmarks.fresh_tasks")
+  lsq = report["problems"]["lsq"]
+  # The reference is the best optax run of the grid, and every ratio is a
+  # method's final loss over it.
+  grid_losses = [x for losses in lsq["references"].values() for x in losses]
+  assert lsq["best_reference"] == min(grid_losses)
+  assert [row["method"] for row in lsq["methods"]] == ["hd", "aalr"]
+  for row in lsq["methods"]:
+    assert [cell["initial_rate"] for cell in row["runs"]] == list(fresh_tasks.RATES)
+    for cell in row["runs"]:
+      assert cell["finite"] and cell["ratio"] == pytest.approx(cell["loss"] / lsq["best_reference"])
+      assert 0 < cell["rate_min"] <= cell["rate_end"] <= cell["rate_max"]
+
+
+def test_fresh_tasks_problems_are_offline_and_well_posed():
+  from benchmarks import fresh_tasks  # pylint: disable=g-import-not-at-top
+
+  problems = fresh_tasks.problems()
+  assert set(problems) == set(fresh_tasks.PROBLEMS)
+  lsq = problems["lsq"]
+  # The Hessian X^T X / n has eigenvalues 1e-4 ... 1 (singular values 1 ... 100).
+  hessian = np.asarray(lsq.inputs.T @ lsq.inputs) / len(lsq.targets)
+  eigenvalues = np.linalg.eigvalsh(hessian)
+  np.testing.assert_allclose([eigenvalues.min(), eigenvalues.max()], [1e-4, 1.0], rtol=1e-3)
+  for problem in problems.values():
+    params = problem.init(jax.random.PRNGKey(0))
+    loss = problem.loss(params, problem.inputs[:32], problem.targets[:32])
+    assert loss.shape == () and np.isfinite(float(loss))

@@ -5,6 +5,7 @@ epoch-level method of their own ("halve and roll back on a bad epoch") through
 the same `register_method` hook the library's methods use.
 """
 
+import math
 from typing import Any, NamedTuple
 
 import jax
@@ -63,8 +64,10 @@ def toy(learning_rate, steps_per_epoch=None):
     )
     state = state._replace(pending_rollback=jnp.asarray(False), rolled_back=rollback)
     if steps_per_epoch is not None:
-      window, is_end, cost = _monitor.window_step(state.window, value, steps_per_epoch)
-      state = _monitor.maybe_epoch_end(state._replace(window=window), is_end, cost, _toy_epoch_end)
+      window, end = _monitor.window_step(state.window, value, steps_per_epoch)
+      state = _monitor.maybe_epoch_end(
+        state._replace(window=window), end.is_end, end.cost, _toy_epoch_end
+      )
     return new_updates, state
 
   return optax.GradientTransformationExtraArgs(init, update)
@@ -237,21 +240,43 @@ def test_window_means_and_ends():
   window = _monitor.window_init()
   seen = []
   for value in [1.0, 2.0, 3.0, 10.0, 20.0, 30.0]:
-    window, is_end, cost = _monitor.window_step(window, jnp.float32(value), 3)
-    seen.append((bool(is_end), float(cost)))
+    window, end = _monitor.window_step(window, jnp.float32(value), 3)
+    seen.append((bool(end.is_end), float(end.cost), float(end.standard_error)))
   assert [s[0] for s in seen] == [False, False, True] * 2
   assert seen[2][1] == pytest.approx(2.0)
   assert seen[5][1] == pytest.approx(20.0)
+  # Sample variances 1 and 100 (n - 1 = 2), over n = 3: SE = sqrt(var / 3).
+  assert seen[2][2] == pytest.approx(math.sqrt(1.0 / 3.0), rel=1e-6)
+  assert seen[5][2] == pytest.approx(math.sqrt(100.0 / 3.0), rel=1e-6)
   assert int(window.steps) == 0 and float(window.total) == 0.0
+  assert float(window.running_mean) == 0.0 and float(window.spread) == 0.0
+
+
+def test_window_standard_error_does_not_cancel_on_a_large_mean():
+  # Losses 1000 + (-0.01, 0, +0.01): a sum of squares in f32 (1e6 against a
+  # spread of 2e-4) would lose the spread entirely; Welford keeps it.
+  window = _monitor.window_init()
+  for value in [999.99, 1000.0, 1000.01]:
+    window, end = _monitor.window_step(window, jnp.float32(value), 3)
+  want = np.std(np.float32([999.99, 1000.0, 1000.01]).astype(np.float64), ddof=1) / math.sqrt(3)
+  assert float(end.standard_error) == pytest.approx(want, rel=1e-2)
+
+
+def test_window_of_one_call_has_no_standard_error():
+  window = _monitor.window_init()
+  for value in [1.0, 5.0]:
+    window, end = _monitor.window_step(window, jnp.float32(value), 1)
+    assert bool(end.is_end) and float(end.cost) == value
+    assert float(end.standard_error) == 0.0
 
 
 def test_window_nan_value_gives_nan_cost_then_recovers():
   window = _monitor.window_init()
   costs = []
   for value in [1.0, float("nan"), 1.0, 1.0]:
-    window, is_end, cost = _monitor.window_step(window, jnp.float32(value), 2)
-    if is_end:
-      costs.append(float(cost))
+    window, end = _monitor.window_step(window, jnp.float32(value), 2)
+    if end.is_end:
+      costs.append(float(end.cost))
   assert np.isnan(costs[0]) and costs[1] == 1.0
 
 

@@ -1,0 +1,266 @@
+"""The defaults on problems nobody tuned for, over SGD, momentum and Adam.
+
+``benchmarks.robustness`` fixes one direction per task (momentum on the
+MLPs, AdamW on the LM) and feeds the epoch-level methods a validation loss,
+as their papers do. A user who never read the papers writes
+``optax_lr.aalr(lr, steps_per_epoch=N)`` over whatever optimizer they use,
+on a problem of their own. This script runs that: every optax_lr method
+with its defaults only, the epoch-level ones (ASLR, AALR) in window mode
+(the epoch-mean training loss, no validation split), over
+``optax.identity()``, ``optax.trace(0.9)`` and ``optax.scale_by_adam()``,
+from initial rates 1e-4, 1e-2 and 1, on four small problems chosen after
+every default was fixed:
+
+* ``logreg``: softmax regression on ``sklearn.datasets.load_digits``;
+* ``lsq``: least squares with singular values 1 ... 100 (condition number
+  1e4 of the Hessian), Gaussian noise 0.1, generated with ``jax.random``;
+* ``deep_tanh``: a tanh MLP 64-32x6-10 on digits;
+* ``autoenc``: a ReLU autoencoder 64-16-64 with a sigmoid output on digits.
+
+Each run is one seed, batch 32, 31 batches per epoch, ``--steps`` update
+calls (default 1500, 48 epochs). A run is scored by its full-data training
+loss at the end (AALR at ``optax_lr.best_params``) over the best that optax
+``sgd``, ``sgd(momentum=0.9)`` or ``adam`` reaches at a constant rate of
+1e-4 ... 1 (decades) on the same problem and batches. The table also shows
+the range of the method's rate over the run and its last value, so a rate
+that collapses (to 1e-9) or runs away shows.
+
+Usage::
+
+    python -m benchmarks.fresh_tasks                      # everything, ~4 min
+    python -m benchmarks.fresh_tasks --methods aalr --problems lsq
+    python -m benchmarks.fresh_tasks --quick              # a smoke run
+
+Writes ``results/fresh_tasks.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+import optax_lr
+from benchmarks import _methods
+from benchmarks import _report
+
+BATCH = 32
+STEPS_PER_EPOCH = 31
+RATES = (1e-4, 1e-2, 1.0)
+PROBLEMS = ("logreg", "lsq", "deep_tanh", "autoenc")
+GRID = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
+DIRECTIONS: dict[str, Callable[[], optax.GradientTransformation]] = {
+  "sgd": optax.identity,
+  "momentum": lambda: optax.trace(0.9),
+  "adam": optax.scale_by_adam,
+}
+REFERENCES: dict[str, Callable[[float], optax.GradientTransformation]] = {
+  "sgd": optax.sgd,
+  "momentum": lambda lr: optax.sgd(lr, momentum=0.9),
+  "adam": optax.adam,
+}
+
+
+class Problem(NamedTuple):
+  init: Callable[[jax.Array], Any]
+  loss: Callable[[Any, jax.Array, jax.Array], jax.Array]
+  inputs: jax.Array
+  targets: jax.Array
+
+
+def _mlp_init(sizes, key):
+  params = []
+  for fan_in, fan_out in zip(sizes[:-1], sizes[1:]):
+    key, sub = jax.random.split(key)
+    w = jax.random.normal(sub, (fan_in, fan_out)) / np.sqrt(fan_in)
+    params.append({"w": w, "b": jnp.zeros(fan_out)})
+  return params
+
+
+def _mlp(params, x, activation):
+  for layer in params[:-1]:
+    x = activation(x @ layer["w"] + layer["b"])
+  return x @ params[-1]["w"] + params[-1]["b"]
+
+
+def _cross_entropy(logits, labels):
+  log_probs = jax.nn.log_softmax(logits)
+  return -jnp.mean(jnp.take_along_axis(log_probs, labels[:, None], axis=1))
+
+
+def problems(examples: int = BATCH * STEPS_PER_EPOCH) -> dict[str, Problem]:
+  """The four problems, each on ``examples`` training examples."""
+  from sklearn.datasets import load_digits  # pylint: disable=g-import-not-at-top
+
+  x, y = load_digits(return_X_y=True)
+  keep = np.random.RandomState(0).permutation(len(x))[:examples]
+  digits = jnp.asarray(x[keep] / 16.0, jnp.float32)
+  labels = jnp.asarray(y[keep], jnp.int32)
+  # Least squares: X = U diag(s) V^T with s log-spaced in 1 ... 100, scaled so
+  # that the Hessian X^T X / n has eigenvalues 1e-4 ... 1.
+  key_u, key_v, key_w, key_noise = jax.random.split(jax.random.PRNGKey(1), 4)
+  u, _ = jnp.linalg.qr(jax.random.normal(key_u, (examples, 20)))
+  v, _ = jnp.linalg.qr(jax.random.normal(key_v, (20, 20)))
+  design = (u * jnp.logspace(0, 2, 20)) @ v.T * np.sqrt(examples) / 100
+  w_true = jax.random.normal(key_w, (20,))
+  noisy = design @ w_true + 0.1 * jax.random.normal(key_noise, (examples,))
+  relu_logits = lambda p, x, y: _cross_entropy(_mlp(p, x, jax.nn.relu), y)
+  return {
+    "logreg": Problem(lambda k: _mlp_init([64, 10], k), relu_logits, digits, labels),
+    "lsq": Problem(
+      lambda k: {"w": jnp.zeros(20)},
+      lambda p, x, y: 0.5 * jnp.mean((x @ p["w"] - y) ** 2),
+      design,
+      noisy,
+    ),
+    "deep_tanh": Problem(
+      lambda k: _mlp_init([64] + [32] * 6 + [10], k),
+      lambda p, x, y: _cross_entropy(_mlp(p, x, jnp.tanh), y),
+      digits,
+      labels,
+    ),
+    "autoenc": Problem(
+      lambda k: _mlp_init([64, 16, 64], k),
+      lambda p, x, y: jnp.mean((jax.nn.sigmoid(_mlp(p, x, jax.nn.relu)) - x) ** 2),
+      digits,
+      digits,
+    ),
+  }
+
+
+def _order(steps: int, examples: int) -> jax.Array:
+  return jax.random.permutation(jax.random.PRNGKey(5), steps * BATCH) % examples
+
+
+def _batch(problem: Problem, order, t):
+  pick = jax.lax.dynamic_slice(order, (t * BATCH,), (BATCH,))
+  return problem.inputs[pick], problem.targets[pick]
+
+
+def _finite(tree) -> jax.Array:
+  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(tree)]))
+
+
+def run_method(problem: Problem, method: _methods.Method, direction, lr: float, steps: int):
+  """``(final loss, params finite, rates per call)`` of one run with defaults."""
+  if method.epoch_level:
+    # Window mode: the library call itself, as a user writes it (`build`
+    # takes the window length as its own positional argument).
+    tx = method.factory(lr, steps_per_epoch=STEPS_PER_EPOCH, direction=direction())
+  else:
+    tx = method.build(lr, STEPS_PER_EPOCH, direction=direction())
+  needs = tuple(n for n in method.needs if n != "val_grads")  # no validation split
+  order = _order(steps, len(problem.targets))
+
+  def run(params):
+    def step(carry, t):
+      params, state = carry
+      x, y = _batch(problem, order, t)
+      batch_loss = lambda p: problem.loss(p, x, y)
+      loss, grads = jax.value_and_grad(batch_loss)(params)
+      extra = _methods.extra_args(needs, loss=loss, batch_loss=batch_loss, val_grads_fn=None)
+      updates, state = tx.update(grads, state, params, **extra)
+      params = optax_lr.apply_updates(params, updates, state)
+      return (params, state), optax_lr.current_lr(state)
+
+    (params, state), rates = jax.lax.scan(step, (params, tx.init(params)), jnp.arange(steps))
+    params = optax_lr.best_params(state, params)
+    return problem.loss(params, problem.inputs, problem.targets), _finite(params), rates
+
+  loss, finite, rates = jax.jit(run)(problem.init(jax.random.PRNGKey(0)))
+  return float(loss), bool(finite), np.asarray(rates)
+
+
+def run_reference(problem: Problem, make, lr: float, steps: int) -> float:
+  """The final full-data loss of an optax optimizer at a constant rate."""
+  tx = make(lr)
+  order = _order(steps, len(problem.targets))
+
+  def run(params):
+    def step(carry, t):
+      params, state = carry
+      x, y = _batch(problem, order, t)
+      grads = jax.grad(problem.loss)(params, x, y)
+      updates, state = tx.update(grads, state, params)
+      return (optax.apply_updates(params, updates), state), None
+
+    (params, _), _ = jax.lax.scan(step, (params, tx.init(params)), jnp.arange(steps))
+    return problem.loss(params, problem.inputs, problem.targets)
+
+  return float(jax.jit(run)(problem.init(jax.random.PRNGKey(0))))
+
+
+def main(argv=None) -> dict:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  names = [m.name for m in _methods.OPTAX_LR_METHODS if m.swept]
+  parser.add_argument("--methods", nargs="+", default=names, choices=names)
+  parser.add_argument("--problems", nargs="+", default=list(PROBLEMS), choices=PROBLEMS)
+  parser.add_argument("--directions", nargs="+", default=list(DIRECTIONS), choices=list(DIRECTIONS))
+  parser.add_argument("--steps", type=int, default=1500, help="update calls per run")
+  parser.add_argument("--quick", action="store_true", help="a smoke run: 2 epochs")
+  parser.add_argument("--out", default="results/fresh_tasks.json")
+  args = parser.parse_args(argv)
+  steps = 2 * STEPS_PER_EPOCH if args.quick else args.steps
+  by_name = {m.name: m for m in _methods.OPTAX_LR_METHODS}
+  start = time.perf_counter()
+  report: dict[str, Any] = {
+    "command": "python -m benchmarks.fresh_tasks "
+    + " ".join(argv if argv is not None else sys.argv[1:]),
+    "machine": _report.machine(),
+    "steps": steps,
+    "initial_rates": list(RATES),
+    "grid": list(GRID),
+    "problems": {},
+  }
+  all_problems = problems()
+  for name in args.problems:
+    problem = all_problems[name]
+    references = {
+      ref: [run_reference(problem, make, lr, steps) for lr in GRID]
+      for ref, make in REFERENCES.items()
+    }
+    best = min(min(np.nan_to_num(v, nan=np.inf)) for v in references.values())
+    print(f"{name}: best hand-tuned final training loss {best:.4g}")
+    for ref, losses in references.items():
+      print(f"  {ref:9s} per grid rate " + " ".join(f"{x:.4g}" for x in losses))
+    print(
+      f"  {'':8s} {'method':10s} " + " | ".join(f"{'from ' + format(lr, 'g'):>32s}" for lr in RATES)
+    )
+    runs = []
+    for direction in args.directions:
+      for method_name in args.methods:
+        cells = []
+        for lr in RATES:
+          loss, finite, rates = run_method(
+            problem, by_name[method_name], DIRECTIONS[direction], lr, steps
+          )
+          cells.append(
+            dict(
+              initial_rate=lr,
+              loss=loss,
+              ratio=loss / best,
+              finite=finite,
+              rate_min=float(rates.min()),
+              rate_max=float(rates.max()),
+              rate_end=float(rates[-1]),
+            )
+          )
+        runs.append(dict(direction=direction, method=method_name, runs=cells))
+        text = [
+          f"{c['ratio']:7.2f}x [{c['rate_min']:.0e}, {c['rate_max']:.0e}] end {c['rate_end']:.0e}"
+          + ("" if c["finite"] else " NON-FINITE")
+          for c in cells
+        ]
+        print(f"  {direction:8s} {method_name:10s} " + " | ".join(text), flush=True)
+    report["problems"][name] = dict(best_reference=best, references=references, methods=runs)
+  return _report.finish(report, start, args.out)
+
+
+if __name__ == "__main__":
+  main()

@@ -5,8 +5,9 @@ The design page's testing strategy (docs/design.md), run for each entry of
 bf16/f32 dtypes kept, state dtypes stable under `lax.cond`, `lax.scan`
 training on a parabola and on Rosenbrock, NaN and Inf in gradients, losses
 and costs never giving a NaN or negative learning rate, a
-`flax.serialization` round trip, and use inside `optax.chain` and
-`optax.MultiSteps`.
+`flax.serialization` round trip, use inside `optax.chain` and
+`optax.MultiSteps`, and, for the methods that read a window of training
+losses, no collapse of the rate on pure minibatch noise.
 
 A method joins the suite with one `MethodCase` in `METHODS`, the registry in
 `optax_lr._registry` (shared with the benchmarks), which records its factory,
@@ -306,3 +307,46 @@ def test_observe_refuses_a_state_that_ends_its_epochs_itself(case):
     if not np.array_equal(old, new)
   ]
   assert 1.0 in changed  # the epoch's cost is recorded
+
+
+# ---------------------------------------------------------------- windows of noisy losses
+
+WINDOWED = pytest.mark.parametrize(
+  "case",
+  [c for c in METHODS if "steps_per_epoch" in c.kwargs and "value" in c.needs + c.passes],
+  ids=lambda c: c.name,
+)
+
+
+@WINDOWED
+def test_minibatch_noise_in_the_window_does_not_collapse_the_rate(case):
+  # A method that reads its epochs from the window's mean training loss, at
+  # a rate too small to move that loss: pure minibatch noise (the loss
+  # ignores the params, the gradient is 0). A method that reacts to each
+  # coin flip as to a real rise halves the rate every other epoch (AALR's
+  # phase 1 did, until it allowed for the window's standard error: 1e-4 ->
+  # 1e-9 in 48 epochs). Windows of 20 calls, 60 epochs: the rate must stay
+  # within a factor 16 (AALR's phase 2 halves a loss that never improves at
+  # a doubling patience: a few times in 60 epochs).
+  rate = 1e-3
+  steps_per_epoch = 20
+  tx = case.factory(rate, **dict(case.kwargs, steps_per_epoch=steps_per_epoch))
+  params = {"w": jnp.ones(3, jnp.float32)}
+  calls = 60 * steps_per_epoch
+  noise = 1.0 + 0.1 * np.random.default_rng(0).standard_normal(calls).astype(np.float32)
+
+  @jax.jit
+  def run(params):
+    def body(carry, value):
+      params, state = carry
+      grads = {"w": jnp.zeros(3, jnp.float32)}
+      updates, state = tx.update(grads, state, params, value=value)
+      return (optax_lr.apply_updates(params, updates, state), state), optax_lr.current_lr(state)
+
+    _, rates = jax.lax.scan(body, (params, tx.init(params)), jnp.asarray(noise))
+    return rates
+
+  rates = run(params)
+  _assert_rates_valid(rates)
+  low = min(float(np.min(leaf)) for leaf in jax.tree_util.tree_leaves(rates))
+  assert low >= np.float32(rate) / 16, f"{case.name}: rate fell to {low:.3g} on pure noise"

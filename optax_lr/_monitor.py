@@ -489,9 +489,18 @@ class WindowEnd(NamedTuple):
 
 
 def window_init(dtype: Any = jnp.float32) -> EpochWindow:
-  """An empty window accumulating in ``dtype`` (use ``accumulation_dtype``)."""
-  zero = jnp.zeros([], dtype)
-  return EpochWindow(total=zero, steps=jnp.zeros([], jnp.int32), running_mean=zero, spread=zero)
+  """An empty window accumulating in ``dtype`` (use ``accumulation_dtype``).
+
+  Each field is a buffer of its own: a train step donates the state, and a
+  buffer shared by two leaves would be donated twice (XLA's CPU runtime
+  crashed on exactly that in a sharded, donated run).
+  """
+  return EpochWindow(
+    total=jnp.zeros([], dtype),
+    steps=jnp.zeros([], jnp.int32),
+    running_mean=jnp.zeros([], dtype),
+    spread=jnp.zeros([], dtype),
+  )
 
 
 def window_step(

@@ -1,7 +1,8 @@
 """The contract suite: every learning-rate method through the same checks.
 
 The design page's testing strategy (docs/design.md), run for each entry of
-`METHODS`: jit with no second compilation, unknown extra args ignored,
+`METHODS`: jit with no second compilation, an initial state whose leaves
+share no buffer (the step donates it), unknown extra args ignored,
 bf16/f32 dtypes kept, state dtypes stable under `lax.cond`, `lax.scan`
 training on a parabola and on Rosenbrock, NaN and Inf in gradients, losses
 and costs never giving a NaN or negative learning rate, a
@@ -138,6 +139,21 @@ def test_jit_compiles_once_with_donated_buffers(case):
   assert len(traces) == 1
   assert observe._cache_size() <= 1
   _assert_rates_valid(optax_lr.current_lr(state))
+
+
+@CASES
+def test_init_state_shares_no_buffer_between_leaves(case):
+  # A train step donates the state: a buffer that two leaves share would be
+  # donated twice. XLA's CPU runtime segfaulted on exactly that in a sharded
+  # run (`test_sharding.py`), when the epoch window's three float zeros were
+  # one array; a single-device run did not show it.
+  params = parabola_params()
+  for state in (case.make(case.parabola_lr).init(params), jax.jit(case.make(0.1).init)(params)):
+    leaves = [x for x in jax.tree_util.tree_leaves(state) if isinstance(x, jax.Array)]
+    pointers = [x.unsafe_buffer_pointer() for x in leaves]
+    assert len(set(pointers)) == len(pointers), f"{case.name}: init returns a shared buffer"
+    param_pointers = {x.unsafe_buffer_pointer() for x in jax.tree_util.tree_leaves(params)}
+    assert not param_pointers & set(pointers), f"{case.name}: init returns a params buffer"
 
 
 @CASES

@@ -27,12 +27,17 @@ from optax_lr._registry import EXTRA_ARG_NAMES
 # ---------------------------------------------------------------- models
 
 
-def init_mlp(key: jax.Array, sizes: Sequence[int], dtype=jnp.float32) -> list[dict]:
-  """He-initialised dense layers ``sizes[0] -> ... -> sizes[-1]``."""
+def init_mlp(
+  key: jax.Array, sizes: Sequence[int], dtype=jnp.float32, gain: float = 2.0
+) -> list[dict]:
+  """Dense layers ``sizes[0] -> ... -> sizes[-1]``, weights N(0, gain / fan_in).
+
+  ``gain=2`` is He's initialisation (ReLU), ``gain=1`` LeCun's (tanh).
+  """
   params = []
   for fan_in, fan_out in zip(sizes[:-1], sizes[1:]):
     key, sub = jax.random.split(key)
-    scale = jnp.sqrt(2.0 / fan_in).astype(dtype)
+    scale = jnp.sqrt(gain / fan_in).astype(dtype)
     params.append(
       {
         "w": jax.random.normal(sub, (fan_in, fan_out), dtype) * scale,
@@ -42,9 +47,9 @@ def init_mlp(key: jax.Array, sizes: Sequence[int], dtype=jnp.float32) -> list[di
   return params
 
 
-def mlp_logits(params: list[dict], x: jax.Array) -> jax.Array:
+def mlp_logits(params: list[dict], x: jax.Array, activation=jax.nn.relu) -> jax.Array:
   for layer in params[:-1]:
-    x = jax.nn.relu(x @ layer["w"] + layer["b"])
+    x = activation(x @ layer["w"] + layer["b"])
   return x @ params[-1]["w"] + params[-1]["b"]
 
 

@@ -47,8 +47,10 @@ import numpy as np
 import optax
 
 import optax_lr
+from benchmarks import _harness
 from benchmarks import _methods
 from benchmarks import _report
+from benchmarks import _train
 
 BATCH = 32
 STEPS_PER_EPOCH = 31
@@ -74,26 +76,6 @@ class Problem(NamedTuple):
   targets: jax.Array
 
 
-def _mlp_init(sizes, key):
-  params = []
-  for fan_in, fan_out in zip(sizes[:-1], sizes[1:]):
-    key, sub = jax.random.split(key)
-    w = jax.random.normal(sub, (fan_in, fan_out)) / np.sqrt(fan_in)
-    params.append({"w": w, "b": jnp.zeros(fan_out)})
-  return params
-
-
-def _mlp(params, x, activation):
-  for layer in params[:-1]:
-    x = activation(x @ layer["w"] + layer["b"])
-  return x @ params[-1]["w"] + params[-1]["b"]
-
-
-def _cross_entropy(logits, labels):
-  log_probs = jax.nn.log_softmax(logits)
-  return -jnp.mean(jnp.take_along_axis(log_probs, labels[:, None], axis=1))
-
-
 def problems(examples: int = BATCH * STEPS_PER_EPOCH) -> dict[str, Problem]:
   """The four problems, each on ``examples`` training examples."""
   from sklearn.datasets import load_digits  # pylint: disable=g-import-not-at-top
@@ -110,9 +92,11 @@ def problems(examples: int = BATCH * STEPS_PER_EPOCH) -> dict[str, Problem]:
   design = (u * jnp.logspace(0, 2, 20)) @ v.T * np.sqrt(examples) / 100
   w_true = jax.random.normal(key_w, (20,))
   noisy = design @ w_true + 0.1 * jax.random.normal(key_noise, (examples,))
-  relu_logits = lambda p, x, y: _cross_entropy(_mlp(p, x, jax.nn.relu), y)
+  relu_logits = lambda p, x, y: _harness.cross_entropy(_harness.mlp_logits(p, x), y)
+  # LeCun's initialisation (gain 1) for every problem (suited to tanh).
+  lecun = lambda sizes: lambda k: _harness.init_mlp(k, sizes, gain=1.0)
   return {
-    "logreg": Problem(lambda k: _mlp_init([64, 10], k), relu_logits, digits, labels),
+    "logreg": Problem(lecun([64, 10]), relu_logits, digits, labels),
     "lsq": Problem(
       lambda k: {"w": jnp.zeros(20)},
       lambda p, x, y: 0.5 * jnp.mean((x @ p["w"] - y) ** 2),
@@ -120,14 +104,14 @@ def problems(examples: int = BATCH * STEPS_PER_EPOCH) -> dict[str, Problem]:
       noisy,
     ),
     "deep_tanh": Problem(
-      lambda k: _mlp_init([64] + [32] * 6 + [10], k),
-      lambda p, x, y: _cross_entropy(_mlp(p, x, jnp.tanh), y),
+      lecun([64] + [32] * 6 + [10]),
+      lambda p, x, y: _harness.cross_entropy(_harness.mlp_logits(p, x, jnp.tanh), y),
       digits,
       labels,
     ),
     "autoenc": Problem(
-      lambda k: _mlp_init([64, 16, 64], k),
-      lambda p, x, y: jnp.mean((jax.nn.sigmoid(_mlp(p, x, jax.nn.relu)) - x) ** 2),
+      lecun([64, 16, 64]),
+      lambda p, x, y: jnp.mean((jax.nn.sigmoid(_harness.mlp_logits(p, x)) - x) ** 2),
       digits,
       digits,
     ),
@@ -141,10 +125,6 @@ def _order(steps: int, examples: int) -> jax.Array:
 def _batch(problem: Problem, order, t):
   pick = jax.lax.dynamic_slice(order, (t * BATCH,), (BATCH,))
   return problem.inputs[pick], problem.targets[pick]
-
-
-def _finite(tree) -> jax.Array:
-  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(tree)]))
 
 
 def run_method(problem: Problem, method: _methods.Method, direction, lr: float, steps: int):
@@ -171,7 +151,8 @@ def run_method(problem: Problem, method: _methods.Method, direction, lr: float, 
 
     (params, state), rates = jax.lax.scan(step, (params, tx.init(params)), jnp.arange(steps))
     params = optax_lr.best_params(state, params)
-    return problem.loss(params, problem.inputs, problem.targets), _finite(params), rates
+    loss = problem.loss(params, problem.inputs, problem.targets)
+    return loss, _train.params_finite(params), rates
 
   loss, finite, rates = jax.jit(run)(problem.init(jax.random.PRNGKey(0)))
   return float(loss), bool(finite), np.asarray(rates)

@@ -322,7 +322,7 @@ def aalr(
   ``L > L* + 2·sqrt(2)·SE``, ``SE`` the window's standard error (two standard
   errors of the difference of two epoch means; 0 for a window of one call):
   at a rate too small to move the loss beyond one epoch's noise, the
-  paper's ``L > L*`` is a coin flip whose every loss halves the rate and
+  paper's ``L > L*`` is a coin flip, each "worse" flip halves the rate and
   restarts, and the rate spiralled to 0 (1e-4 to 1e-9 in 48 epochs of
   noisy least squares). An observed cost keeps the paper's test; pass a
   low-noise one (the whole validation set).

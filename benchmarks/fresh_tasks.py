@@ -127,15 +127,13 @@ def _batch(problem: Problem, order, t):
   return problem.inputs[pick], problem.targets[pick]
 
 
-def run_method(problem: Problem, method: _methods.Method, direction, lr: float, steps: int):
-  """``(final loss, params finite, rates per call)`` of one run with defaults."""
-  if method.epoch_level:
-    # Window mode: the library call itself, as a user writes it (`build`
-    # takes the window length as its own positional argument).
-    tx = method.factory(lr, steps_per_epoch=STEPS_PER_EPOCH, direction=direction())
-  else:
-    tx = method.build(lr, STEPS_PER_EPOCH, direction=direction())
-  needs = tuple(n for n in method.needs if n != "val_grads")  # no validation split
+def _run(problem: Problem, tx, steps: int, needs=(), rate_of=None):
+  """One jitted run: ``(final loss, params finite, rate per call)``.
+
+  The loss is on the whole data, at ``optax_lr.best_params`` (the params
+  themselves for a state without a best checkpoint); the rate per call is
+  ``rate_of(state)``, zeros when ``rate_of`` is None (plain optax).
+  """
   order = _order(steps, len(problem.targets))
 
   def run(params):
@@ -147,7 +145,8 @@ def run_method(problem: Problem, method: _methods.Method, direction, lr: float, 
       extra = _methods.extra_args(needs, loss=loss, batch_loss=batch_loss, val_grads_fn=None)
       updates, state = tx.update(grads, state, params, **extra)
       params = optax_lr.apply_updates(params, updates, state)
-      return (params, state), optax_lr.current_lr(state)
+      rate = jnp.zeros([]) if rate_of is None else rate_of(state)
+      return (params, state), rate
 
     (params, state), rates = jax.lax.scan(step, (params, tx.init(params)), jnp.arange(steps))
     params = optax_lr.best_params(state, params)
@@ -158,23 +157,21 @@ def run_method(problem: Problem, method: _methods.Method, direction, lr: float, 
   return float(loss), bool(finite), np.asarray(rates)
 
 
+def run_method(problem: Problem, method: _methods.Method, direction, lr: float, steps: int):
+  """``(final loss, params finite, rates per call)`` of one run with defaults."""
+  if method.epoch_level:
+    # Window mode: the library call itself, as a user writes it (`build`
+    # takes the window length as its own positional argument).
+    tx = method.factory(lr, steps_per_epoch=STEPS_PER_EPOCH, direction=direction())
+  else:
+    tx = method.build(lr, STEPS_PER_EPOCH, direction=direction())
+  needs = tuple(n for n in method.needs if n != "val_grads")  # no validation split
+  return _run(problem, tx, steps, needs, optax_lr.current_lr)
+
+
 def run_reference(problem: Problem, make, lr: float, steps: int) -> float:
   """The final full-data loss of an optax optimizer at a constant rate."""
-  tx = make(lr)
-  order = _order(steps, len(problem.targets))
-
-  def run(params):
-    def step(carry, t):
-      params, state = carry
-      x, y = _batch(problem, order, t)
-      grads = jax.grad(problem.loss)(params, x, y)
-      updates, state = tx.update(grads, state, params)
-      return (optax.apply_updates(params, updates), state), None
-
-    (params, _), _ = jax.lax.scan(step, (params, tx.init(params)), jnp.arange(steps))
-    return problem.loss(params, problem.inputs, problem.targets)
-
-  return float(jax.jit(run)(problem.init(jax.random.PRNGKey(0))))
+  return _run(problem, make(lr), steps)[0]
 
 
 def main(argv=None) -> dict:

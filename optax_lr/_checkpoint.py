@@ -41,7 +41,12 @@ The safety net's policy (:class:`SafetyNetState`, :func:`net_decide`):
   :data:`SAVE_EVERY` calls), once it is also above float epsilon times
   ``ref``: a loss that has come down by orders of magnitude and jumps back
   up a thousandfold is a blow-up too, though still under its first value; or
-  a rollback left pending by the previous call.
+  (for the hypergradient methods, whose cosine pass tells it at no cost) a
+  gradient that is exactly zero everywhere at a loss above
+  :data:`DEAD_LOSS_FRACTION` (half) of the first: a dead model, whose
+  outputs a too-high rate saturated or whose units it killed, and which no
+  rate moves again (such a call never saves); or a rollback left pending by
+  the previous call.
 
   The running level is what keeps a converged run converged. On Rosenbrock
   (optax's contrib target) a rule that drives its rate to the edge of
@@ -81,6 +86,7 @@ import jax.numpy as jnp
 
 __all__ = [
   "BACKOFF",
+  "DEAD_LOSS_FRACTION",
   "DIVERGENCE_FACTOR",
   "EARLY_DIVERGENCE_FACTOR",
   "GRADIENT_GROWTH",
@@ -129,6 +135,13 @@ GRADIENT_GROWTH = 10.0
 # (digits, MNIST-1D, a teacher-student MSE regression whose loss goes to ~0:
 # runs bit-identical with and without the test).
 LEVEL_FACTOR = 1000.0
+# A training loss above this fraction of the first loss, at a gradient that
+# is exactly zero everywhere, is a dead model: a too-high rate saturated its
+# outputs or killed its units (a ReLU autoencoder with a sigmoid output,
+# over Adam at rate 1: the gradient is exactly 0 from its 12th step on, at
+# the untrained model's loss). An exact minimum has a zero gradient too, but
+# at a loss near 0 (a minibatch gradient of a noisy task is not exactly 0).
+DEAD_LOSS_FRACTION = 0.5
 # Methods with a net keep their rate within [eta_0 / RATE_BAND,
 # eta_0 * RATE_BAND]: no runaway, no collapse for good.
 RATE_BAND = 1e4
@@ -366,6 +379,7 @@ def net_decide(
   healthy: jax.Array,
   epoch_saves: bool = False,
   grad_sq: Optional[jax.Array] = None,
+  grad_zero: Optional[jax.Array] = None,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
   """``(save, rollback, cost)`` for this update call.
 
@@ -379,6 +393,11 @@ def net_decide(
     grad_sq: the call's squared gradient norm, read when ``value`` is
       ``None``: a save then needs it within ``GRADIENT_GROWTH`` times
       ``net.grad_level``.
+    grad_zero: scalar bool, whether the call's gradient is exactly zero
+      everywhere (for a method that gets it at no cost): with a ``value``,
+      such a call saves nothing, and is a divergence where its loss has not
+      come down to :data:`DEAD_LOSS_FRACTION` of the first loss (a dead
+      model).
 
   Returns:
     Scalar bools ``save`` and ``rollback`` (never both) and the cost to store
@@ -412,6 +431,17 @@ def net_decide(
     diverged = diverged | ((level > 0) & (cost > LEVEL_FACTOR * level) & (cost > floor))
     # `<=` against +inf accepts the first finite loss.
     good = jnp.isfinite(cost) & (cost <= net.checkpoint.cost)
+    if grad_zero is not None:
+      # A gradient that is exactly zero everywhere at a loss far from any
+      # minimum: saturated outputs or dead units (a too-high rate's work),
+      # which no rate can move again. Against the first loss (the first
+      # call's own when there is none yet); a negative one keeps the test
+      # in the same sense.
+      first = jnp.where(jnp.isfinite(net.first_cost), net.first_cost, cost)
+      fraction = jnp.asarray(DEAD_LOSS_FRACTION, dtype)
+      dead = grad_zero & jnp.isfinite(cost) & (cost > first - (1 - fraction) * jnp.abs(first))
+      diverged = diverged | dead
+      good = good & jnp.logical_not(grad_zero)
   if epoch_saves:
     save = jnp.logical_not(diverged) & net.pending_save
   else:

@@ -54,6 +54,7 @@ __all__ = [
   "accumulation_dtype",
   "tree_cosine",
   "tree_cosine_and_finite",
+  "tree_cosine_and_flags",
   "tree_gram",
   "tree_max_abs",
   "tree_norm",
@@ -236,7 +237,7 @@ def _times_pow2(tree: Any, k: jax.Array, dtype: jnp.dtype) -> Any:
 
 def _rescaled_sums(x: Any, y: Any, dtype: jnp.dtype) -> tuple[jax.Array, ...]:
   """``_sums`` of each tree rescaled by its own power of two into ``[0.5, 1)``,
-  and whether ``y`` is finite.
+  whether ``y`` is finite and whether it is all zeros.
 
   The sums are NaN if either tree holds a NaN or an Inf.
   """
@@ -248,7 +249,7 @@ def _rescaled_sums(x: Any, y: Any, dtype: jnp.dtype) -> tuple[jax.Array, ...]:
   )
   finite = jnp.isfinite(max_x) & jnp.isfinite(max_y)
   nan = jnp.full([], jnp.nan, dtype)
-  return tuple(jnp.where(finite, s, nan) for s in sums) + (jnp.isfinite(max_y),)
+  return tuple(jnp.where(finite, s, nan) for s in sums) + (jnp.isfinite(max_y), max_y == 0)
 
 
 def tree_norm(tree: Any) -> jax.Array:
@@ -367,11 +368,37 @@ def tree_cosine_and_finite(tree_x: Any, tree_y: Any) -> tuple[jax.Array, jax.Arr
     >>> bool(tree_cosine_and_finite(jnp.ones(2), jnp.array([1.0, jnp.inf]))[1])
     False
   """
+  return tree_cosine_and_flags(tree_x, tree_y)[:2]
+
+
+def tree_cosine_and_flags(tree_x: Any, tree_y: Any) -> tuple[jax.Array, jax.Array, jax.Array]:
+  r""":func:`tree_cosine_and_finite`, and whether every entry of ``tree_y`` is 0.
+
+  Also free: the one-pass branch runs only when :math:`\|y\|^2` is at or
+  above a positive floor (so ``y`` is not all zeros), and the rescaling
+  branch reads :math:`\max_i |y_i|`, which is 0 exactly when ``y`` is.
+
+  Args:
+    tree_x: a pytree of arrays.
+    tree_y: a pytree with the same structure and leaf shapes.
+
+  Returns:
+    ``(cosine, y_finite, y_zero)``: the cosine as :func:`tree_cosine` gives
+    it, and two boolean scalars (``y_zero`` is True for an empty tree).
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from optax_lr._tree import tree_cosine_and_flags
+    >>> [bool(f) for f in tree_cosine_and_flags(jnp.ones(2), jnp.zeros(2))[1:]]
+    [True, True]
+    >>> [bool(f) for f in tree_cosine_and_flags(jnp.ones(2), jnp.array([0.0, 1e-30]))[1:]]
+    [True, False]
+  """
   dtype = accumulation_dtype(tree_x, tree_y)
   x, y = _cast_tree(tree_x, dtype), _cast_tree(tree_y, dtype)
   size = max(_size(x), _size(y))
   if not size:
-    return jnp.zeros([], dtype), jnp.ones([], jnp.bool_)
+    return jnp.zeros([], dtype), jnp.ones([], jnp.bool_), jnp.ones([], jnp.bool_)
   sums = _sums(x, y, dtype)
   dot, squares_x, squares_y = sums
   floor = _safe_floor(dtype, size)
@@ -385,9 +412,9 @@ def tree_cosine_and_finite(tree_x: Any, tree_y: Any) -> tuple[jax.Array, jax.Arr
     & (squares_x >= floor)
     & (squares_y >= floor)
   )
-  dot, squares_x, squares_y, y_finite = jax.lax.cond(
+  dot, squares_x, squares_y, y_finite, y_zero = jax.lax.cond(
     fast,
-    lambda x, y: sums + (jnp.ones([], jnp.bool_),),
+    lambda x, y: sums + (jnp.ones([], jnp.bool_), jnp.zeros([], jnp.bool_)),
     lambda x, y: _rescaled_sums(x, y, dtype),
     x,
     y,
@@ -399,7 +426,7 @@ def tree_cosine_and_finite(tree_x: Any, tree_y: Any) -> tuple[jax.Array, jax.Arr
   one = jnp.ones_like(squares_x)
   norms = jnp.sqrt(jnp.where(zero, one, squares_x)) * jnp.sqrt(jnp.where(zero, one, squares_y))
   cosine = jnp.clip(dot / norms, -1, 1)
-  return jnp.where(zero, jnp.zeros_like(cosine), cosine), y_finite
+  return jnp.where(zero, jnp.zeros_like(cosine), cosine), y_finite, y_zero
 
 
 def tree_gram(tree_x: Any, tree_y: Any) -> tuple[jax.Array, jax.Array, jax.Array]:

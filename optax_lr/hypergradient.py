@@ -68,8 +68,11 @@ worse than the checkpoint's, when given; without one, with :math:`|g_t|^2`
 within ``GRADIENT_GROWTH`` = 10 times its running average) the params and
 the direction state are saved; a divergence (non-finite gradients, a
 non-finite ``value`` or one above ten times its reference (three times
-before the first save) or a thousand times its running level, and under
-:math:`\kappa` selection a rate leaving its band) rolls back to them in the
+before the first save) or a thousand times its running level, a
+:math:`v_t` exactly zero everywhere at a ``value`` above half the first
+loss (a dead model: saturated outputs or dead units; such a call never
+saves), and under :math:`\kappa` selection a rate leaving its band) rolls
+back to them in the
 same call, resets the tangents, and sets the rate to the checkpoint's (then
 a tenth of it for each further divergence from the same checkpoint). The
 rate is kept within :math:`[\eta_0 / 10^4, \eta_0 \cdot 10^4]`
@@ -123,7 +126,7 @@ from optax_lr import _checks
 from optax_lr import _monitor
 from optax_lr import _partition
 from optax_lr._tree import accumulation_dtype
-from optax_lr._tree import tree_cosine_and_finite
+from optax_lr._tree import tree_cosine_and_flags
 from optax_lr._tree import tree_max_abs
 from optax_lr._tree import tree_sum_squares
 from optax_lr._tree import tree_vdot
@@ -250,6 +253,8 @@ class _Rate(NamedTuple):
   # [] bool: whether v_t is finite, when the rule's cosine pass gives it at no
   # cost (normalized or multiplicative); None otherwise.
   objective_finite: Optional[jax.Array]
+  # [] bool: whether v_t is exactly zero everywhere, likewise.
+  objective_zero: Optional[jax.Array]
 
 
 def _rate_rule(
@@ -310,13 +315,13 @@ def _rate_rule(
   # Whether v_t is finite, at any scale (|v_t|^2 overflows for float32
   # gradients near 1e20), whatever the tangent does (an overflowing tangent
   # only resets it): the safety net's test that training diverged.
-  objective_finite = None
+  objective_finite = objective_zero = None
   if normalized or multiplicative:
     # The scale-free rules' cosine, without under- or overflow at any
     # scale (NaN when either tree holds a NaN or an Inf), gives the flag at
     # no extra pass. Over HD (mu = 0) the tangent is -u_{t-1}.
     tangent = state.tangent if uses_tangent else state.u_prev
-    cosine, objective_finite = tree_cosine_and_finite(tangent, objective_grads)
+    cosine, objective_finite, objective_zero = tree_cosine_and_flags(tangent, objective_grads)
     cosine = cosine.astype(dtype)
   scale = state.hypergradient_scale
   if normalized:
@@ -373,6 +378,7 @@ def _rate_rule(
     kappa=kappa,
     finite=finite,
     objective_finite=objective_finite,
+    objective_zero=objective_zero,
   )
 
 
@@ -495,11 +501,14 @@ def _engine(
     eta_t, beta_t, mu_t, horizon = rate.eta, rate.beta, rate.mu, rate.horizon
     h_kept, kappa, finite = rate.h, rate.kappa, rate.finite
     scale_kept = rate.scale
-    objective_finite = rate.objective_finite
+    objective_finite, objective_zero = rate.objective_finite, rate.objective_zero
     if safety_net and objective_finite is None:
       # Whether v_t is finite, at any scale (|v_t|^2 overflows for float32
-      # gradients near 1e20): the safety net's test that training diverged.
-      objective_finite = jnp.isfinite(tree_max_abs(objective_grads))
+      # gradients near 1e20): the safety net's test that training diverged;
+      # and whether it is exactly zero (a dead model).
+      objective_max_abs = tree_max_abs(objective_grads)
+      objective_finite = jnp.isfinite(objective_max_abs)
+      objective_zero = objective_max_abs == 0
 
     # The safety net: a non-finite hypergradient (NaN/Inf gradients, HVPs or
     # overflow) or a blown-up loss rolls back to the last checkpoint with a
@@ -517,7 +526,9 @@ def _engine(
         healthy = healthy & (eta_t >= low) & (eta_t <= high)
       # Without a `value`, the gradient norm keeps saves off a blow-up.
       grad_sq = None if value is not None else tree_sum_squares(grads)
-      save, rollback, cost = _checkpoint.net_decide(net, value, healthy, grad_sq=grad_sq)
+      save, rollback, cost = _checkpoint.net_decide(
+        net, value, healthy, grad_sq=grad_sq, grad_zero=objective_zero
+      )
       checkpoint, grads = _checkpoint.save_if(
         save,
         net.checkpoint,

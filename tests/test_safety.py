@@ -166,6 +166,38 @@ def test_loss_level_averages_positive_losses_and_moves_at_most_five_percent_up()
   assert float(step(_net(), math.inf).loss_level) == 0.0
 
 
+@pytest.mark.parametrize(
+  "first,value,grad_zero,diverged,save",
+  [
+    # A zero gradient above half the first loss (1.0): a dead model.
+    (1.0, 0.51, True, True, False),
+    (1.0, 1.2, True, True, False),
+    # At or below half of it, an exact minimum is possible: no divergence,
+    # but no save either (a dead model must not become the checkpoint).
+    (1.0, 0.5, True, False, False),
+    (1.0, 0.0, True, False, False),
+    # A nonzero gradient saves as usual (SAVE_EVERY calls, loss <= 1).
+    (1.0, 0.9, False, False, True),
+    # A negative first loss: half-way to 0 from -2 is... -2 - 0.5 * 2 = -3.
+    (-2.0, -2.9, True, True, False),
+    (-2.0, -3.1, True, False, False),
+    # The first call (no first loss yet) is measured against its own loss.
+    (math.inf, 0.7, True, True, False),
+    (math.inf, 0.0, True, False, False),
+  ],
+)
+def test_a_zero_gradient_at_a_loss_above_half_the_first_is_a_dead_model(
+  first, value, grad_zero, diverged, save
+):
+  # The hand computation: dead = grad_zero and value > first - 0.5 |first|.
+  net = _net(first, 1.0 if math.isfinite(first) else math.inf, since=_checkpoint.SAVE_EVERY)
+  got_save, got_rollback, _ = _checkpoint.net_decide(
+    net, jnp.float32(value), jnp.bool_(True), grad_zero=jnp.bool_(grad_zero)
+  )
+  assert bool(got_rollback) == diverged
+  assert bool(got_save) == save
+
+
 def test_unhealthy_numbers_and_pending_rollbacks_are_divergences():
   assert bool(_checkpoint.net_decide(_net(), None, jnp.bool_(False))[1])
   assert bool(_checkpoint.net_decide(_net(pending=True), None, jnp.bool_(True))[1])
@@ -301,19 +333,33 @@ class NetCase:
   # Saves every SAVE_EVERY healthy calls at a loss no worse than the
   # checkpoint's (ASLR saves at the epoch ends that improve its cost).
   saves_by_loss: bool = True
+  # Takes an exactly zero gradient at a loss above half the first for a
+  # dead model (the hypergradient methods: their cosine pass tells it free).
+  sees_dead_models: bool = False
 
 
 NET_CASES = [
-  NetCase("hypergradient_descent", lambda lr, **kw: optax_lr.hypergradient_descent(lr, **kw)),
+  NetCase(
+    "hypergradient_descent",
+    lambda lr, **kw: optax_lr.hypergradient_descent(lr, **kw),
+    sees_dead_models=True,
+  ),
   NetCase(
     "hypergradient_descent_multiplicative",
     lambda lr, **kw: optax_lr.hypergradient_descent(lr, multiplicative=True, **kw),
+    sees_dead_models=True,
   ),
-  NetCase("rtho", lambda lr, **kw: optax_lr.rtho(lr, **kw), needs=("value", "loss_fn")),
+  NetCase(
+    "rtho",
+    lambda lr, **kw: optax_lr.rtho(lr, **kw),
+    needs=("value", "loss_fn"),
+    sees_dead_models=True,
+  ),
   NetCase(
     "marthe_fixed_mu",
     lambda lr, **kw: optax_lr.marthe(lr, mu=0.9, hyper_lr_step=0.0, hyper_lr=1e-5, **kw),
     needs=("value", "loss_fn"),
+    sees_dead_models=True,
   ),
   NetCase("newton_lr", lambda lr, **kw: optax_lr.newton_lr(lr, update_every=10, **kw)),
   NetCase(
@@ -488,6 +534,48 @@ def test_a_threefold_loss_rolls_back_before_the_first_save_only(case):
   w, state, flags = run(healthy + [3.1, 9.9, 10.1])
   assert bool(state.safety.saved)
   assert flags[len(healthy) :] == [False, False, True]
+
+
+def dead_relu(w):
+  # (relu(w) - 1)^2: from w = 1.8 (loss 0.64, gradient 1.6) a step at rate 2
+  # lands on w = -1.4, where the unit is dead: loss 1.0 (1.56 times the
+  # first, under the threefold test), gradient exactly 0, for ever.
+  return jnp.sum((jax.nn.relu(w) - 1.0) ** 2)
+
+
+W_DEAD = jnp.array([1.8])
+
+
+# MARTHE's default (kappa selection) too, which needs its net: not in
+# NET_CASES, whose checks compare with safety_net=False.
+DEAD_MODEL_CASES = [c for c in NET_CASES if c.sees_dead_models] + [
+  NetCase(
+    "marthe_kappa_selection",
+    lambda lr, **kw: optax_lr.marthe(lr, **kw),
+    needs=("value", "loss_fn"),
+    sees_dead_models=True,
+  )
+]
+
+
+@pytest.mark.parametrize("case", DEAD_MODEL_CASES, ids=lambda c: c.name)
+def test_a_rate_that_kills_the_model_rolls_back_and_backs_off(case):
+  ws, rates, flags, state = _train(case, case.make(2.0), 200, w0=W_DEAD, loss_fn=dead_relu)
+  ws, flags = np.asarray(ws)[:, 0], np.asarray(flags)
+  assert ws[0] == pytest.approx(-1.4, abs=1e-6)  # the first step kills the unit
+  # Call 1 sees the zero gradient and rolls back to the initial point; the
+  # restored rate kills it again; the second rollback divides the rate by
+  # BACKOFF, and from there the unit lives and fits.
+  assert flags[1] and flags[3] and int(state.safety.rollbacks) == 2
+  assert ws[1] == ws[3] == np.float32(1.8)
+  assert float(rates[3]) <= 2.0 / _checkpoint.BACKOFF * (1 + 1e-6)
+  assert dead_relu(ws[-1:]) < 1e-6
+  # Without a loss the net cannot tell a dead model from a minimum: it
+  # stays dead (what the test above guards against).
+  no_value = dataclasses.replace(case, needs=tuple(n for n in case.needs if n != "value"))
+  dead = _train(no_value, case.make(2.0), 200, w0=W_DEAD, loss_fn=dead_relu)
+  assert np.asarray(dead[0])[-1, 0] == pytest.approx(-1.4, abs=1e-6)
+  assert int(dead[3].safety.rollbacks) == 0
 
 
 def test_the_initial_checkpoint_takes_the_first_call_loss_only():

@@ -272,6 +272,35 @@ def test_empty_and_zero_trees():
   assert [float(v) for v in jax.jit(_tree.tree_gram)(zero, zero)] == [0.0, 0.0, 0.0]
 
 
+@pytest.mark.parametrize(
+  "x_scale,y,finite,zero",
+  [
+    # The one-pass branch (normal sums): never a zero y.
+    (1.0, [1.0, 2.0], True, False),
+    # The rescaling branch, taken for a zero x (HD's first call), a tiny y
+    # whose squares underflow, a huge y whose squares overflow, a zero y.
+    (0.0, [1.0, 2.0], True, False),
+    (1.0, [1e-30, 0.0], True, False),
+    (1.0, [3e30, 0.0], True, False),
+    (1.0, [0.0, -0.0], True, True),
+    (0.0, [0.0, 0.0], True, True),
+    (1e30, [0.0, 0.0], True, True),
+    (1.0, [np.nan, 0.0], False, False),
+    (1.0, [np.inf, 0.0], False, False),
+  ],
+)
+def test_cosine_flags_tell_a_non_finite_and_an_all_zero_y(x_scale, y, finite, zero):
+  x = {"a": jnp.array([1.0, -1.0]) * x_scale, "b": jnp.array(x_scale)}
+  y = {"a": jnp.array(y, jnp.float32), "b": jnp.array(0.0)}
+  cosine, got_finite, got_zero = jax.jit(_tree.tree_cosine_and_flags)(x, y)
+  assert (bool(got_finite), bool(got_zero)) == (finite, zero)
+  # The cosine is tree_cosine's, the first flag tree_cosine_and_finite's.
+  ref_cosine, ref_finite = _tree.tree_cosine_and_finite(x, y)
+  np.testing.assert_array_equal(np.asarray(cosine), np.asarray(ref_cosine))
+  assert bool(ref_finite) == finite
+  assert [bool(f) for f in _tree.tree_cosine_and_flags({}, {})[1:]] == [True, True]
+
+
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
 def test_non_finite_inputs_give_non_finite_results(bad):
   poisoned = {"a": jnp.array([1.0, bad]), "b": jnp.array(2.0)}

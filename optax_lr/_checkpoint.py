@@ -45,8 +45,13 @@ The safety net's policy (:class:`SafetyNetState`, :func:`net_decide`):
   gradient that is exactly zero everywhere at a loss above
   :data:`DEAD_LOSS_FRACTION` (half) of the first: a dead model, whose
   outputs a too-high rate saturated or whose units it killed, and which no
-  rate moves again (such a call never saves); or a rollback left pending by
-  the previous call.
+  rate moves again (such a call never saves); or, after a rollback and
+  before any save, :data:`STALL_CALLS` (40) calls with nothing saved and the
+  running loss level still above the first loss: the backed-off rate is
+  still too high, and trains a damaged model that stays worse than the
+  untrained one (over Adam at 0.1 a deep tanh MLP's units saturate, its
+  loss stays ~1.1 times the first, and a single low minibatch loss would
+  have saved that point); or a rollback left pending by the previous call.
 
   The running level is what keeps a converged run converged. On Rosenbrock
   (optax's contrib target) a rule that drives its rate to the edge of
@@ -93,6 +98,7 @@ __all__ = [
   "LEVEL_FACTOR",
   "RATE_BAND",
   "SAVE_EVERY",
+  "STALL_CALLS",
   "Checkpoint",
   "SafetyNetState",
   "backoff_rate",
@@ -125,6 +131,9 @@ DIVERGENCE_FACTOR = 10.0
 EARLY_DIVERGENCE_FACTOR = 3.0
 # Healthy update calls between two saves, at the least.
 SAVE_EVERY = 20
+# Calls after a rollback within which a run that has not saved yet must
+# bring its running loss level under the first loss.
+STALL_CALLS = 2 * SAVE_EVERY
 # Without a `value`, a save needs |g_t|^2 <= GRADIENT_GROWTH * (its running
 # average over ~SAVE_EVERY calls): minibatch noise stays well within it, a
 # run blowing up (|g| growing x3 or more per call) does not.
@@ -317,7 +326,9 @@ class SafetyNetState(NamedTuple):
 
   checkpoint: Checkpoint  # the last known-good point.
   first_cost: jax.Array  # [] A: the first finite loss seen, +inf before.
-  since_save: jax.Array  # [] int32: update calls since the last save (saturating).
+  # [] int32: update calls since the last save or rollback (saturating at
+  # STALL_CALLS + 1).
+  since_save: jax.Array
   pending: jax.Array  # [] bool: a divergence found after the last update was built.
   # [] bool: a save decided at an epoch end (epoch-level methods), carried
   # out by the next update call, which sees the params.
@@ -442,6 +453,20 @@ def net_decide(
       dead = grad_zero & jnp.isfinite(cost) & (cost > first - (1 - fraction) * jnp.abs(first))
       diverged = diverged | dead
       good = good & jnp.logical_not(grad_zero)
+    if not epoch_saves:
+      # A run that has rolled back and, STALL_CALLS calls after it, has
+      # still saved nothing, while its running loss level is above the
+      # first loss: the backed-off rate is still too high (it trains a
+      # damaged model that stays worse than the untrained one). Back off
+      # again. Only before the first save: the checkpoint is the initial
+      # point, and going back costs the calls since.
+      stalled = (
+        (net.rollbacks > 0)
+        & jnp.logical_not(net.saved)
+        & (net.since_save >= STALL_CALLS - 1)
+        & (net.loss_level > net.first_cost)
+      )
+      diverged = diverged | stalled
   if epoch_saves:
     save = jnp.logical_not(diverged) & net.pending_save
   else:
@@ -489,7 +514,7 @@ def net_update(
   checkpoint = checkpoint._replace(
     cost=jnp.where(initial_cost, cost.astype(checkpoint.cost.dtype), checkpoint.cost)
   )
-  since = jnp.where(save | rollback, 0, jnp.minimum(net.since_save, SAVE_EVERY) + 1)
+  since = jnp.where(save | rollback, 0, jnp.minimum(net.since_save, STALL_CALLS) + 1)
   new_failure = rollback & jnp.logical_not(net.rolled_back)
   failures = jnp.where(save, 0, net.failures + new_failure.astype(jnp.int32))
   return SafetyNetState(

@@ -71,9 +71,10 @@ non-finite ``value`` or one above ten times its reference (three times
 before the first save) or a thousand times its running level, a
 :math:`v_t` exactly zero everywhere at a ``value`` above half the first
 loss (a dead model: saturated outputs or dead units; such a call never
-saves), and under :math:`\kappa` selection a rate leaving its band) rolls
-back to them in the
-same call, resets the tangents, and sets the rate to the checkpoint's (then
+saves), after a rollback 40 calls with nothing saved and the running loss
+level still above the first loss (the backed-off rate is still too high),
+and under :math:`\kappa` selection a rate leaving its band) rolls back to
+them in the same call, resets the tangents, and sets the rate to the checkpoint's (then
 a tenth of it for each further divergence from the same checkpoint). The
 rate is kept within :math:`[\eta_0 / 10^4, \eta_0 \cdot 10^4]`
 (``RATE_BAND``); a tangent that pushes it below the floor is stale (with

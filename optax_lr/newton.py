@@ -317,7 +317,9 @@ def newton_lr(
   further divergence from the same checkpoint), on a divergence: a training
   loss ``value`` that is non-finite, above ten times its reference (three
   times before the first save) or above a thousand times its running
-  level, in the same call; a dropped (non-finite) window sum, at the next
+  level, or, after a rollback, 40 calls with nothing saved and the running
+  loss level still above the first loss (the backed-off rate still too
+  high), in the same call; a dropped (non-finite) window sum, at the next
   call. The window restarts after a rollback, and the rate stays within
   ``[η_0 / 10^4, η_0 · 10^4]``. Pass ``value=loss`` so the net sees a
   divergence before the numbers overflow. It costs one params copy and one

@@ -198,6 +198,42 @@ def test_a_zero_gradient_at_a_loss_above_half_the_first_is_a_dead_model(
   assert bool(got_save) == save
 
 
+@pytest.mark.parametrize(
+  "rollbacks,has_saved,since,level,diverged",
+  [
+    # After a rollback, before any save, STALL_CALLS calls with a running
+    # level above the first loss (1.0): the backed-off rate does not train.
+    (1, False, _checkpoint.STALL_CALLS - 1, 1.01, True),
+    (1, False, _checkpoint.STALL_CALLS - 2, 1.01, False),  # one call early
+    (1, False, _checkpoint.STALL_CALLS - 1, 1.0, False),  # level not above
+    (0, False, _checkpoint.STALL_CALLS - 1, 2.0, False),  # never rolled back
+    (1, True, _checkpoint.STALL_CALLS - 1, 2.0, False),  # has saved
+  ],
+)
+def test_a_backed_off_run_that_stays_worse_than_the_first_loss_backs_off_again(
+  rollbacks, has_saved, since, level, diverged
+):
+  net = _net(1.0, 1.0, since=since, has_saved=has_saved)._replace(
+    rollbacks=jnp.int32(rollbacks), loss_level=jnp.float32(level)
+  )
+  # This call's own loss is no divergence and no save (above the checkpoint's).
+  save, rollback, _ = _checkpoint.net_decide(net, jnp.float32(1.2), jnp.bool_(True))
+  assert bool(rollback) == diverged and not bool(save)
+  # An epoch-level method's net (ASLR's: saves at improving epoch ends) does
+  # not use the test.
+  _, rollback, _ = _checkpoint.net_decide(net, jnp.float32(1.2), jnp.bool_(True), epoch_saves=True)
+  assert not bool(rollback)
+
+
+def test_since_save_counts_up_to_the_stall_test():
+  net = _net(since=0)
+  for expected in range(1, _checkpoint.STALL_CALLS + 3):
+    net = _checkpoint.net_update(
+      net, net.checkpoint, jnp.bool_(False), jnp.bool_(False), jnp.float32(1.0)
+    )
+    assert int(net.since_save) == min(expected, _checkpoint.STALL_CALLS + 1)
+
+
 def test_unhealthy_numbers_and_pending_rollbacks_are_divergences():
   assert bool(_checkpoint.net_decide(_net(), None, jnp.bool_(False))[1])
   assert bool(_checkpoint.net_decide(_net(pending=True), None, jnp.bool_(True))[1])
@@ -487,6 +523,37 @@ def _scripted_step(case, tx):
     return optax_lr.apply_updates(w, updates, state), state
 
   return step
+
+
+@pytest.mark.parametrize("case", [c for c in NET_CASES if c.saves_by_loss], ids=lambda c: c.name)
+def test_a_backed_off_rate_that_keeps_the_loss_above_its_start_backs_off_again(case):
+  # Over Adam at rate 1 a tanh MLP's loss tripled at once (a rollback); at
+  # the backed-off rate it stayed 1.1 times its first value for 70 calls
+  # (saturated units), until one low minibatch loss saved that damaged
+  # model. Now, 40 calls after a rollback with nothing saved and the running
+  # level above the first loss, the net backs off again.
+  tx = case.make(0.01)
+  step = _scripted_step(case, tx)
+
+  def run(scripted):
+    w, state, flags, rates = W0, tx.init(W0), [], []
+    for value in scripted:
+      w, state = step(w, state, jnp.float32(value))
+      flags.append(bool(state.safety.rolled_back))
+      rates.append(float(optax_lr.current_lr(state)))
+    return state, flags, rates
+
+  stall = _checkpoint.STALL_CALLS
+  state, flags, rates = run([1.0, 3.5] + [1.1] * (stall + 1))
+  # Rollbacks at call 1 (threefold) and at the 40th call after it.
+  assert [t for t, f in enumerate(flags) if f] == [1, 1 + stall]
+  assert int(state.safety.rollbacks) == 2 and not bool(state.safety.saved)
+  # The second rollback from the same checkpoint divides its rate by 10.
+  assert rates[-1] <= 0.01 / _checkpoint.BACKOFF * (1 + 1e-5)
+  # Losses under the first: the run saves at call 1 + SAVE_EVERY, no stall.
+  state, flags, _ = run([1.0, 3.5] + [0.9] * (stall + 1))
+  assert [t for t, f in enumerate(flags) if f] == [1]
+  assert bool(state.safety.saved)
 
 
 @pytest.mark.parametrize("case", [c for c in NET_CASES if c.saves_by_loss], ids=lambda c: c.name)

@@ -459,12 +459,14 @@ def net_decide(
       # first loss: the backed-off rate is still too high (it trains a
       # damaged model that stays worse than the untrained one). Back off
       # again. Only before the first save: the checkpoint is the initial
-      # point, and going back costs the calls since.
+      # point, and going back costs the calls since. A level of 0 is none
+      # (no positive loss seen: a loss that may be negative has no level).
       stalled = (
         (net.rollbacks > 0)
         & jnp.logical_not(net.saved)
         & (net.since_save >= STALL_CALLS - 1)
-        & (net.loss_level > net.first_cost)
+        & (level > 0)
+        & (level > net.first_cost)
       )
       diverged = diverged | stalled
   if epoch_saves:

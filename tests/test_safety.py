@@ -208,20 +208,24 @@ def test_a_zero_gradient_at_a_loss_above_half_the_first_is_a_dead_model(
     (1, False, _checkpoint.STALL_CALLS - 1, 1.0, False),  # level not above
     (0, False, _checkpoint.STALL_CALLS - 1, 2.0, False),  # never rolled back
     (1, True, _checkpoint.STALL_CALLS - 1, 2.0, False),  # has saved
+    # Negative losses have no level (0): a first loss of -2 is no bar.
+    (1, False, _checkpoint.STALL_CALLS - 1, 0.0, False),
   ],
 )
 def test_a_backed_off_run_that_stays_worse_than_the_first_loss_backs_off_again(
   rollbacks, has_saved, since, level, diverged
 ):
-  net = _net(1.0, 1.0, since=since, has_saved=has_saved)._replace(
+  first = 1.0 if level > 0 else -2.0
+  net = _net(first, first, since=since, has_saved=has_saved)._replace(
     rollbacks=jnp.int32(rollbacks), loss_level=jnp.float32(level)
   )
   # This call's own loss is no divergence and no save (above the checkpoint's).
-  save, rollback, _ = _checkpoint.net_decide(net, jnp.float32(1.2), jnp.bool_(True))
+  value = jnp.float32(1.2 if level > 0 else -1.9)
+  save, rollback, _ = _checkpoint.net_decide(net, value, jnp.bool_(True))
   assert bool(rollback) == diverged and not bool(save)
   # An epoch-level method's net (ASLR's: saves at improving epoch ends) does
   # not use the test.
-  _, rollback, _ = _checkpoint.net_decide(net, jnp.float32(1.2), jnp.bool_(True), epoch_saves=True)
+  _, rollback, _ = _checkpoint.net_decide(net, value, jnp.bool_(True), epoch_saves=True)
   assert not bool(rollback)
 
 

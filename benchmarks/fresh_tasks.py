@@ -23,13 +23,16 @@ loss at the end (AALR at ``optax_lr.best_params``) over the best that optax
 ``sgd``, ``sgd(momentum=0.9)`` or ``adam`` reaches at a constant rate of
 1e-4 ... 1 (decades) on the same problem and batches. The table also shows
 the range of the method's rate over the run and its last value, so a rate
-that collapses (to 1e-9) or runs away shows.
+that collapses (to 1e-9) or runs away shows. The update calls get the
+batch loss as ``value`` (so the safety net sees it); ``--without-value``
+leaves it out, as a plain ``tx.update(grads, state, params)`` does.
 
 Usage::
 
     python -m benchmarks.fresh_tasks                      # everything, ~4 min
     python -m benchmarks.fresh_tasks --methods aalr --problems lsq
     python -m benchmarks.fresh_tasks --quick              # a smoke run
+    python -m benchmarks.fresh_tasks --without-value      # no value= in update
 
 Writes ``results/fresh_tasks.json``.
 """
@@ -157,15 +160,23 @@ def _run(problem: Problem, tx, steps: int, needs=(), rate_of=None):
   return float(loss), bool(finite), np.asarray(rates)
 
 
-def run_method(problem: Problem, method: _methods.Method, direction, lr: float, steps: int):
-  """``(final loss, params finite, rates per call)`` of one run with defaults."""
+def run_method(
+  problem: Problem, method: _methods.Method, direction, lr: float, steps: int, value: bool = True
+):
+  """``(final loss, params finite, rates per call)`` of one run with defaults.
+
+  ``value=False`` leaves the training loss out of the update call, as a plain
+  ``tx.update(grads, state, params)`` does (window-mode ASLR and AALR average
+  it, so they always get it).
+  """
   if method.epoch_level:
     # Window mode: the library call itself, as a user writes it (`build`
     # takes the window length as its own positional argument).
     tx = method.factory(lr, steps_per_epoch=STEPS_PER_EPOCH, direction=direction())
   else:
     tx = method.build(lr, STEPS_PER_EPOCH, direction=direction())
-  needs = tuple(n for n in method.needs if n != "val_grads")  # no validation split
+  dropped = {"val_grads"} if value or method.epoch_level else {"val_grads", "value"}
+  needs = tuple(n for n in method.needs if n not in dropped)  # no validation split
   return _run(problem, tx, steps, needs, optax_lr.current_lr)
 
 
@@ -182,6 +193,12 @@ def main(argv=None) -> dict:
   parser.add_argument("--directions", nargs="+", default=list(DIRECTIONS), choices=list(DIRECTIONS))
   parser.add_argument("--steps", type=int, default=1500, help="update calls per run")
   parser.add_argument("--quick", action="store_true", help="a smoke run: 2 epochs")
+  parser.add_argument(
+    "--without-value",
+    action="store_true",
+    help="leave the training loss out of the update calls (a plain tx.update(grads, state, "
+    "params)); window-mode ASLR and AALR still average it",
+  )
   parser.add_argument("--out", default="results/fresh_tasks.json")
   args = parser.parse_args(argv)
   steps = 2 * STEPS_PER_EPOCH if args.quick else args.steps
@@ -192,6 +209,7 @@ def main(argv=None) -> dict:
     + " ".join(argv if argv is not None else sys.argv[1:]),
     "machine": _report.machine(),
     "steps": steps,
+    "value_passed": not args.without_value,
     "initial_rates": list(RATES),
     "grid": list(GRID),
     "problems": {},
@@ -216,7 +234,7 @@ def main(argv=None) -> dict:
         cells = []
         for lr in RATES:
           loss, finite, rates = run_method(
-            problem, by_name[method_name], DIRECTIONS[direction], lr, steps
+            problem, by_name[method_name], DIRECTIONS[direction], lr, steps, not args.without_value
           )
           cells.append(
             dict(

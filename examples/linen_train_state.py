@@ -74,7 +74,7 @@ def train(
     state = optax_lr.apply_gradients(
       state,
       grads,
-      value=loss,  # the training loss (windowed epoch-level methods)
+      value=loss,  # the training loss: the safety net's tests, windowed methods' cost
       loss_fn=lambda params: loss_of(params, state.apply_fn, x, y),  # RTHO/MARTHE
       val_grads=jax.grad(loss_of)(state.params, state.apply_fn, x_val, y_val),
     )  # extra args a method does not use are ignored (and compiled away)

@@ -63,10 +63,10 @@ BATCH = 100
 #
 # | method | what it adapts | extra args of `update` |
 # |---|---|---|
-# | `hypergradient_descent` | η by the inner product of consecutive steps | `val_grads` (optional) |
-# | `rtho` | η by the exact tangent dw/dη (one Hessian-vector product a step) | `loss_fn`, `val_grads` (optional) |
-# | `marthe` | η with a discounted tangent, μ and β adapted online | `loss_fn`, `val_grads` (optional) |
-# | `newton_lr` | η by a Newton step on windows of directions | none |
+# | `hypergradient_descent` | η by the inner product of consecutive steps | `value`; `val_grads` (optional) |
+# | `rtho` | η by the exact tangent dw/dη (one Hessian-vector product a step) | `loss_fn`; `value`, `val_grads` (optional) |
+# | `marthe` | η with a discounted tangent, μ and β adapted online | `loss_fn`; `value`, `val_grads` (optional) |
+# | `newton_lr` | η by a Newton step on windows of directions | `value` |
 # | `aslr` | a per-layer random band around a centre searched digit by digit | a cost per epoch (`observe`) |
 # | `aalr` | η halved until stable, then doubled optimistically, with rollbacks | a cost per epoch (`observe`) |
 
@@ -117,7 +117,10 @@ optimizer = nnx.Optimizer(model, METHODS[METHOD](), wrt=nnx.Param)
 # `nnx.Optimizer.update(model, grads, **kwargs)` forwards keyword arguments to
 # the transformation; `optax_lr.nnx_update` is the same call with
 # `optax_lr.apply_updates`, which AALR needs to land exactly on its checkpoint
-# when it rolls back. RTHO and MARTHE need `loss_fn`, a function of the
+# when it rolls back. `value` (the batch's training loss) is what the safety
+# net reads to catch a rate that wrecks the model without a NaN; HD and
+# `newton_lr` warn without it, RTHO and MARTHE read it from `loss_fn`.
+# RTHO and MARTHE need `loss_fn`, a function of the
 # *params* that the transformation receives: rebuild the model from them with
 # `nnx.split`/`nnx.merge`. `val_grads` makes the validation loss the
 # hypergradient's objective. Methods ignore the extra args they do not use.

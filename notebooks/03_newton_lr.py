@@ -87,8 +87,11 @@ def train(tx):
     def step(carry, batch):
         params, state = carry
         loss, grads = jax.value_and_grad(loss_fn)(params, *batch)
-        updates, state = tx.update(grads, state, params)
-        return (optax.apply_updates(params, updates), state), (optax_lr.current_lr(state), loss)
+        # value=loss feeds the safety net's loss tests (without it the update
+        # warns that the net sees non-finite numbers only); apply_updates
+        # lands exactly on the checkpoint when the net rolls back.
+        updates, state = tx.update(grads, state, params, value=loss)
+        return (optax_lr.apply_updates(params, updates, state), state), (optax_lr.current_lr(state), loss)
 
     batches = jax.tree_util.tree_map(lambda a: jnp.concatenate([a] * EPOCHS), (x_train, y_train))
     run = jax.jit(lambda c: jax.lax.scan(step, c, batches))

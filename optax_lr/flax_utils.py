@@ -68,7 +68,7 @@ def apply_gradients(state: Any, grads: Any, **extra_args: Any) -> Any:
     >>> loss = lambda p: jnp.sum((p['w'] - 3.0) ** 2)
     >>> state = train_state.TrainState.create(
     ...     apply_fn=None, params={'w': jnp.zeros(2)},
-    ...     tx=optax_lr.marthe(0.01, hyper_lr=1e-3, hyper_lr_step=1e-4))
+    ...     tx=optax_lr.marthe(0.01, hyper_lr=1e-5, hyper_lr_step=1e-7))
     >>> step = jax.jit(lambda s: optax_lr.apply_gradients(
     ...     s, jax.grad(loss)(s.params), loss_fn=loss))
     >>> for _ in range(5):

@@ -81,7 +81,10 @@ rate is kept within :math:`[\eta_0 / 10^4, \eta_0 \cdot 10^4]`
 :math:`\mu = 1` it remembers directions taken at far larger rates) and
 restarts. Memory: one params copy
 and one copy of the direction state; ``safety_net=False`` removes both (and
-the ``params`` argument is then optional for HD).
+the ``params`` argument is then optional for HD). Without a ``value``, RTHO
+and MARTHE give their net ``loss_fn(params)`` (its forward pass is the one
+the Hessian-vector product linearises, so XLA computes it once), and HD
+warns once per trace that its net sees non-finite numbers only.
 
 Numerics:
 
@@ -482,6 +485,15 @@ def _engine(
       extra_args["loss_fn"] = loss_fn
     if value is not None:
       extra_args["value"] = value
+    elif uses_tangent and safety_net:
+      # The net's loss tests need the training loss at `params`, and RTHO and
+      # MARTHE hold it: `loss_fn(params)`. Its forward pass is the one the
+      # HVP below linearises (and the caller's gradient ran), so XLA computes
+      # it once. Without it the net would see non-finite numbers only: over
+      # momentum from rate 1 a deep tanh MLP's saturated units, which leave
+      # every number finite, ended RTHO's run at 340-980 times the best
+      # hand-tuned loss (`benchmarks.fresh_tasks --without-value`).
+      value = loss_fn(params)
 
     # Steps 1-4: the rate eta_t (and beta_t, mu_t, c_t, h_t), with the
     # guards that keep the old values where a new one is not finite.
@@ -527,6 +539,8 @@ def _engine(
         healthy = healthy & (eta_t >= low) & (eta_t <= high)
       # Without a `value`, the gradient norm keeps saves off a blow-up.
       grad_sq = None if value is not None else tree_sum_squares(grads)
+      if value is None:
+        _checkpoint.warn_without_value(name)
       save, rollback, cost = _checkpoint.net_decide(
         net, value, healthy, grad_sq=grad_sq, grad_zero=objective_zero
       )
@@ -819,8 +833,9 @@ def hypergradient_descent(
   Returns:
     An ``optax.GradientTransformationExtraArgs``; its ``update`` accepts the
     keyword-only extra arguments ``val_grads`` and ``value`` (the training
-    loss, read by the safety net) and ignores unknown ones. With the safety
-    net it needs ``params``; apply its updates with
+    loss, read by the safety net; without it, with the net on, ``update``
+    warns once per trace that the net sees non-finite numbers only) and
+    ignores unknown ones. With the safety net it needs ``params``; apply its updates with
     ``optax_lr.apply_updates`` to land exactly on a checkpoint from NaN
     params.
 
@@ -831,7 +846,8 @@ def hypergradient_descent(
     >>> w = jnp.zeros(2)
     >>> state = tx.init(w)
     >>> for _ in range(5):
-    ...   updates, state = tx.update(jax.grad(loss)(w), state, w)
+    ...   value, grads = jax.value_and_grad(loss)(w)
+    ...   updates, state = tx.update(grads, state, w, value=value)
     ...   w = w + updates
     >>> bool(optax_lr.current_lr(state) > 0.01)  # consecutive steps agree
     True
@@ -904,7 +920,8 @@ def rtho(
     keyword argument ``loss_fn`` (``params -> scalar`` training loss on the
     current batch, whose gradient is the incoming ``updates``) and the
     ``params``; ``val_grads`` and ``value`` (the training loss, read by the
-    safety net) are optional; unknown extra args are ignored.
+    safety net; when it is absent the net reads ``loss_fn(params)``) are
+    optional; unknown extra args are ignored.
     Transformations before this one in an ``optax.chain`` are taken as the
     identity in the tangent.
 
@@ -1010,14 +1027,15 @@ def marthe(
     An ``optax.GradientTransformationExtraArgs``. Unless ``mu=0``, its
     ``update`` needs the keyword argument ``loss_fn`` (``params -> scalar``
     training loss on the current batch) and the ``params``; ``val_grads`` and
-    ``value`` (the training loss, read by the safety net) are optional;
+    ``value`` (the training loss, read by the safety net; when it is absent
+    the net reads ``loss_fn(params)``) are optional;
     unknown extra args are ignored. ``state.hyper_lr_step`` is the current
     :math:`\kappa`.
 
   Example:
     >>> import jax, jax.numpy as jnp, optax_lr
     >>> loss = lambda w: jnp.sum((w - 3.0) ** 2)
-    >>> tx = optax_lr.marthe(0.01, hyper_lr=1e-3, hyper_lr_step=1e-4)
+    >>> tx = optax_lr.marthe(0.01, hyper_lr=1e-5, hyper_lr_step=1e-7)
     >>> w = jnp.zeros(2)
     >>> state = tx.init(w)
     >>> for _ in range(5):

@@ -322,7 +322,8 @@ def newton_lr(
   high), in the same call; a dropped (non-finite) window sum, at the next
   call. The window restarts after a rollback, and the rate stays within
   ``[η_0 / 10^4, η_0 · 10^4]``. Pass ``value=loss`` so the net sees a
-  divergence before the numbers overflow. It costs one params copy and one
+  divergence before the numbers overflow (without it, the update warns
+  once per trace that the net sees non-finite numbers only). It costs one params copy and one
   direction-state copy; ``safety_net=False`` removes it.
 
   Under ``optax.inject_hyperparams``, ``update_every``, ``steps_per_epoch``
@@ -373,8 +374,9 @@ def newton_lr(
     >>> params = {'w': jnp.array([1.0, 1.0])}
     >>> state = tx.init(params)
     >>> for _ in range(8):
-    ...   updates, state = tx.update(jax.grad(loss)(params), state, params)
-    ...   params = optax.apply_updates(params, updates)
+    ...   value, grads = jax.value_and_grad(loss)(params)
+    ...   updates, state = tx.update(grads, state, params, value=value)
+    ...   params = optax_lr.apply_updates(params, updates, state)
     >>> print(round(float(optax_lr.current_lr(state)), 2))  # from 0.01
     0.5
 
@@ -490,6 +492,8 @@ def newton_lr(
       # (non-finite) window sum at the previous call.
       # Without a `value`, the gradient norm keeps saves off a blow-up.
       grad_sq = None if value is not None else tree_sum_squares(updates)
+      if value is None:
+        _checkpoint.warn_without_value("newton_lr")
       save, rollback, cost = _checkpoint.net_decide(net, value, jnp.asarray(True), grad_sq=grad_sq)
       checkpoint, updates = _checkpoint.save_if(
         save, net.checkpoint, params, state.direction_state, lr, cost, updates

@@ -14,6 +14,7 @@ import dataclasses
 import importlib.util
 import json
 import math
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -1048,6 +1049,25 @@ def test_fresh_tasks(tmp_path, capsys):
     for cell in row["runs"]:
       assert cell["finite"] and cell["ratio"] == pytest.approx(cell["loss"] / lsq["best_reference"])
       assert 0 < cell["rate_min"] <= cell["rate_end"] <= cell["rate_max"]
+
+
+def test_fresh_tasks_without_value_leaves_the_loss_out():
+  from benchmarks import fresh_tasks  # pylint: disable=g-import-not-at-top
+
+  lsq = fresh_tasks.problems()["lsq"]
+  by_name = {m.name: m for m in _methods.OPTAX_LR_METHODS}
+  sgd = fresh_tasks.DIRECTIONS["sgd"]
+
+  def said(name, value):
+    with warnings.catch_warnings(record=True) as caught:
+      warnings.simplefilter("always")
+      fresh_tasks.run_method(lsq, by_name[name], sgd, 0.01, 3, value=value)
+    return [str(c.message) for c in caught if "got no value=loss" in str(c.message)]
+
+  # HD's net gets no loss and says so; with the loss it says nothing.
+  assert len(said("hd", False)) == 1 and said("hd", True) == []
+  # Window-mode AALR averages the loss: it still gets it (it raises without).
+  assert said("aalr", False) == []
 
 
 def test_fresh_tasks_problems_are_offline_and_well_posed():

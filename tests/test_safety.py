@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 from typing import Callable
 
 import jax
@@ -376,6 +377,12 @@ class NetCase:
   # Takes an exactly zero gradient at a loss above half the first for a
   # dead model (the hypergradient methods: their cosine pass tells it free).
   sees_dead_models: bool = False
+  # Without a `value`, reads the training loss from its `loss_fn` (RTHO and
+  # MARTHE hold it for their Hessian-vector products).
+  loss_from_loss_fn: bool = False
+  # Without a `value` (and no `loss_fn` to read it from) its net sees
+  # non-finite numbers only, and its update warns that it does.
+  warns_without_value: bool = False
 
 
 NET_CASES = [
@@ -383,28 +390,37 @@ NET_CASES = [
     "hypergradient_descent",
     lambda lr, **kw: optax_lr.hypergradient_descent(lr, **kw),
     sees_dead_models=True,
+    warns_without_value=True,
   ),
   NetCase(
     "hypergradient_descent_multiplicative",
     lambda lr, **kw: optax_lr.hypergradient_descent(lr, multiplicative=True, **kw),
     sees_dead_models=True,
+    warns_without_value=True,
   ),
   NetCase(
     "rtho",
     lambda lr, **kw: optax_lr.rtho(lr, **kw),
     needs=("value", "loss_fn"),
     sees_dead_models=True,
+    loss_from_loss_fn=True,
   ),
   NetCase(
     "marthe_fixed_mu",
     lambda lr, **kw: optax_lr.marthe(lr, mu=0.9, hyper_lr_step=0.0, hyper_lr=1e-5, **kw),
     needs=("value", "loss_fn"),
     sees_dead_models=True,
+    loss_from_loss_fn=True,
   ),
-  NetCase("newton_lr", lambda lr, **kw: optax_lr.newton_lr(lr, update_every=10, **kw)),
+  NetCase(
+    "newton_lr",
+    lambda lr, **kw: optax_lr.newton_lr(lr, update_every=10, **kw),
+    warns_without_value=True,
+  ),
   NetCase(
     "newton_lr_per_leaf",
     lambda lr, **kw: optax_lr.newton_lr(lr, update_every=10, per_leaf=True, **kw),
+    warns_without_value=True,
   ),
   NetCase(
     "aslr_window",
@@ -625,6 +641,7 @@ DEAD_MODEL_CASES = [c for c in NET_CASES if c.sees_dead_models] + [
     lambda lr, **kw: optax_lr.marthe(lr, **kw),
     needs=("value", "loss_fn"),
     sees_dead_models=True,
+    loss_from_loss_fn=True,
   )
 ]
 
@@ -641,12 +658,51 @@ def test_a_rate_that_kills_the_model_rolls_back_and_backs_off(case):
   assert ws[1] == ws[3] == np.float32(1.8)
   assert float(rates[3]) <= 2.0 / _checkpoint.BACKOFF * (1 + 1e-6)
   assert dead_relu(ws[-1:]) < 1e-6
-  # Without a loss the net cannot tell a dead model from a minimum: it
-  # stays dead (what the test above guards against).
   no_value = dataclasses.replace(case, needs=tuple(n for n in case.needs if n != "value"))
-  dead = _train(no_value, case.make(2.0), 200, w0=W_DEAD, loss_fn=dead_relu)
-  assert np.asarray(dead[0])[-1, 0] == pytest.approx(-1.4, abs=1e-6)
-  assert int(dead[3].safety.rollbacks) == 0
+  without = _train(no_value, case.make(2.0), 200, w0=W_DEAD, loss_fn=dead_relu)
+  if case.loss_from_loss_fn:
+    # Without a `value`, RTHO and MARTHE read the loss from `loss_fn`: the
+    # same run, call for call.
+    np.testing.assert_array_equal(np.asarray(without[0])[:, 0], ws)
+    np.testing.assert_array_equal(np.asarray(without[2]), flags)
+  else:
+    # Without a loss the net cannot tell a dead model from a minimum: it
+    # stays dead (what the test above guards against).
+    assert np.asarray(without[0])[-1, 0] == pytest.approx(-1.4, abs=1e-6)
+    assert int(without[3].safety.rollbacks) == 0
+
+
+NO_VALUE = "got no value=loss"
+
+
+def _warnings_of(case, tx, extra, calls=2):
+  """The no-`value` warnings of ``calls`` jitted update calls (one trace)."""
+  w = W0
+  state = tx.init(w)
+  step = jax.jit(lambda g, state, w: tx.update(g, state, w, **extra))
+  with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    for _ in range(calls):
+      _, state = step(jax.grad(quadratic)(w), state, w)
+  return [str(c.message) for c in caught if NO_VALUE in str(c.message)]
+
+
+@NETS
+def test_a_net_that_gets_no_loss_says_so_once_per_trace(case):
+  loss_fn = {"loss_fn": quadratic} if "loss_fn" in case.needs else {}
+  with_value = {"value": quadratic(W0), **loss_fn}
+  assert _warnings_of(case, case.make(0.1), with_value) == []
+  if not (case.warns_without_value or case.loss_from_loss_fn):
+    return  # it needs `value` (ASLR's window averages it)
+  said = _warnings_of(case, case.make(0.1), loss_fn)
+  if case.loss_from_loss_fn:
+    assert said == []  # it reads the loss from `loss_fn`
+  else:
+    # Two calls, one trace: one warning, naming the method and the cure.
+    assert len(said) == 1
+    assert "value=loss" in said[0] and "safety_net=False" in said[0]
+  # Without a net there is nothing to warn about.
+  assert _warnings_of(case, case.make(0.1, safety_net=False), loss_fn) == []
 
 
 def test_the_initial_checkpoint_takes_the_first_call_loss_only():

@@ -174,7 +174,8 @@ def warn_without_value(method: str) -> None:
     "the default) sees non-finite numbers only and misses a rate that wrecks the "
     "model without a NaN (saturated or dead units). Pass the training loss of the "
     "batch as value=loss (with Flax: optax_lr.apply_gradients(state, grads, "
-    "value=loss)), or build the method with safety_net=False.",
+    "value=loss) for linen, optax_lr.nnx_update(optimizer, model, grads, "
+    "value=loss) for NNX), or build the method with safety_net=False.",
     UserWarning,
     stacklevel=3,
   )

@@ -323,8 +323,8 @@ def newton_lr(
   call. The window restarts after a rollback, and the rate stays within
   ``[η_0 / 10^4, η_0 · 10^4]``. Pass ``value=loss`` so the net sees a
   divergence before the numbers overflow (without it, the update warns
-  once per trace that the net sees non-finite numbers only). It costs one params copy and one
-  direction-state copy; ``safety_net=False`` removes it.
+  once per trace that the net sees non-finite numbers only). It costs one
+  params copy and one direction-state copy; ``safety_net=False`` removes it.
 
   Under ``optax.inject_hyperparams``, ``update_every``, ``steps_per_epoch``
   and ``fraction`` set the window length, which shapes the state: give them

@@ -83,8 +83,9 @@ restarts. Memory: one params copy
 and one copy of the direction state; ``safety_net=False`` removes both (and
 the ``params`` argument is then optional for HD). Without a ``value``, RTHO
 and MARTHE give their net ``loss_fn(params)`` (its forward pass is the one
-the Hessian-vector product linearises, so XLA computes it once), and HD
-warns once per trace that its net sees non-finite numbers only.
+the Hessian-vector product linearises, so XLA computes it once); HD, and
+MARTHE with :math:`\mu = 0` (which takes no ``loss_fn``), warn once per
+trace that their net sees non-finite numbers only.
 
 Numerics:
 

@@ -41,6 +41,13 @@ The safety net's policy (:class:`SafetyNetState`, :func:`net_decide`):
   :data:`SAVE_EVERY` calls), once it is also above float epsilon times
   ``ref``: a loss that has come down by orders of magnitude and jumps back
   up a thousandfold is a blow-up too, though still under its first value; or
+  more than half of the recent losses (an average over about
+  :data:`SAVE_EVERY` calls since the last save or rollback) above
+  :data:`RISE_FACTOR` (10) times the running level at the last save (while
+  the level is above the same floor): a sustained rise, which the
+  thousandfold test misses when the level follows the blow-up up (by 5% a
+  call), while a heavy tail of hard minibatches among easy ones never makes
+  half of the losses; or
   (for the hypergradient methods, whose cosine pass tells it at no cost) a
   gradient that is exactly zero everywhere at a loss above
   :data:`DEAD_LOSS_FRACTION` (half) of the first: a dead model, whose
@@ -62,12 +69,24 @@ The safety net's policy (:class:`SafetyNetState`, :func:`net_decide`):
   defaults; HD's multiplicative rule with an explicit ``hyper_lr``).
   On the benchmark tasks no minibatch loss moved a thousandfold against its
   running average: their runs are identical with and without this test.
+
+  The sustained-rise test catches what the thousandfold one lets through
+  from a converged point: over momentum from rate 1 on a deep tanh MLP
+  (``benchmarks.fresh_tasks``' ``deep_tanh``) HD's rate rose near the
+  minimum and its minibatch losses went to 100-450 times the running level
+  while the level rose with them; a lucky minibatch then saved the damaged
+  model, and the run ended at 133 times the best hand-tuned loss (0.27
+  times with the test). Heavy tails are why it counts losses rather than
+  averaging them: softmax regression on digits has most minibatch losses
+  near 1e-4 and a few at 0.3-0.9, which a hundredfold level test read as
+  divergences (nine rollbacks, the rate from 2 to 2e-5).
 * **Rollback**: params and direction state back to the checkpoint, the
   method's own buffers (tangents, window sums) reset, and the rate set to
   ``min(rate, checkpoint_rate / BACKOFF^k)``, ``k`` the divergences since
   that checkpoint was saved before this one (:func:`backoff_rate`): the first
   rollback restores the rate that was in use at the known-good point, each
   further one from the same checkpoint divides it by :data:`BACKOFF` again.
+  The running loss level returns to the one saved with the checkpoint.
 * **Save**: every :data:`SAVE_EVERY` calls at the earliest, on a healthy call
   whose loss (when given) is finite and no worse than the checkpoint's. The
   first checkpoint is the initial point, and the first call's loss (the
@@ -98,6 +117,7 @@ __all__ = [
   "GRADIENT_GROWTH",
   "LEVEL_FACTOR",
   "RATE_BAND",
+  "RISE_FACTOR",
   "SAVE_EVERY",
   "STALL_CALLS",
   "Checkpoint",
@@ -146,6 +166,9 @@ GRADIENT_GROWTH = 10.0
 # (digits, MNIST-1D, a teacher-student MSE regression whose loss goes to ~0:
 # runs bit-identical with and without the test).
 LEVEL_FACTOR = 1000.0
+# A run is diverging when more than half of its recent losses are above this
+# many times the running level it had at its last save (a sustained rise).
+RISE_FACTOR = 10.0
 # A training loss above this fraction of the first loss, at a gradient that
 # is exactly zero everywhere, is a dead model: a too-high rate saturated its
 # outputs or killed its units (a ReLU autoencoder with a sigmoid output,
@@ -379,6 +402,14 @@ class SafetyNetState(NamedTuple):
   # [] bool: a save has happened (the checkpoint is no longer the initial
   # point); before it, the loss test uses EARLY_DIVERGENCE_FACTOR.
   saved: jax.Array
+  # [] A: `loss_level` at the last save (0 before one with a level): the
+  # level the run had at its known-good point, and the one a rollback
+  # restores.
+  saved_level: jax.Array
+  # [] A: the share of recent calls (an exponential average over about
+  # SAVE_EVERY calls, restarted at 0 by a save or a rollback) whose loss was
+  # above RISE_FACTOR times `saved_level`; above one half is a divergence.
+  high_share: jax.Array
 
 
 def net_init(params: Any, direction_state: Any, rate: Any) -> SafetyNetState:
@@ -397,6 +428,8 @@ def net_init(params: Any, direction_state: Any, rate: Any) -> SafetyNetState:
     grad_level=jnp.zeros([], dtype),
     loss_level=jnp.zeros([], dtype),
     saved=jnp.zeros([], jnp.bool_),
+    saved_level=jnp.zeros([], dtype),
+    high_share=jnp.zeros([], dtype),
   )
 
 
@@ -465,6 +498,14 @@ def net_decide(
     level = net.loss_level
     floor = jnp.finfo(dtype).eps * jnp.abs(ref)
     diverged = diverged | ((level > 0) & (cost > LEVEL_FACTOR * level) & (cost > floor))
+    # A sustained rise: most recent losses ten times the level of the last
+    # save. A blow-up from a converged point that the thousandfold test
+    # misses (the running level follows it up by 5% a call) shows here
+    # within ~14 calls; a heavy tail (a few hard minibatches among many easy
+    # ones) does not, however high its losses. The floor again keeps a
+    # level of rounding noise out of it.
+    rise = (net.saved_level > 0) & (net.high_share > 0.5) & (level > floor)
+    diverged = diverged | rise
     # `<=` against +inf accepts the first finite loss.
     good = jnp.isfinite(cost) & (cost <= net.checkpoint.cost)
     if grad_zero is not None:
@@ -559,9 +600,21 @@ def net_update(
     initial_rate=net.initial_rate,
     failures=jnp.minimum(failures, _MAX_FAILURES).astype(jnp.int32),
     grad_level=level,
-    loss_level=loss_level,
+    # A rollback returns to the checkpoint's loss level as well: the level a
+    # blow-up raised would otherwise hide the next one.
+    loss_level=jnp.where(rollback & (net.saved_level > 0), net.saved_level, loss_level),
     saved=net.saved | save,
+    saved_level=jnp.where(save, loss_level, net.saved_level),
+    high_share=_high_share(net, cost, save | rollback),
   )
+
+
+def _high_share(net: SafetyNetState, cost: jax.Array, restart: jax.Array) -> jax.Array:
+  """``high_share`` after a call of loss ``cost``: 0 after a save or a rollback."""
+  limit = RISE_FACTOR * net.saved_level
+  high = (net.saved_level > 0) & jnp.isfinite(cost) & (cost > limit)
+  share = net.high_share + (high.astype(net.high_share.dtype) - net.high_share) / SAVE_EVERY
+  return jnp.where(restart, jnp.zeros_like(share), share)
 
 
 def _running_level(

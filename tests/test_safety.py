@@ -230,6 +230,108 @@ def test_a_backed_off_run_that_stays_worse_than_the_first_loss_backs_off_again(
   assert not bool(rollback)
 
 
+@pytest.mark.parametrize(
+  "saved_level,level,share,diverged",
+  [
+    # More than half of the recent losses above RISE_FACTOR times the level
+    # of the last save: a sustained rise.
+    (1e-3, 1e-3, 0.51, True),
+    (1e-3, 1e-3, 0.5, False),
+    # No level saved yet (or a loss that may be negative): no test.
+    (0.0, 1e-3, 0.9, False),
+    # A running level under float epsilon times ref (1.19e-7 for ref = 1):
+    # rounding noise, never a divergence.
+    (1e-12, 1e-7, 0.9, False),
+    (1e-12, 1.3e-7, 0.9, True),
+  ],
+)
+def test_a_sustained_rise_over_the_saved_level_is_a_divergence(saved_level, level, share, diverged):
+  net = _net(1.0, 1.0)._replace(
+    loss_level=jnp.float32(level),
+    saved_level=jnp.float32(saved_level),
+    high_share=jnp.float32(share),
+  )
+  # This call's loss (twice the level) is no divergence by any other test.
+  _, rollback, _ = _checkpoint.net_decide(net, jnp.float32(2 * level), jnp.bool_(True))
+  assert bool(rollback) == diverged
+
+
+def test_high_share_averages_losses_above_ten_times_the_saved_level():
+  net = _net()._replace(loss_level=jnp.float32(1e-3), saved_level=jnp.float32(1e-3))
+  step = lambda net, value, save=False, rollback=False: _checkpoint.net_update(
+    net, net.checkpoint, jnp.bool_(save), jnp.bool_(rollback), jnp.float32(value)
+  )
+  # The limit is RISE_FACTOR * 1e-3 = 1e-2.
+  assert float(step(net, 1.1e-2).high_share) == pytest.approx(1 / 20)
+  assert float(step(net, 0.9e-2).high_share) == 0.0
+  assert float(step(net, math.nan).high_share) == 0.0
+  half = net._replace(high_share=jnp.float32(0.5))
+  # 0.5 + (1 - 0.5) / 20 = 0.525; 0.5 + (0 - 0.5) / 20 = 0.475.
+  assert float(step(half, 1.0).high_share) == pytest.approx(0.525)
+  assert float(step(half, 1e-3).high_share) == pytest.approx(0.475)
+  # A save or a rollback starts the share again.
+  assert float(step(half, 1.0, save=True).high_share) == 0.0
+  assert float(step(half, 1.0, rollback=True).high_share) == 0.0
+  # Without a saved level nothing counts as high.
+  assert float(step(_net(), 1e9).high_share) == 0.0
+
+
+def test_a_save_keeps_the_loss_level_and_a_rollback_restores_it():
+  net = _net()._replace(loss_level=jnp.float32(4.0), saved_level=jnp.float32(1.0))
+  step = lambda net, save, rollback: _checkpoint.net_update(
+    net, net.checkpoint, jnp.bool_(save), jnp.bool_(rollback), jnp.float32(2.0)
+  )
+  # A save records the level after this call's loss: 4 + (2 - 4) / 20 = 3.9.
+  saved = step(net, True, False)
+  np.testing.assert_allclose(float(saved.saved_level), 3.9, rtol=1e-6)
+  np.testing.assert_allclose(float(saved.loss_level), 3.9, rtol=1e-6)
+  # A rollback puts the level back to the saved one (the blow-up's is gone).
+  rolled = step(net, False, True)
+  assert float(rolled.loss_level) == 1.0 and float(rolled.saved_level) == 1.0
+  # A plain call changes neither the saved level nor, beyond averaging, the level.
+  plain = step(net, False, False)
+  assert float(plain.saved_level) == 1.0
+  np.testing.assert_allclose(float(plain.loss_level), 3.9, rtol=1e-6)
+  # Before any save with a level, a rollback leaves the level alone.
+  assert float(step(_net()._replace(loss_level=jnp.float32(4.0)), False, True).loss_level) == 4.0
+
+
+def _scripted(losses, net):
+  """The calls at which a net fed ``losses`` (healthy otherwise) rolls back."""
+  rollbacks = []
+  for t, value in enumerate(losses):
+    value = jnp.float32(value)
+    save, rollback, cost = _checkpoint.net_decide(net, value, jnp.bool_(True))
+    if bool(rollback):
+      rollbacks.append(t)
+    net = _checkpoint.net_update(net, net.checkpoint, save, rollback, cost)
+  return rollbacks, net
+
+
+def test_a_slow_blow_up_from_a_converged_point_rolls_back_within_fifteen_calls():
+  # Converged at 1e-3 (first loss 1, the run has saved at that level); then a
+  # blow-up whose losses are 300 times that: under the tenfold test (10) and
+  # the thousandfold one (the level follows it up 5% a call).
+  converged = _net(1.0, 1e-3)._replace(loss_level=jnp.float32(1e-3), saved_level=jnp.float32(1e-3))
+  rollbacks, _ = _scripted([0.3] * 30, converged)
+  # The share after k high calls is 1 - 0.95^k: 0.487 after 13, 0.513 after
+  # 14, which the 15th call's decision reads.
+  assert rollbacks[0] == 14
+
+
+def test_a_heavy_tail_of_hard_minibatches_is_no_sustained_rise():
+  # Most minibatches at 1e-4, one in three at 0.05 (500 times the level of
+  # the last save, and under the thousandfold test as the running level
+  # settles at 2e-4): at most a third of the losses are high, and the saves
+  # (at the easy ones) restart the share.
+  converged = _net(1.0, 1e-4)._replace(loss_level=jnp.float32(1e-4), saved_level=jnp.float32(1e-4))
+  losses = [0.05 if t % 3 == 2 else 1e-4 for t in range(600)]
+  rollbacks, net = _scripted(losses, converged)
+  assert rollbacks == []
+  # The running level the saves keep: 2/3 * 1e-4 + 1/3 * 2L = L at 2e-4.
+  assert 1e-4 < float(net.saved_level) <= 2e-4
+
+
 def test_since_save_counts_up_to_the_stall_test():
   net = _net(since=0)
   for expected in range(1, _checkpoint.STALL_CALLS + 3):

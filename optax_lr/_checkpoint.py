@@ -86,7 +86,8 @@ The safety net's policy (:class:`SafetyNetState`, :func:`net_decide`):
   that checkpoint was saved before this one (:func:`backoff_rate`): the first
   rollback restores the rate that was in use at the known-good point, each
   further one from the same checkpoint divides it by :data:`BACKOFF` again.
-  The running loss level returns to the one saved with the checkpoint.
+  The running loss level returns to the one saved with the checkpoint
+  (a rollback to the initial point, which has none, leaves it as it is).
 * **Save**: every :data:`SAVE_EVERY` calls at the earliest, on a healthy call
   whose loss (when given) is finite and no worse than the checkpoint's. The
   first checkpoint is the initial point, and the first call's loss (the

@@ -92,7 +92,10 @@ The safety net's policy (:class:`SafetyNetState`, :func:`net_decide`):
   whose loss (when given) is finite and no worse than the checkpoint's. The
   first checkpoint is the initial point, and the first call's loss (the
   loss at those params) is its cost: a run that a too-high rate makes worse
-  than the untrained model, without a tenfold loss, saves nothing.
+  than the untrained model, without a tenfold loss, saves nothing. Nor does
+  one while its running loss level is above the first loss, even at a
+  lucky minibatch loss below the checkpoint's: that model is still worse
+  than the untrained one.
   Without a loss, a save also needs the call's squared gradient norm
   :math:`|g_t|^2` within :data:`GRADIENT_GROWTH` times its running average
   (when the method passes it): a run that blows up without NaN yet has
@@ -509,6 +512,13 @@ def net_decide(
     diverged = diverged | rise
     # `<=` against +inf accepts the first finite loss.
     good = jnp.isfinite(cost) & (cost <= net.checkpoint.cost)
+    # Nor while the running level is above the first loss: a run a too-high
+    # rate damaged trains a model worse than the untrained one, and one
+    # lucky minibatch below the checkpoint's cost would save the damage (a
+    # rollback would then return to it). A level of 0 is none yet.
+    good = good & (
+      (level <= net.first_cost) | (level == 0) | jnp.logical_not(jnp.isfinite(net.first_cost))
+    )
     if grad_zero is not None:
       # A gradient that is exactly zero everywhere at a loss far from any
       # minimum: saturated outputs or dead units (a too-high rate's work),

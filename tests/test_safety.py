@@ -365,6 +365,24 @@ def test_saves_come_every_save_every_healthy_calls_at_no_worse_loss(since, saved
 
 
 @pytest.mark.parametrize(
+  "first,level,save",
+  [
+    (2.0, 0.0, True),  # no running level yet
+    (2.0, 1.5, True),
+    (2.0, 2.0, True),  # at the first loss
+    (2.0, 2.8, False),  # a damaged run: its level is above the first loss
+    (math.inf, 2.8, True),  # no first loss yet
+  ],
+)
+def test_a_save_needs_a_running_level_no_higher_than_the_first_loss(first, level, save):
+  # A due save at a loss (0.5) below the checkpoint's (1.0): only the level
+  # decides.
+  net = _net(first, 1.0, since=_checkpoint.SAVE_EVERY - 1)._replace(loss_level=jnp.float32(level))
+  got = _checkpoint.net_decide(net, jnp.float32(0.5), jnp.bool_(True))
+  assert bool(got[0]) == save and not bool(got[1])
+
+
+@pytest.mark.parametrize(
   "rate,failures,rolled_back,expected",
   [
     # The first divergence since the save restores the checkpoint's rate 0.1.
@@ -678,16 +696,24 @@ def test_a_backed_off_rate_that_keeps_the_loss_above_its_start_backs_off_again(c
   assert bool(state.safety.saved)
 
 
+_DAMAGED = [2.5] * (3 * _checkpoint.SAVE_EVERY)
+# Every SAVE_EVERY-th loss a lucky minibatch below the first loss, when a
+# save is due: the running level (about 2.5) refuses it.
+_DAMAGED_LUCKY = ([2.5] * (_checkpoint.SAVE_EVERY - 1) + [0.9]) * 3
+
+
+@pytest.mark.parametrize("damaged", [_DAMAGED, _DAMAGED_LUCKY], ids=["steady", "lucky"])
 @pytest.mark.parametrize("case", [c for c in NET_CASES if c.saves_by_loss], ids=lambda c: c.name)
-def test_a_run_worse_than_the_initial_model_never_saves(case):
+def test_a_run_worse_than_the_initial_model_never_saves(case, damaged):
   # A too-high rate can damage a model in its first steps (dead units,
   # saturated outputs) without a threefold loss. The first call's loss is the
-  # initial checkpoint's cost, so no save stores the damage, and the
-  # divergence that follows rolls back to the initial params.
+  # initial checkpoint's cost, and a save needs a running level no higher, so
+  # no save stores the damage, and the divergence that follows rolls back to
+  # the initial params.
   tx = case.make(0.01)
   step = _scripted_step(case, tx)
   w, state = W0, tx.init(W0)
-  scripted = [1.0] + [2.5] * (3 * _checkpoint.SAVE_EVERY) + [100.0]
+  scripted = [1.0] + damaged + [100.0]
   for t, value in enumerate(scripted):
     w, state = step(w, state, jnp.float32(value))
     if t == 0:

@@ -413,8 +413,11 @@ _HD = dict(
   normalized=False,
   multiplicative=False,
   select_kappa=False,
+  standardized=False,
 )
 _HD_MULTIPLICATIVE = {**_HD, "multiplicative": True}
+# hyper_lr=None: the scale-free rule, its cosine standardised.
+_HD_SCALE_FREE = {**_HD, "normalized": True, "standardized": True}
 _RTHO = {**_HD, "mu": 1.0, "uses_tangent": True, "keeps_u_prev": False}
 _MARTHE_SELECT = {
   **_RTHO,
@@ -422,6 +425,7 @@ _MARTHE_SELECT = {
   "adapts_beta": True,
   "normalized": True,
   "select_kappa": True,
+  "standardized": True,
 }
 _MARTHE_ADAPTIVE_MU = {**_RTHO, "mu": None, "adaptive_mu": True, "keeps_u_prev": True}
 
@@ -538,9 +542,43 @@ def test_rate_rule_normalized_is_zero_while_every_cosine_was_zero():
     assert float(rate.scale) == 0.0
 
 
+@pytest.mark.parametrize(
+  "scale_prev, scale, h",
+  [
+    (0.0, _COS**2, -1.0),  # first call: s = cos^2, so h = -1
+    (1.0, _SCALE_FROM_ONE, -_H_FROM_ONE),  # a larger past scale: |h| < 1
+  ],
+)
+def test_rate_rule_hd_scale_free_is_standardised_by_hand(scale_prev, scale, h):
+  # HD's default: h = -cos(u_{t-1}, v) = -24 / 25 (the scale of v does not
+  # matter), standardised as kappa selection's, with the factory's fixed
+  # beta = 0.05 (not adapted: hyper_lr_step = 0): eta = 0.2 exp(-0.05 h).
+  with jax.enable_x64(True):
+    state = _rule_state(0.2, beta=0.05, scale=scale_prev, h=0.3, u_prev=[3.0, 0.0, 4.0])
+    rate = _rule(state, [4e-10, 0.0, 3e-10], 0.05, _HD_SCALE_FREE)
+    _assert_rate(rate, 0.2 * np.exp(-0.05 * h), 0.05, 0.0, 0.0, h, 0.0)
+    np.testing.assert_allclose(float(rate.scale), scale, rtol=1e-15)
+    assert bool(rate.objective_finite)
+
+
+def test_rate_rule_hd_scale_free_consistent_small_cosines_move_the_rate_fully():
+  # The case it is for: a cosine of one sign but tiny (1e-3, as on a large
+  # model) moves the rate by the full 5% once the running scale is its own:
+  # s = 0.9 s' + 0.1 c^2 = c^2 for s' = c^2, so h = -1.
+  cos = 1e-3
+  with jax.enable_x64(True):
+    state = _rule_state(0.2, beta=0.05, scale=cos**2, u_prev=[1.0, 0.0, 0.0])
+    v = [cos, np.sqrt(1 - cos**2), 0.0]
+    rate = _rule(state, v, 0.05, _HD_SCALE_FREE)
+    _assert_rate(rate, 0.2 * np.exp(0.05), 0.05, 0.0, 0.0, -1.0, 0.0)
+    # The plain cosine moves it by 0.005% only.
+    plain = _rule(state, v, 0.05, {**_HD_SCALE_FREE, "standardized": False})
+    np.testing.assert_allclose(float(plain.eta), 0.2 * np.exp(0.05 * cos), rtol=1e-15)
+
+
 def test_rate_rule_other_rules_leave_the_scale_alone():
-  # Only kappa selection standardises: RTHO's cosine rule (hyper_lr=None)
-  # records the raw cosine and keeps s.
+  # Only kappa selection and HD's default standardise: RTHO's cosine rule
+  # (hyper_lr=None) records the raw cosine and keeps s.
   flags = {**_RTHO, "normalized": True}
   with jax.enable_x64(True):
     state = _rule_state(0.2, mu=1.0, scale=0.25, tangent=[3.0, 0.0, 4.0])
@@ -595,9 +633,10 @@ def test_rate_rule_adaptive_mu_is_zero_where_g1_is_zero():
     (_RTHO, 0.01),
     (_HD_MULTIPLICATIVE, 0.02),
     (_MARTHE_SELECT, 0.0),
+    (_HD_SCALE_FREE, 0.05),
     (_MARTHE_ADAPTIVE_MU, 0.01),
   ],
-  ids=["hd", "rtho", "multiplicative", "normalized", "adaptive-mu"],
+  ids=["hd", "rtho", "multiplicative", "normalized", "hd-scale-free", "adaptive-mu"],
 )
 @pytest.mark.parametrize("where", ["v", "tangent"])
 def test_rate_rule_non_finite_keeps_the_previous_values(flags, hyper_lr, where):
@@ -849,13 +888,16 @@ def test_non_finite_hypergradient_keeps_scalars_and_resets_tangents(poison):
 # ---------------------------------------------------------------- defaults
 
 
-def _normalised_reference(eta0, mu, beta0, kappa, steps, curvatures, w0, multiplicative=False):
+def _normalised_reference(
+  eta0, mu, beta0, kappa, steps, curvatures, w0, multiplicative=False, standardized=False
+):
   """Float64 numpy reference of the scale-free rule on 0.5 sum(c w^2), SGD.
 
   h_hat = <Z, g> / (|Z| |g|) (0 where a norm is 0), with Z = -u_prev for
-  mu = 0; when kappa > 0 (kappa selection), h_hat is standardised, s = 0.9 s
-  + 0.1 h_hat^2 (h_hat^2 where s = 0), h_hat = clip(h_hat / sqrt(s), -1, 1),
-  and beta = clip(beta + kappa h_hat h_hat_prev, 0, 0.05); eta = eta
+  mu = 0; when ``standardized`` (HD's default, kappa selection), s = 0.9 s
+  + 0.1 h_hat^2 (h_hat^2 where s = 0), h_hat = clip(h_hat / sqrt(s), -1, 1);
+  when kappa > 0 (kappa selection), beta = clip(beta + kappa h_hat
+  h_hat_prev, 0, 0.05); eta = eta
   exp(-beta h_hat), or with ``multiplicative`` Baydin et al.'s
   max(eta (1 - beta h_hat), 0); Z <- mu (Z - eta H Z) - g.
   """
@@ -867,9 +909,10 @@ def _normalised_reference(eta0, mu, beta0, kappa, steps, curvatures, w0, multipl
     tangent = -u_prev if mu == 0 else z
     norms = np.linalg.norm(tangent) * np.linalg.norm(g)
     h = 0.0 if norms == 0 else tangent @ g / norms
-    if kappa > 0:
+    if standardized:
       scale = h * h if scale == 0 else 0.9 * scale + 0.1 * h * h
       h = 0.0 if scale == 0 else min(max(h / np.sqrt(scale), -1.0), 1.0)
+    if kappa > 0:
       beta = min(max(beta + kappa * h * h_prev, 0.0), 0.05)
     eta = max(eta * (1 - beta * h), 0.0) if multiplicative else eta * np.exp(-beta * h)
     z = mu * (z - eta * c * z) - g
@@ -880,7 +923,7 @@ def _normalised_reference(eta0, mu, beta0, kappa, steps, curvatures, w0, multipl
 
 
 @pytest.mark.parametrize(
-  "name,make,mu,beta0,kappa,steps,multiplicative",
+  "name,make,mu,beta0,kappa,steps,multiplicative,standardized",
   [
     (
       "hd",
@@ -890,6 +933,7 @@ def _normalised_reference(eta0, mu, beta0, kappa, steps, curvatures, w0, multipl
       0.0,
       40,
       False,
+      True,
     ),
     # Baydin et al.'s multiplicative rule, with the same default beta.
     (
@@ -900,6 +944,7 @@ def _normalised_reference(eta0, mu, beta0, kappa, steps, curvatures, w0, multipl
       0.0,
       40,
       True,
+      False,
     ),
     (
       "rtho",
@@ -908,6 +953,7 @@ def _normalised_reference(eta0, mu, beta0, kappa, steps, curvatures, w0, multipl
       hypergradient.DEFAULT_HYPER_LR,
       0.0,
       40,
+      False,
       False,
     ),
     # kappa selection with a fixed mu; no divergence here, so no rollback.
@@ -921,11 +967,12 @@ def _normalised_reference(eta0, mu, beta0, kappa, steps, curvatures, w0, multipl
       hypergradient.DEFAULT_HYPER_LR_STEP,
       40,
       False,
+      True,
     ),
   ],
 )
 def test_scale_free_defaults_match_a_float64_reference(
-  name, make, mu, beta0, kappa, steps, multiplicative
+  name, make, mu, beta0, kappa, steps, multiplicative, standardized
 ):
   curvatures, w0 = jnp.array([1.0, 3.0, 5.0]), jnp.array([1.0, -2.0, 0.5])
   loss = lambda w: 0.5 * jnp.sum(curvatures * w * w)
@@ -943,7 +990,15 @@ def test_scale_free_defaults_match_a_float64_reference(
 
   (w, _), rates = run(w0)
   want_rates, want_w = _normalised_reference(
-    0.02, mu, beta0, kappa, steps, curvatures, w0, multiplicative=multiplicative
+    0.02,
+    mu,
+    beta0,
+    kappa,
+    steps,
+    curvatures,
+    w0,
+    multiplicative=multiplicative,
+    standardized=standardized,
   )
   # float32 against float64 over compounding steps.
   np.testing.assert_allclose(np.asarray(rates), want_rates, rtol=1e-4)

@@ -294,7 +294,7 @@ def _rate_rule(
   r"""Steps 1-4 of the engine and their guards: the rate :math:`\eta_t`.
 
   Reads ``state``'s ``learning_rate``, ``hyper_lr``, ``mu``, ``horizon``,
-  ``hypergradient``, ``hypergradient_scale`` (:math:`s`, kappa selection),
+  ``hypergradient``, ``hypergradient_scale`` (:math:`s`, the standardised rules),
   ``hyper_lr_step`` and, as the flags need them,
   ``tangent`` (:math:`Z_t`) and ``u_prev`` (:math:`u_{t-1}`);
   ``objective_grads`` is :math:`v_t`. ``mu``, ``hyper_lr`` and

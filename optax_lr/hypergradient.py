@@ -764,15 +764,17 @@ def _fixed_mu(
     hyper_lr = DEFAULT_HYPER_LR
   else:
     hyper_lr = _checks.non_negative("hyper_lr", hyper_lr)
+  # The scale-free rule (Baydin's multiplicative rule has its own).
+  scale_free = normalized and not multiplicative
   return _engine(
     learning_rate,
     hyper_lr=hyper_lr,
     hyper_lr_step=0.0,
     mu=mu,
     multiplicative=multiplicative,
-    normalized=normalized and not multiplicative,
+    normalized=scale_free,
     select_kappa=False,
-    standardized=standardized and normalized and not multiplicative,
+    standardized=standardized and scale_free,
     safety_net=_checks.boolean("safety_net", safety_net),
     direction=direction,
     name=name,

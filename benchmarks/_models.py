@@ -38,13 +38,20 @@ class MLPModule(nn.Module):
 
 
 class CNN2DModule(nn.Module):
-  """A small image CNN: two 3x3 conv + 2x2 average-pool blocks, one dense layer."""
+  """A small image CNN: two 3x3 conv + 2x2 average-pool blocks, one dense layer.
+
+  ``image_shape``: when set, the inputs are flat rows reshaped to it (the
+  digits' 64 pixels as an 8x8x1 image).
+  """
 
   channels: Sequence[int] = (32, 64)
   classes: int = 10
+  image_shape: tuple[int, ...] | None = None
 
   @nn.compact
   def __call__(self, x):
+    if self.image_shape is not None:
+      x = x.reshape((x.shape[0],) + tuple(self.image_shape))
     for width in self.channels:
       x = nn.relu(nn.Conv(width, kernel_size=(3, 3))(x))
       x = nn.avg_pool(x, window_shape=(2, 2), strides=(2, 2))
@@ -130,6 +137,17 @@ def cnn2d(
     f"cnn-{'x'.join(map(str, shape))}-{'-'.join(map(str, channels))}",
     CNN2DModule(tuple(channels), classes),
     tuple(shape),
+  )
+
+
+def flat_image_cnn(
+  shape: tuple[int, int, int], channels: Sequence[int], classes: int = 10
+) -> Model:
+  """:func:`cnn2d` on flat inputs: each row of ``prod(shape)`` pixels is an image."""
+  return Model(
+    f"cnn-{'x'.join(map(str, shape))}-{'-'.join(map(str, channels))}",
+    CNN2DModule(tuple(channels), classes, image_shape=tuple(shape)),
+    (math.prod(shape),),
   )
 
 

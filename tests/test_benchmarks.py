@@ -673,6 +673,39 @@ def test_robustness_teacher_student(tmp_path, capsys):
   assert np.asarray(ds["methods"]["hd"]["scored_loss"]).max() < chance
 
 
+def test_flat_image_cnn_reads_rows_as_images():
+  model = _models.flat_image_cnn((8, 8, 1), (2, 3))
+  assert model.name == "cnn-8x8x1-2-3" and model.input_shape == (64,)
+  params = model.init(jax.random.PRNGKey(0))
+  # 3x3x1x2 + 2, 3x3x2x3 + 3, (2 * 2 * 3) x 10 + 10 after two 2x2 pools.
+  assert sum(x.size for x in jax.tree_util.tree_leaves(params)) == 20 + 57 + 130
+  x = jax.random.uniform(jax.random.PRNGKey(1), (5, 64))
+  # The flat rows give the logits of the same images through the plain CNN.
+  plain = _models.cnn2d((8, 8, 1), (2, 3))
+  np.testing.assert_allclose(
+    model.logits(params, x), plain.logits(params, x.reshape(5, 8, 8, 1)), rtol=1e-6, atol=1e-6
+  )
+
+
+def test_robustness_digits_cnn(tmp_path, capsys):
+  from benchmarks import robustness  # pylint: disable=g-import-not-at-top
+
+  full = robustness.task("digits_cnn", False, None)
+  assert full.model.name == "cnn-8x8x1-16-32"
+  assert full.setting == robustness.task("digits", False, None).setting
+  report = robustness.main(
+    ["--quick", "--datasets", "digits_cnn", "--methods", "sgd", "hd", "--no-progress"]
+    + ["--references", "sgd", "--rates", "0.1", "--grid", "0.1", "--epochs", "3"]
+    + _outputs(tmp_path, "robustness")
+  )
+  ds = report["datasets"]["digits_cnn"]
+  assert ds["model"] == "cnn-8x8x1-4-8" and ds["chance_loss"] == pytest.approx(math.log(10))
+  # Three epochs of SGD at 0.1 and of HD learn something: below chance.
+  for name in ("sgd", "hd"):
+    assert np.asarray(ds["methods"][name]["scored_loss"]).max() < math.log(10)
+  assert "digits_cnn: targets" in capsys.readouterr().out
+
+
 def test_robustness_over_adam(tmp_path, capsys):
   """``--direction adam``: the optax_lr methods step along Adam's direction and
   the range test sweeps ``optax.adam``; the references are unchanged."""

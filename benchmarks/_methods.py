@@ -496,6 +496,29 @@ HAND_TUNED: tuple[Method, ...] = (
 COMPARE_METHODS: tuple[Method, ...] = OPTAX_LR_METHODS + BASELINES
 
 
+# The library calls whose update reads `val_grads`: the tangent engine's
+# objective E (HD's too, when it is given one; newton_lr, ASLR and AALR take
+# no gradient but the training one).
+_READS_VAL_GRADS = (optax_lr.hypergradient_descent, optax_lr.rtho, optax_lr.marthe)
+
+
+def with_val_grads(method: Method) -> Method:
+  """``method`` given the gradient of a validation minibatch as ``val_grads``.
+
+  Its hypergradient is then taken on the validation loss (E = the validation
+  loss, as RTHO and MARTHE get it here, after the MARTHE paper's
+  experiments) instead of the training loss: one more gradient per step.
+
+  Raises:
+    ValueError: ``method``'s update does not read ``val_grads``.
+  """
+  if method.factory not in _READS_VAL_GRADS:
+    raise ValueError(f"{method.name} does not read val_grads (only the hypergradient methods do)")
+  if "val_grads" in method.needs:
+    return method
+  return dataclasses.replace(method, needs=method.needs + ("val_grads",))
+
+
 def by_name(methods: Sequence[Method], names: Optional[Sequence[str]]) -> list[Method]:
   """The methods named (all when ``names`` is empty), in registry order."""
   if not names:

@@ -79,6 +79,10 @@ Usage::
     python -m benchmarks.robustness --datasets digits --methods sgd newton_lr
     # the optax_lr methods over optax.scale_by_adam() instead of momentum
     python -m benchmarks.robustness --direction adam --out results/robustness_adam.json
+    # HD with E = the validation loss (a validation minibatch's gradient as
+    # val_grads), as RTHO and MARTHE always run
+    python -m benchmarks.robustness --methods hd --val-grads-for hd \
+        --update benchmarks/figures/robustness.json --out results/robustness_hd_val.json
     # after a change to MARTHE only: rerun it, keep the rest of the report
     python -m benchmarks.robustness --datasets stdlib_lm --methods marthe \
         --update benchmarks/figures/robustness_lm.json --out results/robustness_lm.json
@@ -462,6 +466,9 @@ def run_methods(methods, model, rates, splits, setting, seeds, quiet):
       "params_finite": params_finite,
       "nonfinite_params_runs": nonfinite_params,
       "runs": int(loss.size),
+      # Whether its update got a validation minibatch's gradient (E = the
+      # validation loss): RTHO and MARTHE always, HD on --val-grads-for.
+      "val_grads": "val_grads" in m.needs,
       # The effective rate per step of seed 0's run from each initial rate.
       "lr_per_step_seed0": np.stack([r.history["lr"][0] for r in runs]),
     }
@@ -788,6 +795,14 @@ def main(argv=None) -> dict:
     help="the optax_lr methods' direction on the MLP tasks: each task's own "
     "(momentum 0.9) or optax.scale_by_adam() (and the range test sweeps optax.adam)",
   )
+  parser.add_argument(
+    "--val-grads-for",
+    nargs="+",
+    default=(),
+    metavar="METHOD",
+    help="also give these hypergradient methods (hd, hd_mult) a validation "
+    "minibatch's gradient as val_grads, as rtho and marthe always get it",
+  )
   parser.add_argument("--seeds", type=int, nargs="+", default=None)
   parser.add_argument("--epochs", type=int, default=None)
   lm = parser.add_argument_group("stdlib_lm task size (default: LM_SIZE)")
@@ -840,6 +855,12 @@ def main(argv=None) -> dict:
     if unknown:
       raise ValueError(f"unknown {option} {sorted(unknown)}; known: {sorted(set(known))}")
 
+  for name in args.val_grads_for:
+    try:
+      _methods.with_val_grads(_methods.by_name(_methods.COMPARE_METHODS, [name])[0])
+    except ValueError as error:
+      parser.error(f"--val-grads-for: {error}")
+
   start = time.perf_counter()
   report = {
     "command": " ".join(
@@ -867,7 +888,10 @@ def main(argv=None) -> dict:
     t = make_task()
     splits, model, setting = t.splits, t.model, t.setting
     rates, grid = args.rates or t.rates, args.grid or t.grid
-    methods = _select(t.methods, args.methods)
+    methods = [
+      _methods.with_val_grads(m) if m.name in args.val_grads_for else m
+      for m in _select(t.methods, args.methods)
+    ]
     # An update keeps the report's references.
     hand_tuned = [] if base is not None else _select(t.hand_tuned, args.references)
     size = f"{model.num_params()} params; " if hasattr(model, "num_params") else ""
@@ -882,6 +906,9 @@ def main(argv=None) -> dict:
       f"final held-out loss across initial rates {' '.join(map(_report.rate_label, rates))} "
       f"({len(seeds)} seeds)"
     )
+    given = [m.name for m in methods if "val_grads" in m.needs]
+    if given:
+      print(f"a validation minibatch's gradient as val_grads: {' '.join(given)}")
     print(
       _report.table(
         [

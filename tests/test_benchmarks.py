@@ -753,6 +753,35 @@ def test_robustness_over_adam(tmp_path, capsys):
   np.testing.assert_array_equal(*ref_loss)
 
 
+def test_robustness_val_grads_for(tmp_path, capsys):
+  """``--val-grads-for hd``: HD's update gets a validation minibatch's gradient
+  (its losses change, the reference's do not); a method whose update does not
+  read ``val_grads`` is refused."""
+  from benchmarks import robustness  # pylint: disable=g-import-not-at-top
+
+  hd, rtho, newton = _methods.by_name(_methods.COMPARE_METHODS, ["hd", "rtho", "newton_lr"])
+  assert "val_grads" not in hd.needs
+  assert _methods.with_val_grads(hd).needs == hd.needs + ("val_grads",)
+  assert _methods.with_val_grads(rtho) is rtho  # RTHO always gets it
+  with pytest.raises(ValueError, match="newton_lr does not read val_grads"):
+    _methods.with_val_grads(newton)
+  with pytest.raises(SystemExit):
+    robustness.main(["--quick", "--datasets", "digits", "--val-grads-for", "newton_lr"])
+  capsys.readouterr()
+
+  args = ["--quick", "--datasets", "digits", "--methods", "hd", "--references", "sgd"]
+  args += ["--rates", "1e-2", "--grid", "1e-2", "--seeds", "0", "--epochs", "2", "--no-progress"]
+  robustness.main(args + ["--val-grads-for", "hd"] + _outputs(tmp_path, "val"))
+  assert "a validation minibatch's gradient as val_grads: hd" in capsys.readouterr().out
+  robustness.main(args + _outputs(tmp_path, "train"))
+  val_ds, train_ds = (_load(tmp_path / f"{n}.json")["datasets"]["digits"] for n in ("val", "train"))
+  assert val_ds["methods"]["hd"]["val_grads"] and not train_ds["methods"]["hd"]["val_grads"]
+  hd_loss = [np.asarray(ds["methods"]["hd"]["final_test_loss"]) for ds in (val_ds, train_ds)]
+  assert not np.array_equal(*hd_loss)
+  ref_loss = [np.asarray(ds["hand_tuned"]["sgd"]["final_test_loss"]) for ds in (val_ds, train_ds)]
+  np.testing.assert_array_equal(*ref_loss)
+
+
 def test_robustness_targets_logic():
   from benchmarks import robustness  # pylint: disable=g-import-not-at-top
 

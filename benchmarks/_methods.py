@@ -496,12 +496,6 @@ HAND_TUNED: tuple[Method, ...] = (
 COMPARE_METHODS: tuple[Method, ...] = OPTAX_LR_METHODS + BASELINES
 
 
-# The library calls whose update reads `val_grads`: the tangent engine's
-# objective E (HD's too, when it is given one; newton_lr, ASLR and AALR take
-# no gradient but the training one).
-_READS_VAL_GRADS = (optax_lr.hypergradient_descent, optax_lr.rtho, optax_lr.marthe)
-
-
 def with_val_grads(method: Method) -> Method:
   """``method`` given the gradient of a validation minibatch as ``val_grads``.
 
@@ -512,7 +506,10 @@ def with_val_grads(method: Method) -> Method:
   Raises:
     ValueError: ``method``'s update does not read ``val_grads``.
   """
-  if method.factory not in _READS_VAL_GRADS:
+  # Read from the built update's signature, as `Method.accepts` reads the
+  # factory's: today the tangent engine's (HD, RTHO, MARTHE) names it.
+  update = method.build(0.01, 10).update
+  if "val_grads" not in inspect.signature(update).parameters:
     raise ValueError(f"{method.name} does not read val_grads (only the hypergradient methods do)")
   if "val_grads" in method.needs:
     return method

@@ -128,9 +128,12 @@ def _run_fn(model: _models.Model, method: _methods.Method, tx, lr: float, settin
     batches = (data["x_train"][order], data["y_train"][order])
     val_batches = (data["x_valid"][val_order], data["y_valid"][val_order])
     (params, state), (losses, lrs) = jax.lax.scan(step, (params, state), (batches, val_batches))
-    valid_loss, test_loss, test_acc = evaluate(params, state, data)
     if method.epoch_level:
       state = optax_lr.observe(state, observed_cost(params, data))
+    # Scored after the epoch end, as a user reads `best_params` after
+    # observing the last epoch's cost: that epoch end may make these params
+    # the best model (an improvement, or a cost below the checkpoint's).
+    valid_loss, test_loss, test_acc = evaluate(params, state, data)
     return (params, state), dict(
       train_loss=losses, lr=lrs, valid_loss=valid_loss, test_loss=test_loss, test_acc=test_acc
     )

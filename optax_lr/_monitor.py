@@ -408,11 +408,16 @@ def best_params(opt_state: Any, params: Any) -> Any:
   AALR's checkpoint is its best model in phase 2 (the lowest cost ``L*`` seen
   at a check), and ``params`` are returned in phase 1, which saves no best
   model (its checkpoint is the initial model, which is not the best) and
-  whose current params close a run of good epochs. Two exceptions follow the
-  pending decision of the last epoch end: with a save pending, ``params``
-  (the model that just improved on ``L*``, which the save would store); with
-  a rollback pending, the checkpoint (the current params made things worse
-  or diverged, and training would go on from the checkpoint).
+  whose current params close a run of good epochs. The last epoch end
+  refines that: with a save pending, ``params`` (the model that just
+  improved on ``L*``, which the save would store); with a rollback pending,
+  the checkpoint (the current params made things worse or diverged, and
+  training would go on from the checkpoint). Above all, ``params`` whenever
+  the cost observed there (``optax_lr.observe``, with no update call since)
+  is below the checkpoint's: phase 2 checks only every ``p`` epochs, and
+  ``p`` doubles at every halving, so a run may end many epochs past its
+  last check; and a phase-1 rollback follows an epoch worse than the one
+  before it, not necessarily worse than the initial model it restarts from.
 
   Args:
     opt_state: an optimizer state.

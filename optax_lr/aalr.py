@@ -72,6 +72,11 @@ class AALRState(NamedTuple):
   patience: jax.Array  # [] int32: phase 2's p, epochs between checks.
   epochs_to_check: jax.Array  # [] int32: phase-2 epochs left before the next check.
   second_chance: jax.Array  # [] bool: the current phase-2 period is the second try.
+  # [] bool: the last epoch end observed a cost below `checkpoint_cost`, and
+  # no update call has come since: the params the caller holds are a better
+  # model than the checkpoint (`best_params`). Observed costs only: a
+  # window's mean is spread over the params of its epoch.
+  observed_better: jax.Array
   pending: jax.Array  # [] int32: 0 none, 1 save, 2 rollback, for the next update.
   rolled_back: jax.Array  # [] bool: the update call that produced this state rolled back.
   checkpoint: Any  # params-like: the initial params in phase 1, then the last save.
@@ -186,6 +191,10 @@ def _epoch_end(state: AALRState, cost: jax.Array, noise_margin: Any = 0.0) -> AA
   sets_initial = initial & jnp.logical_not(diverged)
   new["best_cost"] = jnp.where(sets_initial, cost, new["best_cost"])
   new["checkpoint_cost"] = jnp.where(sets_initial, cost, state.checkpoint_cost)
+  # At every epoch end, a check or not: phase 2 looks at costs only every p
+  # epochs, but `best_params` may prefer the params it was told are better.
+  # A NaN cost never compares below.
+  new["observed_better"] = cost < new["checkpoint_cost"]
 
   # Two epoch ends with no update call between them: a pending rollback stays
   # a rollback (a save right after it would store the checkpoint itself);
@@ -206,12 +215,20 @@ def _best_params(state: AALRState) -> tuple[jax.Array, Any]:
 
   The checkpoint is the best model in phase 2, and the model a pending
   rollback lands on. Otherwise the caller's params are the answer: phase 1
-  saves no best model (its checkpoint is the initial one), and a pending save
-  is about to store the caller's params.
+  saves no best model (its checkpoint is the initial one), and a pending
+  save is about to store the caller's params. Either way, params whose
+  observed cost (the last epoch end's, with no update call since) is below
+  the checkpoint's are the better model of the two:
+  * phase 2 checks only every ``p`` epochs, and ``p`` doubles at every
+    halving, so a run may end many epochs past its last check, with a
+    checkpoint older than the model it was just told is better;
+  * a phase-1 rollback follows an epoch worse than the one before it, not
+    necessarily worse than the initial model it restarts from.
+  A diverged cost (NaN, or ten times ``L*``) is never below.
   """
   rollback = state.pending == ROLLBACK
   saved_best = (state.phase == 2) & (state.pending == NONE)
-  return rollback | saved_best, state.checkpoint
+  return (rollback | saved_best) & jnp.logical_not(state.observed_better), state.checkpoint
 
 
 _monitor.register_method(
@@ -311,7 +328,12 @@ def aalr(
   pending (saving right after it would store the checkpoint itself), else the
   later decision wins. Extra buffers: one params checkpoint and one copy of
   the direction state. At the end of training, ``optax_lr.best_params``
-  returns the checkpoint where it is the best model (phase 2).
+  returns the checkpoint where it is the best model (phase 2, or a rollback
+  pending), unless the last epoch end, with no update call since, observed a
+  cost below the checkpoint's: then the caller's params, the better of the
+  two (``p`` doubles at every halving, so a run may end many epochs after
+  its last check; a phase-1 rollback follows an epoch worse than the one
+  before, not necessarily worse than the initial model).
 
   Epoch ends come from ``optax_lr.observe(state, cost)`` or, with
   ``steps_per_epoch=N``, from the update call itself; one or the other:
@@ -350,7 +372,7 @@ def aalr(
     An ``optax.GradientTransformationExtraArgs`` whose update needs
     ``params``. The state exposes ``phase``, ``best_cost``,
     ``checkpoint_cost``, ``good_epochs``, ``patience``, ``epochs_to_check``,
-    ``second_chance`` and ``pending``.
+    ``second_chance``, ``observed_better`` and ``pending``.
 
   Raises:
     ValueError: for a non-positive or non-finite ``learning_rate``, a bad
@@ -415,6 +437,7 @@ def aalr(
       patience=jnp.ones([], jnp.int32),
       epochs_to_check=jnp.ones([], jnp.int32),
       second_chance=jnp.zeros([], jnp.bool_),
+      observed_better=jnp.zeros([], jnp.bool_),
       pending=jnp.full([], NONE, jnp.int32),
       rolled_back=jnp.zeros([], jnp.bool_),
       # The initial params are phase 1's checkpoint, and their fresh
@@ -488,6 +511,9 @@ def aalr(
         light, is_end, end.cost, lambda s, c: _epoch_end(s, c, margin)
       )
       state = light._replace(**{name: getattr(state, name) for name in _TREE_FIELDS})
+    # The params this call returns have no observed cost (in window mode the
+    # epoch's mean is not theirs either).
+    state = state._replace(observed_better=jnp.zeros([], jnp.bool_))
     return new_updates, state
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)

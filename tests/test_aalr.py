@@ -701,6 +701,79 @@ def test_best_params_follows_the_phase_and_the_pending_decision():
   np.testing.assert_array_equal(np.asarray(optax_lr.best_params(state, moved)["x"]), [1.0, 2.0])
 
 
+def test_best_params_prefers_params_observed_better_between_checks():
+  # Phase 2 looks at costs only every p epochs. A cost below the checkpoint's
+  # seen between checks changes nothing in the schedule, but the params it
+  # was observed at are the better model, until the next update call moves
+  # them. warmup_patience=1, η = .5, gradient 1 on `x`.
+  tx = optax_lr.aalr(0.5, warmup_patience=1)
+  step = jax.jit(lambda p, s: tx.update({"x": jnp.ones(2)}, s, p))
+
+  def call(params, state):
+    updates, state = step(params, state)
+    return optax_lr.apply_updates(params, updates, state), state
+
+  def best(state, params):
+    return np.asarray(optax_lr.best_params(state, params)["x"]).tolist()
+
+  params = {"x": jnp.array([1.0, 2.0])}
+  state = optax_lr.observe(tx.init(params), 4.0)
+  params, state = call(params, state)  # x = [.5, 1.5]
+  state = optax_lr.observe(state, 3.0)  # phase 2, save pending, η = 1
+  params, state = call(params, state)  # saves [.5, 1.5] at cost 3; x = [-.5, .5]
+  state = optax_lr.observe(state, 3.5)  # a check, worse: second chance
+  params, state = call(params, state)  # x = [-1.5, -.5]
+  state = optax_lr.observe(state, 3.4)  # worse twice: η = .5, p = 2
+  assert (float(state.learning_rate), int(state.patience)) == (0.5, 2)
+  assert best(state, params) == [0.5, 1.5]  # 3.4 is not below 3
+  params, state = call(params, state)  # x = [-2, -1]
+  state = optax_lr.observe(state, 2.0)  # not a check: the schedule ignores it
+  assert int(state.pending) == PENDING_CODE[NONE] and float(state.best_cost) == 3.0
+  assert (float(state.learning_rate), int(state.epochs_to_check)) == (0.5, 1)
+  assert best(state, params) == [-2.0, -1.0]  # ... but these params cost 2 < 3
+  params, state = call(params, state)  # x = [-2.5, -1.5], whose cost nobody saw
+  assert best(state, params) == [0.5, 1.5]
+  state = optax_lr.observe(state, np.nan)  # a check, diverged: rollback pending
+  assert best(state, params) == [0.5, 1.5]
+
+
+@pytest.mark.parametrize("worse_cost, expected", [(3.5, [0.0, 1.0]), (4.5, [1.0, 2.0])])
+def test_best_params_of_a_phase_1_rollback_weighs_the_initial_model(worse_cost, expected):
+  # A phase-1 epoch worse than the one before it (3) restarts from the initial
+  # model (cost 4). Until that restart runs, the best model is the params
+  # when their cost is below 4 (3.5), and the initial model when it is not.
+  tx = optax_lr.aalr(0.5, warmup_patience=3)
+  step = jax.jit(lambda p, s: tx.update({"x": jnp.ones(2)}, s, p))
+  params = {"x": jnp.array([1.0, 2.0])}
+  state = optax_lr.observe(tx.init(params), 4.0)
+  for cost in (3.0, worse_cost):
+    updates, state = step(params, state)
+    params = optax_lr.apply_updates(params, updates, state)  # x -= .5
+    state = optax_lr.observe(state, cost)
+  assert int(state.phase) == 1 and int(state.pending) == PENDING_CODE[ROLLBACK]
+  assert float(state.checkpoint_cost) == 4.0
+  best = optax_lr.best_params(state, params)
+  np.testing.assert_array_equal(np.asarray(best["x"]), expected)
+
+
+def test_best_params_ignores_window_costs_between_checks():
+  # In window mode a cost is the mean loss over an epoch of moving params, not
+  # the cost of the params the caller holds: it never makes them the best.
+  tx = optax_lr.aalr(0.5, warmup_patience=1, steps_per_epoch=1)
+  step = jax.jit(lambda p, s, v: tx.update({"x": jnp.ones(2)}, s, p, value=v))
+  params = {"x": jnp.array([1.0, 2.0])}
+  state = tx.init(params)
+  for value in (4.0, 5.0, 5.0):  # phase 2; saved at 4; worse twice: p = 2
+    updates, state = step(params, state, value)
+    params = optax_lr.apply_updates(params, updates, state)
+  assert (int(state.phase), int(state.patience), float(state.checkpoint_cost)) == (2, 2, 4.0)
+  checkpoint = np.asarray(state.checkpoint["x"]).tolist()
+  updates, state = step(params, state, 1.0)  # below 4, between checks
+  params = optax_lr.apply_updates(params, updates, state)
+  assert not bool(state.observed_better)
+  assert np.asarray(optax_lr.best_params(state, params)["x"]).tolist() == checkpoint
+
+
 def test_best_params_inside_chain_and_under_jit():
   tx = optax.chain(optax.clip_by_global_norm(100.0), optax_lr.aalr(0.5, warmup_patience=1))
   best_params = jax.jit(optax_lr.best_params)

@@ -180,6 +180,23 @@ def test_eval_params_do_not_change_training():
   np.testing.assert_array_equal(best.history["train_loss"], final.history["train_loss"])
 
 
+def test_epoch_is_scored_after_its_epoch_end():
+  """An epoch is scored as a user reads ``best_params``: after observing its
+  cost. At rate 1e4 every AALR epoch diverges, so the last epoch end leaves a
+  rollback pending and the best model is the initial one; scored before that
+  epoch end, the diverged params would be."""
+  _train.fast_compilation()
+  splits = _data.digits()
+  model = _models.mlp((64,), (8,))
+  setting = _train.setting_for(splits, 2, 100)
+  aalr = _methods.by_name(_methods.COMPARE_METHODS, ["aalr"])[0]
+  (run,) = _train.train_rates(model, aalr, [1e4], splits, setting)
+  assert np.all(run.history["lr"][0, -1] < 1e4)  # it halved: the epochs diverged
+  np.testing.assert_allclose(
+    run.history["test_loss"][:, -1], run.history["init"]["test_loss"], rtol=1e-6
+  )
+
+
 def test_score_and_summary():
   scored = _train.score(np.array([0.5, np.nan, np.inf]), math.log(10))
   np.testing.assert_allclose(scored, [0.5, math.log(10), math.log(10)])

@@ -413,8 +413,9 @@ def best_params(opt_state: Any, params: Any) -> Any:
   improved on ``L*``, which the save would store); with a rollback pending,
   the checkpoint (the current params made things worse or diverged, and
   training would go on from the checkpoint). Above all, ``params`` whenever
-  the cost observed there (``optax_lr.observe``, with no update call since)
-  is below the checkpoint's: phase 2 checks only every ``p`` epochs, and
+  the cost seen there (``optax_lr.observe`` with no update call since, or,
+  with ``steps_per_epoch``, a window that ended in the last update call) is
+  finite and below the checkpoint's: phase 2 checks only every ``p`` epochs, and
   ``p`` doubles at every halving, so a run may end many epochs past its
   last check; and a phase-1 rollback follows an epoch worse than the one
   before it, not necessarily worse than the initial model it restarts from.

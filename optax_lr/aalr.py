@@ -72,10 +72,10 @@ class AALRState(NamedTuple):
   patience: jax.Array  # [] int32: phase 2's p, epochs between checks.
   epochs_to_check: jax.Array  # [] int32: phase-2 epochs left before the next check.
   second_chance: jax.Array  # [] bool: the current phase-2 period is the second try.
-  # [] bool: the last epoch end observed a cost below `checkpoint_cost`, and
-  # no update call has come since: the params the caller holds are a better
-  # model than the checkpoint (`best_params`). Observed costs only: a
-  # window's mean is spread over the params of its epoch.
+  # [] bool: the last epoch end saw a finite cost below `checkpoint_cost`,
+  # and no update call has come since (in window mode: it ended inside the
+  # last update call): the params the caller holds are a better model than
+  # the checkpoint (`best_params`), by the cost AALR itself compares.
   observed_better: jax.Array
   pending: jax.Array  # [] int32: 0 none, 1 save, 2 rollback, for the next update.
   rolled_back: jax.Array  # [] bool: the update call that produced this state rolled back.
@@ -193,8 +193,9 @@ def _epoch_end(state: AALRState, cost: jax.Array, noise_margin: Any = 0.0) -> AA
   new["checkpoint_cost"] = jnp.where(sets_initial, cost, state.checkpoint_cost)
   # At every epoch end, a check or not: phase 2 looks at costs only every p
   # epochs, but `best_params` may prefer the params it was told are better.
-  # A NaN cost never compares below.
-  new["observed_better"] = cost < new["checkpoint_cost"]
+  # They are the params a save decided here would store (in window mode too:
+  # those the epoch-ending call returns), so the two compare like for like.
+  new["observed_better"] = jnp.isfinite(cost) & (cost < new["checkpoint_cost"])
 
   # Two epoch ends with no update call between them: a pending rollback stays
   # a rollback (a save right after it would store the checkpoint itself);
@@ -217,14 +218,15 @@ def _best_params(state: AALRState) -> tuple[jax.Array, Any]:
   rollback lands on. Otherwise the caller's params are the answer: phase 1
   saves no best model (its checkpoint is the initial one), and a pending
   save is about to store the caller's params. Either way, params whose
-  observed cost (the last epoch end's, with no update call since) is below
-  the checkpoint's are the better model of the two:
+  cost (the last epoch end's, with no update call since; in window mode, an
+  epoch that ended in the last call) is below the checkpoint's are the
+  better model of the two:
   * phase 2 checks only every ``p`` epochs, and ``p`` doubles at every
     halving, so a run may end many epochs past its last check, with a
     checkpoint older than the model it was just told is better;
   * a phase-1 rollback follows an epoch worse than the one before it, not
     necessarily worse than the initial model it restarts from.
-  A diverged cost (NaN, or ten times ``L*``) is never below.
+  A NaN or infinite cost is never below.
   """
   rollback = state.pending == ROLLBACK
   saved_best = (state.phase == 2) & (state.pending == NONE)
@@ -329,11 +331,12 @@ def aalr(
   later decision wins. Extra buffers: one params checkpoint and one copy of
   the direction state. At the end of training, ``optax_lr.best_params``
   returns the checkpoint where it is the best model (phase 2, or a rollback
-  pending), unless the last epoch end, with no update call since, observed a
-  cost below the checkpoint's: then the caller's params, the better of the
-  two (``p`` doubles at every halving, so a run may end many epochs after
-  its last check; a phase-1 rollback follows an epoch worse than the one
-  before, not necessarily worse than the initial model).
+  pending), unless the last epoch end (with no update call since; in window
+  mode, in the last call) saw a finite cost below the checkpoint's: then
+  the caller's params, the better of the two (``p`` doubles at every
+  halving, so a run may end many epochs after its last check; a phase-1
+  rollback follows an epoch worse than the one before, not necessarily
+  worse than the initial model).
 
   Epoch ends come from ``optax_lr.observe(state, cost)`` or, with
   ``steps_per_epoch=N``, from the update call itself; one or the other:
@@ -486,6 +489,9 @@ def aalr(
     )
     state = state._replace(
       count=optax.safe_increment(state.count),
+      # This call moves the params: the last observed cost is no longer
+      # theirs (an epoch end in this call, in window mode, may set it again).
+      observed_better=jnp.zeros([], jnp.bool_),
       # The epoch end that decided the rollback restored L* already; epoch
       # ends since then judged params this call discards.
       best_cost=jnp.where(rollback, checkpoint_cost, state.best_cost),
@@ -511,9 +517,6 @@ def aalr(
         light, is_end, end.cost, lambda s, c: _epoch_end(s, c, margin)
       )
       state = light._replace(**{name: getattr(state, name) for name in _TREE_FIELDS})
-    # The params this call returns have no observed cost (in window mode the
-    # epoch's mean is not theirs either).
-    state = state._replace(observed_better=jnp.zeros([], jnp.bool_))
     return new_updates, state
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)

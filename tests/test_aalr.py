@@ -756,22 +756,33 @@ def test_best_params_of_a_phase_1_rollback_weighs_the_initial_model(worse_cost, 
   np.testing.assert_array_equal(np.asarray(best["x"]), expected)
 
 
-def test_best_params_ignores_window_costs_between_checks():
-  # In window mode a cost is the mean loss over an epoch of moving params, not
-  # the cost of the params the caller holds: it never makes them the best.
+def test_best_params_in_window_mode_weighs_the_last_window():
+  # In window mode an epoch ends inside an update call, and its cost is the
+  # window's mean loss: the cost AALR saves a checkpoint on, so it weighs the
+  # params that call returns against the checkpoint in the same currency.
   tx = optax_lr.aalr(0.5, warmup_patience=1, steps_per_epoch=1)
   step = jax.jit(lambda p, s, v: tx.update({"x": jnp.ones(2)}, s, p, value=v))
+
+  def call(params, state, value):
+    updates, state = step(params, state, value)
+    return optax_lr.apply_updates(params, updates, state), state
+
+  def best(state, params):
+    return np.asarray(optax_lr.best_params(state, params)["x"]).tolist()
+
   params = {"x": jnp.array([1.0, 2.0])}
   state = tx.init(params)
   for value in (4.0, 5.0, 5.0):  # phase 2; saved at 4; worse twice: p = 2
-    updates, state = step(params, state, value)
-    params = optax_lr.apply_updates(params, updates, state)
+    params, state = call(params, state, value)
   assert (int(state.phase), int(state.patience), float(state.checkpoint_cost)) == (2, 2, 4.0)
   checkpoint = np.asarray(state.checkpoint["x"]).tolist()
-  updates, state = step(params, state, 1.0)  # below 4, between checks
-  params = optax_lr.apply_updates(params, updates, state)
-  assert not bool(state.observed_better)
-  assert np.asarray(optax_lr.best_params(state, params)["x"]).tolist() == checkpoint
+  assert best(state, params) == checkpoint
+  params, state = call(params, state, 1.0)  # below 4, between checks
+  assert int(state.pending) == PENDING_CODE[NONE] and bool(state.observed_better)
+  assert best(state, params) == np.asarray(params["x"]).tolist() != checkpoint
+  params, state = call(params, state, np.inf)  # a check, diverged: rollback pending
+  assert int(state.pending) == PENDING_CODE[ROLLBACK] and not bool(state.observed_better)
+  assert best(state, params) == checkpoint
 
 
 def test_best_params_inside_chain_and_under_jit():

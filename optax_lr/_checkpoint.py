@@ -707,6 +707,17 @@ def net_epoch_end(net: SafetyNetState, cost: jax.Array, best: jax.Array) -> Safe
   )
 
 
+def net_best_params(state: Any) -> Optional[tuple[jax.Array, Any]]:
+  """The ``best_params`` hook of ``_monitor.register_method`` for a state whose
+  ``safety`` field holds a :class:`SafetyNetState` (``None`` without a net):
+  the checkpoint while a rollback is pending. The divergence was found after
+  the last update was built (a non-finite window sum, a diverged epoch cost),
+  so the params that update produced are the diverged ones, and the next
+  call would land on the checkpoint."""
+  net = state.safety
+  return None if net is None else (net.pending, net.checkpoint.params)
+
+
 def net_rollback(state: Any) -> Optional[tuple[jax.Array, Any]]:
   """The ``rollback`` hook of ``_monitor.register_method`` for a state whose
   ``safety`` field holds a :class:`SafetyNetState` (``None`` without a net)."""

@@ -420,6 +420,11 @@ def best_params(opt_state: Any, params: Any) -> Any:
   last check; and a phase-1 rollback follows an epoch worse than the one
   before it, not necessarily worse than the initial model it restarts from.
 
+  A method with a safety net returns its last known-good checkpoint while a
+  rollback is pending: a divergence found after the last update was built
+  (newton_lr's non-finite window sums, a diverged epoch cost observed for
+  ASLR), so the params that update produced are the diverged ones.
+
   Args:
     opt_state: an optimizer state.
     params: the current params, as ``apply_updates`` returned them after the

@@ -144,6 +144,7 @@ _monitor.register_method(
   ASLRState,
   epoch_end=_monitor.unless_windowed(_epoch_end, "aslr"),
   rollback=_checkpoint.net_rollback,
+  best_params=_checkpoint.net_best_params,
 )
 
 

@@ -189,7 +189,11 @@ class HypergradientState(NamedTuple):
   safety: Optional[_checkpoint.SafetyNetState]
 
 
-_monitor.register_method(HypergradientState, rollback=_checkpoint.net_rollback)
+_monitor.register_method(
+  HypergradientState,
+  rollback=_checkpoint.net_rollback,
+  best_params=_checkpoint.net_best_params,
+)
 
 
 # --------------------------------------------------------------------------

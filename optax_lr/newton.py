@@ -84,7 +84,9 @@ class NewtonLRState(NamedTuple):
   safety: Optional[_checkpoint.SafetyNetState] = None
 
 
-_monitor.register_method(NewtonLRState, rollback=_checkpoint.net_rollback)
+_monitor.register_method(
+  NewtonLRState, rollback=_checkpoint.net_rollback, best_params=_checkpoint.net_best_params
+)
 
 
 # ---------------------------------------------------------------- validation

@@ -624,6 +624,22 @@ def test_nan_params_land_exactly_on_the_checkpoint(case):
 
 
 @NETS
+def test_best_params_is_the_checkpoint_while_a_rollback_is_pending(case):
+  # A divergence found after the last update was built (a non-finite window
+  # sum, a diverged epoch cost) leaves the params that update produced
+  # diverged: until the next call lands on the checkpoint, it is the best.
+  tx = case.make(0.01)
+  _, _, _, state = _train(case, tx, 25)
+  checkpoint = np.asarray(state.safety.checkpoint.params)
+  moved = W0 * jnp.float32(jnp.nan)
+  assert np.isnan(np.asarray(optax_lr.best_params(state, moved))).all()
+  pending = state._replace(safety=state.safety._replace(pending=jnp.bool_(True)))
+  np.testing.assert_array_equal(np.asarray(optax_lr.best_params(pending, moved)), checkpoint)
+  best = jax.jit(optax_lr.best_params)(optax.chain(optax.identity(), tx).init(W0), moved)
+  assert np.isnan(np.asarray(best)).all()  # a fresh state: nothing pending
+
+
+@NETS
 def test_the_net_changes_nothing_where_nothing_diverges(case):
   # The same numbers with and without the net on a healthy run, to rounding:
   # XLA contracts `w - eta * u` into one fused multiply-add on one path and
@@ -934,9 +950,12 @@ def test_aslr_rolls_back_at_the_call_after_a_diverged_epoch():
   # with it (0.3); a second divergence from it gives a tenth (0.03).
   state = optax_lr.observe(state, float("nan"))
   assert bool(state.safety.pending)
+  # Until that call, the best model is the checkpoint, not the NaN params.
+  np.testing.assert_array_equal(np.asarray(optax_lr.best_params(state, w)), saved)
   updates, state = step(jax.grad(quadratic)(w), state, w)
   w = optax_lr.apply_updates(w, updates, state)
   np.testing.assert_array_equal(np.asarray(w), saved)
+  np.testing.assert_array_equal(np.asarray(optax_lr.best_params(state, w + 1.0)), saved + 1.0)
   assert bool(state.safety.rolled_back)
   np.testing.assert_allclose(float(optax_lr.current_lr(state)), 0.3, rtol=1e-6)
   updates, state = step(jax.grad(quadratic)(w), state, w)  # one step

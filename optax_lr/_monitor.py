@@ -9,8 +9,8 @@ as they like. This module finds the optax_lr method states inside it:
   validation loss, to every epoch-level method (ASLR, AALR);
 * :func:`apply_updates` is ``optax.apply_updates`` that also honours a
   checkpoint rollback decided by a method (AALR);
-* :func:`best_params` returns the best model a method checkpointed (AALR),
-  for the end of training.
+* :func:`best_params` returns the best model a method kept (AALR), for the
+  end of training.
 
 Methods plug in through :func:`register_method`, called once by the module
 that defines the method's state ``NamedTuple``; nothing here names a method.
@@ -388,37 +388,33 @@ def apply_updates(params: Any, updates: Any, opt_state: Any) -> Any:
 
 
 def best_params(opt_state: Any, params: Any) -> Any:
-  r"""Returns the best model checkpointed by a method in ``opt_state``.
+  r"""Returns the best model kept by a method in ``opt_state``.
 
-  For the end of training: a method that keeps a checkpoint of its best model
-  (AALR) may end a run past it, with params that trained on at a rate still
-  being explored. For each such method found in ``opt_state`` (inside
+  For the end of training: a method that keeps its best model (AALR) may end
+  a run past it, with params that trained on at a rate still being
+  explored. For each such method found in ``opt_state`` (inside
   ``optax.chain``, ``optax.MultiSteps``, ``optax.inject_hyperparams``,
   ``optax.partition``, ...),
 
   .. math::
-    w^\star = \begin{cases} c & \text{if the method's checkpoint } c
-    \text{ is its best model,} \\ w & \text{otherwise,} \end{cases}
+    w^\star = \begin{cases} c & \text{if the method holds a model } c
+    \text{ better than } w, \\ w & \text{otherwise,} \end{cases}
 
   leaf by leaf over the params the method owns (under ``optax.partition``
   the others keep ``params``' values). States without such a method give
   ``params`` back unchanged. The choice is a ``lax.cond`` on a scalar flag,
   so it runs inside ``jit``.
 
-  AALR's checkpoint is its best model in phase 2 (the lowest cost ``L*`` seen
-  at a check), and ``params`` are returned in phase 1, which saves no best
-  model (its checkpoint is the initial model, which is not the best) and
-  whose current params close a run of good epochs. The last epoch end
-  refines that: with a save pending, ``params`` (the model that just
-  improved on ``L*``, which the save would store); with a rollback pending,
-  the checkpoint (the current params made things worse or diverged, and
-  training would go on from the checkpoint). Above all, ``params`` whenever
-  the cost seen there (``optax_lr.observe`` with no update call since, or,
-  with ``steps_per_epoch``, a window that ended in the last update call) is
-  finite and below the checkpoint's: phase 2 checks only every ``p`` epochs, and
-  ``p`` doubles at every halving, so a run may end many epochs past its
-  last check; and a phase-1 rollback follows an epoch worse than the one
-  before it, not necessarily worse than the initial model it restarts from.
+  AALR's best model is the one of the lowest finite cost it has observed,
+  the initial model's included: the params while the epoch end that saw that
+  cost is the last thing that happened (``optax_lr.observe`` with no update
+  call since, or, with ``steps_per_epoch``, a window that ended in the last
+  update call), else the copy the next update call stored. That is its
+  phase-2 checkpoint unless an earlier model did better: a phase-1 restart
+  abandons the models of the attempt it ends, and phase 2 reads costs only
+  every ``p`` epochs, ``p`` doubling at every halving. With no finite cost
+  observed it is the initial model while a rollback is pending (the params
+  diverged), and ``params`` otherwise.
 
   A method with a safety net returns its last known-good checkpoint while a
   rollback is pending: a divergence found after the last update was built
@@ -444,13 +440,13 @@ def best_params(opt_state: Any, params: Any) -> Any:
     >>> params, state = step(params, state)  # w = [0.5, 1.5]
     >>> state = optax_lr.observe(state, 3.0)  # good: phase 2, save pending
     >>> params, state = step(params, state)  # saves [0.5, 1.5]; w = [-0.5, 0.5]
-    >>> state = optax_lr.observe(state, 3.5)  # not better than L* = 3
+    >>> state = optax_lr.observe(state, 3.5)  # not better than 3
     >>> optax_lr.best_params(state, params)['w']
     Array([0.5, 1.5], dtype=float32)
 
   References:
     "A Simple Dynamic Learning Rate Tuning Algorithm for Automated Training
-    of DNNs" (AALR's checkpoint of the best model),
+    of DNNs" (AALR's checkpoints),
     https://openreview.net/forum?id=rJxyqkSYDH
   """
   best = params

@@ -72,15 +72,23 @@ class AALRState(NamedTuple):
   patience: jax.Array  # [] int32: phase 2's p, epochs between checks.
   epochs_to_check: jax.Array  # [] int32: phase-2 epochs left before the next check.
   second_chance: jax.Array  # [] bool: the current phase-2 period is the second try.
-  # [] bool: the last epoch end saw a finite cost below `checkpoint_cost`,
-  # and no update call has come since (in window mode: it ended inside the
-  # last update call): the params the caller holds are a better model than
-  # the checkpoint (`best_params`), by the cost AALR itself compares.
+  # [] bool: an epoch end since the last update call (in window mode: one
+  # that ended inside the last update call) saw a finite cost below
+  # `best_model_cost` as it stood: the params the caller holds are the best
+  # model yet (`best_params`), which the next update call stores in
+  # `best_model`.
   observed_better: jax.Array
+  # [] float32 (f64 under x64): the lowest finite cost any epoch end has
+  # seen, the initial model's included; +inf until one is seen.
+  best_model_cost: jax.Array
   pending: jax.Array  # [] int32: 0 none, 1 save, 2 rollback, for the next update.
   rolled_back: jax.Array  # [] bool: the update call that produced this state rolled back.
   checkpoint: Any  # params-like: the initial params in phase 1, then the last save.
   checkpoint_direction_state: Any  # the direction state saved with `checkpoint`.
+  # params-like, params' dtypes: the model of `best_model_cost` (the initial
+  # params until a cost is seen), what `best_params` returns. A phase-1
+  # restart abandons models the checkpoint never held; this keeps the best.
+  best_model: Any
   # The training-loss window with steps_per_epoch, else None: `observe`
   # refuses a state that ends its epochs itself.
   window: Optional[_monitor.EpochWindow]
@@ -88,7 +96,7 @@ class AALRState(NamedTuple):
 
 
 # The param-sized fields: left out of the epoch end's lax.cond.
-_TREE_FIELDS = ("checkpoint", "checkpoint_direction_state", "direction_state")
+_TREE_FIELDS = ("checkpoint", "checkpoint_direction_state", "best_model", "direction_state")
 
 
 def _clamp_rate(rate: jax.Array) -> jax.Array:
@@ -192,10 +200,13 @@ def _epoch_end(state: AALRState, cost: jax.Array, noise_margin: Any = 0.0) -> AA
   new["best_cost"] = jnp.where(sets_initial, cost, new["best_cost"])
   new["checkpoint_cost"] = jnp.where(sets_initial, cost, state.checkpoint_cost)
   # At every epoch end, a check or not: phase 2 looks at costs only every p
-  # epochs, but `best_params` may prefer the params it was told are better.
-  # They are the params a save decided here would store (in window mode too:
-  # those the epoch-ending call returns), so the two compare like for like.
-  new["observed_better"] = jnp.isfinite(cost) & (cost < new["checkpoint_cost"])
+  # epochs, and a phase-1 restart abandons its attempt, but `best_params`
+  # keeps the lowest-cost model seen. The flag stays set until an update
+  # call stores the params (two epoch ends with no call between them saw
+  # the same params).
+  record = jnp.isfinite(cost) & (cost < state.best_model_cost)
+  new["observed_better"] = state.observed_better | record
+  new["best_model_cost"] = jnp.where(record, cost, state.best_model_cost)
 
   # Two epoch ends with no update call between them: a pending rollback stays
   # a rollback (a save right after it would store the checkpoint itself);
@@ -212,25 +223,20 @@ def _epoch_end(state: AALRState, cost: jax.Array, noise_margin: Any = 0.0) -> AA
 
 
 def _best_params(state: AALRState) -> tuple[jax.Array, Any]:
-  """``(has_best, checkpoint)`` for ``optax_lr.best_params``.
+  """``(has_best, best_model)`` for ``optax_lr.best_params``.
 
-  The checkpoint is the best model in phase 2, and the model a pending
-  rollback lands on. Otherwise the caller's params are the answer: phase 1
-  saves no best model (its checkpoint is the initial one), and a pending
-  save is about to store the caller's params. Either way, params whose
-  cost (the last epoch end's, with no update call since; in window mode, an
-  epoch that ended in the last call) is below the checkpoint's are the
-  better model of the two:
-  * phase 2 checks only every ``p`` epochs, and ``p`` doubles at every
-    halving, so a run may end many epochs past its last check, with a
-    checkpoint older than the model it was just told is better;
-  * a phase-1 rollback follows an epoch worse than the one before it, not
-    necessarily worse than the initial model it restarts from.
-  A NaN or infinite cost is never below.
+  The best model is the one of the lowest finite cost any epoch end has
+  seen: the caller's params while that epoch end is the last thing that
+  happened (``observed_better``: no update call has stored them yet),
+  ``best_model`` otherwise. It is the phase-2 checkpoint when no earlier
+  model did better, but a phase-1 restart abandons models the checkpoint
+  never held, and phase 2 saves only at its checks, every ``p`` epochs.
+  With no finite cost seen, ``best_model`` is the initial model: returned
+  while a rollback is pending (the params at hand diverged, or made things
+  worse, and training restarts from it), else the params.
   """
-  rollback = state.pending == ROLLBACK
-  saved_best = (state.phase == 2) & (state.pending == NONE)
-  return (rollback | saved_best) & jnp.logical_not(state.observed_better), state.checkpoint
+  seen = jnp.isfinite(state.best_model_cost) | (state.pending == ROLLBACK)
+  return seen & jnp.logical_not(state.observed_better), state.best_model
 
 
 _monitor.register_method(
@@ -328,15 +334,21 @@ def aalr(
   discarded params) belongs to no epoch window.
   Two epoch ends with no update call between them: a pending rollback stays
   pending (saving right after it would store the checkpoint itself), else the
-  later decision wins. Extra buffers: one params checkpoint and one copy of
-  the direction state. At the end of training, ``optax_lr.best_params``
-  returns the checkpoint where it is the best model (phase 2, or a rollback
-  pending), unless the last epoch end (with no update call since; in window
-  mode, in the last call) saw a finite cost below the checkpoint's: then
-  the caller's params, the better of the two (``p`` doubles at every
-  halving, so a run may end many epochs after its last check; a phase-1
-  rollback follows an epoch worse than the one before, not necessarily
-  worse than the initial model).
+  later decision wins.
+
+  AALR also keeps the best model it has seen: the params of the lowest
+  finite cost any epoch end observed, the initial model's included
+  (``best_model``, ``best_model_cost``), stored by the first update call
+  after that epoch end (a ``lax.cond``: other calls copy nothing). At the
+  end of training ``optax_lr.best_params`` returns it (the caller's params
+  while that epoch end is the last thing that happened). It is the phase-2
+  checkpoint when nothing earlier did better; but a phase-1 restart
+  abandons the models of the attempt it ends, which no checkpoint holds,
+  and phase 2 reads costs only every ``p`` epochs (``p`` doubles at every
+  halving). With no finite cost seen, it is the initial model while a
+  rollback is pending, else the caller's params. Extra buffers: two params
+  copies (the checkpoint and the best model) and one copy of the direction
+  state.
 
   Epoch ends come from ``optax_lr.observe(state, cost)`` or, with
   ``steps_per_epoch=N``, from the update call itself; one or the other:
@@ -375,7 +387,8 @@ def aalr(
     An ``optax.GradientTransformationExtraArgs`` whose update needs
     ``params``. The state exposes ``phase``, ``best_cost``,
     ``checkpoint_cost``, ``good_epochs``, ``patience``, ``epochs_to_check``,
-    ``second_chance``, ``observed_better`` and ``pending``.
+    ``second_chance``, ``observed_better``, ``best_model_cost`` and
+    ``pending``.
 
   Raises:
     ValueError: for a non-positive or non-finite ``learning_rate``, a bad
@@ -441,12 +454,14 @@ def aalr(
       epochs_to_check=jnp.ones([], jnp.int32),
       second_chance=jnp.zeros([], jnp.bool_),
       observed_better=jnp.zeros([], jnp.bool_),
+      best_model_cost=jnp.full([], jnp.inf, dtype),
       pending=jnp.full([], NONE, jnp.int32),
       rolled_back=jnp.zeros([], jnp.bool_),
       # The initial params are phase 1's checkpoint, and their fresh
       # direction state is what every phase-1 rollback restores.
       checkpoint=_checkpoint.fresh_copy(params),
       checkpoint_direction_state=_checkpoint.fresh_copy(direction.init(params)),
+      best_model=_checkpoint.fresh_copy(params),
       window=None if steps_per_epoch is None else _monitor.window_init(dtype),
       direction_state=direction.init(params),
     )
@@ -487,6 +502,13 @@ def aalr(
       saved.direction_state,
       saved.cost,
     )
+    # The params of the lowest cost seen so far, stored by the first call
+    # after the epoch end that saw it: a lax.cond, so other calls copy nothing.
+    best_model = jax.lax.cond(
+      state.observed_better,
+      lambda: _checkpoint.fresh_copy(params),
+      lambda: state.best_model,
+    )
     state = state._replace(
       count=optax.safe_increment(state.count),
       # This call moves the params: the last observed cost is no longer
@@ -501,6 +523,7 @@ def aalr(
       checkpoint=checkpoint,
       checkpoint_cost=checkpoint_cost,
       checkpoint_direction_state=checkpoint_direction_state,
+      best_model=best_model,
       direction_state=direction_state,
     )
     if steps_per_epoch is not None:

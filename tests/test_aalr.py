@@ -671,9 +671,10 @@ def _best_params_script(tx, params, check, calls_per_step=1):
     return params, state
 
   state = optax_lr.observe(tx.init(params), 4.0)
-  check(state, params, [1.0, 2.0])  # phase 1: the params
+  check(state, params, [1.0, 2.0])  # the initial model, cost 4
   params, state = call(params, state)  # x = [.5, 1.5]
-  check(state, params, [0.5, 1.5])  # phase 1: the params, not the initial model
+  # Params whose cost nobody has seen yet: the best model seen is the initial one.
+  check(state, params, [1.0, 2.0])
   state = optax_lr.observe(state, 3.0)  # phase 2, save pending
   check(state, params, [0.5, 1.5])  # the params the save will store
   params, state = call(params, state)  # saves [.5, 1.5]; η = 1: x = [-.5, .5]
@@ -733,17 +734,22 @@ def test_best_params_prefers_params_observed_better_between_checks():
   assert int(state.pending) == PENDING_CODE[NONE] and float(state.best_cost) == 3.0
   assert (float(state.learning_rate), int(state.epochs_to_check)) == (0.5, 1)
   assert best(state, params) == [-2.0, -1.0]  # ... but these params cost 2 < 3
-  params, state = call(params, state)  # x = [-2.5, -1.5], whose cost nobody saw
-  assert best(state, params) == [0.5, 1.5]
+  params, state = call(params, state)  # stores [-2, -1]; x = [-2.5, -1.5], unseen
+  assert best(state, params) == [-2.0, -1.0]  # kept, though the checkpoint is older
+  np.testing.assert_array_equal(np.asarray(state.checkpoint["x"]), [0.5, 1.5])
   state = optax_lr.observe(state, np.nan)  # a check, diverged: rollback pending
-  assert best(state, params) == [0.5, 1.5]
+  assert best(state, params) == [-2.0, -1.0]
+  params, state = call(params, state)  # the rollback lands on the checkpoint
+  assert np.asarray(params["x"]).tolist() == [0.5, 1.5]
+  assert best(state, params) == [-2.0, -1.0] and float(state.best_model_cost) == 2.0
 
 
-@pytest.mark.parametrize("worse_cost, expected", [(3.5, [0.0, 1.0]), (4.5, [1.0, 2.0])])
-def test_best_params_of_a_phase_1_rollback_weighs_the_initial_model(worse_cost, expected):
-  # A phase-1 epoch worse than the one before it (3) restarts from the initial
-  # model (cost 4). Until that restart runs, the best model is the params
-  # when their cost is below 4 (3.5), and the initial model when it is not.
+@pytest.mark.parametrize("worse_cost", [3.5, 4.5])
+def test_best_params_keeps_the_model_a_phase_1_restart_abandons(worse_cost):
+  # A phase-1 epoch worse than the one before it (cost 3, x = [.5, 1.5])
+  # restarts from the initial model (cost 4). The model of cost 3 was never a
+  # checkpoint, and the restart abandons it; it is still the best model seen,
+  # before the restart runs, after it, and after a slower second attempt.
   tx = optax_lr.aalr(0.5, warmup_patience=3)
   step = jax.jit(lambda p, s: tx.update({"x": jnp.ones(2)}, s, p))
   params = {"x": jnp.array([1.0, 2.0])}
@@ -753,9 +759,20 @@ def test_best_params_of_a_phase_1_rollback_weighs_the_initial_model(worse_cost, 
     params = optax_lr.apply_updates(params, updates, state)  # x -= .5
     state = optax_lr.observe(state, cost)
   assert int(state.phase) == 1 and int(state.pending) == PENDING_CODE[ROLLBACK]
-  assert float(state.checkpoint_cost) == 4.0
-  best = optax_lr.best_params(state, params)
-  np.testing.assert_array_equal(np.asarray(best["x"]), expected)
+  assert float(state.checkpoint_cost) == 4.0 and float(state.best_model_cost) == 3.0
+
+  def best():
+    return np.asarray(optax_lr.best_params(state, params)["x"]).tolist()
+
+  assert best() == [0.5, 1.5]
+  updates, state = step(params, state)  # the restart: back to the initial model
+  params = optax_lr.apply_updates(params, updates, state)
+  assert np.asarray(params["x"]).tolist() == [1.0, 2.0] and best() == [0.5, 1.5]
+  for cost in (3.9, 3.2):  # η = .25: two good epochs, neither below 3
+    updates, state = step(params, state)
+    params = optax_lr.apply_updates(params, updates, state)
+    state = optax_lr.observe(state, cost)
+  assert int(state.good_epochs) == 2 and best() == [0.5, 1.5]
 
 
 def test_best_params_in_window_mode_weighs_the_last_window():
@@ -781,10 +798,13 @@ def test_best_params_in_window_mode_weighs_the_last_window():
   assert best(state, params) == checkpoint
   params, state = call(params, state, 1.0)  # below 4, between checks
   assert int(state.pending) == PENDING_CODE[NONE] and bool(state.observed_better)
-  assert best(state, params) == np.asarray(params["x"]).tolist() != checkpoint
-  params, state = call(params, state, np.inf)  # a check, diverged: rollback pending
+  recorded = np.asarray(params["x"]).tolist()
+  assert best(state, params) == recorded != checkpoint
+  params, state = call(params, state, np.inf)  # stores them; a check, diverged
   assert int(state.pending) == PENDING_CODE[ROLLBACK] and not bool(state.observed_better)
-  assert best(state, params) == checkpoint
+  assert best(state, params) == recorded  # cost 1, below the checkpoint's 4
+  params, state = call(params, state, 2.0)  # the rollback: back on the checkpoint
+  assert np.asarray(params["x"]).tolist() == checkpoint and best(state, params) == recorded
 
 
 def test_best_params_inside_chain_and_under_jit():
@@ -906,3 +926,62 @@ def test_traced_values_are_clamped_not_checked():
   state = jax.jit(tx.init)(_inject_params()).inner_state
   assert float(state.learning_rate) == np.finfo(np.float32).tiny
   assert int(state.warmup_patience) == 1
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_best_params_is_the_lowest_cost_model_observed(seed):
+  # An independent reference: whatever AALR's schedule does (halvings,
+  # restarts, saves, second chances, NaN rollbacks), best_params is the model
+  # of the lowest finite cost observed, the first one seen at that cost. The
+  # reference maps each model the run visits to the costs observed at it;
+  # random gradients make every visit a different model.
+  rng = np.random.default_rng(seed)
+  tx = optax_lr.aalr(float(rng.choice([0.1, 1.0])), warmup_patience=int(rng.integers(1, 4)))
+  step = jax.jit(lambda g, p, s: tx.update(g, s, p))
+  params = {"x": jnp.asarray(rng.normal(size=3), jnp.float32)}
+  state = tx.init(params)
+  best_cost, best_model = np.inf, None
+
+  def observe(state, cost):
+    nonlocal best_cost, best_model
+    if np.isfinite(cost) and cost < best_cost:
+      best_cost, best_model = cost, np.asarray(params["x"]).copy()
+    return optax_lr.observe(state, cost)
+
+  state = observe(state, float(rng.uniform(2.0, 4.0)))  # the initial model's cost
+  for _ in range(40):
+    if rng.uniform() < 0.6:
+      grads = {"x": jnp.asarray(rng.normal(size=3), jnp.float32)}
+      updates, state = step(grads, params, state)
+      params = optax_lr.apply_updates(params, updates, state)
+    else:
+      kind = rng.uniform()
+      cost = np.nan if kind < 0.1 else np.inf if kind < 0.15 else float(rng.uniform(0.0, 4.0))
+      state = observe(state, cost)
+    best = np.asarray(optax_lr.best_params(state, params)["x"])
+    np.testing.assert_array_equal(best, best_model)
+  assert float(state.best_model_cost) == np.float32(best_cost)
+
+
+@pytest.mark.parametrize(
+  "direction, state_size",
+  [(None, 0), (optax.trace(0.9), 1), (optax.scale_by_adam(), 2)],
+  ids=["sgd", "momentum", "adam"],
+)
+def test_param_sized_buffers_are_two_plus_the_direction_state(direction, state_size):
+  # Beyond the direction's own state: the checkpoint, the best model and the
+  # checkpoint's direction state (the README's method table: 2 + S), each in
+  # the params' dtype and aliased with nothing, so a train step may donate them.
+  params = {"a": jnp.ones(3, jnp.bfloat16), "b": jnp.ones((2, 2), jnp.float32)}
+  state = optax_lr.aalr(0.1, direction=direction).init(params)
+  sized = lambda tree: [x for x in jax.tree_util.tree_leaves(tree) if x.ndim]
+  extra = sized((state.checkpoint, state.best_model, state.checkpoint_direction_state))
+  assert len(extra) == (2 + state_size) * 2  # two leaves per buffer
+  for kept in (state.checkpoint, state.best_model):
+    assert jax.tree_util.tree_map(lambda x: x.dtype, kept) == {
+      "a": jnp.bfloat16,
+      "b": jnp.float32,
+    }
+  buffers = sized((params, state))
+  pointers = [x.unsafe_buffer_pointer() for x in buffers]
+  assert len(set(pointers)) == len(pointers)

@@ -339,7 +339,8 @@ def aalr(
   AALR also keeps the best model it has seen: the params of the lowest
   finite cost any epoch end observed, the initial model's included
   (``best_model``, ``best_model_cost``), stored by the first update call
-  after that epoch end (a ``lax.cond``: other calls copy nothing). At the
+  after that epoch end (in the checkpoint save's ``lax.cond``: other calls
+  copy nothing). At the
   end of training ``optax_lr.best_params`` returns it (the caller's params
   while that epoch end is the last thing that happened). It is the phase-2
   checkpoint when nothing earlier did better; but a phase-1 restart
@@ -472,17 +473,21 @@ def aalr(
     save = state.pending == SAVE
     extra = extra_args if value is None else {**extra_args, "value": value}
     # Save: the params and direction state this call receives, and L*, their
-    # cost; rollback: `checkpoint - params` instead of the step, and the
-    # direction state restored. The shared machinery of `_checkpoint`: a
-    # save is a lax.cond, a rollback a select fused with the step.
-    saved, updates = _checkpoint.save_if(
+    # cost; keep: the same params as the best model seen (their epoch end
+    # saw a new lowest cost); rollback: `checkpoint - params` instead of the
+    # step, and the direction state restored. The shared machinery of
+    # `_checkpoint`: saving and keeping are one lax.cond (other calls copy
+    # nothing), a rollback a select fused with the step.
+    saved, best_model, updates = _checkpoint.save_and_keep_if(
       save,
+      state.observed_better,
       _checkpoint.Checkpoint(
         params=state.checkpoint,
         direction_state=state.checkpoint_direction_state,
         cost=state.checkpoint_cost,
         rate=state.learning_rate,
       ),
+      state.best_model,
       params,
       state.direction_state,
       state.learning_rate,
@@ -501,13 +506,6 @@ def aalr(
       saved.params,
       saved.direction_state,
       saved.cost,
-    )
-    # The params of the lowest cost seen so far, stored by the first call
-    # after the epoch end that saw it: a lax.cond, so other calls copy nothing.
-    best_model = jax.lax.cond(
-      state.observed_better,
-      lambda: _checkpoint.fresh_copy(params),
-      lambda: state.best_model,
     )
     state = state._replace(
       count=optax.safe_increment(state.count),

@@ -340,13 +340,12 @@ def aalr(
   finite cost any epoch end observed, the initial model's included
   (``best_model``, ``best_model_cost``), stored by the first update call
   after that epoch end (in the checkpoint save's ``lax.cond``: other calls
-  copy nothing). At the
-  end of training ``optax_lr.best_params`` returns it (the caller's params
-  while that epoch end is the last thing that happened). It is the phase-2
-  checkpoint when nothing earlier did better; but a phase-1 restart
-  abandons the models of the attempt it ends, which no checkpoint holds,
-  and phase 2 reads costs only every ``p`` epochs (``p`` doubles at every
-  halving). With no finite cost seen, it is the initial model while a
+  copy nothing). At the end of training ``optax_lr.best_params`` returns it
+  (the caller's params while that epoch end is the last thing that
+  happened). It is the phase-2 checkpoint when nothing earlier did better;
+  but a phase-1 restart abandons the models of the attempt it ends, which
+  no checkpoint holds, and phase 2 reads costs only every ``p`` epochs
+  (``p`` doubles at every halving). With no finite cost seen, it is the initial model while a
   rollback is pending, else the caller's params. Extra buffers: two params
   copies (the checkpoint and the best model) and one copy of the direction
   state.

@@ -394,7 +394,7 @@ def aslr(
       to it after a diverged epoch (a non-finite cost, or one above ten times
       the best) or a non-finite or blown-up ``value`` (above ten times its
       reference, three times before the first save, a thousand times its
-      running level, or, in most recent calls, ten times its level at the
+      running level, or, in most recent calls, three times its level at the
       last save): the centre then returns to the one saved with the
       checkpoint, a decade lower for each further divergence from it, and
       the search restarts. ``update`` then needs ``params``. ``False`` saves

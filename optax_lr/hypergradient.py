@@ -76,7 +76,7 @@ within ``GRADIENT_GROWTH`` = 10 times its running average) the params and
 the direction state are saved; a divergence (non-finite gradients, a
 non-finite ``value`` or one above ten times its reference (three times
 before the first save), a thousand times its running level or, in most
-recent calls, ten times its level at the last save, a
+recent calls, three times its level at the last save, a
 :math:`v_t` exactly zero everywhere at a ``value`` above half the first
 loss (a dead model: saturated outputs or dead units; such a call never
 saves), after a rollback 40 calls with nothing saved and the running loss

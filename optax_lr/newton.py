@@ -319,7 +319,7 @@ def newton_lr(
   further divergence from the same checkpoint), on a divergence: a training
   loss ``value`` that is non-finite, above ten times its reference (three
   times before the first save), above a thousand times its running
-  level or, in most recent calls, above ten times its level at the last
+  level or, in most recent calls, above three times its level at the last
   save, or, after a rollback, 40 calls with nothing saved and the running
   loss level still above the first loss (the backed-off rate still too
   high), in the same call; a dropped (non-finite) window sum, at the next

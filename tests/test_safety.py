@@ -791,9 +791,11 @@ def test_a_threefold_loss_rolls_back_before_the_first_save_only(case):
 def test_a_loss_level_that_triples_after_a_save_rolls_back_to_the_checkpoint(case):
   # Trained to a loss level near 0.5 from a first loss of 1 (a save there);
   # then losses at 2.7 times that level for 60 calls change nothing, and at
-  # 3.4 times it (under the tenfold test, 10) the net rolls back within ~14
-  # calls, exactly to the checkpoint.
-  tx = case.make(0.01)
+  # 3.4 times it (under the tenfold test, 10) the net rolls back at the 15th
+  # call (the share of high losses, 1 - 0.95^k, passes one half after 14),
+  # exactly to the checkpoint. A small rate keeps every method's own tests
+  # quiet on the quadratic, so the rollback is the sustained-rise test's.
+  tx = case.make(1e-3)
   step = _scripted_step(case, tx)
   w, state = W0, tx.init(W0)
   for value in [1.0] + [0.5] * (2 * _checkpoint.SAVE_EVERY):
@@ -811,7 +813,7 @@ def test_a_loss_level_that_triples_after_a_save_rolls_back_to_the_checkpoint(cas
     calls += 1
     if bool(state.safety.rolled_back):
       break
-  assert bool(state.safety.rolled_back) and calls <= 15
+  assert bool(state.safety.rolled_back) and calls == 15
   np.testing.assert_array_equal(np.asarray(w), np.asarray(checkpoint))
 
 

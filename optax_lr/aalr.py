@@ -345,10 +345,10 @@ def aalr(
   happened). It is the phase-2 checkpoint when nothing earlier did better;
   but a phase-1 restart abandons the models of the attempt it ends, which
   no checkpoint holds, and phase 2 reads costs only every ``p`` epochs
-  (``p`` doubles at every halving). With no finite cost seen, it is the initial model while a
-  rollback is pending, else the caller's params. Extra buffers: two params
-  copies (the checkpoint and the best model) and one copy of the direction
-  state.
+  (``p`` doubles at every halving). With no finite cost seen, it is the
+  initial model while a rollback is pending, else the caller's params.
+  Extra buffers: two params copies (the checkpoint and the best model) and
+  one copy of the direction state.
 
   Epoch ends come from ``optax_lr.observe(state, cost)`` or, with
   ``steps_per_epoch=N``, from the update call itself; one or the other:

@@ -49,10 +49,13 @@ The safety net's policy (:class:`SafetyNetState`, :func:`net_decide`):
   call), while a heavy tail of hard minibatches among easy ones never makes
   half of the losses; or
   (for the hypergradient methods, whose cosine pass tells it at no cost) a
-  gradient that is exactly zero everywhere at a loss above
+  gradient that is exactly zero everywhere, or on more than half of the
+  most leaves that had a nonzero one at a call so far, at a loss above
   :data:`DEAD_LOSS_FRACTION` (half) of the first: a dead model, whose
   outputs a too-high rate saturated or whose units it killed, and which no
-  rate moves again (such a call never saves); or, after a rollback and
+  rate moves again (such a call never saves; a dead hidden layer zeroes
+  the gradient of every layer before it and of the kernel after it, and
+  leaves the last biases'); or, after a rollback and
   before any save, :data:`STALL_CALLS` (40) calls with nothing saved and the
   running loss level still above the first loss: the backed-off rate is
   still too high, and trains a damaged model that stays worse than the
@@ -182,11 +185,13 @@ LEVEL_FACTOR = 1000.0
 # the rollbacks at three).
 RISE_FACTOR = 3.0
 # A training loss above this fraction of the first loss, at a gradient that
-# is exactly zero everywhere, is a dead model: a too-high rate saturated its
-# outputs or killed its units (a ReLU autoencoder with a sigmoid output,
-# over Adam at rate 1: the gradient is exactly 0 from its 12th step on, at
-# the untrained model's loss). An exact minimum has a zero gradient too, but
-# at a loss near 0 (a minibatch gradient of a noisy task is not exactly 0).
+# is exactly zero everywhere, or on more than half of the leaves that had
+# one, is a dead model: a too-high rate saturated its outputs or killed its
+# units (a ReLU autoencoder with a sigmoid output, over Adam at rate 1: the
+# gradient is exactly 0 from its 12th step on, at the untrained model's
+# loss; a small CNN over Adam at 0.1: only the output bias has a gradient
+# from its 7th step on). An exact minimum has a zero gradient too, but at a
+# loss near 0 (a minibatch gradient of a noisy task is not exactly 0).
 DEAD_LOSS_FRACTION = 0.5
 # Methods with a net keep their rate within [eta_0 / RATE_BAND,
 # eta_0 * RATE_BAND]: no runaway, no collapse for good.
@@ -464,6 +469,10 @@ class SafetyNetState(NamedTuple):
   # SAVE_EVERY calls, restarted at 0 by a save or a rollback) whose loss was
   # above RISE_FACTOR times `saved_level`; above one half is a divergence.
   high_share: jax.Array
+  # [] int32: the most gradient leaves not all zeros at one call so far (0
+  # for a method that does not count them): a call with fewer than half as
+  # many is a dying model (see net_decide's `grad_live`).
+  live_leaves: jax.Array
 
 
 def net_init(params: Any, direction_state: Any, rate: Any) -> SafetyNetState:
@@ -484,6 +493,7 @@ def net_init(params: Any, direction_state: Any, rate: Any) -> SafetyNetState:
     saved=jnp.zeros([], jnp.bool_),
     saved_level=jnp.zeros([], dtype),
     high_share=jnp.zeros([], dtype),
+    live_leaves=jnp.zeros([], jnp.int32),
   )
 
 
@@ -502,7 +512,7 @@ def net_decide(
   healthy: jax.Array,
   epoch_saves: bool = False,
   grad_sq: Optional[jax.Array] = None,
-  grad_zero: Optional[jax.Array] = None,
+  grad_live: Optional[jax.Array] = None,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
   """``(save, rollback, cost)`` for this update call.
 
@@ -516,11 +526,12 @@ def net_decide(
     grad_sq: the call's squared gradient norm, read when ``value`` is
       ``None``: a save then needs it within ``GRADIENT_GROWTH`` times
       ``net.grad_level``.
-    grad_zero: scalar bool, whether the call's gradient is exactly zero
-      everywhere (for a method that gets it at no cost): with a ``value``,
-      such a call saves nothing, and is a divergence where its loss has not
-      come down to :data:`DEAD_LOSS_FRACTION` of the first loss (a dead
-      model).
+    grad_live: int32 scalar, how many leaves of the call's gradient are not
+      all zeros (for a method that gets it at no cost). With a ``value``, a
+      call whose gradient is zero everywhere, or on more than half of the
+      most leaves that were ever not (``net.live_leaves``), saves nothing,
+      and is a divergence where its loss has not come down to
+      :data:`DEAD_LOSS_FRACTION` of the first loss (a dead model).
 
   Returns:
     Scalar bools ``save`` and ``rollback`` (never both) and the cost to store
@@ -569,17 +580,25 @@ def net_decide(
     good = good & (
       (level <= net.first_cost) | (level == 0) | jnp.logical_not(jnp.isfinite(net.first_cost))
     )
-    if grad_zero is not None:
-      # A gradient that is exactly zero everywhere at a loss far from any
-      # minimum: saturated outputs or dead units (a too-high rate's work),
-      # which no rate can move again. Against the first loss (the first
-      # call's own when there is none yet); a negative one keeps the test
-      # in the same sense.
+    if grad_live is not None:
+      # A gradient that is exactly zero everywhere, or on most of the leaves
+      # that once had one, at a loss far from any minimum: saturated outputs
+      # or dead units (a too-high rate's work), which no rate can move
+      # again. A dead layer zeroes the gradient of every layer before it and
+      # of the kernel after it, so a dead hidden layer leaves only the last
+      # biases (over Adam at 0.1 a small CNN's second conv layer died within
+      # 7-24 calls: 1 of its 6 leaves had a gradient, the output bias, and
+      # the model predicted one class). Leaves that never had a gradient
+      # (unused or frozen params) do not count. Against the first loss (the
+      # first call's own when there is none yet); a negative one keeps the
+      # test in the same sense.
+      grad_live = grad_live.astype(jnp.int32)
+      lifeless = (grad_live == 0) | (2 * grad_live < net.live_leaves)
       first = jnp.where(jnp.isfinite(net.first_cost), net.first_cost, cost)
       fraction = jnp.asarray(DEAD_LOSS_FRACTION, dtype)
-      dead = grad_zero & jnp.isfinite(cost) & (cost > first - (1 - fraction) * jnp.abs(first))
+      dead = lifeless & jnp.isfinite(cost) & (cost > first - (1 - fraction) * jnp.abs(first))
       diverged = diverged | dead
-      good = good & jnp.logical_not(grad_zero)
+      good = good & jnp.logical_not(lifeless)
     if not epoch_saves:
       # A run that has rolled back and, STALL_CALLS calls after it, has
       # still saved nothing, while its running loss level is above the
@@ -611,6 +630,7 @@ def net_update(
   cost: jax.Array,
   pending: Optional[jax.Array] = None,
   grad_sq: Optional[jax.Array] = None,
+  grad_live: Optional[jax.Array] = None,
 ) -> SafetyNetState:
   """The net's state after a call that saved ``checkpoint`` or rolled back.
 
@@ -619,7 +639,9 @@ def net_update(
   call's squared gradient norm, averaged into ``grad_level`` (an
   exponential average over about ``SAVE_EVERY`` calls, of inputs capped at
   twice the average) unless it rolled back; ``cost``, the call's loss, is
-  averaged into ``loss_level`` the same way.
+  averaged into ``loss_level`` the same way. ``grad_live``: the call's
+  gradient leaves that are not all zeros, whose most so far is kept in
+  ``live_leaves``.
   """
   level = net.grad_level
   if grad_sq is not None:
@@ -667,6 +689,11 @@ def net_update(
     saved=net.saved | save,
     saved_level=jnp.where(save, loss_level, net.saved_level),
     high_share=_high_share(net, cost, save | rollback),
+    live_leaves=(
+      net.live_leaves
+      if grad_live is None
+      else jnp.maximum(net.live_leaves, grad_live.astype(jnp.int32))
+    ),
   )
 
 

@@ -57,6 +57,7 @@ __all__ = [
   "tree_cosine_and_flags",
   "tree_gram",
   "tree_max_abs",
+  "tree_max_abs_and_live",
   "tree_norm",
   "tree_sum_squares",
   "tree_vdot",
@@ -156,7 +157,23 @@ def _vdot(x: Any, y: Any, dtype: jnp.dtype) -> jax.Array:
 
 def _sums(x: Any, y: Any, dtype: jnp.dtype) -> tuple[jax.Array, jax.Array, jax.Array]:
   """``(<x, y>, |x|², |y|²)`` of two trees already cast to ``dtype``."""
-  return _vdot(x, y, dtype), _vdot(x, x, dtype), _vdot(y, y, dtype)
+  return _sums_and_live(x, y, dtype)[:3]
+
+
+def _sums_and_live(x: Any, y: Any, dtype: jnp.dtype) -> tuple[jax.Array, ...]:
+  """:func:`_sums`, and how many leaves of ``y`` have a positive sum of squares.
+
+  ``|y|²`` is summed leaf by leaf in ``optax.tree.vdot``'s order (from 0,
+  left to right), so it is the same float as ``_vdot(y, y, dtype)``, and the
+  per-leaf sums it is made of give the count at no extra pass.
+  """
+  leaf_squares = [_vdot(leaf, leaf, dtype) for leaf in jax.tree_util.tree_leaves(y)]
+  squares_y = jnp.zeros([], dtype)
+  live = jnp.zeros([], jnp.int32)
+  for i, square in enumerate(leaf_squares):
+    squares_y = square if i == 0 else squares_y + square
+    live = live + (square > 0).astype(jnp.int32)
+  return _vdot(x, y, dtype), _vdot(x, x, dtype), squares_y, live
 
 
 def _safe_floor(dtype: jnp.dtype, size: int) -> float:
@@ -177,11 +194,21 @@ def _max_abs(tree: Any, dtype: jnp.dtype) -> jax.Array:
 
 
 def _reduce_max_abs(tree: Any, dtype: jnp.dtype) -> jax.Array:
+  return _max_abs_and_live(tree, dtype)[0]
+
+
+def _max_abs_and_live(tree: Any, dtype: jnp.dtype) -> tuple[jax.Array, jax.Array]:
+  """``max_i |x_i|`` of a tree already cast to ``dtype``, and its leaves not all 0."""
   result = jnp.zeros([], dtype)
+  live = jnp.zeros([], jnp.int32)
   for leaf in jax.tree_util.tree_leaves(tree):
     if jnp.size(leaf):
-      result = jnp.maximum(result, jnp.max(jnp.abs(leaf)))
-  return result
+      leaf_max = jnp.max(jnp.abs(leaf))
+      result = jnp.maximum(result, leaf_max)
+      # NaN > 0 is False: a leaf holding a NaN counts as zero, as in
+      # tree_cosine_and_flags (a NaN gradient is a divergence anyway).
+      live = live + (leaf_max > 0).astype(jnp.int32)
+  return result, live
 
 
 def tree_max_abs(tree: Any) -> jax.Array:
@@ -207,6 +234,28 @@ def tree_max_abs(tree: Any) -> jax.Array:
   """
   dtype = accumulation_dtype(tree)
   return _reduce_max_abs(_cast_tree(tree, dtype), dtype)
+
+
+def tree_max_abs_and_live(tree: Any) -> tuple[jax.Array, jax.Array]:
+  r""":func:`tree_max_abs`, and how many leaves of the tree are not all zeros.
+
+  The count comes from the same per-leaf maxima, at no extra pass: a leaf
+  is all zeros exactly when its largest magnitude is 0 (a leaf holding a
+  NaN counts as zero, as in :func:`tree_cosine_and_flags`).
+
+  Returns:
+    ``(max_abs, live)``: a scalar in :func:`accumulation_dtype` of the tree
+    and an int32 scalar (0 for an empty tree).
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from optax_lr._tree import tree_max_abs_and_live
+    >>> m, live = tree_max_abs_and_live([jnp.array([0.0, -2.0]), jnp.zeros(3), jnp.array(1e-30)])
+    >>> float(m), int(live)
+    (2.0, 2)
+  """
+  dtype = accumulation_dtype(tree)
+  return _max_abs_and_live(_cast_tree(tree, dtype), dtype)
 
 
 def _scale_exponent(magnitude: jax.Array, dtype: jnp.dtype) -> jax.Array:
@@ -237,19 +286,19 @@ def _times_pow2(tree: Any, k: jax.Array, dtype: jnp.dtype) -> Any:
 
 def _rescaled_sums(x: Any, y: Any, dtype: jnp.dtype) -> tuple[jax.Array, ...]:
   """``_sums`` of each tree rescaled by its own power of two into ``[0.5, 1)``,
-  whether ``y`` is finite and whether it is all zeros.
+  whether ``y`` is finite, and its leaves with a positive sum of squares.
 
   The sums are NaN if either tree holds a NaN or an Inf.
   """
   max_x, max_y = _max_abs(x, dtype), _max_abs(y, dtype)
-  sums = _sums(
+  *sums, live = _sums_and_live(
     _times_pow2(x, _scale_exponent(max_x, dtype), dtype),
     _times_pow2(y, _scale_exponent(max_y, dtype), dtype),
     dtype,
   )
   finite = jnp.isfinite(max_x) & jnp.isfinite(max_y)
   nan = jnp.full([], jnp.nan, dtype)
-  return tuple(jnp.where(finite, s, nan) for s in sums) + (jnp.isfinite(max_y), max_y == 0)
+  return tuple(jnp.where(finite, s, nan) for s in sums) + (jnp.isfinite(max_y), live)
 
 
 def tree_norm(tree: Any) -> jax.Array:
@@ -372,34 +421,43 @@ def tree_cosine_and_finite(tree_x: Any, tree_y: Any) -> tuple[jax.Array, jax.Arr
 
 
 def tree_cosine_and_flags(tree_x: Any, tree_y: Any) -> tuple[jax.Array, jax.Array, jax.Array]:
-  r""":func:`tree_cosine_and_finite`, and whether every entry of ``tree_y`` is 0.
+  r""":func:`tree_cosine_and_finite`, and how many leaves of ``tree_y`` are not all zeros.
 
-  Also free: the one-pass branch runs only when :math:`\|y\|^2` is at or
-  above a positive floor (so ``y`` is not all zeros), and the rescaling
-  branch reads :math:`\max_i |y_i|`, which is 0 exactly when ``y`` is.
+  Also free: :math:`\|y\|^2` is a sum of one sum of squares per leaf, and
+  the count is of those that are positive. A leaf counts as zero when its
+  sum of squares is 0: all its entries are 0, or their squares all
+  underflow (in float32, entries below about :math:`10^{-19}`; relative to
+  the largest entry of ``tree_y`` where the tree is rescaled for range).
+  The count is 0 exactly when ``y`` is all zeros: the leaf that holds the
+  largest entry never underflows. A leaf holding a NaN counts as zero, one
+  holding an Inf does not; with either in ``y`` nothing is rescaled, and
+  leaves whose squares underflow count as zero (a non-finite gradient is
+  a divergence whatever the count).
 
   Args:
     tree_x: a pytree of arrays.
     tree_y: a pytree with the same structure and leaf shapes.
 
   Returns:
-    ``(cosine, y_finite, y_zero)``: the cosine as :func:`tree_cosine` gives
-    it, and two boolean scalars (``y_zero`` is True for an empty tree).
+    ``(cosine, y_finite, y_live)``: the cosine as :func:`tree_cosine` gives
+    it, a boolean scalar, and an int32 scalar (0 for an empty tree).
 
   Example:
     >>> import jax.numpy as jnp
     >>> from optax_lr._tree import tree_cosine_and_flags
-    >>> [bool(f) for f in tree_cosine_and_flags(jnp.ones(2), jnp.zeros(2))[1:]]
-    [True, True]
-    >>> [bool(f) for f in tree_cosine_and_flags(jnp.ones(2), jnp.array([0.0, 1e-30]))[1:]]
-    [True, False]
+    >>> _, finite, live = tree_cosine_and_flags(jnp.ones(2), jnp.zeros(2))
+    >>> bool(finite), int(live)
+    (True, 0)
+    >>> x, y = [jnp.ones(2), jnp.ones(3)], [jnp.array([0.0, 1e-30]), jnp.zeros(3)]
+    >>> int(tree_cosine_and_flags(x, y)[2])
+    1
   """
   dtype = accumulation_dtype(tree_x, tree_y)
   x, y = _cast_tree(tree_x, dtype), _cast_tree(tree_y, dtype)
   size = max(_size(x), _size(y))
   if not size:
-    return jnp.zeros([], dtype), jnp.ones([], jnp.bool_), jnp.ones([], jnp.bool_)
-  sums = _sums(x, y, dtype)
+    return jnp.zeros([], dtype), jnp.ones([], jnp.bool_), jnp.zeros([], jnp.int32)
+  *sums, live = _sums_and_live(x, y, dtype)
   dot, squares_x, squares_y = sums
   floor = _safe_floor(dtype, size)
   # Products are bounded by sqrt(|x|² |y|²), so in-range squared norms keep
@@ -412,9 +470,9 @@ def tree_cosine_and_flags(tree_x: Any, tree_y: Any) -> tuple[jax.Array, jax.Arra
     & (squares_x >= floor)
     & (squares_y >= floor)
   )
-  dot, squares_x, squares_y, y_finite, y_zero = jax.lax.cond(
+  dot, squares_x, squares_y, y_finite, y_live = jax.lax.cond(
     fast,
-    lambda x, y: sums + (jnp.ones([], jnp.bool_), jnp.zeros([], jnp.bool_)),
+    lambda x, y: (dot, squares_x, squares_y, jnp.ones([], jnp.bool_), live),
     lambda x, y: _rescaled_sums(x, y, dtype),
     x,
     y,
@@ -426,7 +484,7 @@ def tree_cosine_and_flags(tree_x: Any, tree_y: Any) -> tuple[jax.Array, jax.Arra
   one = jnp.ones_like(squares_x)
   norms = jnp.sqrt(jnp.where(zero, one, squares_x)) * jnp.sqrt(jnp.where(zero, one, squares_y))
   cosine = jnp.clip(dot / norms, -1, 1)
-  return jnp.where(zero, jnp.zeros_like(cosine), cosine), y_finite, y_zero
+  return jnp.where(zero, jnp.zeros_like(cosine), cosine), y_finite, y_live
 
 
 def tree_gram(tree_x: Any, tree_y: Any) -> tuple[jax.Array, jax.Array, jax.Array]:

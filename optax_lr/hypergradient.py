@@ -77,7 +77,8 @@ the direction state are saved; a divergence (non-finite gradients, a
 non-finite ``value`` or one above ten times its reference (three times
 before the first save), a thousand times its running level or, in most
 recent calls, three times its level at the last save, a
-:math:`v_t` exactly zero everywhere at a ``value`` above half the first
+:math:`v_t` exactly zero everywhere, or on more than half of the most
+leaves it ever had nonzero, at a ``value`` above half the first
 loss (a dead model: saturated outputs or dead units; such a call never
 saves), after a rollback 40 calls with nothing saved and the running loss
 level still above the first loss (the backed-off rate is still too high),
@@ -140,7 +141,7 @@ from optax_lr import _monitor
 from optax_lr import _partition
 from optax_lr._tree import accumulation_dtype
 from optax_lr._tree import tree_cosine_and_flags
-from optax_lr._tree import tree_max_abs
+from optax_lr._tree import tree_max_abs_and_live
 from optax_lr._tree import tree_sum_squares
 from optax_lr._tree import tree_vdot
 
@@ -275,8 +276,8 @@ class _Rate(NamedTuple):
   # [] bool: whether v_t is finite, when the rule's cosine pass gives it at no
   # cost (normalized or multiplicative); None otherwise.
   objective_finite: Optional[jax.Array]
-  # [] bool: whether v_t is exactly zero everywhere, likewise.
-  objective_zero: Optional[jax.Array]
+  # [] int32: how many leaves of v_t are not all zeros, likewise.
+  objective_live: Optional[jax.Array]
 
 
 def _rate_rule(
@@ -338,13 +339,13 @@ def _rate_rule(
   # Whether v_t is finite, at any scale (|v_t|^2 overflows for float32
   # gradients near 1e20), whatever the tangent does (an overflowing tangent
   # only resets it): the safety net's test that training diverged.
-  objective_finite = objective_zero = None
+  objective_finite = objective_live = None
   if normalized or multiplicative:
     # The scale-free rules' cosine, without under- or overflow at any
     # scale (NaN when either tree holds a NaN or an Inf), gives the flag at
     # no extra pass. Over HD (mu = 0) the tangent is -u_{t-1}.
     tangent = state.tangent if uses_tangent else state.u_prev
-    cosine, objective_finite, objective_zero = tree_cosine_and_flags(tangent, objective_grads)
+    cosine, objective_finite, objective_live = tree_cosine_and_flags(tangent, objective_grads)
     cosine = cosine.astype(dtype)
   scale = state.hypergradient_scale
   if normalized:
@@ -401,7 +402,7 @@ def _rate_rule(
     kappa=kappa,
     finite=finite,
     objective_finite=objective_finite,
-    objective_zero=objective_zero,
+    objective_live=objective_live,
   )
 
 
@@ -537,14 +538,13 @@ def _engine(
     eta_t, beta_t, mu_t, horizon = rate.eta, rate.beta, rate.mu, rate.horizon
     h_kept, kappa, finite = rate.h, rate.kappa, rate.finite
     scale_kept = rate.scale
-    objective_finite, objective_zero = rate.objective_finite, rate.objective_zero
+    objective_finite, objective_live = rate.objective_finite, rate.objective_live
     if safety_net and objective_finite is None:
       # Whether v_t is finite, at any scale (|v_t|^2 overflows for float32
       # gradients near 1e20): the safety net's test that training diverged;
-      # and whether it is exactly zero (a dead model).
-      objective_max_abs = tree_max_abs(objective_grads)
+      # and how many of its leaves are not all zeros (a dead model).
+      objective_max_abs, objective_live = tree_max_abs_and_live(objective_grads)
       objective_finite = jnp.isfinite(objective_max_abs)
-      objective_zero = objective_max_abs == 0
 
     # The safety net: a non-finite hypergradient (NaN/Inf gradients, HVPs or
     # overflow) or a blown-up loss rolls back to the last checkpoint with a
@@ -565,7 +565,7 @@ def _engine(
       if value is None:
         _checkpoint.warn_without_value(name)
       save, rollback, cost = _checkpoint.net_decide(
-        net, value, healthy, grad_sq=grad_sq, grad_zero=objective_zero
+        net, value, healthy, grad_sq=grad_sq, grad_live=objective_live
       )
       checkpoint, grads = _checkpoint.save_if(
         save,
@@ -630,7 +630,9 @@ def _engine(
         new_direction_state = _checkpoint.restore_if(
           rollback, new_direction_state, checkpoint.direction_state
         )
-      net = _checkpoint.net_update(net, checkpoint, save, rollback, cost, grad_sq=grad_sq)
+      net = _checkpoint.net_update(
+        net, checkpoint, save, rollback, cost, grad_sq=grad_sq, grad_live=objective_live
+      )
     else:
       new_updates = jax.tree_util.tree_map(
         lambda d, g: (-eta_t * d.astype(dtype)).astype(jnp.result_type(g)),

@@ -168,35 +168,68 @@ def test_loss_level_averages_positive_losses_and_moves_at_most_five_percent_up()
 
 
 @pytest.mark.parametrize(
-  "first,value,grad_zero,diverged,save",
+  "first,most_live,grad_live,value,diverged,save",
   [
     # A zero gradient above half the first loss (1.0): a dead model.
-    (1.0, 0.51, True, True, False),
-    (1.0, 1.2, True, True, False),
+    (1.0, 0, 0, 0.51, True, False),
+    (1.0, 0, 0, 1.2, True, False),
     # At or below half of it, an exact minimum is possible: no divergence,
     # but no save either (a dead model must not become the checkpoint).
-    (1.0, 0.5, True, False, False),
-    (1.0, 0.0, True, False, False),
+    (1.0, 0, 0, 0.5, False, False),
+    (1.0, 0, 0, 0.0, False, False),
     # A nonzero gradient saves as usual (SAVE_EVERY calls, loss <= 1).
-    (1.0, 0.9, False, False, True),
+    (1.0, 0, 1, 0.9, False, True),
     # A negative first loss: half-way to 0 from -2 is... -2 - 0.5 * 2 = -3.
-    (-2.0, -2.9, True, True, False),
-    (-2.0, -3.1, True, False, False),
+    (-2.0, 0, 0, -2.9, True, False),
+    (-2.0, 0, 0, -3.1, False, False),
     # The first call (no first loss yet) is measured against its own loss.
-    (math.inf, 0.7, True, True, False),
-    (math.inf, 0.0, True, False, False),
+    (math.inf, 0, 0, 0.7, True, False),
+    (math.inf, 0, 0, 0.0, False, False),
+    # Six leaves once had a gradient; fewer than half of them (2 < 6 / 2)
+    # have one now, at a loss above half the first: a dead model.
+    (1.0, 6, 2, 0.9, True, False),
+    (1.0, 6, 1, 1.4, True, False),
+    # Half of them or more: alive, and saves as usual.
+    (1.0, 6, 3, 0.9, False, True),
+    (1.0, 7, 4, 0.9, False, True),
+    (1.0, 7, 3, 0.9, True, False),  # 2 * 3 < 7
+    # At or below half the first loss no divergence, and still no save.
+    (1.0, 6, 2, 0.5, False, False),
+    # Leaves that never had a gradient do not count: 2 of 2 live is all.
+    (1.0, 2, 2, 0.9, False, True),
   ],
 )
-def test_a_zero_gradient_at_a_loss_above_half_the_first_is_a_dead_model(
-  first, value, grad_zero, diverged, save
+def test_a_gradient_zero_everywhere_or_on_most_leaves_that_had_one_is_a_dead_model(
+  first, most_live, grad_live, value, diverged, save
 ):
-  # The hand computation: dead = grad_zero and value > first - 0.5 |first|.
+  # The hand computation: dead = (no live leaf or 2 * live < most live so
+  # far) and value > first - 0.5 |first|.
   net = _net(first, 1.0 if math.isfinite(first) else math.inf, since=_checkpoint.SAVE_EVERY)
+  net = net._replace(live_leaves=jnp.int32(most_live))
   got_save, got_rollback, _ = _checkpoint.net_decide(
-    net, jnp.float32(value), jnp.bool_(True), grad_zero=jnp.bool_(grad_zero)
+    net, jnp.float32(value), jnp.bool_(True), grad_live=jnp.int32(grad_live)
   )
   assert bool(got_rollback) == diverged
   assert bool(got_save) == save
+
+
+def test_live_leaves_keeps_the_most_seen_at_one_call():
+  net = _net(1.0, 1.0)
+  update = lambda net, live, rollback=False: _checkpoint.net_update(
+    net,
+    net.checkpoint,
+    jnp.bool_(False),
+    jnp.bool_(rollback),
+    jnp.float32(1.0),
+    grad_live=None if live is None else jnp.int32(live),
+  )
+  assert int(net.live_leaves) == 0
+  for live, most in ((4, 4), (6, 6), (1, 6), (None, 6)):
+    net = update(net, live)
+    assert int(net.live_leaves) == most
+  # A rollback call counts too: its gradient is the diverged model's, and
+  # the most is what matters.
+  assert int(update(net, 9, rollback=True).live_leaves) == 9
 
 
 @pytest.mark.parametrize(
@@ -864,6 +897,37 @@ def test_a_rate_that_kills_the_model_rolls_back_and_backs_off(case):
     # stays dead (what the test above guards against).
     assert np.asarray(without[0])[-1, 0] == pytest.approx(-1.4, abs=1e-6)
     assert int(without[3].safety.rollbacks) == 0
+
+
+def dead_layers(params):
+  # Three ReLU units (dead_relu each, one leaf each) and an output bias b
+  # far from its minimum: 0.001 (b - 5)^2, whose gradient is never 0. From
+  # 1.8 a step at rate 2 kills the three units: the gradient is then exactly
+  # 0 on 3 of the 4 leaves, the loss 3.02 (1.56 times the first, 1.945), and
+  # only b moves. So a dead hidden layer leaves the output bias's gradient.
+  units = sum(dead_relu(params[name]) for name in ("u1", "u2", "u3"))
+  return units + 1e-3 * jnp.sum((params["b"] - 5.0) ** 2)
+
+
+DEAD_LAYERS_W0 = {"u1": W_DEAD, "u2": W_DEAD, "u3": W_DEAD, "b": jnp.zeros(1)}
+
+
+@pytest.mark.parametrize("case", DEAD_MODEL_CASES, ids=lambda c: c.name)
+def test_a_rate_that_kills_all_but_the_output_bias_rolls_back_and_backs_off(case):
+  ws, rates, flags, state = _train(
+    case, case.make(2.0), 200, w0=DEAD_LAYERS_W0, loss_fn=dead_layers
+  )
+  units, flags = np.asarray(ws["u1"])[:, 0], np.asarray(flags)
+  assert units[0] == pytest.approx(-1.4, abs=1e-6)  # the first step kills the units
+  # Call 1 sees a gradient on 1 of the 4 leaves that had one and rolls back
+  # to the initial point; the restored rate kills them again; the second
+  # rollback divides the rate by BACKOFF, and from there the units live.
+  assert flags[1] and flags[3] and int(state.safety.rollbacks) == 2
+  assert units[1] == units[3] == np.float32(1.8)
+  assert float(rates[3]) <= 2.0 / _checkpoint.BACKOFF * (1 + 1e-6)
+  assert int(state.safety.live_leaves) == 4
+  for name in ("u1", "u2", "u3"):
+    assert dead_relu(ws[name][-1]) < 1e-6
 
 
 NO_VALUE = "got no value=loss"

@@ -273,32 +273,75 @@ def test_empty_and_zero_trees():
 
 
 @pytest.mark.parametrize(
-  "x_scale,y,finite,zero",
+  "x_scale,y,finite,live",
   [
-    # The one-pass branch (normal sums): never a zero y.
-    (1.0, [1.0, 2.0], True, False),
+    # The one-pass branch (normal sums): leaf "a" has a gradient, "b" not.
+    (1.0, [1.0, 2.0], True, 1),
     # The rescaling branch, taken for a zero x (HD's first call), a tiny y
     # whose squares underflow, a huge y whose squares overflow, a zero y.
-    (0.0, [1.0, 2.0], True, False),
-    (1.0, [1e-30, 0.0], True, False),
-    (1.0, [3e30, 0.0], True, False),
-    (1.0, [0.0, -0.0], True, True),
-    (0.0, [0.0, 0.0], True, True),
-    (1e30, [0.0, 0.0], True, True),
-    (1.0, [np.nan, 0.0], False, False),
-    (1.0, [np.inf, 0.0], False, False),
+    (0.0, [1.0, 2.0], True, 1),
+    (1.0, [1e-30, 0.0], True, 1),
+    (1.0, [3e30, 0.0], True, 1),
+    (1.0, [0.0, -0.0], True, 0),
+    (0.0, [0.0, 0.0], True, 0),
+    (1e30, [0.0, 0.0], True, 0),
+    # A NaN's square is not positive; an Inf's is.
+    (1.0, [np.nan, 0.0], False, 0),
+    (1.0, [np.inf, 0.0], False, 1),
   ],
 )
-def test_cosine_flags_tell_a_non_finite_and_an_all_zero_y(x_scale, y, finite, zero):
+def test_cosine_flags_tell_a_non_finite_y_and_count_its_nonzero_leaves(x_scale, y, finite, live):
   x = {"a": jnp.array([1.0, -1.0]) * x_scale, "b": jnp.array(x_scale)}
   y = {"a": jnp.array(y, jnp.float32), "b": jnp.array(0.0)}
-  cosine, got_finite, got_zero = jax.jit(_tree.tree_cosine_and_flags)(x, y)
-  assert (bool(got_finite), bool(got_zero)) == (finite, zero)
+  cosine, got_finite, got_live = jax.jit(_tree.tree_cosine_and_flags)(x, y)
+  assert (bool(got_finite), int(got_live)) == (finite, live)
+  assert got_live.dtype == jnp.int32
   # The cosine is tree_cosine's, the first flag tree_cosine_and_finite's.
   ref_cosine, ref_finite = _tree.tree_cosine_and_finite(x, y)
   np.testing.assert_array_equal(np.asarray(cosine), np.asarray(ref_cosine))
   assert bool(ref_finite) == finite
-  assert [bool(f) for f in _tree.tree_cosine_and_flags({}, {})[1:]] == [True, True]
+  _, empty_finite, empty_live = _tree.tree_cosine_and_flags({}, {})
+  assert (bool(empty_finite), int(empty_live)) == (True, 0)
+
+
+@pytest.mark.parametrize("scale", [1.0, 1e-25, 1e25])
+def test_live_leaves_count_each_leaf_not_all_zeros_on_both_branches(scale):
+  # Six leaves, of which leaves 1 and 4 are all zeros and leaf 3 holds a
+  # single nonzero entry; at 1e-25 and 1e25 the sums leave float32's range
+  # and the rescaling branch counts.
+  rng = np.random.default_rng(0)
+  shapes = [(3, 4), (5,), (2, 2), (7,), (4, 1), ()]
+  y = [jnp.asarray(rng.normal(size=s) * scale, jnp.float32) for s in shapes]
+  y[1] = jnp.zeros(5)
+  y[4] = jnp.zeros((4, 1))
+  y[3] = jnp.zeros(7).at[2].set(-0.5 * scale)
+  x = [jnp.asarray(rng.normal(size=s), jnp.float32) for s in shapes]
+  assert int(jax.jit(_tree.tree_cosine_and_flags)(x, y)[2]) == 4
+  got_max, got_live = jax.jit(_tree.tree_max_abs_and_live)(y)
+  assert int(got_live) == 4
+  assert float(got_max) == float(_tree.tree_max_abs(y))
+
+
+def test_live_leaves_count_a_nan_leaf_as_zero_and_an_inf_leaf_as_not():
+  # At normal scales (a non-finite tree is not rescaled), in both counts.
+  x = [jnp.ones(3), jnp.ones(2), jnp.ones(4)]
+  y = [jnp.array([1.0, jnp.nan, 2.0]), jnp.array([0.0, jnp.inf]), jnp.array([0.5, 0, 0, 0])]
+  assert int(jax.jit(_tree.tree_cosine_and_flags)(x, y)[2]) == 2
+  assert int(jax.jit(_tree.tree_max_abs_and_live)(y)[1]) == 2
+
+
+def test_squared_norm_summed_leaf_by_leaf_is_optaxs_float():
+  # |y|² is built from the per-leaf sums (for the count) in optax.tree.vdot's
+  # order, so the one-pass branch's cosine is the same float as before.
+  rng = np.random.default_rng(1)
+  y = {k: jnp.asarray(rng.normal(size=(17, 9)), jnp.float32) for k in "abcdefg"}
+  x = jax.tree.map(lambda l: l[::-1], y)
+  dtype = jnp.dtype(jnp.float32)
+  dot, squares_x, squares_y, live = _tree._sums_and_live(x, y, dtype)
+  assert np.asarray(squares_y) == np.asarray(optax.tree.vdot(y, y))
+  assert np.asarray(squares_x) == np.asarray(optax.tree.vdot(x, x))
+  assert np.asarray(dot) == np.asarray(optax.tree.vdot(x, y))
+  assert int(live) == 7
 
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])

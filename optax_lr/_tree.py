@@ -157,10 +157,13 @@ def _vdot(x: Any, y: Any, dtype: jnp.dtype) -> jax.Array:
 
 def _sums(x: Any, y: Any, dtype: jnp.dtype) -> tuple[jax.Array, jax.Array, jax.Array]:
   """``(<x, y>, |x|², |y|²)`` of two trees already cast to ``dtype``."""
-  return _sums_and_live(x, y, dtype)[:3]
+  dot, squares_x, squares_y, _ = _sums_and_live(x, y, dtype)
+  return dot, squares_x, squares_y
 
 
-def _sums_and_live(x: Any, y: Any, dtype: jnp.dtype) -> tuple[jax.Array, ...]:
+def _sums_and_live(
+  x: Any, y: Any, dtype: jnp.dtype
+) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
   """:func:`_sums`, and how many leaves of ``y`` have a positive sum of squares.
 
   ``|y|²`` is summed leaf by leaf in ``optax.tree.vdot``'s order (from 0,

@@ -46,6 +46,7 @@ from optax_lr import _checks
 from optax_lr import _monitor
 from optax_lr._tree import accumulation_dtype
 from optax_lr._tree import tree_gram
+from optax_lr._tree import tree_max_abs_and_live
 from optax_lr._tree import tree_sum_squares
 from optax_lr._tree import tree_vdot
 
@@ -320,7 +321,12 @@ def newton_lr(
   loss ``value`` that is non-finite, above ten times its reference (three
   times before the first save), above a thousand times its running
   level or, in most recent calls, above three times its level at the last
-  save, or, after a rollback, 40 calls with nothing saved and the running
+  save, a gradient exactly zero on every leaf, or on more than half of the
+  most leaves that had a nonzero one, at a ``value`` above half the first
+  loss (a dead model: a too-high rate killed its units; such a call never
+  saves; the leaves are counted on the calls that would save, and in the
+  window's gradient sum at its end, so a dead run is seen within two
+  windows), or, after a rollback, 40 calls with nothing saved and the running
   loss level still above the first loss (the backed-off rate still too
   high), in the same call; a dropped (non-finite) window sum, at the next
   call. The window restarts after a rollback, and the rate stays within
@@ -445,7 +451,7 @@ def newton_lr(
       prev_dot = jnp.where(keep, new_dot, jnp.zeros_like(new_dot))
     return lr, u_prev, prev_dot, jnp.logical_not(keep)
 
-  def window_end(lr, u_new, u_prev, g_new, prev_dot, dropped):
+  def window_end(lr, u_new, u_prev, g_new, prev_dot, dropped, live):
     if per_leaf:
       # The rule leaf by leaf; over SGD the unused slots carry stand-ins.
       out = jax.tree_util.tree_map(
@@ -464,10 +470,15 @@ def newton_lr(
       )
     else:
       lr, u_prev, prev_dot, dropped = end_one(lr, u_new, u_prev, g_new, prev_dot)
+    if live is not None:
+      # The leaves of the window's gradient sum that are not all zeros (a
+      # leaf with a gradient at any call of the window is one): the dead
+      # test of a run that never tries to save, once per window.
+      live = tree_max_abs_and_live(u_new if sgd else g_new)[1]
     zeros = lambda tree: jax.tree_util.tree_map(jnp.zeros_like, tree)
-    return (lr, zeros(u_new), u_prev, None if sgd else zeros(g_new), prev_dot, dropped)
+    return (lr, zeros(u_new), u_prev, None if sgd else zeros(g_new), prev_dot, dropped, live)
 
-  def restart(lr, u_new, u_prev, g_new, prev_dot, dropped):
+  def restart(lr, u_new, u_prev, g_new, prev_dot, dropped, live):
     # After a rollback: no usable window (as after a dropped one).
     zeros = lambda tree: jax.tree_util.tree_map(jnp.zeros_like, tree)
     return (
@@ -477,11 +488,13 @@ def newton_lr(
       None if sgd else zeros(g_new),
       None if sgd else zeros(prev_dot),
       dropped,
+      live,
     )
 
   def update_fn(updates, state, params=None, *, value=None, **extra_args):
     lr = state.learning_rate
     net = state.safety
+    grad_live = None
     if value is not None:
       extra_args["value"] = value
     if safety_net:
@@ -495,9 +508,17 @@ def newton_lr(
       # (non-finite) window sum at the previous call.
       # Without a `value`, the gradient norm keeps saves off a blow-up.
       grad_sq = None if value is not None else tree_sum_squares(updates)
+      healthy = jnp.asarray(True)
       if value is None:
         _checkpoint.warn_without_value("newton_lr")
-      save, rollback, cost = _checkpoint.net_decide(net, value, jnp.asarray(True), grad_sq=grad_sq)
+        save, rollback, cost = _checkpoint.net_decide(net, value, healthy, grad_sq=grad_sq)
+      else:
+        # The dead-model test without a pass over the gradient at every
+        # call: a count on the calls that would save, and (below) one of
+        # the window's sums at its end.
+        save, rollback, cost, grad_live = _checkpoint.net_decide_counting_live(
+          net, value, healthy, updates
+        )
       checkpoint, updates = _checkpoint.save_if(
         save, net.checkpoint, params, state.direction_state, lr, cost, updates
       )
@@ -522,21 +543,32 @@ def newton_lr(
     add = lambda a, x: a + x.astype(a.dtype)
     acc = jax.tree_util.tree_map(add, state.acc, u)
     grad_acc = None if sgd else jax.tree_util.tree_map(add, state.grad_acc, updates)
-    operands = (lr, acc, state.u_prev, grad_acc, state.prev_dot, jnp.zeros([], jnp.bool_))
+    # The window sums' live leaves, counted at a window end (the net's most
+    # seen so far, alive, where there is none).
+    window_live = None if grad_live is None else net.live_leaves
+    operands = (
+      lr,
+      acc,
+      state.u_prev,
+      grad_acc,
+      state.prev_dot,
+      jnp.zeros([], jnp.bool_),
+      window_live,
+    )
     is_end = jnp.asarray(True)
     if window > 1:
       is_end = state.window_step >= window - 1
     if safety_net:
       # A rollback call restarts the window instead. Both run in the same
       # loop of 0 or 1 trips, so other calls copy no buffer.
-      lr, acc, u_prev, grad_acc, prev_dot, dropped = _run_if(
+      lr, acc, u_prev, grad_acc, prev_dot, dropped, window_live = _run_if(
         is_end | rollback, lambda *ops: jax.lax.cond(rollback, restart, window_end, *ops), operands
       )
       is_end = is_end & jnp.logical_not(rollback)
     elif window == 1:
-      lr, acc, u_prev, grad_acc, prev_dot, dropped = window_end(*operands)
+      lr, acc, u_prev, grad_acc, prev_dot, dropped, _ = window_end(*operands)
     else:
-      lr, acc, u_prev, grad_acc, prev_dot, dropped = _run_if(is_end, window_end, operands)
+      lr, acc, u_prev, grad_acc, prev_dot, dropped, _ = _run_if(is_end, window_end, operands)
     if window == 1:
       window_step = state.window_step
     else:
@@ -544,8 +576,14 @@ def newton_lr(
     if safety_net:
       window_step = jnp.where(rollback, jnp.zeros_like(window_step), window_step)
       lr = _checkpoint.clip_to_band(lr, net)
+      if grad_live is not None:
+        # A window whose gradient sum is zero on most leaves, at a loss
+        # above half the first: a dead model; the next call rolls back.
+        _, window_dead = _checkpoint.dead_model(net, cost, window_live)
+        dropped = dropped | (is_end & window_dead)
+        grad_live = jnp.maximum(grad_live, window_live)
       net = _checkpoint.net_update(
-        net, checkpoint, save, rollback, cost, pending=dropped, grad_sq=grad_sq
+        net, checkpoint, save, rollback, cost, pending=dropped, grad_sq=grad_sq, grad_live=grad_live
       )
     new_state = NewtonLRState(
       count=optax.safe_increment(state.count),

@@ -233,6 +233,50 @@ def test_live_leaves_keeps_the_most_seen_at_one_call():
 
 
 @pytest.mark.parametrize(
+  "most_live,since,value,counted,save,rollback",
+  [
+    # Nothing seen yet: the first calls count (the reference); 2 live is
+    # not under half of 0.
+    (0, 0, 0.9, True, False, False),
+    # Afterwards only a call that would save counts: since_save >=
+    # SAVE_EVERY - 1 and a loss no worse than the checkpoint's (1.0).
+    (4, 0, 0.9, False, False, False),
+    (4, _checkpoint.SAVE_EVERY, 0.9, True, True, False),  # 2 of 4: alive
+    # 2 of 6: lifeless. Above half the first loss (1.0) a dead model, at
+    # 0.4 no save.
+    (6, _checkpoint.SAVE_EVERY, 0.9, True, False, True),
+    (6, _checkpoint.SAVE_EVERY, 0.4, True, False, False),
+    # Worse than the checkpoint: no save to keep out, no count (a window
+    # end's count sees such a run).
+    (6, _checkpoint.SAVE_EVERY, 1.2, False, False, False),
+  ],
+)
+def test_live_leaves_are_counted_at_the_calls_that_would_save(
+  most_live, since, value, counted, save, rollback
+):
+  # A gradient with 2 of its 4 leaves live: a tiny entry counts, an Inf
+  # counts, a NaN counts as zero (as in _tree.tree_max_abs_and_live).
+  grads = {
+    "a": jnp.array([0.0, -1e-30]),
+    "b": jnp.array([0.0, jnp.inf, 0.0]),
+    "c": jnp.array([0.0, jnp.nan]),
+    "d": jnp.zeros(4),
+  }
+  net = _net(1.0, 1.0, since=since)._replace(live_leaves=jnp.int32(most_live))
+  decide = jax.jit(_checkpoint.net_decide_counting_live)
+  got_save, got_rollback, cost, live = decide(net, jnp.float32(value), jnp.bool_(True), grads)
+  assert live.dtype == jnp.int32
+  # Not counted: the most seen so far, which reads as alive.
+  assert int(live) == (2 if counted else most_live)
+  assert (bool(got_save), bool(got_rollback)) == (save, rollback)
+  assert float(cost) == np.float32(value)
+  # Where it counted, the verdict is net_decide's with the count.
+  if counted:
+    expected = _checkpoint.net_decide(net, jnp.float32(value), jnp.bool_(True), grad_live=live)
+    assert (bool(expected[0]), bool(expected[1])) == (save, rollback)
+
+
+@pytest.mark.parametrize(
   "rollbacks,has_saved,since,level,diverged",
   [
     # After a rollback, before any save, STALL_CALLS calls with a running
@@ -547,9 +591,24 @@ class NetCase:
   # Saves every SAVE_EVERY healthy calls at a loss no worse than the
   # checkpoint's (ASLR saves at the epoch ends that improve its cost).
   saves_by_loss: bool = True
-  # Takes an exactly zero gradient at a loss above half the first for a
-  # dead model (the hypergradient methods: their cosine pass tells it free).
+  # Takes a gradient exactly zero everywhere, or on most of the leaves that
+  # once had one, at a loss above half the first for a dead model (the
+  # hypergradient methods: their cosine pass tells it free; newton_lr counts
+  # on the calls that can save).
   sees_dead_models: bool = False
+  # The calls at which a run killed by its first step, and killed again by
+  # the rate restored at its first rollback, rolls back (dead_relu and
+  # dead_layers, whose dead loss is above the checkpoint's: the model never
+  # tries to save). The hypergradient methods count at every call: calls 1
+  # and 3. newton_lr counts its window sums at window ends (update_every=10
+  # here): the first window (calls 0-9) holds the live first gradient, the
+  # second is dead, and the call after its end rolls back (20); the window
+  # restarts there, and the same takes calls 21-41.
+  dead_rollbacks: tuple[int, int] = (1, 3)
+  # The same from a start whose loss is above the dead one's (which then
+  # tries to save at call SAVE_EVERY - 1): newton_lr counts the gradient's
+  # live leaves on the calls that would save, and rolls back at 19 and 39.
+  dead_rollbacks_at_saves: tuple[int, int] = (1, 3)
   # Without a `value`, reads the training loss from its `loss_fn` (RTHO and
   # MARTHE hold it for their Hessian-vector products).
   loss_from_loss_fn: bool = False
@@ -588,11 +647,17 @@ NET_CASES = [
   NetCase(
     "newton_lr",
     lambda lr, **kw: optax_lr.newton_lr(lr, update_every=10, **kw),
+    sees_dead_models=True,
+    dead_rollbacks=(20, 41),
+    dead_rollbacks_at_saves=(_checkpoint.SAVE_EVERY - 1, 2 * _checkpoint.SAVE_EVERY - 1),
     warns_without_value=True,
   ),
   NetCase(
     "newton_lr_per_leaf",
     lambda lr, **kw: optax_lr.newton_lr(lr, update_every=10, per_leaf=True, **kw),
+    sees_dead_models=True,
+    dead_rollbacks=(20, 41),
+    dead_rollbacks_at_saves=(_checkpoint.SAVE_EVERY - 1, 2 * _checkpoint.SAVE_EVERY - 1),
     warns_without_value=True,
   ),
   NetCase(
@@ -873,17 +938,31 @@ DEAD_MODEL_CASES = [c for c in NET_CASES if c.sees_dead_models] + [
 ]
 
 
+def _dead_rollbacks(case, flags, state, expected=None):
+  """The calls of a dead run's two rollbacks, checked to be its only ones."""
+  first, second = expected or case.dead_rollbacks
+  assert list(np.flatnonzero(flags)) == [first, second]
+  assert int(state.safety.rollbacks) == 2
+  return first, second
+
+
+def _largest_rate(rates, call):
+  """The largest learning rate at one call (one scalar, or one per leaf)."""
+  return max(float(np.asarray(leaf)[call]) for leaf in jax.tree_util.tree_leaves(rates))
+
+
 @pytest.mark.parametrize("case", DEAD_MODEL_CASES, ids=lambda c: c.name)
 def test_a_rate_that_kills_the_model_rolls_back_and_backs_off(case):
   ws, rates, flags, state = _train(case, case.make(2.0), 200, w0=W_DEAD, loss_fn=dead_relu)
   ws, flags = np.asarray(ws)[:, 0], np.asarray(flags)
   assert ws[0] == pytest.approx(-1.4, abs=1e-6)  # the first step kills the unit
-  # Call 1 sees the zero gradient and rolls back to the initial point; the
-  # restored rate kills it again; the second rollback divides the rate by
-  # BACKOFF, and from there the unit lives and fits.
-  assert flags[1] and flags[3] and int(state.safety.rollbacks) == 2
-  assert ws[1] == ws[3] == np.float32(1.8)
-  assert float(rates[3]) <= 2.0 / _checkpoint.BACKOFF * (1 + 1e-6)
+  # The dead test sees the zero gradient (at call 1, or at the end of the
+  # first dead window for newton_lr) and rolls back to the initial point;
+  # the restored rate kills it again; the second rollback divides the rate
+  # by BACKOFF, and from there the unit lives and fits.
+  first, second = _dead_rollbacks(case, flags, state)
+  assert ws[first] == ws[second] == np.float32(1.8)
+  assert _largest_rate(rates, second) <= 2.0 / _checkpoint.BACKOFF * (1 + 1e-6)
   assert dead_relu(ws[-1:]) < 1e-6
   no_value = dataclasses.replace(case, needs=tuple(n for n in case.needs if n != "value"))
   without = _train(no_value, case.make(2.0), 200, w0=W_DEAD, loss_fn=dead_relu)
@@ -897,6 +976,22 @@ def test_a_rate_that_kills_the_model_rolls_back_and_backs_off(case):
     # stays dead (what the test above guards against).
     assert np.asarray(without[0])[-1, 0] == pytest.approx(-1.4, abs=1e-6)
     assert int(without[3].safety.rollbacks) == 0
+
+
+@pytest.mark.parametrize("case", DEAD_MODEL_CASES, ids=lambda c: c.name)
+def test_a_dead_model_below_the_first_loss_is_never_saved(case):
+  # From w = 2.2 (loss 1.44, gradient 2.4) a step at rate 2 lands on
+  # w = -2.6: dead, at loss 1.0, under the first loss (so a save would take
+  # it) and above half of it. No save takes the dead point: both rollbacks
+  # land on the start, and the backed-off rate fits.
+  start = jnp.array([2.2])
+  ws, rates, flags, state = _train(case, case.make(2.0), 200, w0=start, loss_fn=dead_relu)
+  ws, flags = np.asarray(ws)[:, 0], np.asarray(flags)
+  assert ws[0] == pytest.approx(-2.6, abs=1e-6)
+  first, second = _dead_rollbacks(case, flags, state, case.dead_rollbacks_at_saves)
+  assert ws[first] == ws[second] == np.float32(2.2)
+  assert _largest_rate(rates, second) <= 2.0 / _checkpoint.BACKOFF * (1 + 1e-6)
+  assert dead_relu(ws[-1:]) < 1e-6
 
 
 def dead_layers(params):
@@ -919,12 +1014,13 @@ def test_a_rate_that_kills_all_but_the_output_bias_rolls_back_and_backs_off(case
   )
   units, flags = np.asarray(ws["u1"])[:, 0], np.asarray(flags)
   assert units[0] == pytest.approx(-1.4, abs=1e-6)  # the first step kills the units
-  # Call 1 sees a gradient on 1 of the 4 leaves that had one and rolls back
-  # to the initial point; the restored rate kills them again; the second
-  # rollback divides the rate by BACKOFF, and from there the units live.
-  assert flags[1] and flags[3] and int(state.safety.rollbacks) == 2
-  assert units[1] == units[3] == np.float32(1.8)
-  assert float(rates[3]) <= 2.0 / _checkpoint.BACKOFF * (1 + 1e-6)
+  # The dead test sees a gradient on 1 of the 4 leaves that had one and
+  # rolls back to the initial point; the restored rate kills them again;
+  # the second rollback divides the rate by BACKOFF, and from there the
+  # units live.
+  first, second = _dead_rollbacks(case, flags, state)
+  assert units[first] == units[second] == np.float32(1.8)
+  assert _largest_rate(rates, second) <= 2.0 / _checkpoint.BACKOFF * (1 + 1e-6)
   assert int(state.safety.live_leaves) == 4
   for name in ("u1", "u2", "u3"):
     assert dead_relu(ws[name][-1]) < 1e-6

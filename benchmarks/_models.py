@@ -37,11 +37,14 @@ class MLPModule(nn.Module):
     return nn.Dense(self.classes)(x)
 
 
-class CNN2DModule(nn.Module):
-  """A small image CNN: two 3x3 conv + 2x2 average-pool blocks, one dense layer.
+class CNNModule(nn.Module):
+  """A small CNN: blocks of a size-3 conv and a size-2 average pool, one dense layer.
 
-  ``image_shape``: when set, the inputs are flat rows reshaped to it (the
-  digits' 64 pixels as an 8x8x1 image).
+  The inputs are images ``(batch, height, width, channels)`` (3x3 convs, 2x2
+  pools) or signals ``(batch, length, channels)`` (size-3 convs, size-2
+  pools). ``image_shape``: when set, the inputs are flat rows reshaped to it
+  (the digits' 64 pixels as an 8x8x1 image, an MNIST-1D row as a 40x1
+  signal).
   """
 
   channels: Sequence[int] = (32, 64)
@@ -52,9 +55,10 @@ class CNN2DModule(nn.Module):
   def __call__(self, x):
     if self.image_shape is not None:
       x = x.reshape((x.shape[0],) + tuple(self.image_shape))
+    spatial = x.ndim - 2  # the dimensions between the batch and the channels
     for width in self.channels:
-      x = nn.relu(nn.Conv(width, kernel_size=(3, 3))(x))
-      x = nn.avg_pool(x, window_shape=(2, 2), strides=(2, 2))
+      x = nn.relu(nn.Conv(width, kernel_size=(3,) * spatial)(x))
+      x = nn.avg_pool(x, window_shape=(2,) * spatial, strides=(2,) * spatial)
     return nn.Dense(self.classes)(x.reshape((x.shape[0], -1)))
 
 
@@ -135,18 +139,20 @@ def cnn2d(
 ) -> Model:
   return Model(
     f"cnn-{'x'.join(map(str, shape))}-{'-'.join(map(str, channels))}",
-    CNN2DModule(tuple(channels), classes),
+    CNNModule(tuple(channels), classes),
     tuple(shape),
   )
 
 
-def flat_image_cnn(
-  shape: tuple[int, int, int], channels: Sequence[int], classes: int = 10
-) -> Model:
-  """:func:`cnn2d` on flat inputs: each row of ``prod(shape)`` pixels is an image."""
+def flat_image_cnn(shape: tuple[int, ...], channels: Sequence[int], classes: int = 10) -> Model:
+  """:func:`cnn2d` on flat inputs: each row of ``prod(shape)`` values is an image.
+
+  ``shape``: ``(height, width, channels)`` for images, ``(length,
+  channels)`` for 1-D signals (a 1-D CNN).
+  """
   return Model(
     f"cnn-{'x'.join(map(str, shape))}-{'-'.join(map(str, channels))}",
-    CNN2DModule(tuple(channels), classes, image_shape=tuple(shape)),
+    CNNModule(tuple(channels), classes, image_shape=tuple(shape)),
     (math.prod(shape),),
   )
 

@@ -704,23 +704,70 @@ def test_flat_image_cnn_reads_rows_as_images():
   )
 
 
-def test_robustness_digits_cnn(tmp_path, capsys):
+def test_flat_image_cnn_reads_rows_as_signals():
+  # (40, 1): a 1-D CNN, size-3 convs and size-2 pools along the signal.
+  model = _models.flat_image_cnn((40, 1), (2, 3))
+  assert model.name == "cnn-40x1-2-3" and model.input_shape == (40,)
+  params = model.init(jax.random.PRNGKey(0))
+  # 3x1x2 + 2, 3x2x3 + 3, (10 * 3) x 10 + 10 after two pools (40 -> 20 -> 10).
+  assert [x.shape for x in jax.tree_util.tree_leaves(params)] == [
+    (2,),
+    (3, 1, 2),
+    (3,),
+    (3, 2, 3),
+    (10,),
+    (30, 10),
+  ]
+  x = jax.random.uniform(jax.random.PRNGKey(1), (5, 40))
+  # The first block by hand: a "SAME" size-3 correlation, ReLU, then the
+  # mean of each pair of positions.
+  conv = params["Conv_0"]
+  padded = np.pad(np.asarray(x), ((0, 0), (1, 1)))
+  windows = np.stack([padded[:, i : i + 40] for i in range(3)], -1)  # (5, 40, 3)
+  hidden = np.maximum(windows @ np.asarray(conv["kernel"])[:, 0, :] + np.asarray(conv["bias"]), 0)
+  pooled = hidden.reshape(5, 20, 2, 2).mean(2)
+  # The second block and the dense layer, the same way.
+  conv = params["Conv_1"]
+  padded = np.pad(pooled, ((0, 0), (1, 1), (0, 0)))
+  windows = np.stack([padded[:, i : i + 20] for i in range(3)], 2)  # (5, 20, 3, 2)
+  hidden = np.maximum(
+    np.einsum("blkc,kcd->bld", windows, np.asarray(conv["kernel"])) + np.asarray(conv["bias"]), 0
+  )
+  pooled = hidden.reshape(5, 10, 2, 3).mean(2)
+  dense = params["Dense_0"]
+  logits = pooled.reshape(5, 30) @ np.asarray(dense["kernel"]) + np.asarray(dense["bias"])
+  np.testing.assert_allclose(model.logits(params, x), logits, rtol=1e-5, atol=1e-5)
+
+
+# The held-out CNN tasks: the model, the MLP task whose data, batch and
+# epochs they share, and a rate and a number of --quick epochs (3 steps each
+# on MNIST-1D's 300 quick examples) at which SGD learns something.
+CNN_TASKS = [
+  ("digits_cnn", "cnn-8x8x1-16-32", "cnn-8x8x1-4-8", "digits", 0.1, 3),
+  ("mnist1d_cnn", "cnn-40x1-16-32", "cnn-40x1-4-8", "mnist1d", 0.3, 20),
+]
+
+
+@pytest.mark.parametrize("name,model,quick_model,mlp_task,rate,epochs", CNN_TASKS, ids=str)
+def test_robustness_cnn_tasks(tmp_path, capsys, name, model, quick_model, mlp_task, rate, epochs):
   from benchmarks import robustness  # pylint: disable=g-import-not-at-top
 
-  full = robustness.task("digits_cnn", False, None)
-  assert full.model.name == "cnn-8x8x1-16-32"
-  assert full.setting == robustness.task("digits", False, None).setting
+  if mlp_task == "mnist1d" and not _data.have_mnist1d():
+    pytest.skip("mnist1d is not installed (pip install -e '.[examples]')")
+  full = robustness.task(name, False, None)
+  assert full.model.name == model
+  assert full.setting == robustness.task(mlp_task, False, None).setting
   report = robustness.main(
-    ["--quick", "--datasets", "digits_cnn", "--methods", "sgd", "hd", "--no-progress"]
-    + ["--references", "sgd", "--rates", "0.1", "--grid", "0.1", "--epochs", "3"]
+    ["--quick", "--datasets", name, "--methods", "sgd", "hd", "--no-progress"]
+    + ["--references", "sgd", "--rates", str(rate), "--grid", str(rate), "--epochs", str(epochs)]
     + _outputs(tmp_path, "robustness")
   )
-  ds = report["datasets"]["digits_cnn"]
-  assert ds["model"] == "cnn-8x8x1-4-8" and ds["chance_loss"] == pytest.approx(math.log(10))
-  # Three epochs of SGD at 0.1 and of HD learn something: below chance.
-  for name in ("sgd", "hd"):
-    assert np.asarray(ds["methods"][name]["scored_loss"]).max() < math.log(10)
-  assert "digits_cnn: targets" in capsys.readouterr().out
+  ds = report["datasets"][name]
+  assert ds["model"] == quick_model and ds["chance_loss"] == pytest.approx(math.log(10))
+  # SGD and HD from that rate learn something: below chance.
+  for method in ("sgd", "hd"):
+    assert np.asarray(ds["methods"][method]["scored_loss"]).max() < math.log(10)
+  assert f"{name}: targets" in capsys.readouterr().out
 
 
 def test_robustness_over_adam(tmp_path, capsys):

@@ -770,6 +770,24 @@ def test_robustness_cnn_tasks(tmp_path, capsys, name, model, quick_model, mlp_ta
   assert f"{name}: targets" in capsys.readouterr().out
 
 
+def test_robustness_skips_both_mnist1d_tasks_without_mnist1d(tmp_path, capsys, monkeypatch):
+  """Without the mnist1d package both MNIST-1D tasks are skipped with a
+  message, and a run left with no task stops with a usage error."""
+  from benchmarks import robustness  # pylint: disable=g-import-not-at-top
+
+  monkeypatch.setattr(_data, "have_mnist1d", lambda: False)
+  with pytest.raises(SystemExit):
+    robustness.main(
+      ["--quick", "--datasets", "mnist1d", "mnist1d_cnn", "--no-progress"]
+      + _outputs(tmp_path, "robustness")
+    )
+  captured = capsys.readouterr()
+  for name in ("mnist1d", "mnist1d_cnn"):
+    assert f"skipping {name} " in captured.out
+  assert "no task of --datasets can run here" in captured.err
+  assert not list(tmp_path.iterdir())
+
+
 def test_robustness_over_adam(tmp_path, capsys):
   """``--direction adam``: the optax_lr methods step along Adam's direction and
   the range test sweeps ``optax.adam``; the references are unchanged."""

@@ -156,6 +156,8 @@ class Method:
       :meth:`accepts` inspects.
     hvp: timing anchor only: the step adds one Hessian-vector product.
     rate_means: what the swept initial rate sets, for the tables' notes.
+    info: why the row is information only, not one the issue's targets
+      judge (``with_range_test``'s rows); ``None`` for the others.
   """
 
   name: str
@@ -171,6 +173,7 @@ class Method:
   factory: Optional[Callable[..., Any]] = None
   hvp: bool = False
   rate_means: str = "the initial learning rate"
+  info: Optional[str] = None
 
   def __post_init__(self):
     unknown = set(self.needs) - set(EXTRA_ARG_NAMES)
@@ -514,6 +517,31 @@ def with_val_grads(method: Method) -> Method:
   if "val_grads" in method.needs:
     return method
   return dataclasses.replace(method, needs=method.needs + ("val_grads",))
+
+
+def with_range_test(method: Method) -> Method:
+  """``method`` started at ``lr_range_test``'s suggestion: the row
+  ``<name>_range_test``, one run per seed, for information.
+
+  What a user gets who runs the range test first and starts the method at its
+  suggestion, as ASLR's paper pipeline (``aslr_range_test``) does. The issue
+  judges these methods from every initial rate, so the row is not a target.
+
+  Raises:
+    ValueError: ``method`` is not an optax_lr method swept over initial rates.
+  """
+  if method.library != "optax_lr" or not method.swept:
+    raise ValueError(
+      f"{method.name} is not an optax_lr method swept over initial rates: "
+      "only those can start from the range test's suggestion instead"
+    )
+  return dataclasses.replace(
+    method,
+    name=f"{method.name}_range_test",
+    rate_from_task=range_test_suggestion,
+    rate_means=_RANGE_TEST_MEANS + f", as {method.name}'s initial rate",
+    info="started at the range test's suggestion",
+  )
 
 
 def by_name(methods: Sequence[Method], names: Optional[Sequence[str]]) -> list[Method]:

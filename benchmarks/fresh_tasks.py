@@ -27,12 +27,21 @@ that collapses (to 1e-9) or runs away shows. The update calls get the
 batch loss as ``value`` (so the safety net sees it); ``--without-value``
 leaves it out, as a plain ``tx.update(grads, state, params)`` does.
 
+``--range-test`` also starts every method at the rate ``lr_range_test``
+suggests (valley), the sweep's optimizer the reference of the run's
+direction (``REFERENCES``: ``optax.sgd``, ``sgd(momentum=0.9)``,
+``optax.adam``), on the run's own first 200 batches from its initial
+params; a summary then gives, per method, the geometric mean over problems
+and directions of the ratio from the suggestion against that of the
+method's worst initial rate, and how many are within 1.25x.
+
 Usage::
 
     python -m benchmarks.fresh_tasks                      # everything, ~4 min
     python -m benchmarks.fresh_tasks --methods aalr --problems lsq
     python -m benchmarks.fresh_tasks --quick              # a smoke run
     python -m benchmarks.fresh_tasks --without-value      # no value= in update
+    python -m benchmarks.fresh_tasks --range-test         # also from the range test
 
 Writes ``results/fresh_tasks.json``.
 """
@@ -40,6 +49,7 @@ Writes ``results/fresh_tasks.json``.
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 import time
 from typing import Any, Callable, NamedTuple
@@ -65,11 +75,16 @@ DIRECTIONS: dict[str, Callable[[], optax.GradientTransformation]] = {
   "momentum": lambda: optax.trace(0.9),
   "adam": optax.scale_by_adam,
 }
-REFERENCES: dict[str, Callable[[float], optax.GradientTransformation]] = {
+# Each direction's hand-tuned reference, and the optimizer the range test
+# sweeps for it (its rate by keyword: a partial, not a lambda).
+REFERENCES: dict[str, Callable[..., optax.GradientTransformation]] = {
   "sgd": optax.sgd,
-  "momentum": lambda lr: optax.sgd(lr, momentum=0.9),
+  "momentum": functools.partial(optax.sgd, momentum=0.9),
   "adam": optax.adam,
 }
+# The summary of --range-test counts the ratios within this bound (the
+# robustness targets' 1.25x).
+WITHIN = 1.25
 
 
 class Problem(NamedTuple):
@@ -185,6 +200,74 @@ def run_reference(problem: Problem, make, lr: float, steps: int) -> float:
   return _run(problem, make(lr), steps)[0]
 
 
+def range_test_suggestion(problem: Problem, optimizer, steps: int) -> float:
+  """The rate ``lr_range_test`` suggests for ``optimizer`` on a run's first
+  batches (``_methods.RANGE_TEST_STEPS``, fewer in a shorter run), from the
+  run's initial params, which the run then starts from."""
+  num_steps = min(_methods.RANGE_TEST_STEPS, steps)
+  order = _order(steps, len(problem.targets))
+  batches = jax.vmap(lambda t: _batch(problem, order, t))(jnp.arange(num_steps))
+  found = optax_lr.lr_range_test(
+    lambda params, batch: problem.loss(params, *batch),
+    problem.init(jax.random.PRNGKey(0)),
+    batches,
+    optimizer=optimizer,
+    min_lr=_methods.RANGE_TEST_MIN_LR,
+    max_lr=_methods.RANGE_TEST_MAX_LR,
+    num_steps=num_steps,
+  )
+  return float(found.suggestion)
+
+
+def _cell(lr: float, run, best: float) -> dict:
+  """One run's row cell from ``run_method``'s ``(loss, finite, rates)``."""
+  loss, finite, rates = run
+  return dict(
+    initial_rate=lr,
+    loss=loss,
+    ratio=loss / best,
+    finite=finite,
+    rate_min=float(rates.min()),
+    rate_max=float(rates.max()),
+    rate_end=float(rates[-1]),
+  )
+
+
+def _text(cell: dict) -> str:
+  return (
+    f"{cell['ratio']:7.2f}x [{cell['rate_min']:.0e}, {cell['rate_max']:.0e}] "
+    f"end {cell['rate_end']:.0e}" + ("" if cell["finite"] else " NON-FINITE")
+  )
+
+
+def range_test_summary(report: dict) -> dict:
+  """Per method, over every problem and direction run: the geometric mean
+  of the ratio to the best hand-tuned loss from the range test's suggestion
+  and from the method's worst initial rate, how many of each are within
+  ``WITHIN``, and in how many the suggestion ends worse than the worst
+  initial rate. A non-finite loss counts as an infinite ratio."""
+  pairs: dict[str, list[tuple[float, float]]] = {}
+  for problem in report["problems"].values():
+    for row in problem["methods"]:
+      if "from_range_test" not in row:
+        continue
+      ratio = lambda c: c["ratio"] if np.isfinite(c["ratio"]) else np.inf
+      worst = max(ratio(c) for c in row["runs"])
+      pairs.setdefault(row["method"], []).append((ratio(row["from_range_test"]), worst))
+  summary = {}
+  for method, cells in pairs.items():
+    start, worst = np.asarray(cells, np.float64).T
+    summary[method] = dict(
+      cells=len(cells),
+      geometric_mean_from_range_test=float(np.exp(np.log(start).mean())),
+      geometric_mean_worst_initial_rate=float(np.exp(np.log(worst).mean())),
+      within_from_range_test=int((start <= WITHIN).sum()),
+      within_worst_initial_rate=int((worst <= WITHIN).sum()),
+      worse_than_worst_initial_rate=int((start > worst).sum()),
+    )
+  return summary
+
+
 def main(argv=None) -> dict:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   names = [m.name for m in _methods.OPTAX_LR_METHODS if m.swept]
@@ -198,6 +281,12 @@ def main(argv=None) -> dict:
     action="store_true",
     help="leave the training loss out of the update calls (a plain tx.update(grads, state, "
     "params)); window-mode ASLR and AALR still average it",
+  )
+  parser.add_argument(
+    "--range-test",
+    action="store_true",
+    help="also start every method at the rate lr_range_test suggests for the direction's "
+    "reference optimizer, and summarize against the worst initial rate",
   )
   parser.add_argument("--out", default="results/fresh_tasks.json")
   args = parser.parse_args(argv)
@@ -225,36 +314,57 @@ def main(argv=None) -> dict:
     print(f"{name}: best hand-tuned final training loss {best:.4g}")
     for ref, losses in references.items():
       print(f"  {ref:9s} per grid rate " + " ".join(f"{x:.4g}" for x in losses))
-    print(
-      f"  {'':8s} {'method':10s} " + " | ".join(f"{'from ' + format(lr, 'g'):>32s}" for lr in RATES)
+    columns = [f"from {lr:g}" for lr in RATES] + (
+      ["from the range test"] if args.range_test else []
     )
+    print(f"  {'':8s} {'method':10s} " + " | ".join(f"{c:>32s}" for c in columns))
     runs = []
     for direction in args.directions:
+      suggestion = (
+        range_test_suggestion(problem, REFERENCES[direction], steps) if args.range_test else None
+      )
+      if suggestion is not None:
+        print(f"  {direction}: the range test suggests {suggestion:.3g}")
       for method_name in args.methods:
-        cells = []
-        for lr in RATES:
-          loss, finite, rates = run_method(
-            problem, by_name[method_name], DIRECTIONS[direction], lr, steps, not args.without_value
-          )
-          cells.append(
-            dict(
-              initial_rate=lr,
-              loss=loss,
-              ratio=loss / best,
-              finite=finite,
-              rate_min=float(rates.min()),
-              rate_max=float(rates.max()),
-              rate_end=float(rates[-1]),
-            )
-          )
-        runs.append(dict(direction=direction, method=method_name, runs=cells))
-        text = [
-          f"{c['ratio']:7.2f}x [{c['rate_min']:.0e}, {c['rate_max']:.0e}] end {c['rate_end']:.0e}"
-          + ("" if c["finite"] else " NON-FINITE")
-          for c in cells
-        ]
-        print(f"  {direction:8s} {method_name:10s} " + " | ".join(text), flush=True)
+        run = functools.partial(
+          run_method,
+          problem,
+          by_name[method_name],
+          DIRECTIONS[direction],
+          steps=steps,
+          value=not args.without_value,
+        )
+        row = dict(
+          direction=direction,
+          method=method_name,
+          runs=[_cell(lr, run(lr), best) for lr in RATES],
+        )
+        if suggestion is not None:
+          row["from_range_test"] = _cell(suggestion, run(suggestion), best)
+        runs.append(row)
+        cells = row["runs"] + ([row["from_range_test"]] if suggestion is not None else [])
+        print(f"  {direction:8s} {method_name:10s} " + " | ".join(map(_text, cells)), flush=True)
     report["problems"][name] = dict(best_reference=best, references=references, methods=runs)
+  if args.range_test:
+    report["range_test_summary"] = summary = range_test_summary(report)
+    print(
+      "\nfrom the range test's suggestion against the worst initial rate: geometric mean of "
+      f"the ratio over problems and directions (within {WITHIN}x)"
+    )
+    print(
+      _report.table(
+        ["method", "from the range test", "worst initial rate", "worse than the worst"],
+        [
+          [
+            method,
+            f"{s['geometric_mean_from_range_test']:.2f}x ({s['within_from_range_test']})",
+            f"{s['geometric_mean_worst_initial_rate']:.2f}x ({s['within_worst_initial_rate']})",
+            f"{s['worse_than_worst_initial_rate']}/{s['cells']}",
+          ]
+          for method, s in summary.items()
+        ],
+      )
+    )
   return _report.finish(report, start, args.out)
 
 

@@ -85,18 +85,29 @@ Usage::
     # val_grads), as RTHO and MARTHE always run
     python -m benchmarks.robustness --methods hd --val-grads-for hd \
         --update benchmarks/figures/robustness.json --out results/robustness_hd_val.json
+    # newton_lr and AALR also started at the range test's suggestion (rows
+    # newton_lr_range_test, aalr_range_test: information, not targets)
+    python -m benchmarks.robustness --range-test-for newton_lr aalr \
+        --update benchmarks/figures/robustness.json --out results/robustness.json
     # after a change to MARTHE only: rerun it, keep the rest of the report
     python -m benchmarks.robustness --datasets stdlib_lm --methods marthe \
         --update benchmarks/figures/robustness_lm.json --out results/robustness_lm.json
 
 Writes ``results/robustness.json`` and ``results/robustness.png``.
 
+``--range-test-for METHOD ...`` adds, after each method named, a row
+``METHOD_range_test``: the method run once per seed from the rate the range
+test suggests, as ``aslr_range_test`` runs ASLR (``_methods.with_range_test``).
+It measures what a user gets who runs ``lr_range_test`` first; the issue
+judges these methods from every initial rate, so the rows are information
+(``"counts": false`` in the targets) and no target depends on them.
+
 ``--update REPORT`` is for a task too slow to rerun whole (stdlib_lm: about
-an hour on 2 cores) after a change to some methods: it runs only the methods
-named, no hand-tuned reference, puts their entries in place of REPORT's for
-the same task (whose settings must match), recomputes the targets from the
-merged entries and REPORT's references, and records the command under
-``updates``.
+an hour on 2 cores) after a change to some methods: it runs only the rows
+named (by ``--methods`` and ``--range-test-for``), no hand-tuned reference,
+puts their entries in place of REPORT's for the same task (whose settings
+must match), recomputes the targets from the merged entries and REPORT's
+references, and records the command under ``updates``.
 """
 
 from __future__ import annotations
@@ -299,7 +310,9 @@ def plot(report, path):
   fig, axes = _report.panels(plt, 1, len(names), 7, 5)
   for ax, name in zip(axes[0], names):
     ds = report["datasets"][name]
-    methods = list(ds["methods"])
+    # Information rows (--range-test-for) are in the tables and the rate
+    # figures; here they would crowd out the sweep.
+    methods = [m for m, entry in ds["methods"].items() if not entry.get("info")]
     colors = plt.get_cmap("tab20")(np.linspace(0, 1, len(methods)))
     for color, m in zip(colors, methods):
       entry = ds["methods"][m]
@@ -483,6 +496,8 @@ def run_methods(methods, model, rates, splits, setting, seeds, quiet):
       # Whether its update got a validation minibatch's gradient (E = the
       # validation loss): RTHO and MARTHE always, HD on --val-grads-for.
       "val_grads": "val_grads" in m.needs,
+      # Why the row is information only (--range-test-for rows), else None.
+      "info": m.info,
       # The effective rate per step of seed 0's run from each initial rate.
       "lr_per_step_seed0": np.stack([r.history["lr"][0] for r in runs]),
     }
@@ -541,6 +556,14 @@ def _worst(entry) -> tuple[float, str]:
   return float(per_rate.max()), _report.rate_label(entry["initial_rates"][int(per_rate.argmax())])
 
 
+def _info(name: str, entry: dict):
+  """Why a method's row is information only, not a target row; else None."""
+  if name in TARGET_ROW_OF:
+    return f"see {TARGET_ROW_OF[name]}"
+  # Reports written before --range-test-for have no "info".
+  return entry.get("info")
+
+
 def targets(entries: dict, refs: dict) -> dict:
   """The issue's targets on one task, from the method entries and the references."""
   best_name = min(refs, key=lambda n: refs[n]["best_loss"]) if refs else None
@@ -570,6 +593,7 @@ def targets(entries: dict, refs: dict) -> dict:
   for name, entry in entries.items():
     if entry["library"] != "optax_lr":
       continue
+    info = _info(name, entry)
     worst, worst_at = _worst(entry)
     ratio = None if best is None else worst / best["loss"]
     methods[name] = {
@@ -582,8 +606,10 @@ def targets(entries: dict, refs: dict) -> dict:
       "as_robust_as_dog": (
         bool(worst <= dog_worst) if name in held_to_dog and dog_worst is not None else None
       ),
-      # ASLR's target row is its pipeline's; its raw sweep is for information.
-      "counts": name not in TARGET_ROW_OF,
+      # ASLR's target row is its pipeline's: its raw sweep is for
+      # information, as are the --range-test-for rows.
+      "counts": info is None,
+      "info": info,
     }
     if "early_stopped_loss" in entry and best_stopped is not None:
       worst_stopped = float(np.asarray(entry["early_stopped_loss"]).mean(1).max())
@@ -663,7 +689,7 @@ def print_targets(name: str, target: dict, refs: dict) -> None:
   )
   rows = []
   for method, t in target["methods"].items():
-    label = method if t["counts"] else f"{method} (info: see {TARGET_ROW_OF[method]})"
+    label = method if t["counts"] else f"{method} (info: {t['info']})"
     rows.append(
       [
         label,
@@ -772,6 +798,30 @@ def _select(methods, names):
   return list(methods) if not names else [m for m in methods if m.name in set(names)]
 
 
+def task_methods(methods, names, val_grads_for=(), range_test_for=()):
+  """The rows a task runs, in registry order.
+
+  Args:
+    methods: the task's methods.
+    names: the methods to run (all when ``None``; none when empty, as an
+      ``--update`` of only range-test rows runs).
+    val_grads_for: these get a validation minibatch's gradient as
+      ``val_grads`` (``_methods.with_val_grads``), their range-test rows too.
+    range_test_for: each is followed by its ``<name>_range_test`` row
+      (``_methods.with_range_test``), whether ``names`` names it or not.
+  """
+  chosen = {m.name for m in methods} if names is None else set(names)
+  rows = []
+  for m in methods:
+    if m.name in val_grads_for:
+      m = _methods.with_val_grads(m)
+    if m.name in chosen:
+      rows.append(m)
+    if m.name in range_test_for:
+      rows.append(_methods.with_range_test(m))
+  return rows
+
+
 def main(argv=None) -> dict:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument(
@@ -817,6 +867,14 @@ def main(argv=None) -> dict:
     help="also give these hypergradient methods (hd, hd_mult) a validation "
     "minibatch's gradient as val_grads, as rtho and marthe always get it",
   )
+  parser.add_argument(
+    "--range-test-for",
+    nargs="+",
+    default=(),
+    metavar="METHOD",
+    help="also run each of these optax_lr methods once per seed from the rate "
+    "lr_range_test suggests (rows METHOD_range_test, information, not targets)",
+  )
   parser.add_argument("--seeds", type=int, nargs="+", default=None)
   parser.add_argument("--epochs", type=int, default=None)
   lm = parser.add_argument_group("stdlib_lm task size (default: LM_SIZE)")
@@ -839,8 +897,8 @@ def main(argv=None) -> dict:
   )
   _report.add_output_args(parser, "robustness", progress=True)
   args = parser.parse_args(argv)
-  if args.update is not None and not args.methods:
-    parser.error("--update needs --methods: the methods to rerun")
+  if args.update is not None and not (args.methods or args.range_test_for):
+    parser.error("--update needs --methods or --range-test-for: the rows to rerun")
   if args.direction != "task" and "stdlib_lm" in args.datasets:
     parser.error("--direction: stdlib_lm runs over AdamW's direction; drop it from --datasets")
   if args.update is not None and (args.references or args.grid):
@@ -876,6 +934,14 @@ def main(argv=None) -> dict:
       _methods.with_val_grads(_methods.by_name(_methods.COMPARE_METHODS, [name])[0])
     except ValueError as error:
       parser.error(f"--val-grads-for: {error}")
+  registry = _methods.COMPARE_METHODS + _methods.ADAM_BASELINES
+  for name in args.range_test_for:
+    try:
+      _methods.with_range_test(_methods.by_name(registry, [name])[0])
+    except ValueError as error:
+      parser.error(f"--range-test-for: {error}")
+    if f"{name}_range_test" in {m.name for m in registry}:
+      parser.error(f"--range-test-for: {name} already has its row {name}_range_test")
 
   start = time.perf_counter()
   report = {
@@ -904,10 +970,13 @@ def main(argv=None) -> dict:
     t = make_task()
     splits, model, setting = t.splits, t.model, t.setting
     rates, grid = args.rates or t.rates, args.grid or t.grid
-    methods = [
-      _methods.with_val_grads(m) if m.name in args.val_grads_for else m
-      for m in _select(t.methods, args.methods)
-    ]
+    methods = task_methods(
+      t.methods,
+      # An update runs only the rows named.
+      args.methods if args.methods or base is None else [],
+      args.val_grads_for,
+      args.range_test_for,
+    )
     # An update keeps the report's references.
     hand_tuned = [] if base is not None else _select(t.hand_tuned, args.references)
     size = f"{model.num_params()} params; " if hasattr(model, "num_params") else ""
@@ -925,6 +994,9 @@ def main(argv=None) -> dict:
     given = [m.name for m in methods if "val_grads" in m.needs]
     if given:
       print(f"a validation minibatch's gradient as val_grads: {' '.join(given)}")
+    info = [m.name for m in methods if m.info is not None]
+    if info:
+      print(f"from the range test's suggestion (information, not targets): {' '.join(info)}")
     print(
       _report.table(
         [

@@ -11,6 +11,7 @@ progress bar and the MNIST-1D task, which is what the checks below expect.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib.util
 import json
 import math
@@ -19,6 +20,7 @@ import warnings
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from benchmarks import _data
@@ -864,6 +866,82 @@ def test_robustness_val_grads_for(tmp_path, capsys):
   np.testing.assert_array_equal(*ref_loss)
 
 
+def test_with_range_test_starts_a_swept_method_at_the_suggestion():
+  newton, aslr_pipeline, sgd = _methods.by_name(
+    _methods.COMPARE_METHODS, ["newton_lr", "aslr_range_test", "sgd"]
+  )
+  row = _methods.with_range_test(newton)
+  assert row.name == "newton_lr_range_test" and not row.swept
+  assert row.rate_from_task is _methods.range_test_suggestion
+  assert row.info == "started at the range test's suggestion" and newton.info is None
+  assert row.needs == newton.needs and row.factory is newton.factory
+  for method in (aslr_pipeline, sgd):  # not swept; not optax_lr
+    with pytest.raises(ValueError, match=f"{method.name} is not an optax_lr method swept"):
+      _methods.with_range_test(method)
+
+
+def test_robustness_range_test_for(tmp_path, capsys):
+  """``--range-test-for newton_lr``: a row newton_lr_range_test, one run per
+  seed from the range test's suggestion (the rate sgd_range_test trains at),
+  information only; ``--update`` can add such rows alone."""
+  from benchmarks import robustness  # pylint: disable=g-import-not-at-top
+
+  for bad, message in (
+    ("aslr", "aslr already has its row aslr_range_test"),
+    ("sgd", "sgd is not an optax_lr method swept"),
+    ("nope", "unknown methods"),
+  ):
+    with pytest.raises(SystemExit):
+      robustness.main(["--quick", "--datasets", "digits", "--range-test-for", bad])
+    assert message in capsys.readouterr().err
+
+  args = ["--quick", "--datasets", "digits", "--rates", "1e-2"]
+  args += ["--seeds", "0", "1", "--epochs", "2", "--no-progress"]
+  robustness.main(
+    args
+    + ["--methods", "hd", "sgd_range_test", "--range-test-for", "newton_lr"]
+    + ["--references", "sgd", "--grid", "1e-2"]
+    + _outputs(tmp_path, "base")
+  )
+  out = capsys.readouterr().out
+  assert "from the range test's suggestion (information, not targets): newton_lr_range_test" in out
+  assert "newton_lr_range_test (info: started at the range test's suggestion)" in out
+  ds = _load(tmp_path / "base.json")["datasets"]["digits"]
+  # Only the rows asked for: newton_lr itself is not in --methods.
+  assert list(ds["methods"]) == ["hd", "newton_lr_range_test", "sgd_range_test"]
+  row = ds["methods"]["newton_lr_range_test"]
+  assert not row["swept"] and row["info"] == "started at the range test's suggestion"
+  assert ds["methods"]["hd"]["info"] is None
+  suggestions = np.asarray(row["seed_rates"])
+  assert suggestions.shape == (1, 2)
+  np.testing.assert_array_equal(suggestions, ds["methods"]["sgd_range_test"]["seed_rates"])
+  # newton_lr's first step is taken at the suggestion.
+  np.testing.assert_allclose(np.asarray(row["lr_per_step_seed0"])[0, 0], suggestions[0, 0], 1e-6)
+  t = ds["targets"]["methods"]["newton_lr_range_test"]
+  assert not t["counts"] and t["worst_at"] == "range test" and t["as_robust_as_dog"] is None
+  assert ds["targets"]["methods"]["hd"]["counts"]
+
+  # An update of only range-test rows: hd's row joins, the rest is kept.
+  robustness.main(
+    args
+    + ["--range-test-for", "hd", "--update", str(tmp_path / "base.json")]
+    + _outputs(tmp_path, "merged")
+  )
+  merged = _load(tmp_path / "merged.json")["datasets"]["digits"]
+  assert list(merged["methods"]) == [
+    "hd",
+    "newton_lr_range_test",
+    "sgd_range_test",
+    "hd_range_test",
+  ]
+  for name in ("hd", "newton_lr_range_test", "sgd_range_test"):
+    assert merged["methods"][name] == ds["methods"][name]
+  assert merged["hand_tuned"] == ds["hand_tuned"]
+  np.testing.assert_array_equal(merged["methods"]["hd_range_test"]["seed_rates"], suggestions)
+  assert not merged["targets"]["methods"]["hd_range_test"]["counts"]
+  assert merged["targets"]["all_met"] == ds["targets"]["all_met"]
+
+
 def test_robustness_targets_logic():
   from benchmarks import robustness  # pylint: disable=g-import-not-at-top
 
@@ -897,6 +975,16 @@ def test_robustness_targets_logic():
   # Only what passes: HD and the ASLR pipeline (the raw sweep is information).
   passing = {n: entries[n] for n in ("hd", "aslr", "aslr_range_test", "dog", "sgd_range_test")}
   assert robustness.targets(passing, refs)["all_met"]
+  # A --range-test-for row is information too, however it ends; a row of a
+  # method held to dog is not held to dog.
+  info = dict(_entry([0.9], swept=False), info="started at the range test's suggestion")
+  t = robustness.targets(dict(passing, newton_lr_range_test=info), refs)
+  row = t["methods"]["newton_lr_range_test"]
+  assert not row["counts"] and row["info"] == info["info"]
+  assert row["ratio_to_best_hand_tuned"] == pytest.approx(9.0) and not row["within_bound"]
+  assert row["as_robust_as_dog"] is None and t["all_met"]
+  assert t["methods"]["aslr"]["info"] == "see aslr_range_test"
+  assert t["methods"]["hd"]["info"] is None
 
 
 def test_update_report_replaces_entries_and_recomputes_targets():
@@ -1193,6 +1281,56 @@ def test_fresh_tasks(tmp_path, capsys):
     for cell in row["runs"]:
       assert cell["finite"] and cell["ratio"] == pytest.approx(cell["loss"] / lsq["best_reference"])
       assert 0 < cell["rate_min"] <= cell["rate_end"] <= cell["rate_max"]
+
+
+def test_fresh_tasks_range_test(tmp_path, capsys):
+  """``--range-test``: each row also runs from the suggestion of the range
+  test over the direction's reference optimizer, and the summary's figures
+  follow from the rows."""
+  from benchmarks import fresh_tasks  # pylint: disable=g-import-not-at-top
+
+  args = ["--quick", "--methods", "hd", "newton_lr", "--problems", "lsq"]
+  args += ["--directions", "sgd", "momentum", "--range-test"]
+  report = fresh_tasks.main(args + ["--out", str(tmp_path / "fresh.json")])
+  out = capsys.readouterr().out
+  assert "momentum: the range test suggests" in out and "from the range test" in out
+  lsq, problem = report["problems"]["lsq"], fresh_tasks.problems()["lsq"]
+  steps = report["steps"]
+  suggestions = {}
+  for row in lsq["methods"]:
+    cell = row["from_range_test"]
+    suggestions.setdefault(row["direction"], cell["initial_rate"])
+    # One suggestion per direction, shared by its methods ...
+    assert cell["initial_rate"] == suggestions[row["direction"]]
+    # ... and the run from it is the method's run from that rate.
+    method = _methods.by_name(_methods.OPTAX_LR_METHODS, [row["method"]])[0]
+    loss, finite, _ = fresh_tasks.run_method(
+      problem, method, fresh_tasks.DIRECTIONS[row["direction"]], cell["initial_rate"], steps
+    )
+    assert cell["loss"] == loss and cell["finite"] == finite
+    assert cell["ratio"] == pytest.approx(loss / lsq["best_reference"])
+  # The momentum sweep takes steps ten times SGD's: a smaller suggestion.
+  assert suggestions["momentum"] == fresh_tasks.range_test_suggestion(
+    problem, functools.partial(optax.sgd, momentum=0.9), steps
+  )
+  assert suggestions["momentum"] < suggestions["sgd"]
+
+  summary = report["range_test_summary"]
+  assert set(summary) == {"hd", "newton_lr"}
+  for method, s in summary.items():
+    rows = [r for r in lsq["methods"] if r["method"] == method]
+    start = np.array([r["from_range_test"]["ratio"] for r in rows])
+    worst = np.array([max(c["ratio"] for c in r["runs"]) for r in rows])
+    assert s["cells"] == 2
+    assert s["geometric_mean_from_range_test"] == pytest.approx(np.sqrt(start.prod()))
+    assert s["geometric_mean_worst_initial_rate"] == pytest.approx(np.sqrt(worst.prod()))
+    assert s["within_from_range_test"] == int((start <= fresh_tasks.WITHIN).sum())
+    assert s["worse_than_worst_initial_rate"] == int((start > worst).sum())
+  # A non-finite loss counts as an infinite ratio.
+  broken = {"problems": {"p": {"methods": [dict(lsq["methods"][0])]}}}
+  broken["problems"]["p"]["methods"][0]["from_range_test"] = {"ratio": float("nan")}
+  s = fresh_tasks.range_test_summary(broken)["hd"]
+  assert s["geometric_mean_from_range_test"] == np.inf and s["worse_than_worst_initial_rate"] == 1
 
 
 def test_fresh_tasks_without_value_leaves_the_loss_out():

@@ -12,7 +12,9 @@ Directives (MyST: ```` ```{benchmark-table} robustness.json ````):
 ``benchmark-table <file.json>``
   ``:table:`` one of ``compare``, ``robustness``, ``hand-tuned``,
   ``targets``, ``summary`` (every task of a robustness report side by
-  side), ``speed``, ``speed-targets``, ``safety-net``;
+  side), ``range-test`` (each method started at the range test's
+  suggestion beside its worst initial rate, every task side by side),
+  ``speed``, ``speed-targets``, ``safety-net``;
   ``:dataset:`` (robustness tables but ``summary``) or ``:model:`` (speed
   tables);
   ``:methods:`` an optional space-separated subset of rows, in order.
@@ -135,10 +137,10 @@ def command_paragraph(report: dict, name: str) -> nodes.paragraph:
     details.append(f"{report['wall_s']:.0f} s wall time")
   text = " (" + "; ".join(details) + ")"
   para += nodes.Text(text)
-  # Rows rerun later and merged in (`benchmarks.robustness --update`).
+  # Rows rerun or added later and merged in (`benchmarks.robustness --update`).
   for update in report.get("updates", []):
     rows = sorted({m for methods in update.get("methods", {}).values() for m in methods})
-    para += nodes.Text(f"; then {', '.join(rows)} rerun by ")
+    para += nodes.Text(f"; then {', '.join(rows)} run by ")
     para += _code(update.get("command", "(none recorded)"))
     para += nodes.Text(f" ({update.get('machine', {}).get('date', '?')[:10]})")
   return para
@@ -229,7 +231,10 @@ def targets_table(report: dict, ds: dict, methods=None):
     if methods and name not in methods:
       continue
     counted = t.get("counts", True)
-    label = name if counted else f"{name} (see {row_of.get(name, '')})"
+    # Why the row is information: its own "info" (reports before it: ASLR's
+    # raw sweep, whose target row is its pipeline's).
+    info = t.get("info") or f"see {row_of.get(name, '')}"
+    label = name if counted else f"{name} ({info})"
     rows.append(
       [
         label,
@@ -292,6 +297,41 @@ def summary_table(report: dict, methods=None):
       ]
       + ["–" if t is None else _verdict(t["as_robust_as_dog"]) for t in targets]
     )
+  return header, rows
+
+
+def range_test_table(report: dict, methods=None):
+  """Per method with a ``<method>_range_test`` row (``benchmarks.robustness
+  --range-test-for``): its ratio to the best hand-tuned loss from the range
+  test's suggestion, and in brackets its worst over the initial rates, on
+  every task."""
+  names = list(report["datasets"])
+  header = ["method"] + [
+    f"{name}: from the suggestion (worst initial rate) / best hand-tuned" for name in names
+  ]
+  suffix = "_range_test"
+  found: dict[str, None] = {}
+  for name in names:
+    for row, t in report["datasets"][name]["targets"]["methods"].items():
+      # Information rows only: aslr_range_test is ASLR's target row.
+      if row.endswith(suffix) and not t.get("counts", True):
+        found.setdefault(row[: -len(suffix)])
+  rows = []
+  for method in found:
+    if methods and method not in methods:
+      continue
+    cells = []
+    for name in names:
+      targets = report["datasets"][name]["targets"]["methods"]
+      start, swept = targets.get(method + suffix), targets.get(method)
+      if start is None:
+        cells.append("–")
+        continue
+      cell = _num(start["ratio_to_best_hand_tuned"])
+      if swept is not None:
+        cell += f" ({_num(swept['ratio_to_best_hand_tuned'])})"
+      cells.append(cell)
+    rows.append([method] + cells)
   return header, rows
 
 
@@ -360,6 +400,8 @@ class BenchmarkTable(SphinxDirective):
         header, rows = compare_table(report, methods)
       elif kind == "summary":
         header, rows = summary_table(report, methods)
+      elif kind == "range-test":
+        header, rows = range_test_table(report, methods)
       elif kind in ("robustness", "hand-tuned", "targets"):
         ds = report["datasets"][self.options["dataset"]]
         if kind == "robustness":

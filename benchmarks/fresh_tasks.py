@@ -246,12 +246,12 @@ def range_test_summary(report: dict) -> dict:
   and from the method's worst initial rate, how many of each are within
   ``WITHIN``, and in how many the suggestion ends worse than the worst
   initial rate. A non-finite loss counts as an infinite ratio."""
+  ratio = lambda cell: cell["ratio"] if np.isfinite(cell["ratio"]) else np.inf
   pairs: dict[str, list[tuple[float, float]]] = {}
   for problem in report["problems"].values():
     for row in problem["methods"]:
       if "from_range_test" not in row:
         continue
-      ratio = lambda c: c["ratio"] if np.isfinite(c["ratio"]) else np.inf
       worst = max(ratio(c) for c in row["runs"])
       pairs.setdefault(row["method"], []).append((ratio(row["from_range_test"]), worst))
   summary = {}

@@ -424,7 +424,9 @@ def plot_rates(report, png):
         )
       title = m
       if m in target and target[m]["ratio_to_best_hand_tuned"] is not None:
-        title += f"  (worst / best hand-tuned {target[m]['ratio_to_best_hand_tuned']:.2f})"
+        # A one-run row (range test) has no worst rate: its ratio is its own.
+        what = "worst / best hand-tuned" if entry["swept"] else "/ best hand-tuned"
+        title += f"  ({what} {target[m]['ratio_to_best_hand_tuned']:.2f})"
       ax.set_title(title, fontsize=9)
       ax.set_yscale("log")
       ax.legend(fontsize=6, loc="best")

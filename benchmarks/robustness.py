@@ -923,8 +923,9 @@ def main(argv=None) -> dict:
     )
   if not tasks:
     parser.error("no task of --datasets can run here (mnist1d is not installed)")
+  registry = _methods.COMPARE_METHODS + _methods.ADAM_BASELINES
   for option, known in (
-    ("methods", [m.name for m in _methods.COMPARE_METHODS + _methods.ADAM_BASELINES]),
+    ("methods", [m.name for m in registry]),
     ("references", [m.name for m in _methods.HAND_TUNED + _methods.adam_hand_tuned(1)]),
   ):
     unknown = set(getattr(args, option) or ()) - set(known)
@@ -936,7 +937,6 @@ def main(argv=None) -> dict:
       _methods.with_val_grads(_methods.by_name(_methods.COMPARE_METHODS, [name])[0])
     except ValueError as error:
       parser.error(f"--val-grads-for: {error}")
-  registry = _methods.COMPARE_METHODS + _methods.ADAM_BASELINES
   for name in args.range_test_for:
     try:
       _methods.with_range_test(_methods.by_name(registry, [name])[0])

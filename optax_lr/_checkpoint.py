@@ -49,8 +49,9 @@ The safety net's policy (:class:`SafetyNetState`, :func:`net_decide`):
   call), while a heavy tail of hard minibatches among easy ones never makes
   half of the losses; or
   (for the hypergradient methods, whose cosine pass tells it at no cost,
-  and for ``newton_lr``, which counts on the calls that would save and at
-  window ends: :func:`net_decide_counting_live`) a
+  for ``newton_lr``, which counts on the calls that would save and at
+  window ends, and for ASLR, which counts at the call after each epoch end:
+  :func:`net_decide_counting_live`) a
   gradient that is exactly zero everywhere, or on more than half of the
   most leaves that had a nonzero one at a call so far, at a loss above
   :data:`DEAD_LOSS_FRACTION` (half) of the first: a dead model, whose
@@ -446,6 +447,10 @@ class SafetyNetState(NamedTuple):
   # [] bool: a save decided at an epoch end (epoch-level methods), carried
   # out by the next update call, which sees the params.
   pending_save: jax.Array
+  # [] bool: an epoch end asked the next update call to count its
+  # gradient's live leaves (the dead-model test of an epoch-level method,
+  # whose monitored cost stops improving once the model is dead).
+  pending_count: jax.Array
   rolled_back: jax.Array  # [] bool: the call that produced this state rolled back.
   rollbacks: jax.Array  # [] int32: rollbacks so far (saturating).
   # Like the rate ([] A, or a pytree of them): the initial rate, whose band
@@ -490,6 +495,7 @@ def net_init(params: Any, direction_state: Any, rate: Any) -> SafetyNetState:
     since_save=jnp.zeros([], jnp.int32),
     pending=jnp.zeros([], jnp.bool_),
     pending_save=jnp.zeros([], jnp.bool_),
+    pending_count=jnp.zeros([], jnp.bool_),
     rolled_back=jnp.zeros([], jnp.bool_),
     rollbacks=jnp.zeros([], jnp.int32),
     initial_rate=fresh_copy(rate),
@@ -645,7 +651,11 @@ def dead_model(
 
 
 def net_decide_counting_live(
-  net: SafetyNetState, value: jax.Array, healthy: jax.Array, grads: Any
+  net: SafetyNetState,
+  value: jax.Array,
+  healthy: jax.Array,
+  grads: Any,
+  epoch_saves: bool = False,
 ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
   """:func:`net_decide` with a ``value``, counting ``grads``' live leaves only where it matters.
 
@@ -658,14 +668,18 @@ def net_decide_counting_live(
   (``net.live_leaves == 0``). A dead run whose loss stays above the
   checkpoint's never tries to save: the method must count elsewhere too
   (``newton_lr`` counts its window sums at window ends, with
-  :func:`dead_model`, and rolls back at the next call).
+  :func:`dead_model`, and rolls back at the next call). An epoch-level
+  method (``epoch_saves``, passed on to :func:`net_decide`) counts here at
+  the call after every epoch end (``net.pending_count``, set by
+  :func:`net_epoch_end`), whether the epoch improved or not: one count an
+  epoch.
 
   Returns:
     ``(save, rollback, cost, grad_live)``: those of :func:`net_decide`, and
     the count (``net.live_leaves`` where it did not run: alive).
   """
-  save, rollback, cost = net_decide(net, value, healthy)
-  needed = save | (net.live_leaves == 0)
+  save, rollback, cost = net_decide(net, value, healthy, epoch_saves=epoch_saves)
+  needed = save | (net.live_leaves == 0) | net.pending_count
   # The per-leaf maxima's count (the unused maximum compiles away).
   grad_live = jax.lax.cond(
     needed, lambda g: tree_max_abs_and_live(g)[1], lambda g: net.live_leaves, grads
@@ -727,6 +741,7 @@ def net_update(
     since_save=since.astype(jnp.int32),
     pending=jnp.zeros([], jnp.bool_) if pending is None else pending,
     pending_save=jnp.zeros([], jnp.bool_),
+    pending_count=jnp.zeros([], jnp.bool_),
     rolled_back=rollback,
     rollbacks=jnp.where(
       rollback,
@@ -825,7 +840,9 @@ def net_epoch_end(net: SafetyNetState, cost: jax.Array, best: jax.Array) -> Safe
   A non-finite epoch cost, or one above ``10·best`` (``best + 9|best|``),
   leaves a rollback pending; a finite cost no worse than ``best`` (the
   method's best monitored cost before this epoch) leaves a save pending. The
-  next update call carries either out.
+  next update call carries either out, and counts its gradient's live leaves
+  (``pending_count``, read by :func:`net_decide_counting_live`): a model that
+  died during the epoch no longer improves the cost, so no save would look.
   """
   cost = cost.astype(best.dtype)
   limit = best + (DIVERGENCE_FACTOR - 1) * jnp.abs(best)
@@ -834,6 +851,7 @@ def net_epoch_end(net: SafetyNetState, cost: jax.Array, best: jax.Array) -> Safe
   return net._replace(
     pending=net.pending | diverged,
     pending_save=(net.pending_save | improved) & jnp.logical_not(diverged),
+    pending_count=jnp.ones([], jnp.bool_),
   )
 
 

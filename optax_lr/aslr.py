@@ -57,7 +57,8 @@ class ASLRState(NamedTuple):
   window: Optional[_monitor.EpochWindow]
   direction_state: Any  # the direction's state.
   # The safety net (checkpoint saved at improvements, rollback on a diverged
-  # epoch or loss); None with safety_net=False.
+  # epoch or loss, or a dead model counted after an epoch end); None with
+  # safety_net=False.
   safety: Optional[_checkpoint.SafetyNetState] = None
 
 
@@ -395,10 +396,13 @@ def aslr(
       the best) or a non-finite or blown-up ``value`` (above ten times its
       reference, three times before the first save, a thousand times its
       running level, or, in most recent calls, three times its level at the
-      last save): the centre then returns to the one saved with the
-      checkpoint, a decade lower for each further divergence from it, and
-      the search restarts. ``update`` then needs ``params``. ``False`` saves
-      one params copy and one direction-state copy of memory.
+      last save), or after a dead model (a gradient exactly zero on more
+      than half of the leaves that had one, at a ``value`` above half the
+      first; counted at the call after each epoch end only): the centre
+      then returns to the one saved with the checkpoint, a decade lower for
+      each further divergence from it, and the search restarts. ``update``
+      then needs ``params``. ``False`` saves one params copy and one
+      direction-state copy of memory.
 
   Its paper's recipe for the initial centre is the learning-rate range
   test: ``optax_lr.aslr(float(optax_lr.lr_range_test(loss_fn, params,
@@ -498,8 +502,18 @@ def aslr(
     if safety_net:
       _checks.check_params(params, updates, "aslr", _NET_NEEDS_PARAMS)
       # Saves happen at improving epoch ends; a diverged epoch, or a
-      # non-finite or blown-up training loss, rolls back.
-      save, rollback, cost = _checkpoint.net_decide(net, value, jnp.asarray(True), epoch_saves=True)
+      # non-finite or blown-up training loss, rolls back. With a `value`, so
+      # does a dead model (a gradient zero on most of its leaves at a loss
+      # above half the first), counted at the call after each epoch end
+      # only: one pass over the gradient an epoch, not one a call.
+      healthy = jnp.asarray(True)
+      if value is None:
+        grad_live = None
+        save, rollback, cost = _checkpoint.net_decide(net, value, healthy, epoch_saves=True)
+      else:
+        save, rollback, cost, grad_live = _checkpoint.net_decide_counting_live(
+          net, value, healthy, updates, epoch_saves=True
+        )
       checkpoint, updates = _checkpoint.save_if(
         save, net.checkpoint, params, state.direction_state, state.learning_rate, cost, updates
       )
@@ -538,7 +552,7 @@ def aslr(
       )
       backed_off = _backed_off(state, net, checkpoint)
       state = state._replace(
-        safety=_checkpoint.net_update(net, checkpoint, save, rollback, cost),
+        safety=_checkpoint.net_update(net, checkpoint, save, rollback, cost, grad_live=grad_live),
         **{
           name: jnp.where(rollback, value_, getattr(state, name))
           for name, value_ in backed_off.items()

@@ -277,6 +277,41 @@ def test_live_leaves_are_counted_at_the_calls_that_would_save(
 
 
 @pytest.mark.parametrize(
+  "most_live,pending_save,pending_count,value,counted,save,rollback",
+  [
+    # The call after an epoch end that did not improve: it counts, and 2 of
+    # 6 live leaves at a loss above half the first (1.0) is a dead model.
+    (6, False, True, 0.9, True, False, True),
+    # After an improving one: the same count keeps the dead model out of
+    # the checkpoint and rolls back instead.
+    (6, True, True, 0.9, True, False, True),
+    # 2 of 4 is alive: the pending save goes ahead.
+    (4, True, True, 0.9, True, True, False),
+    # At or below half the first loss: lifeless, yet no divergence; no save.
+    (6, True, True, 0.4, True, False, False),
+    # No epoch end since the last call: no count, whatever the gradient
+    # (however many calls since the last save: epoch-level saves only).
+    (6, False, False, 0.9, False, False, False),
+  ],
+)
+def test_an_epoch_end_has_the_next_call_count_live_leaves(
+  most_live, pending_save, pending_count, value, counted, save, rollback
+):
+  grads = {"a": jnp.array([0.0, 2.0]), "b": jnp.array([-1.0]), "c": jnp.zeros(3), "d": jnp.zeros(2)}
+  net = _net(1.0, 1.0, since=_checkpoint.SAVE_EVERY)._replace(
+    live_leaves=jnp.int32(most_live),
+    pending_save=jnp.bool_(pending_save),
+    pending_count=jnp.bool_(pending_count),
+  )
+  decide = jax.jit(_checkpoint.net_decide_counting_live, static_argnames="epoch_saves")
+  got_save, got_rollback, _, live = decide(
+    net, jnp.float32(value), jnp.bool_(True), grads, epoch_saves=True
+  )
+  assert int(live) == (2 if counted else most_live)
+  assert (bool(got_save), bool(got_rollback)) == (save, rollback)
+
+
+@pytest.mark.parametrize(
   "rollbacks,has_saved,since,level,diverged",
   [
     # After a rollback, before any save, STALL_CALLS calls with a running
@@ -525,6 +560,14 @@ def test_epoch_ends_leave_a_save_or_a_rollback_pending():
     out = _checkpoint.net_epoch_end(net, jnp.float32(bad), best)
     assert bool(out.pending) and not bool(out.pending_save)
   assert not bool(_checkpoint.net_epoch_end(net, jnp.float32(19.0), best).pending)
+  # Every epoch end, improving or not, has the next call count the
+  # gradient's live leaves; that call's update clears the request.
+  assert not bool(net.pending_count)
+  for cost in (1.5, 2.5, 19.0, math.nan):
+    out = _checkpoint.net_epoch_end(net, jnp.float32(cost), best)
+    assert bool(out.pending_count)
+    after = _checkpoint.net_update(out, out.checkpoint, jnp.bool_(False), jnp.bool_(False), best)
+    assert not bool(after.pending_count)
 
 
 @pytest.mark.parametrize("rollback", [False, True])
@@ -594,7 +637,9 @@ class NetCase:
   # Takes a gradient exactly zero everywhere, or on most of the leaves that
   # once had one, at a loss above half the first for a dead model (the
   # hypergradient methods: their cosine pass tells it free; newton_lr counts
-  # on the calls that can save).
+  # on the calls that can save). ASLR tests it too, at the call after each
+  # epoch end, with random per-leaf rates that the shared dead-model checks
+  # (a first step of exactly rate 2) do not fit: its own tests below.
   sees_dead_models: bool = False
   # The calls at which a run killed by its first step, and killed again by
   # the rate restored at its first rollback, rolls back (dead_relu and
@@ -1174,6 +1219,86 @@ def test_aslr_rolls_back_at_the_call_after_a_diverged_epoch():
   updates, state = step(jax.grad(quadratic)(w), state, w)
   np.testing.assert_allclose(float(optax_lr.current_lr(state)), 0.03, rtol=1e-6)
   assert (int(state.digit), int(state.exponent)) == (3, -2)
+
+
+def _aslr_dead_layers_run(tx, calls, observe_every=None, with_value=True):
+  """ASLR on `dead_layers` from DEAD_LAYERS_W0: ``(u1 after every call,
+  rolled_back flags, rates, final params, final state)``. ``observe_every``:
+  an epoch end (`optax_lr.observe`, the epoch's mean training loss) after
+  every that many calls, for ASLR without `steps_per_epoch`."""
+
+  @jax.jit
+  def run(params):
+    def body(carry, t):
+      params, state, total = carry
+      loss, grads = jax.value_and_grad(dead_layers)(params)
+      extra = {"value": loss} if with_value else {}
+      updates, state = tx.update(grads, state, params, **extra)
+      params = optax_lr.apply_updates(params, updates, state)
+      total = total + loss
+      if observe_every is not None:
+        ends = (t + 1) % observe_every == 0
+        state = jax.lax.cond(
+          ends, lambda s: optax_lr.observe(s, total / observe_every), lambda s: s, state
+        )
+        total = jnp.where(ends, 0.0, total)
+      rolled = state.safety.rolled_back
+      return (params, state, total), (params["u1"][0], rolled, optax_lr.current_lr(state))
+
+    init = (params, tx.init(params), jnp.float32(0.0))
+    (params, state, _), (u1, flags, rates) = jax.lax.scan(body, init, jnp.arange(calls))
+    return u1, flags, rates, params, state
+
+  u1, flags, rates, params, state = run(DEAD_LAYERS_W0)
+  return np.asarray(u1), np.asarray(flags), np.asarray(rates), params, state
+
+
+@pytest.mark.parametrize("mode", ["steps_per_epoch", "observe"])
+def test_aslr_rolls_back_a_model_its_rate_killed_at_the_call_after_the_epoch_end(mode):
+  # ASLR's per-leaf rates at a centre of 2 lie in [1.5, 2.5]: the first
+  # step takes each unit from 1.8 to 1.8 - 1.6 r <= -0.6, dead (gradient
+  # exactly 0 on 3 of the 4 leaves, loss 3.02 > half the first, 1.945).
+  # ASLR counts live leaves only at the call after an epoch end (10 calls
+  # here; the first calls count until one gives the reference, 4 leaves):
+  # call 10 rolls back to the initial point at the centre saved with it
+  # (2); that rate kills the units again. The rollback call trains nothing
+  # and belongs to no epoch, so the next epoch is calls 11-20 and call 21
+  # rolls back a second time, to a tenth of the centre (0.2, rates in
+  # [0.15, 0.25]): from there the units live and fit.
+  if mode == "steps_per_epoch":
+    tx, observe_every = optax_lr.aslr(2.0, steps_per_epoch=10), None
+  else:
+    tx, observe_every = optax_lr.aslr(2.0), 10
+  u1, flags, rates, params, state = _aslr_dead_layers_run(tx, 300, observe_every)
+  assert u1[0] < -0.5  # the first step kills the unit
+  if mode == "steps_per_epoch":
+    assert list(np.flatnonzero(flags)) == [10, 21]
+  else:
+    # An observed epoch is 10 calls, the rollback call included: the
+    # second epoch ends after call 19, and call 20 rolls back.
+    assert list(np.flatnonzero(flags)) == [10, 20]
+  first, second = np.flatnonzero(flags)
+  assert u1[first] == u1[second] == np.float32(1.8)
+  np.testing.assert_allclose(rates[first], 2.0, rtol=1e-6)
+  np.testing.assert_allclose(rates[second], 2.0 / _checkpoint.BACKOFF, rtol=1e-6)
+  assert int(state.safety.rollbacks) == 2 and int(state.safety.live_leaves) == 4
+  for name in ("u1", "u2", "u3"):
+    assert dead_relu(params[name]) < 1e-6
+  if mode == "observe":
+    # Without a `value` (which the window needs) there is no loss to tell a
+    # dead model from a minimum: the units stay dead.
+    u1, flags, _, params, _ = _aslr_dead_layers_run(tx, 300, observe_every, with_value=False)
+    assert not flags.any() and u1[-1] < 0
+
+
+def test_aslr_counts_live_leaves_once_an_epoch_not_at_every_call():
+  # Between epoch ends a dead gradient goes unread: with no epoch end in
+  # 300 calls (the reference counted at call 0), the killed units stay
+  # dead and nothing rolls back.
+  tx = optax_lr.aslr(2.0)
+  u1, flags, _, _, state = _aslr_dead_layers_run(tx, 300)
+  assert not flags.any() and u1[-1] < 0
+  assert int(state.safety.live_leaves) == 4
 
 
 # ------------------------------------------- no `value`: the gradient gate

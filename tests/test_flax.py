@@ -389,7 +389,11 @@ def test_train_state_stock_apply_gradients_cannot_take_extra_args():
   state = _linen_state(optax_lr.aslr(RATE, steps_per_epoch=2, seed=3))
   with pytest.raises(ValueError, match="value"):
     state.apply_gradients(grads=grads)
+  # A gradient that is not zero everywhere: an all-zero one at a loss is a
+  # dead model to the safety net, whose rollback call counts in no window.
+  grads = jax.tree_util.tree_map(jnp.ones_like, state.params)
   state = optax_lr.apply_gradients(state, grads=grads, value=jnp.float32(1.0))
+  assert not bool(state.opt_state.safety.rolled_back)
   assert int(state.opt_state.window.steps) == 1
 
 

@@ -413,11 +413,10 @@ _HD = dict(
   normalized=False,
   multiplicative=False,
   select_kappa=False,
-  standardized=False,
 )
 _HD_MULTIPLICATIVE = {**_HD, "multiplicative": True}
 # hyper_lr=None: the scale-free rule, its cosine standardised.
-_HD_SCALE_FREE = {**_HD, "normalized": True, "standardized": True}
+_HD_SCALE_FREE = {**_HD, "normalized": True}
 _RTHO = {**_HD, "mu": 1.0, "uses_tangent": True, "keeps_u_prev": False}
 _MARTHE_SELECT = {
   **_RTHO,
@@ -425,7 +424,6 @@ _MARTHE_SELECT = {
   "adapts_beta": True,
   "normalized": True,
   "select_kappa": True,
-  "standardized": True,
 }
 _MARTHE_ADAPTIVE_MU = {**_RTHO, "mu": None, "adaptive_mu": True, "keeps_u_prev": True}
 
@@ -571,20 +569,30 @@ def test_rate_rule_hd_scale_free_consistent_small_cosines_move_the_rate_fully():
     v = [cos, np.sqrt(1 - cos**2), 0.0]
     rate = _rule(state, v, 0.05, _HD_SCALE_FREE)
     _assert_rate(rate, 0.2 * np.exp(0.05), 0.05, 0.0, 0.0, -1.0, 0.0)
-    # The plain cosine moves it by 0.005% only.
-    plain = _rule(state, v, 0.05, {**_HD_SCALE_FREE, "standardized": False})
-    np.testing.assert_allclose(float(plain.eta), 0.2 * np.exp(0.05 * cos), rtol=1e-15)
+    # (The plain cosine would move it by exp(0.05 * 1e-3): 0.005% only.)
 
 
-def test_rate_rule_other_rules_leave_the_scale_alone():
-  # Only kappa selection and HD's default standardise: RTHO's cosine rule
-  # (hyper_lr=None) records the raw cosine and keeps s.
+def test_rate_rule_rtho_scale_free_is_standardised_by_hand():
+  # RTHO's default (hyper_lr=None): h = cos(Z, v) = 24 / 25 over its tangent,
+  # standardised as HD's and kappa selection's (s' = 1: s = 0.99216), with
+  # the factory's fixed beta = 0.05: eta = 0.2 exp(-0.05 h).
   flags = {**_RTHO, "normalized": True}
   with jax.enable_x64(True):
-    state = _rule_state(0.2, mu=1.0, scale=0.25, tangent=[3.0, 0.0, 4.0])
+    state = _rule_state(0.2, mu=1.0, scale=1.0, tangent=[3.0, 0.0, 4.0])
     rate = _rule(state, [4.0, 0.0, 3.0], 0.05, flags)
-    _assert_rate(rate, 0.2 * np.exp(-0.05 * _COS), 0.05, 1.0, 1.0, _COS, 0.0)
+    _assert_rate(rate, 0.2 * np.exp(-0.05 * _H_FROM_ONE), 0.05, 1.0, 1.0, _H_FROM_ONE, 0.0)
+    np.testing.assert_allclose(float(rate.scale), _SCALE_FROM_ONE, rtol=1e-15)
+
+
+@pytest.mark.parametrize("flags", [_RTHO, _HD_MULTIPLICATIVE], ids=["additive", "multiplicative"])
+def test_rate_rule_other_rules_leave_the_scale_alone(flags):
+  # Only the scale-free rule standardises: the paper's additive rule (an
+  # explicit hyper_lr) and Baydin et al.'s multiplicative one keep s.
+  with jax.enable_x64(True):
+    state = _rule_state(0.2, mu=1.0, scale=0.25, tangent=[3.0, 0.0, 4.0], u_prev=[3.0, 0.0, 4.0])
+    rate = _rule(state, [4.0, 0.0, 3.0], 0.01, flags)
     assert float(rate.scale) == 0.25
+    assert float(rate.eta) != 0.2
 
 
 @pytest.mark.parametrize("sign, eta", [(1.0, 0.1 * (1 + 0.02 * 0.96)), (-1.0, 0.0)])
@@ -888,14 +896,13 @@ def test_non_finite_hypergradient_keeps_scalars_and_resets_tangents(poison):
 # ---------------------------------------------------------------- defaults
 
 
-def _normalised_reference(
-  eta0, mu, beta0, kappa, steps, curvatures, w0, multiplicative=False, standardized=False
-):
+def _normalised_reference(eta0, mu, beta0, kappa, steps, curvatures, w0, multiplicative=False):
   """Float64 numpy reference of the scale-free rule on 0.5 sum(c w^2), SGD.
 
   h_hat = <Z, g> / (|Z| |g|) (0 where a norm is 0), with Z = -u_prev for
-  mu = 0; when ``standardized`` (HD's default, kappa selection), s = 0.9 s
-  + 0.1 h_hat^2 (h_hat^2 where s = 0), h_hat = clip(h_hat / sqrt(s), -1, 1);
+  mu = 0; unless ``multiplicative`` (the scale-free rule of HD, RTHO and
+  kappa selection), s = 0.9 s + 0.1 h_hat^2 (h_hat^2 where s = 0), h_hat =
+  clip(h_hat / sqrt(s), -1, 1);
   when kappa > 0 (kappa selection), beta = clip(beta + kappa h_hat
   h_hat_prev, 0, 0.05); eta = eta
   exp(-beta h_hat), or with ``multiplicative`` Baydin et al.'s
@@ -909,7 +916,7 @@ def _normalised_reference(
     tangent = -u_prev if mu == 0 else z
     norms = np.linalg.norm(tangent) * np.linalg.norm(g)
     h = 0.0 if norms == 0 else tangent @ g / norms
-    if standardized:
+    if not multiplicative:
       scale = h * h if scale == 0 else 0.9 * scale + 0.1 * h * h
       h = 0.0 if scale == 0 else min(max(h / np.sqrt(scale), -1.0), 1.0)
     if kappa > 0:
@@ -923,7 +930,7 @@ def _normalised_reference(
 
 
 @pytest.mark.parametrize(
-  "name,make,mu,beta0,kappa,steps,multiplicative,standardized",
+  "name,make,mu,beta0,kappa,steps,multiplicative",
   [
     (
       "hd",
@@ -933,7 +940,6 @@ def _normalised_reference(
       0.0,
       40,
       False,
-      True,
     ),
     # Baydin et al.'s multiplicative rule, with the same default beta.
     (
@@ -944,7 +950,6 @@ def _normalised_reference(
       0.0,
       40,
       True,
-      False,
     ),
     (
       "rtho",
@@ -953,7 +958,6 @@ def _normalised_reference(
       hypergradient.DEFAULT_HYPER_LR,
       0.0,
       40,
-      False,
       False,
     ),
     # kappa selection with a fixed mu; no divergence here, so no rollback.
@@ -967,12 +971,11 @@ def _normalised_reference(
       hypergradient.DEFAULT_HYPER_LR_STEP,
       40,
       False,
-      True,
     ),
   ],
 )
 def test_scale_free_defaults_match_a_float64_reference(
-  name, make, mu, beta0, kappa, steps, multiplicative, standardized
+  name, make, mu, beta0, kappa, steps, multiplicative
 ):
   curvatures, w0 = jnp.array([1.0, 3.0, 5.0]), jnp.array([1.0, -2.0, 0.5])
   loss = lambda w: 0.5 * jnp.sum(curvatures * w * w)
@@ -998,7 +1001,6 @@ def test_scale_free_defaults_match_a_float64_reference(
     curvatures,
     w0,
     multiplicative=multiplicative,
-    standardized=standardized,
   )
   # float32 against float64 over compounding steps.
   np.testing.assert_allclose(np.asarray(rates), want_rates, rtol=1e-4)

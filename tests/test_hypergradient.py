@@ -584,15 +584,25 @@ def test_rate_rule_rtho_scale_free_is_standardised_by_hand():
     np.testing.assert_allclose(float(rate.scale), _SCALE_FROM_ONE, rtol=1e-15)
 
 
-@pytest.mark.parametrize("flags", [_RTHO, _HD_MULTIPLICATIVE], ids=["additive", "multiplicative"])
-def test_rate_rule_other_rules_leave_the_scale_alone(flags):
+@pytest.mark.parametrize(
+  "flags, hyper_lr, eta",
+  [
+    # eta = 0.2 - beta <Z, v> = 0.2 - 0.001 * 24, the raw sum unstandardised.
+    (_RTHO, 0.001, 0.2 - 0.001 * 24.0),
+    # eta = 0.2 (1 + beta cos(u_{t-1}, v)), the raw cosine 0.96.
+    (_HD_MULTIPLICATIVE, 0.01, 0.2 * (1 + 0.01 * _COS)),
+  ],
+  ids=["additive", "multiplicative"],
+)
+def test_rate_rule_other_rules_leave_the_scale_alone(flags, hyper_lr, eta):
   # Only the scale-free rule standardises: the paper's additive rule (an
-  # explicit hyper_lr) and Baydin et al.'s multiplicative one keep s.
+  # explicit hyper_lr) and Baydin et al.'s multiplicative one read the raw
+  # hypergradient and keep s.
   with jax.enable_x64(True):
     state = _rule_state(0.2, mu=1.0, scale=0.25, tangent=[3.0, 0.0, 4.0], u_prev=[3.0, 0.0, 4.0])
-    rate = _rule(state, [4.0, 0.0, 3.0], 0.01, flags)
+    rate = _rule(state, [4.0, 0.0, 3.0], hyper_lr, flags)
     assert float(rate.scale) == 0.25
-    assert float(rate.eta) != 0.2
+    np.testing.assert_allclose(float(rate.eta), eta, rtol=1e-15)
 
 
 @pytest.mark.parametrize("sign, eta", [(1.0, 0.1 * (1 + 0.02 * 0.96)), (-1.0, 0.0)])

@@ -39,8 +39,8 @@ and :math:`(u_t, s_{t+1}) = \mathrm{direction}(g_t, s_t, w_t)`:
 
 Defaults (no hyper-hyperparameter to tune):
 
-* ``hyper_lr=None`` (HD, RTHO) is a scale-free rule: the hypergradient is
-  normalised by the norms it multiplies, :math:`\hat h_t = h_t / (\|Z_t\|
+* ``hyper_lr=None`` (HD, HD-mult, RTHO) is a scale-free rule: the
+  hypergradient is normalised by the norms it multiplies, :math:`\hat h_t = h_t / (\|Z_t\|
   \|v_t\|) \in [-1, 1]` (a cosine, as Baydin et al.'s multiplicative rule
   uses), and :math:`\eta_t = \eta_{t-1} \exp(-\beta \hat h_t)` with
   :math:`\beta` = ``DEFAULT_HYPER_LR`` = 0.05: at most 5% per step, whatever
@@ -55,7 +55,9 @@ Defaults (no hyper-hyperparameter to tune):
   improved on 9 of 10 MLP and CNN task-direction pairs, held on the
   Transformer LM, and got worse on digits over Adam, where the rate wanders
   (0.01 to 0.05 from 0.01). HD with
-  ``multiplicative=True`` keeps its own rule with the same :math:`\beta`.
+  ``multiplicative=True`` reads the same standardised cosine in Baydin et
+  al.'s form, :math:`\eta_t = \eta_{t-1}(1 - \beta \hat h_t)` (the first
+  order of the exponential), with the same :math:`\beta`.
 * ``hyper_lr_step=None`` (MARTHE) is the paper's own :math:`\kappa`
   selection (Section 4: start high, decimate until the learning system does
   not diverge), run inside the train step. The cosine above is
@@ -208,9 +210,10 @@ _monitor.register_method(
 # good rate of ~0.1 is reached within a few hundred noisy steps; 0.02 took
 # ~900 on digits). Chosen on digits, MNIST-1D and optax's contrib targets.
 # HD's multiplicative rule eta_t = eta_{t-1} (1 + beta cos) takes the same
-# beta when hyper_lr=None (it is the first-order form of the same rule; its
-# own 0.02 of before took the rate from 1e-4 only to 0.04 in 900 steps on
-# MNIST-1D, worst held-out 1.69 against 1.42 with 0.05).
+# beta and standardised cosine when hyper_lr=None (it is the first-order
+# form of the same rule; its own 0.02 of before took the rate from 1e-4
+# only to 0.04 in 900 steps on MNIST-1D, worst held-out 1.69 against 1.42
+# with 0.05).
 DEFAULT_HYPER_LR = 0.05
 # MARTHE's kappa selection starts here ("high") and divides by 10 at every
 # rollback; beta (scale-free) stays within [0, MAX_NORMALIZED_HYPER_LR]:
@@ -221,12 +224,13 @@ DEFAULT_HYPER_LR = 0.05
 # and 0.091 with 0.05.)
 DEFAULT_HYPER_LR_STEP = 1e-2
 MAX_NORMALIZED_HYPER_LR = DEFAULT_HYPER_LR
-# Under kappa selection and in HD's scale-free default the cosine is divided
-# by its root mean square over the last ~10 calls (a running mean of its
-# square with this decay). The cosine of a tangent with a minibatch gradient
-# is small: over RTHO's tangent on the benchmark MLPs, |cos| ~ 0.01 after a
-# few hundred steps, a step exp(-0.05 cos) of 0.05%, and kappa * h_t *
-# h_{t-1} ~ 1e-6, so beta never moves; over HD's on the benchmarks' 120k-param
+# Under kappa selection and in the defaults of HD, HD-mult and RTHO the
+# cosine is divided by its root mean square over the last ~10 calls (a
+# running mean of its square with this decay). The cosine of a tangent with
+# a minibatch gradient is small: over RTHO's tangent on the benchmark MLPs,
+# |cos| ~ 0.01 after a few hundred steps, a step exp(-0.05 cos) of 0.05%,
+# and kappa * h_t * h_{t-1} ~ 1e-6, so beta never moves; over HD's on the
+# benchmarks' 120k-param
 # Transformer from a rate 30 times too high, cos = -0.012 on average (std
 # 0.030, negative at 68% of the steps), and in 600 steps the rate fell only
 # from 0.1 to 0.069. The ratio is O(1) whatever the tangent's length or the
@@ -379,11 +383,14 @@ def _rate_rule(
 
   # Step 4.
   if multiplicative:
-    # Baydin's rule reads the normalized hypergradient -cos(u_{t-1}, v_t);
-    # the state records that, not the raw h, which may overflow.
-    h = -cosine
-    finite = finite & jnp.isfinite(h)
-    eta_t = jnp.maximum(state.learning_rate * (1 + beta_t * cosine), 0)
+    # Baydin's rule eta (1 + beta cos(u_{t-1}, v_t)) = eta (1 - beta h) reads
+    # h = -cos (bit for bit the same product), which the state records, not
+    # the raw h, which may overflow; its default (normalized) reads the
+    # standardised h above instead.
+    if not normalized:
+      h = -cosine
+      finite = finite & jnp.isfinite(h)
+    eta_t = jnp.maximum(state.learning_rate * (1 - beta_t * h), 0)
   elif normalized:
     # exp keeps the rate positive: it can shrink, never reach 0.
     eta_t = state.learning_rate * jnp.exp(-beta_t * h)
@@ -757,9 +764,8 @@ def _fixed_mu(
 
   Checks the public factories' arguments (``learning_rate``,
   ``multiplicative``, ``hyper_lr``, ``safety_net``, in that order) and builds
-  the engine; ``hyper_lr=None`` takes :data:`DEFAULT_HYPER_LR` (with
-  ``multiplicative``, in Baydin et al.'s rule; else in the scale-free rule,
-  its cosine standardised).
+  the engine; ``hyper_lr=None`` takes :data:`DEFAULT_HYPER_LR` and the
+  standardised cosine (with ``multiplicative``, in Baydin et al.'s form).
   """
   learning_rate = _checks.non_negative("learning_rate", learning_rate)
   multiplicative = _checks.boolean("multiplicative", multiplicative)
@@ -768,15 +774,13 @@ def _fixed_mu(
     hyper_lr = DEFAULT_HYPER_LR
   else:
     hyper_lr = _checks.non_negative("hyper_lr", hyper_lr)
-  # The scale-free rule (Baydin's multiplicative rule has its own).
-  scale_free = normalized and not multiplicative
   return _engine(
     learning_rate,
     hyper_lr=hyper_lr,
     hyper_lr_step=0.0,
     mu=mu,
     multiplicative=multiplicative,
-    normalized=scale_free,
+    normalized=normalized,
     select_kappa=False,
     safety_net=_checks.boolean("safety_net", safety_net),
     direction=direction,
@@ -855,7 +859,9 @@ def hypergradient_descent(
     direction: optax transformation giving the unscaled descent direction
       :math:`u_t` (default ``optax.identity()``: SGD).
     multiplicative: use the multiplicative rule (with ``hyper_lr=None``,
-      :math:`\beta` = 0.05, as the scale-free rule's).
+      the scale-free rule's :math:`\beta` = 0.05 and standardised cosine:
+      :math:`\eta_t = \eta_{t-1}(1 + 0.05\, \mathrm{clip}(c_t /
+      \sqrt{s_t}, -1, 1))`).
     safety_net: checkpoint and roll back on divergence (module docstring);
       ``False`` saves one params copy and one direction-state copy of memory.
 

@@ -572,6 +572,27 @@ def test_rate_rule_hd_scale_free_consistent_small_cosines_move_the_rate_fully():
     # (The plain cosine would move it by exp(0.05 * 1e-3): 0.005% only.)
 
 
+@pytest.mark.parametrize(
+  "scale_prev, scale, h, sign",
+  [
+    (0.0, _COS**2, -1.0, 1.0),  # first call: s = cos^2, so h = -1
+    (1.0, _SCALE_FROM_ONE, -_H_FROM_ONE, 1.0),  # a larger past scale: |h| < 1
+    (1.0, _SCALE_FROM_ONE, _H_FROM_ONE, -1.0),  # opposed steps: h > 0
+  ],
+)
+def test_rate_rule_multiplicative_default_is_standardised_by_hand(scale_prev, scale, h, sign):
+  # HD-mult's default (hyper_lr=None): h = -cos(u_{t-1}, v) = -+24 / 25 (the
+  # scale of v does not matter), standardised as HD's, in Baydin et al.'s
+  # form eta = max(0.2 (1 - 0.05 h), 0); the state records the standardised h.
+  flags = {**_HD_MULTIPLICATIVE, "normalized": True}
+  with jax.enable_x64(True):
+    state = _rule_state(0.2, beta=0.05, scale=scale_prev, h=0.3, u_prev=[3.0, 0.0, 4.0])
+    rate = _rule(state, [sign * 4e-10, 0.0, sign * 3e-10], 0.05, flags)
+    _assert_rate(rate, 0.2 * (1 - 0.05 * h), 0.05, 0.0, 0.0, h, 0.0)
+    np.testing.assert_allclose(float(rate.scale), scale, rtol=1e-15)
+    assert bool(rate.objective_finite)
+
+
 def test_rate_rule_rtho_scale_free_is_standardised_by_hand():
   # RTHO's default (hyper_lr=None): h = cos(Z, v) = 24 / 25 over its tangent,
   # standardised as HD's and kappa selection's (s' = 1: s = 0.99216), with
@@ -595,9 +616,9 @@ def test_rate_rule_rtho_scale_free_is_standardised_by_hand():
   ids=["additive", "multiplicative"],
 )
 def test_rate_rule_other_rules_leave_the_scale_alone(flags, hyper_lr, eta):
-  # Only the scale-free rule standardises: the paper's additive rule (an
-  # explicit hyper_lr) and Baydin et al.'s multiplicative one read the raw
-  # hypergradient and keep s.
+  # Only the defaults (hyper_lr=None) standardise: with an explicit hyper_lr,
+  # the paper's additive rule and Baydin et al.'s multiplicative one read the
+  # raw hypergradient and keep s.
   with jax.enable_x64(True):
     state = _rule_state(0.2, mu=1.0, scale=0.25, tangent=[3.0, 0.0, 4.0], u_prev=[3.0, 0.0, 4.0])
     rate = _rule(state, [4.0, 0.0, 3.0], hyper_lr, flags)
@@ -652,9 +673,18 @@ def test_rate_rule_adaptive_mu_is_zero_where_g1_is_zero():
     (_HD_MULTIPLICATIVE, 0.02),
     (_MARTHE_SELECT, 0.0),
     (_HD_SCALE_FREE, 0.05),
+    ({**_HD_MULTIPLICATIVE, "normalized": True}, 0.05),
     (_MARTHE_ADAPTIVE_MU, 0.01),
   ],
-  ids=["hd", "rtho", "multiplicative", "normalized", "hd-scale-free", "adaptive-mu"],
+  ids=[
+    "hd",
+    "rtho",
+    "multiplicative",
+    "normalized",
+    "hd-scale-free",
+    "multiplicative-scale-free",
+    "adaptive-mu",
+  ],
 )
 @pytest.mark.parametrize("where", ["v", "tangent"])
 def test_rate_rule_non_finite_keeps_the_previous_values(flags, hyper_lr, where):
@@ -910,8 +940,8 @@ def _normalised_reference(eta0, mu, beta0, kappa, steps, curvatures, w0, multipl
   """Float64 numpy reference of the scale-free rule on 0.5 sum(c w^2), SGD.
 
   h_hat = <Z, g> / (|Z| |g|) (0 where a norm is 0), with Z = -u_prev for
-  mu = 0; unless ``multiplicative`` (the scale-free rule of HD, RTHO and
-  kappa selection), s = 0.9 s + 0.1 h_hat^2 (h_hat^2 where s = 0), h_hat =
+  mu = 0; standardised (the default rule of HD, HD-mult, RTHO and kappa
+  selection), s = 0.9 s + 0.1 h_hat^2 (h_hat^2 where s = 0), h_hat =
   clip(h_hat / sqrt(s), -1, 1);
   when kappa > 0 (kappa selection), beta = clip(beta + kappa h_hat
   h_hat_prev, 0, 0.05); eta = eta
@@ -926,9 +956,8 @@ def _normalised_reference(eta0, mu, beta0, kappa, steps, curvatures, w0, multipl
     tangent = -u_prev if mu == 0 else z
     norms = np.linalg.norm(tangent) * np.linalg.norm(g)
     h = 0.0 if norms == 0 else tangent @ g / norms
-    if not multiplicative:
-      scale = h * h if scale == 0 else 0.9 * scale + 0.1 * h * h
-      h = 0.0 if scale == 0 else min(max(h / np.sqrt(scale), -1.0), 1.0)
+    scale = h * h if scale == 0 else 0.9 * scale + 0.1 * h * h
+    h = 0.0 if scale == 0 else min(max(h / np.sqrt(scale), -1.0), 1.0)
     if kappa > 0:
       beta = min(max(beta + kappa * h * h_prev, 0.0), 0.05)
     eta = max(eta * (1 - beta * h), 0.0) if multiplicative else eta * np.exp(-beta * h)
@@ -951,7 +980,8 @@ def _normalised_reference(eta0, mu, beta0, kappa, steps, curvatures, w0, multipl
       40,
       False,
     ),
-    # Baydin et al.'s multiplicative rule, with the same default beta.
+    # Baydin et al.'s multiplicative rule, with the same default beta and
+    # the same standardised cosine.
     (
       "hd_mult",
       lambda: optax_lr.hypergradient_descent(0.02, multiplicative=True, safety_net=False),

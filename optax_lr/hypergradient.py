@@ -40,9 +40,10 @@ and :math:`(u_t, s_{t+1}) = \mathrm{direction}(g_t, s_t, w_t)`:
 Defaults (no hyper-hyperparameter to tune):
 
 * ``hyper_lr=None`` (HD, HD-mult, RTHO) is a scale-free rule: the
-  hypergradient is normalised by the norms it multiplies, :math:`\hat h_t = h_t / (\|Z_t\|
-  \|v_t\|) \in [-1, 1]` (a cosine, as Baydin et al.'s multiplicative rule
-  uses), and :math:`\eta_t = \eta_{t-1} \exp(-\beta \hat h_t)` with
+  hypergradient is normalised by the norms it multiplies,
+  :math:`\hat h_t = h_t / (\|Z_t\| \|v_t\|) \in [-1, 1]` (a cosine, as
+  Baydin et al.'s multiplicative rule uses), and
+  :math:`\eta_t = \eta_{t-1} \exp(-\beta \hat h_t)` with
   :math:`\beta` = ``DEFAULT_HYPER_LR`` = 0.05: at most 5% per step, whatever
   the scale of the loss, and never 0 or negative. The cosine is standardised
   as MARTHE's default does (below): it shrinks with the model's size and
@@ -230,12 +231,11 @@ MAX_NORMALIZED_HYPER_LR = DEFAULT_HYPER_LR
 # a minibatch gradient is small: over RTHO's tangent on the benchmark MLPs,
 # |cos| ~ 0.01 after a few hundred steps, a step exp(-0.05 cos) of 0.05%,
 # and kappa * h_t * h_{t-1} ~ 1e-6, so beta never moves; over HD's on the
-# benchmarks' 120k-param
-# Transformer from a rate 30 times too high, cos = -0.012 on average (std
-# 0.030, negative at 68% of the steps), and in 600 steps the rate fell only
-# from 0.1 to 0.069. The ratio is O(1) whatever the tangent's length or the
-# model's size (a consistent sign gives +-1, noise alone a mean near 0),
-# clipped to [-1, 1].
+# benchmarks' 120k-param Transformer from a rate 30 times too high, cos =
+# -0.012 on average (std 0.030, negative at 68% of the steps), and in 600
+# steps the rate fell only from 0.1 to 0.069. The ratio is O(1) whatever
+# the tangent's length or the model's size (a consistent sign gives +-1,
+# noise alone a mean near 0), clipped to [-1, 1].
 HYPERGRADIENT_SCALE_DECAY = 0.9
 # With the safety net, the rate stays within [eta_0 / RATE_BAND,
 # eta_0 * RATE_BAND]; leaving it is a divergence under kappa selection.

@@ -173,10 +173,10 @@ class HypergradientState(NamedTuple):
   mu: jax.Array  # [] A: mu_t, the tangent's discount of the last update.
   horizon: jax.Array  # [] A: c_t, effective horizon of the tangent.
   hypergradient: jax.Array  # [] A: h_t of the last accepted update.
-  # [] A: the scale-free rules' (HD's and RTHO's default, MARTHE's kappa
-  # selection) running mean of cos(Z_t, v_t)^2, by which they divide the
-  # cosine; 0 before the first call and after a rollback, and for every
-  # other rule.
+  # [] A: the scale-free rules' (the defaults of HD, HD-mult and RTHO,
+  # MARTHE's kappa selection) running mean of cos(Z_t, v_t)^2, by which they
+  # divide the cosine; 0 before the first call and after a rollback, and for
+  # every other rule.
   hypergradient_scale: jax.Array
   # Z_{t+1}: params-like, each leaf in its dtype promoted to >= float32;
   # None for mu = 0 (HD), whose tangent is -u_prev.

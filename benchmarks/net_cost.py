@@ -34,12 +34,29 @@ interleaved round by round in one process, each summarised by its median;
 a ratio is the median over repeats of the per-repeat ratio, with the range
 of the repeats.
 
+**Across processes** (``--processes N``). The medians of one process move
+together: the same programs, run again in a new process (compiled afresh,
+their buffers placed anew), gave net ratios whose 7-repeat medians differed
+by up to 0.1, and a program against its own second compilation spans
+0.94-1.11 in a single repeat. More repeats in one process do not shrink that
+spread, so ``--processes N`` runs the whole measurement in ``N`` fresh
+processes, one after the other, and reads one median per process. Each
+ratio's verdict against the bound then comes from a distribution-free
+confidence interval for the median of those ``N`` values: the order
+statistics ``x_(k) <= median <= x_(N+1-k)``, with ``k`` the largest for
+which the coverage ``1 - 2 P(B <= k - 1)``, ``B ~ Binomial(N, 1/2)``, is at
+least 95 % (``CONFIDENCE``; ``N >= 6`` is needed for any interval). The
+bound is *met* where the interval lies at or below it, *missed* where it
+lies above, and *not resolved* where it straddles it. The noise floor's
+interval should hold 1.
+
 Usage::
 
     python -m benchmarks.net_cost                    # the MLP, 7 repeats
     python -m benchmarks.net_cost --models mlp transformer --methods hd newton_lr
     python -m benchmarks.net_cost --quick            # a smoke run
     python -m benchmarks.net_cost --direction adam   # the methods over Adam
+    python -m benchmarks.net_cost --processes 10 --repeats 3   # a verdict per method
 
 Writes ``results/net_cost.json``.
 """
@@ -48,8 +65,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
+import math
+import os
 import re
+import subprocess
 import sys
+import tempfile
 import time
 from typing import Any, NamedTuple
 
@@ -74,6 +96,9 @@ DIRECTIONS = {
 }
 # Appended to a candidate's name for its second compilation (the noise floor).
 AGAIN_SUFFIX = "_again"
+# --processes: the coverage of the interval for the median of the
+# per-process medians that a verdict against the bound reads.
+CONFIDENCE = 0.95
 # Top-level HLO operations that run nothing (bookkeeping of buffers).
 _NOT_KERNELS = ("parameter", "get-tuple-element", "tuple", "constant", "bitcast", "opt-barrier")
 _OPERATION = re.compile(r"^\s*(?:ROOT )?%\S+ = (\S+|\([^=]*\)) ([\w-]+)\(")
@@ -150,6 +175,137 @@ def _ratio(times: list[dict], name: str, base: str) -> dict:
   }
 
 
+def median_interval(values, confidence: float = CONFIDENCE) -> dict:
+  """A distribution-free confidence interval for the median of ``values``.
+
+  For ``n`` independent draws, the interval ``[x_(k), x_(n+1-k)]`` between
+  order statistics holds the population median with probability ``1 - 2
+  P(B <= k - 1)``, ``B ~ Binomial(n, 1/2)`` (the sign test's interval). ``k``
+  is the largest with that coverage at least ``confidence``.
+
+  Returns ``{"median", "low", "high", "coverage", "values"}``; ``low`` and
+  ``high`` are ``None`` (and ``coverage`` 0) when ``n`` draws are too few
+  for ``confidence`` (fewer than 6 at 95 %).
+  """
+  ordered = sorted(float(v) for v in values)
+  n = len(ordered)
+  low = high = None
+  coverage = 0.0
+  below = 0  # P(B <= k - 1) * 2^n, accumulated as k grows
+  for k in range(1, n // 2 + 1):
+    below += math.comb(n, k - 1)
+    covers = 1.0 - 2.0 * below / 2.0**n
+    if covers < confidence:
+      break
+    low, high, coverage = ordered[k - 1], ordered[n - k], covers
+  return {
+    "median": float(np.median(ordered)),
+    "low": low,
+    "high": high,
+    "coverage": coverage,
+    "values": [float(v) for v in values],
+  }
+
+
+def verdict(interval: dict, bound: float) -> str:
+  """``"met"``, ``"missed"`` or ``"not resolved"``: where ``interval`` (from
+  :func:`median_interval`) lies against ``bound``."""
+  if interval["high"] is not None and interval["high"] <= bound:
+    return "met"
+  if interval["low"] is not None and interval["low"] > bound:
+    return "missed"
+  return "not resolved"
+
+
+def across_processes(runs: list[dict], bound: float = speed.NET_BOUND) -> dict:
+  """Per model: each net ratio's, the select's and the noise floor's
+  per-process medians, the interval for their median and the verdict.
+
+  ``runs``: the reports of one measurement run in separate processes (the
+  same models, methods and direction).
+  """
+  out = {}
+  for model, first in runs[0]["models"].items():
+    per = [r["models"][model] for r in runs]
+    net = {}
+    for method in first["net_on_over_off"]:
+      interval = median_interval([p["net_on_over_off"][method]["median"] for p in per])
+      net[method] = dict(interval, verdict=verdict(interval, bound))
+    floor = median_interval([p["noise_floor"]["median"] for p in per])
+    floor["holds_1"] = floor["low"] is not None and floor["low"] <= 1.0 <= floor["high"]
+    out[model] = {
+      "description": first["description"],
+      "net_on_over_off": net,
+      "select_over_sgd": median_interval([p["select_over_sgd"]["median"] for p in per]),
+      "noise_floor": dict(floor, program=first["noise_floor"]["program"]),
+    }
+  return out
+
+
+def _interval_text(interval: dict) -> str:
+  if interval["low"] is None:
+    return f"{_report.fmt(interval['median'])} (too few processes for an interval)"
+  return (
+    f"{_report.fmt(interval['median'])} [{_report.fmt(interval['low'])}, "
+    f"{_report.fmt(interval['high'])}] ({100 * interval['coverage']:.1f} %)"
+  )
+
+
+def _print_across(summary: dict) -> None:
+  for model in summary.values():
+    print(f"\n{model['description']}: median over processes [confidence interval]")
+    rows = [
+      [
+        m,
+        " ".join(_report.fmt(v) for v in r["values"]),
+        _interval_text(r),
+        r["verdict"],
+      ]
+      for m, r in model["net_on_over_off"].items()
+    ]
+    print(
+      _report.table(
+        ["method", "net on / net off, per process", "median [interval]", f"<= {speed.NET_BOUND}"],
+        rows,
+      )
+    )
+    print(f"  {SELECT} / sgd: {_interval_text(model['select_over_sgd'])}")
+    floor = model["noise_floor"]
+    print(
+      f"  noise floor ({floor['program']} compiled twice): {_interval_text(floor)}; "
+      f"holds 1: {'yes' if floor['holds_1'] else 'no'}"
+    )
+
+
+def _run_processes(args, argv_for_child, command: str, start) -> dict:
+  """``args.processes`` fresh runs of this script, one after the other."""
+  machine = _report.machine()
+  runs = []
+  with tempfile.TemporaryDirectory() as tmp:
+    for i in range(args.processes):
+      out = os.path.join(tmp, f"run{i}.json")
+      print(f"process {i + 1}/{args.processes}", flush=True)
+      subprocess.run(
+        [sys.executable, "-m", "benchmarks.net_cost", *argv_for_child, "--out", out],
+        check=True,
+        stdout=subprocess.DEVNULL,
+      )
+      with open(out) as f:
+        runs.append(json.load(f))
+  summary = across_processes(runs)
+  _print_across(summary)
+  report = {
+    "command": command,
+    "machine": dict(machine, load_average_at_end=_report.machine()["load_average_1_5_15min"]),
+    "processes": args.processes,
+    "confidence": CONFIDENCE,
+    "net_bound": speed.NET_BOUND,
+    "across_processes": summary,
+    "runs": runs,
+  }
+  return _report.finish(report, start, args.out)
+
+
 def main(argv=None) -> dict:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--quick", action="store_true", help="tiny models, 1 repeat, few rounds")
@@ -164,16 +320,33 @@ def main(argv=None) -> dict:
     choices=list(DIRECTIONS),
     help="the optax_lr methods' direction (default: the model's, as benchmarks.speed)",
   )
+  parser.add_argument(
+    "--processes",
+    type=int,
+    default=1,
+    help="run the measurement in this many fresh processes and judge each "
+    "ratio by the median over them (module docstring)",
+  )
   parser.add_argument("--out", default="results/net_cost.json")
   args = parser.parse_args(argv)
+  if args.processes < 1:
+    raise ValueError(f"--processes must be >= 1, got {args.processes}")
   repeats = args.repeats or (1 if args.quick else 7)
   rounds, steps = (3, 2) if args.quick else (21, 10)
 
   start = time.perf_counter()
+  command = " ".join(
+    ["python -m benchmarks.net_cost"] + (sys.argv[1:] if argv is None else list(argv))
+  )
+  if args.processes > 1:
+    child = (
+      ["--models", *args.models, "--methods", *args.methods, "--direction", args.direction]
+      + ["--repeats", str(repeats)]
+      + (["--quick"] if args.quick else [])
+    )
+    return _run_processes(args, child, command, start)
   report: dict = {
-    "command": " ".join(
-      ["python -m benchmarks.net_cost"] + (sys.argv[1:] if argv is None else list(argv))
-    ),
+    "command": command,
     "machine": _report.machine(),
     "repeats": repeats,
     "rounds": rounds,

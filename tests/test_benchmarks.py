@@ -622,6 +622,107 @@ def test_net_cost_over_adam(tmp_path):
   assert kernels["hd"]["array_copies"] <= kernels["hd_net_off"]["array_copies"]
 
 
+def test_median_interval_by_hand():
+  from benchmarks import net_cost  # pylint: disable=g-import-not-at-top
+
+  # n = 10: P(B <= 0) = 1/1024 and P(B <= 1) = 11/1024 for B ~ Binomial(10, 1/2),
+  # so [x_(2), x_(9)] covers the median with 1 - 22/1024 = 0.9785 >= 0.95,
+  # and [x_(3), x_(8)] with 1 - 2 * 56/1024 = 0.89 only.
+  values = [7.0, 3.0, 10.0, 1.0, 5.0, 9.0, 2.0, 8.0, 4.0, 6.0]
+  interval = net_cost.median_interval(values)
+  assert (interval["low"], interval["high"]) == (2.0, 9.0)
+  assert interval["coverage"] == pytest.approx(1 - 22 / 1024)
+  assert interval["median"] == 5.5 and interval["values"] == values
+  # n = 6: only [x_(1), x_(6)] reaches 95 % (1 - 2/64); n = 5 has no interval
+  # (1 - 2/32 = 0.9375).
+  six = net_cost.median_interval([1.0, 1.2, 0.9, 1.1, 1.3, 1.05])
+  assert (six["low"], six["high"], six["coverage"]) == (0.9, 1.3, 1 - 2 / 64)
+  five = net_cost.median_interval([1.0, 1.2, 0.9, 1.1, 1.3])
+  assert five["low"] is None and five["high"] is None and five["coverage"] == 0.0
+  # A lower confidence admits a narrower interval: 0.89 takes [x_(3), x_(8)].
+  narrow = net_cost.median_interval(values, confidence=0.89)
+  assert (narrow["low"], narrow["high"]) == (3.0, 8.0)
+
+
+def test_verdict_against_the_bound():
+  from benchmarks import net_cost  # pylint: disable=g-import-not-at-top
+
+  def interval(low, high):
+    return {"low": low, "high": high}
+
+  assert net_cost.verdict(interval(0.98, 1.04), 1.05) == "met"
+  assert net_cost.verdict(interval(0.98, 1.05), 1.05) == "met"  # at the bound
+  assert net_cost.verdict(interval(1.06, 1.12), 1.05) == "missed"
+  assert net_cost.verdict(interval(1.05, 1.12), 1.05) == "not resolved"
+  assert net_cost.verdict(interval(1.01, 1.08), 1.05) == "not resolved"
+  assert net_cost.verdict(interval(None, None), 1.05) == "not resolved"
+
+
+def test_across_processes_judges_each_ratio_by_its_median():
+  from benchmarks import net_cost  # pylint: disable=g-import-not-at-top
+
+  hd = [1.01, 1.02, 1.03, 1.00, 0.99, 1.04]
+  newton = [1.06, 1.08, 1.10, 1.07, 1.09, 1.065]
+  aslr = [1.00, 1.02, 1.09, 1.03, 1.01, 1.04]
+  floor = [0.98, 1.00, 1.02, 0.97, 1.03, 1.01]
+  runs = [
+    {
+      "models": {
+        "mlp": {
+          "description": "an MLP",
+          "net_on_over_off": {
+            "hd": {"median": a},
+            "newton_lr": {"median": b},
+            "aslr": {"median": c},
+          },
+          "select_over_sgd": {"median": 1.0 + i / 100},
+          "noise_floor": {"median": f, "program": "hd_net_off"},
+        }
+      }
+    }
+    for i, (a, b, c, f) in enumerate(zip(hd, newton, aslr, floor))
+  ]
+  mlp = net_cost.across_processes(runs)["mlp"]
+  net = mlp["net_on_over_off"]
+  # Six processes: the interval is their whole range (coverage 1 - 2/64).
+  assert (net["hd"]["low"], net["hd"]["high"], net["hd"]["verdict"]) == (0.99, 1.04, "met")
+  assert net["newton_lr"]["verdict"] == "missed" and net["newton_lr"]["low"] == 1.06
+  assert net["aslr"]["verdict"] == "not resolved" and net["aslr"]["high"] == 1.09
+  assert net["hd"]["median"] == pytest.approx(1.015) and net["hd"]["values"] == hd
+  assert mlp["noise_floor"]["holds_1"] and mlp["noise_floor"]["program"] == "hd_net_off"
+  assert (mlp["select_over_sgd"]["low"], mlp["select_over_sgd"]["high"]) == (1.0, 1.05)
+  assert mlp["description"] == "an MLP"
+  # A floor whose interval misses 1 says the harness, not the net, moved.
+  shifted = [dict(r) for r in runs]
+  for r, f in zip(shifted, floor):
+    r["models"] = {"mlp": dict(r["models"]["mlp"], noise_floor={"median": f + 0.1, "program": "x"})}
+  assert not net_cost.across_processes(shifted)["mlp"]["noise_floor"]["holds_1"]
+
+
+def test_net_cost_across_processes(tmp_path, capsys):
+  from benchmarks import net_cost  # pylint: disable=g-import-not-at-top
+
+  out = tmp_path / "across.json"
+  report = net_cost.main(["--quick", "--methods", "hd", "--processes", "2", "--out", str(out)])
+  printed = capsys.readouterr().out
+  saved = _load(out)
+  assert saved["processes"] == 2 and len(saved["runs"]) == 2
+  expected = "python -m benchmarks.net_cost --quick --methods hd --processes 2 --out "
+  assert saved["command"] == expected + str(out)
+  # Each process ran the whole quick measurement: its own kernels and timings.
+  for run in saved["runs"]:
+    assert run["repeats"] == 1 and set(run["models"]) == {"mlp"}
+    assert "hd" in run["models"]["mlp"]["net_on_over_off"]
+  hd = report["across_processes"]["mlp"]["net_on_over_off"]["hd"]
+  per_process = [r["models"]["mlp"]["net_on_over_off"]["hd"]["median"] for r in saved["runs"]]
+  assert hd["values"] == per_process
+  # Two processes are too few for a 95 % interval: no verdict.
+  assert hd["low"] is None and hd["verdict"] == "not resolved"
+  assert "too few processes for an interval" in printed and "process 2/2" in printed
+  with pytest.raises(ValueError, match="--processes must be >= 1, got 0"):
+    net_cost.main(["--quick", "--processes", "0", "--out", str(out)])
+
+
 def test_rollback_select_is_sgd_until_a_rollback():
   from benchmarks import net_cost  # pylint: disable=g-import-not-at-top
 

@@ -447,3 +447,54 @@ def test_inject_hyperparams_in_window_mode():
     plain, injected, len(values), lambda t: {"value": jnp.float32(values[t])}, lambda t: None
   )
   assert len(set(centres)) > 2
+
+
+@pytest.mark.parametrize(
+  "direction",
+  [None, optax.trace(0.9), optax.scale_by_adam()],
+  ids=["sgd", "momentum", "adam"],
+)
+def test_the_net_leaves_a_healthy_run_bit_for_bit_unchanged(direction):
+  # With the net on, a call that does not roll back steps by the same
+  # product `-rate * u`, fused into the caller's `params + updates` as
+  # without the net, so the two runs round alike: equal to the bit, not
+  # merely close. (Taking the step inside the rollback's lax.cond rounded it
+  # before the add and moved the params by up to 3.6e-7 in 100 steps over
+  # Adam; RESULTS.md, "the step inside the rollback's cond".)
+  x = jax.random.normal(jax.random.PRNGKey(0), (200, 16))
+  labels = jnp.argmax(x[:, :10], axis=1)  # learnable from x
+  k1, k2 = jax.random.split(jax.random.PRNGKey(2))
+  params = {
+    "hidden": {"w": 0.3 * jax.random.normal(k1, (16, 32)), "b": jnp.zeros(32)},
+    "out": {"w": 0.3 * jax.random.normal(k2, (32, 10)), "b": jnp.zeros(10)},
+  }
+
+  def loss_fn(p, xb, yb):
+    h = jax.nn.relu(xb @ p["hidden"]["w"] + p["hidden"]["b"])
+    logits = h @ p["out"]["w"] + p["out"]["b"]
+    return optax.softmax_cross_entropy_with_integer_labels(logits, yb).mean()
+
+  def train(tx):
+    def body(carry, t):
+      p, state = carry
+      xb = jax.lax.dynamic_slice_in_dim(x, (t % 10) * 20, 20)
+      yb = jax.lax.dynamic_slice_in_dim(labels, (t % 10) * 20, 20)
+      loss, grads = jax.value_and_grad(loss_fn)(p, xb, yb)
+      updates, state = tx.update(grads, state, p, value=loss)
+      return (optax_lr.apply_updates(p, updates, state), state), loss
+
+    (p, state), losses = jax.jit(lambda p: jax.lax.scan(body, (p, tx.init(p)), jnp.arange(60)))(
+      params
+    )
+    return p, state, losses
+
+  # optax's Adam bias correction raises a float to an int32 count.
+  with jax.numpy_dtype_promotion("standard"):
+    with_net, state, losses = train(optax_lr.aslr(0.01, direction=direction, steps_per_epoch=10))
+    without, _, _ = train(
+      optax_lr.aslr(0.01, direction=direction, steps_per_epoch=10, safety_net=False)
+    )
+  # No rollback, and at least one save: the net took part in the run.
+  assert int(state.safety.rollbacks) == 0 and bool(state.safety.saved)
+  assert float(losses[-10:].mean()) < float(losses[:10].mean())
+  jax.tree_util.tree_map(np.testing.assert_array_equal, with_net, without)

@@ -48,7 +48,11 @@ which the coverage ``1 - 2 P(B <= k - 1)``, ``B ~ Binomial(N, 1/2)``, is at
 least 95 % (``CONFIDENCE``; ``N >= 6`` is needed for any interval). The
 bound is *met* where the interval lies at or below it, *missed* where it
 lies above, and *not resolved* where it straddles it. The noise floor's
-interval should hold 1.
+interval should hold 1. The interval covers the spread between processes
+of one command on one host, no more: HD-mult's MLP net read 1.043 [1.014,
+1.063] over ten processes of a six-method run on one host and 1.014
+[0.995, 1.020] over twenty of a two-method run on another, so a verdict
+holds for the host and the candidates it was taken with.
 
 Usage::
 

@@ -147,7 +147,6 @@ __all__ = [
   "net_init",
   "net_update",
   "net_rollback",
-  "restore_if",
   "save_and_keep_if",
   "save_if",
   "step_or_rollback",
@@ -365,14 +364,17 @@ def step_or_rollback(
 
 
 def direction_or_restore(
-  rollback: jax.Array, update: Callable[[], tuple[Any, Any]], saved: Any
+  rollback: jax.Array,
+  update: Callable[[], tuple[Any, Any]],
+  saved: Any,
+  zeroed: Any = None,
 ) -> tuple[Any, Any]:
   """``update()`` (the direction's ``(u, new_state)``), or ``saved`` on a rollback.
 
   One ``lax.cond`` around the direction update itself: a call that does not
   roll back runs the update in the cond's stepping branch, which writes the
   new direction state in place over the donated old one, as the step without
-  a net does. :func:`restore_if` (a ``lax.cond`` on the *updated* state) made
+  a net does. A ``lax.cond`` on the *updated* state made
   XLA compute a momentum or Adam state in a temporary buffer and copy it back
   on every call (one params-sized copy per moment); over Adam on the speed
   MLP its net cost 1.11-1.15x the step without a net, this 0.94-1.07x.
@@ -383,6 +385,14 @@ def direction_or_restore(
   zeros, or for such a leaf the restored state; no method steps along it
   (the call's step is ``checkpoint - params``), and the methods reset
   whatever else reads ``u`` on it.
+
+  ``zeroed``: a tree of buffers that a rollback resets to zeros (RTHO's and
+  MARTHE's tangents), or ``None``. With it, ``update()`` returns ``(u,
+  (new_state, new_zeroed))`` and a rollback ``(zeros, (saved, zeros like
+  zeroed))``. The tangent step runs the direction inside a JVP, so this is
+  how it gets the same cond: restoring the state with a ``lax.cond`` on the
+  *updated* state made XLA copy each moment on every call (MARTHE's net over
+  Adam on the speed MLP cost 1.087 [1.064, 1.114] of the net-off step).
   """
   jaxpr, shapes = jax.make_jaxpr(update, return_shape=True)()
   u_shapes, u_def = jax.tree_util.tree_flatten(shapes[0])
@@ -404,7 +414,9 @@ def direction_or_restore(
 
   def restored():
     zeros = [jnp.zeros(u_shapes[i].shape, u_shapes[i].dtype) for i in own]
-    return zeros, fresh_copy(saved)
+    if zeroed is None:
+      return zeros, fresh_copy(saved)
+    return zeros, (fresh_copy(saved), jax.tree_util.tree_map(jnp.zeros_like, zeroed))
 
   own_leaves, new_state = jax.lax.cond(rollback, restored, stepped)
   state_leaves = jax.tree_util.tree_leaves(new_state)
@@ -413,22 +425,6 @@ def direction_or_restore(
     state_leaves[alias[i]] if i in alias else next(own_iter) for i in range(len(u_shapes))
   ]
   return jax.tree_util.tree_unflatten(u_def, u_leaves), new_state
-
-
-def restore_if(rollback: jax.Array, direction_state: Any, saved: Any) -> Any:
-  """``saved`` (a fresh copy) when ``rollback``, else ``direction_state``.
-
-  For a direction state updated where :func:`direction_or_restore` cannot
-  wrap the update (RTHO's and MARTHE's tangent step runs the direction
-  inside a JVP); its identity branch may copy the new state.
-
-  One ``lax.cond`` over the whole tree: a ``lax.cond`` per leaf added 46-56
-  top-level kernels on the Transformer over AdamW (one per moment leaf);
-  with one, the net's cost there fell from 1.092 to 1.065 of the net-off
-  step for HD and from 1.041 to 0.995 for newton_lr on CPU (``python -m
-  benchmarks.net_cost --models transformer``).
-  """
-  return jax.lax.cond(rollback, lambda: fresh_copy(saved), lambda: direction_state)
 
 
 # --------------------------------------------------------------------------

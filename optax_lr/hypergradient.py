@@ -602,19 +602,37 @@ def _engine(
 
     # Steps 5-6: the direction, and (mu > 0) the JVP of the whole step.
     if uses_tangent:
-      u, new_direction_state, tangent, direction_tangent = _tangent_step(
-        direction,
-        grads,
-        direction_state,
-        params,
-        loss_fn,
-        extra_args,
-        state.tangent,
-        state.direction_tangent,
-        eta_t,
-        mu_t,
-        finite,
-      )
+      # H_t Z_t outside the net's cond, where XLA shares its forward pass
+      # with the caller's gradient; the direction and its JVP inside it.
+      hessian_z = _hessian_z(loss_fn, params, state.tangent, grads)
+
+      def tangent_step():
+        u, new_state, tangent, direction_tangent = _tangent_step(
+          direction,
+          grads,
+          direction_state,
+          params,
+          hessian_z,
+          extra_args,
+          state.tangent,
+          state.direction_tangent,
+          eta_t,
+          mu_t,
+          finite,
+        )
+        return u, (new_state, (tangent, direction_tangent))
+
+      if safety_net:
+        # A rollback restores the direction state and zeroes the tangents
+        # (as `finite` would): no tangent of a trajectory left behind.
+        u, (new_direction_state, (tangent, direction_tangent)) = _checkpoint.direction_or_restore(
+          rollback,
+          tangent_step,
+          checkpoint.direction_state,
+          zeroed=(state.tangent, state.direction_tangent),
+        )
+      else:
+        u, (new_direction_state, (tangent, direction_tangent)) = tangent_step()
     elif safety_net:
       # A rollback's u is no step: its u_prev is zeroed (below).
       u, new_direction_state = _checkpoint.direction_or_restore(
@@ -631,11 +649,6 @@ def _engine(
       new_updates = _checkpoint.step_or_rollback(
         rollback, u, -eta_t, checkpoint.params, params, grads
       )
-      if uses_tangent:
-        # The tangent step runs the direction inside its JVP: restore after.
-        new_direction_state = _checkpoint.restore_if(
-          rollback, new_direction_state, checkpoint.direction_state
-        )
       net = _checkpoint.net_update(
         net, checkpoint, save, rollback, cost, grad_sq=grad_sq, grad_live=objective_live
       )
@@ -683,12 +696,28 @@ def _check_params(params, grads, name):
   _checks.check_params(params, grads, name, "for its tangent or its safety net's checkpoint")
 
 
+def _tangent_in_params_dtype(tangent, params):
+  # Tangent of w, in the params' dtypes (jax.jvp wants matching dtypes).
+  return jax.tree_util.tree_map(lambda z, p: z.astype(jnp.result_type(p)), tangent, params)
+
+
+def _hessian_z(loss_fn, params, tangent, grads):
+  """``H_t Z_t``, forward over reverse, in the gradients' dtypes.
+
+  Only the tangent output is used: XLA drops the primal gradient's last
+  matmuls and shares the forward pass with the caller's gradient computation.
+  """
+  z_params = _tangent_in_params_dtype(tangent, params)
+  _, hessian_z = jax.jvp(jax.grad(loss_fn), (params,), (z_params,))
+  return jax.tree_util.tree_map(lambda hz, g: hz.astype(jnp.result_type(g)), hessian_z, grads)
+
+
 def _tangent_step(
   direction,
   grads,
   direction_state,
   params,
-  loss_fn,
+  hessian_z,
   extra_args,
   tangent,
   direction_tangent,
@@ -697,13 +726,7 @@ def _tangent_step(
   finite,
 ):
   """One direction step and ``(Z_{t+1}, Z^s_{t+1})`` for ``mu > 0``."""
-  # Tangent of w, in the params' dtypes (jax.jvp wants matching dtypes).
-  z_params = jax.tree_util.tree_map(lambda z, p: z.astype(jnp.result_type(p)), tangent, params)
-  # H_t Z_t, forward over reverse. Only the tangent output is used: XLA
-  # drops the primal gradient's last matmuls and shares the forward pass
-  # with the caller's gradient computation.
-  _, hessian_z = jax.jvp(jax.grad(loss_fn), (params,), (z_params,))
-  hessian_z = jax.tree_util.tree_map(lambda hz, g: hz.astype(jnp.result_type(g)), hessian_z, grads)
+  z_params = _tangent_in_params_dtype(tangent, params)
 
   # Tangent of the direction state: stored float leaves, float0 elsewhere.
   # (`direction_state` leads the tree maps: a None in the stored tangent sits

@@ -622,7 +622,7 @@ def _engine(
         )
         return u, (new_state, (tangent, direction_tangent))
 
-      if safety_net:
+      if safety_net and _has_arrays(direction_state):
         # A rollback restores the direction state and zeroes the tangents
         # (as `finite` would): no tangent of a trajectory left behind.
         u, (new_direction_state, (tangent, direction_tangent)) = _checkpoint.direction_or_restore(
@@ -632,7 +632,15 @@ def _engine(
           zeroed=(state.tangent, state.direction_tangent),
         )
       else:
+        # Nothing params-sized to restore (SGD): a cond would only copy
+        # u = g out of it. `finite` zeroes the tangents on a rollback.
         u, (new_direction_state, (tangent, direction_tangent)) = tangent_step()
+        if safety_net:
+          new_direction_state = jax.tree_util.tree_map(
+            lambda new, saved: jnp.where(rollback, saved, new),
+            new_direction_state,
+            checkpoint.direction_state,
+          )
     elif safety_net:
       # A rollback's u is no step: its u_prev is zeroed (below).
       u, new_direction_state = _checkpoint.direction_or_restore(
@@ -694,6 +702,10 @@ def _engine(
 
 def _check_params(params, grads, name):
   _checks.check_params(params, grads, name, "for its tangent or its safety net's checkpoint")
+
+
+def _has_arrays(tree) -> bool:
+  return any(jnp.ndim(leaf) > 0 for leaf in jax.tree_util.tree_leaves(tree))
 
 
 def _tangent_in_params_dtype(tangent, params):

@@ -17,6 +17,7 @@ import optax
 import pytest
 
 import _inject
+import _tiny
 import optax_lr
 from optax_lr.aslr import _round_half_up
 
@@ -461,13 +462,7 @@ def test_the_net_leaves_a_healthy_run_bit_for_bit_unchanged(direction):
   # merely close. (Taking the step inside the rollback's lax.cond rounded it
   # before the add and moved the params by up to 3.6e-7 in 100 steps over
   # Adam; RESULTS.md, "the step inside the rollback's cond".)
-  x = jax.random.normal(jax.random.PRNGKey(0), (200, 16))
-  labels = jnp.argmax(x[:, :10], axis=1)  # learnable from x
-  k1, k2 = jax.random.split(jax.random.PRNGKey(2))
-  params = {
-    "hidden": {"w": 0.3 * jax.random.normal(k1, (16, 32)), "b": jnp.zeros(32)},
-    "out": {"w": 0.3 * jax.random.normal(k2, (32, 10)), "b": jnp.zeros(10)},
-  }
+  x, labels, params = _tiny.classification()
 
   def loss_fn(p, xb, yb):
     h = jax.nn.relu(xb @ p["hidden"]["w"] + p["hidden"]["b"])

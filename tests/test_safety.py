@@ -28,6 +28,7 @@ import pytest
 import optax_lr
 from optax_lr import _checkpoint
 from optax_lr import hypergradient
+from optax_lr._registry import standard_promotion
 
 # ---------------------------------------------------------------- unit checks
 
@@ -617,6 +618,76 @@ def test_direction_or_restore_returns_a_step_that_is_the_state_once(rollback):
   for name in ("w", "b"):
     np.testing.assert_allclose(new_state.trace[name], expected[name], rtol=1e-6)
     np.testing.assert_array_equal(u[name], new_state.trace[name])
+
+
+@pytest.mark.parametrize("rollback", [False, True])
+def test_direction_or_restore_zeroes_what_it_is_told_on_a_rollback(rollback):
+  # RTHO's and MARTHE's tangents: the update returns them beside the new
+  # state, and a rollback returns zeros of their shapes and dtypes instead.
+  momentum = optax.trace(0.5)
+  grads = jnp.array([2.0, -1.0])
+  state = optax.TraceState(trace=jnp.array([1.0, 1.0]))
+  saved = optax.TraceState(trace=jnp.array([7.0, 8.0]))
+  tangent = jnp.array([3.0, -3.0, 3.0])
+
+  def update():
+    u, new_state = momentum.update(grads, state)
+    return u, (new_state, 2.0 * tangent)
+
+  u, (new_state, new_tangent) = jax.jit(
+    lambda flag: _checkpoint.direction_or_restore(flag, update, saved, zeroed=tangent)
+  )(jnp.asarray(rollback))
+  expected_trace = [7.0, 8.0] if rollback else [2.5, -0.5]
+  np.testing.assert_array_equal(new_state.trace, expected_trace)
+  np.testing.assert_array_equal(u, new_state.trace)
+  np.testing.assert_array_equal(new_tangent, [0.0, 0.0, 0.0] if rollback else [6.0, -6.0, 6.0])
+  assert new_tangent.dtype == tangent.dtype
+
+
+@pytest.mark.parametrize(
+  "direction",
+  [optax.trace(0.9), optax.scale_by_adam()],
+  ids=["momentum", "adam"],
+)
+@pytest.mark.parametrize(
+  "make",
+  [
+    lambda d: optax_lr.rtho(0.01, direction=d),
+    lambda d: optax_lr.marthe(0.01, direction=d),
+  ],
+  ids=["rtho", "marthe"],
+)
+def test_a_tangent_method_restores_its_direction_state_and_zeroes_its_tangent(make, direction):
+  # A NaN loss at call 25, after the first save (SAVE_EVERY = 20 calls in):
+  # that call rolls back. Its
+  # direction state is the checkpoint's (not the one it started from), its
+  # tangents are zero.
+  tx = make(standard_promotion(direction))
+  w = W0
+
+  def loss(p, t):
+    return quadratic(p) * jnp.where(t == 25, jnp.float32(jnp.nan), jnp.float32(1.0))
+
+  def body(carry, t):
+    w, state = carry
+    value, grads = jax.value_and_grad(loss)(w, t)
+    updates, new_state = tx.update(grads, state, w, value=value, loss_fn=lambda p: loss(p, t))
+    return (optax_lr.apply_updates(w, updates, new_state), new_state), new_state
+
+  _, states = jax.jit(lambda w: jax.lax.scan(body, (w, tx.init(w)), jnp.arange(27)))(w)
+  at = lambda tree, i: jax.tree_util.tree_map(lambda x: x[i], tree)
+  rolled_back = at(states, 25)
+  assert bool(at(states, 24).safety.saved)
+  assert bool(rolled_back.safety.rolled_back) and not bool(at(states, 24).safety.rolled_back)
+  saved = rolled_back.safety.checkpoint.direction_state
+  jax.tree_util.tree_map(np.testing.assert_array_equal, rolled_back.direction_state, saved)
+  moved = jax.tree_util.tree_map(
+    lambda a, b: bool(jnp.any(a != b)), saved, at(states, 24).direction_state
+  )
+  assert any(jax.tree_util.tree_leaves(moved))
+  np.testing.assert_array_equal(rolled_back.tangent, jnp.zeros_like(rolled_back.tangent))
+  # And the run goes on from there with finite numbers.
+  assert bool(jnp.all(jnp.isfinite(at(states, 26).tangent)))
 
 
 # ---------------------------------------------------------------- the methods

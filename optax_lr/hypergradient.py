@@ -633,7 +633,10 @@ def _engine(
         )
       else:
         # Nothing params-sized to restore (SGD): a cond would only copy
-        # u = g out of it. `finite` zeroes the tangents on a rollback.
+        # u = g out of it. `finite` zeroes the tangents on a rollback. (This
+        # bypass belongs to the tangent step, not to direction_or_restore:
+        # HD's, newton_lr's and ASLR's cond over SGD compiles with no array
+        # copy, and with the cond gone AALR's step copied a params leaf.)
         u, (new_direction_state, (tangent, direction_tangent)) = tangent_step()
         if safety_net:
           new_direction_state = jax.tree_util.tree_map(

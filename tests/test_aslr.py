@@ -462,32 +462,13 @@ def test_the_net_leaves_a_healthy_run_bit_for_bit_unchanged(direction):
   # merely close. (Taking the step inside the rollback's lax.cond rounded it
   # before the add and moved the params by up to 3.6e-7 in 100 steps over
   # Adam; RESULTS.md, "the step inside the rollback's cond".)
-  x, labels, params = _tiny.classification()
-
-  def loss_fn(p, xb, yb):
-    h = jax.nn.relu(xb @ p["hidden"]["w"] + p["hidden"]["b"])
-    logits = h @ p["out"]["w"] + p["out"]["b"]
-    return optax.softmax_cross_entropy_with_integer_labels(logits, yb).mean()
-
-  def train(tx):
-    def body(carry, t):
-      p, state = carry
-      xb = jax.lax.dynamic_slice_in_dim(x, (t % 10) * 20, 20)
-      yb = jax.lax.dynamic_slice_in_dim(labels, (t % 10) * 20, 20)
-      loss, grads = jax.value_and_grad(loss_fn)(p, xb, yb)
-      updates, state = tx.update(grads, state, p, value=loss)
-      return (optax_lr.apply_updates(p, updates, state), state), loss
-
-    (p, state), losses = jax.jit(lambda p: jax.lax.scan(body, (p, tx.init(p)), jnp.arange(60)))(
-      params
-    )
-    return p, state, losses
-
   # optax's Adam bias correction raises a float to an int32 count.
   with jax.numpy_dtype_promotion("standard"):
-    with_net, state, losses = train(optax_lr.aslr(0.01, direction=direction, steps_per_epoch=10))
-    without, _, _ = train(
-      optax_lr.aslr(0.01, direction=direction, steps_per_epoch=10, safety_net=False)
+    with_net, state, losses, _ = _tiny.train(
+      optax_lr.aslr(0.01, direction=direction, steps_per_epoch=10), jax.nn.relu
+    )
+    without, _, _, _ = _tiny.train(
+      optax_lr.aslr(0.01, direction=direction, steps_per_epoch=10, safety_net=False), jax.nn.relu
     )
   # No rollback, and at least one save: the net took part in the run.
   assert int(state.safety.rollbacks) == 0 and bool(state.safety.saved)

@@ -20,6 +20,7 @@ import pytest
 
 import _tiny
 import optax_lr
+from optax_lr import _checkpoint
 from optax_lr import hypergradient
 from optax_lr._registry import standard_promotion
 from optax_lr.hypergradient import HypergradientState
@@ -1113,35 +1114,16 @@ def test_the_net_leaves_a_healthy_tangent_run_unchanged(factory, direction, rate
   # bit, nor were they with the net's earlier design, which restored the
   # direction state by a lax.cond after the update: over momentum RTHO's
   # params differed by up to 1.4e-7 there.)
-  x, labels, params = _tiny.classification()
-
-  def loss_fn(p, xb, yb):
-    h = jax.nn.tanh(xb @ p["hidden"]["w"] + p["hidden"]["b"])
-    logits = h @ p["out"]["w"] + p["out"]["b"]
-    return optax.softmax_cross_entropy_with_integer_labels(logits, yb).mean()
-
-  def train(tx):
-    def body(carry, t):
-      p, state = carry
-      xb = jax.lax.dynamic_slice_in_dim(x, (t % 10) * 20, 20)
-      yb = jax.lax.dynamic_slice_in_dim(labels, (t % 10) * 20, 20)
-      loss, grads = jax.value_and_grad(loss_fn)(p, xb, yb)
-      updates, state = tx.update(grads, state, p, value=loss, loss_fn=lambda q: loss_fn(q, xb, yb))
-      return (optax_lr.apply_updates(p, updates, state), state), (loss, state.learning_rate)
-
-    (p, state), (losses, rates) = jax.jit(
-      lambda p: jax.lax.scan(body, (p, tx.init(p)), jnp.arange(60))
-    )(params)
-    return p, state, losses, rates
-
   # optax's Adam bias correction raises a float to an int32 count.
   direction = None if direction is None else standard_promotion(direction)
+  train = lambda tx: _tiny.train(tx, jax.nn.tanh, pass_loss_fn=True)
   with_net, state, losses, rates = train(factory(rate, direction=direction))
   without, plain_state, _, plain_rates = train(factory(rate, direction=direction, safety_net=False))
   # No rollback, at least one save, the rate inside the net's band all along
   # (its clip never acted) and moving: the net and the tangent took part.
   assert int(state.safety.rollbacks) == 0 and bool(state.safety.saved)
-  assert float(rates.min()) > rate / 1e4 and float(rates.max()) < rate * 1e4
+  band = _checkpoint.RATE_BAND
+  assert float(rates.min()) > rate / band and float(rates.max()) < rate * band
   assert float(rates.max()) > 1.2 * float(rates.min())
   assert float(losses[-10:].mean()) < float(losses[:10].mean())
   np.testing.assert_allclose(rates, plain_rates, rtol=1e-4)

@@ -659,11 +659,53 @@ def test_direction_or_restore_zeroes_what_it_is_told_on_a_rollback(rollback):
 )
 def test_a_tangent_method_restores_its_direction_state_and_zeroes_its_tangent(make, direction):
   # A NaN loss at call 25, after the first save (SAVE_EVERY = 20 calls in):
-  # that call rolls back. Its
-  # direction state is the checkpoint's (not the one it started from), its
-  # tangents are zero.
-  tx = make(standard_promotion(direction))
-  w = W0
+  # that call rolls back. Its direction state is the checkpoint's (not the
+  # one it started from), its tangents are zero.
+  _, states = _run_tangent_method_into_a_nan_loss(make(standard_promotion(direction)))
+  rolled_back = _at(states, 25)
+  assert bool(_at(states, 24).safety.saved)
+  assert bool(rolled_back.safety.rolled_back) and not bool(_at(states, 24).safety.rolled_back)
+  saved = rolled_back.safety.checkpoint.direction_state
+  jax.tree_util.tree_map(np.testing.assert_array_equal, rolled_back.direction_state, saved)
+  moved = jax.tree_util.tree_map(
+    lambda a, b: bool(jnp.any(a != b)), saved, _at(states, 24).direction_state
+  )
+  assert any(jax.tree_util.tree_leaves(moved))
+  np.testing.assert_array_equal(rolled_back.tangent, jnp.zeros_like(rolled_back.tangent))
+  # And the run goes on from there with finite numbers.
+  assert bool(jnp.all(jnp.isfinite(_at(states, 26).tangent)))
+
+
+@pytest.mark.parametrize(
+  "make",
+  [lambda: optax_lr.rtho(0.01), lambda: optax_lr.marthe(0.01)],
+  ids=["rtho", "marthe"],
+)
+def test_a_tangent_method_over_sgd_restores_its_params_and_zeroes_its_tangent(make):
+  # Over SGD the tangent step takes no cond (nothing params-sized to
+  # restore): the same NaN loss at call 25 must still give the checkpoint's
+  # params and a zero tangent, through the select and `finite`.
+  params, states = _run_tangent_method_into_a_nan_loss(make())
+  rolled_back = _at(states, 25)
+  assert bool(_at(states, 24).safety.saved)
+  assert bool(rolled_back.safety.rolled_back) and not bool(_at(states, 24).safety.rolled_back)
+  np.testing.assert_array_equal(params[25], rolled_back.safety.checkpoint.params)
+  assert bool(jnp.any(params[24] != params[25]))
+  np.testing.assert_array_equal(rolled_back.tangent, jnp.zeros_like(rolled_back.tangent))
+  assert bool(jnp.all(jnp.isfinite(_at(states, 26).tangent)))
+  assert bool(jnp.all(jnp.isfinite(params[26])))
+
+
+def _at(tree, i):
+  """The ``i``-th call's entry of a tree stacked by ``lax.scan``."""
+  return jax.tree_util.tree_map(lambda x: x[i], tree)
+
+
+def _run_tangent_method_into_a_nan_loss(tx):
+  """27 jitted calls on ``quadratic`` with a NaN loss at call 25.
+
+  Returns the params after every call and the state after every call.
+  """
 
   def loss(p, t):
     return quadratic(p) * jnp.where(t == 25, jnp.float32(jnp.nan), jnp.float32(1.0))
@@ -672,22 +714,11 @@ def test_a_tangent_method_restores_its_direction_state_and_zeroes_its_tangent(ma
     w, state = carry
     value, grads = jax.value_and_grad(loss)(w, t)
     updates, new_state = tx.update(grads, state, w, value=value, loss_fn=lambda p: loss(p, t))
-    return (optax_lr.apply_updates(w, updates, new_state), new_state), new_state
+    new_w = optax_lr.apply_updates(w, updates, new_state)
+    return (new_w, new_state), (new_w, new_state)
 
-  _, states = jax.jit(lambda w: jax.lax.scan(body, (w, tx.init(w)), jnp.arange(27)))(w)
-  at = lambda tree, i: jax.tree_util.tree_map(lambda x: x[i], tree)
-  rolled_back = at(states, 25)
-  assert bool(at(states, 24).safety.saved)
-  assert bool(rolled_back.safety.rolled_back) and not bool(at(states, 24).safety.rolled_back)
-  saved = rolled_back.safety.checkpoint.direction_state
-  jax.tree_util.tree_map(np.testing.assert_array_equal, rolled_back.direction_state, saved)
-  moved = jax.tree_util.tree_map(
-    lambda a, b: bool(jnp.any(a != b)), saved, at(states, 24).direction_state
-  )
-  assert any(jax.tree_util.tree_leaves(moved))
-  np.testing.assert_array_equal(rolled_back.tangent, jnp.zeros_like(rolled_back.tangent))
-  # And the run goes on from there with finite numbers.
-  assert bool(jnp.all(jnp.isfinite(at(states, 26).tangent)))
+  _, (params, states) = jax.jit(lambda w: jax.lax.scan(body, (w, tx.init(w)), jnp.arange(27)))(W0)
+  return params, states
 
 
 # ---------------------------------------------------------------- the methods

@@ -16,6 +16,10 @@ optax_lr methods over the model's direction as there, plain SGD or AdamW's;
   params-, gradient- or activation-sized data), and among those the array
   copies. An extra array kernel is an extra pass over memory; an extra
   scalar kernel is a launch (on a GPU) or a thunk (on XLA's CPU runtime).
+  What one scalar kernel costs at most is timed once per run
+  (:func:`scalar_kernel_seconds`), and the net's extra scalar kernels times
+  that is reported as a share of the net-off step: the most the net's
+  scalar decisions can cost, whatever the timings' noise.
 * **select**: a plain SGD step against the same step through the net's
   rollback select, ``p + where(rollback, checkpoint - p, -lr * g)`` with
   ``rollback`` a runtime False (``sgd_rollback_select``): what reading a
@@ -158,6 +162,53 @@ def count_kernels(hlo_text: str) -> dict:
   return counts
 
 
+def scalar_kernel_seconds(scalars: int = 64, calls: int = 500, repeats: int = 5) -> dict:
+  """At most what one scalar kernel costs on this backend, in seconds.
+
+  Times two jitted programs on a donated state of scalars, one call of each
+  after the other: ``scalars`` of them, and one. Each new scalar is the next
+  one's old value plus one, so every output aliases a donated input that
+  another output still reads and XLA copies it first, as it copies the
+  safety net's donated scalar state. The cost of a kernel is the difference
+  of the two programs' per-call times (median over ``repeats``) over the
+  difference of their scalar kernels (:func:`count_kernels`). It also holds
+  the cost of passing more buffers, so it bounds a kernel's own cost from
+  above.
+
+  Returns ``{"seconds_per_kernel", "kernels", "seconds_per_call"}``, the last
+  two for ``(1, scalars)`` scalars.
+  """
+
+  def program(n):
+    rotate = lambda state: tuple(state[(i + 1) % n] + 1 for i in range(n))
+    state = tuple(jnp.float32(i) for i in range(n))
+    step = jax.jit(rotate, donate_argnums=0)
+    kernels = count_kernels(step.lower(state).compile().as_text())["scalar"]
+    return step, state, kernels
+
+  (one, one_state, one_kernels), (many, many_state, many_kernels) = program(1), program(scalars)
+  per_call: dict = {1: [], scalars: []}
+  for repeat in range(repeats + 1):
+    for n, step in ((1, one), (scalars, many)):
+      state = one_state if n == 1 else many_state
+      begin = time.perf_counter()
+      for _ in range(calls):
+        state = step(state)
+      jax.block_until_ready(state)
+      if repeat:  # the first round compiles and warms up
+        per_call[n].append((time.perf_counter() - begin) / calls)
+      if n == 1:
+        one_state = state
+      else:
+        many_state = state
+  seconds = [float(np.median(per_call[n])) for n in (1, scalars)]
+  return {
+    "seconds_per_kernel": max(seconds[1] - seconds[0], 0.0) / (many_kernels - one_kernels),
+    "kernels": [one_kernels, many_kernels],
+    "seconds_per_call": seconds,
+  }
+
+
 def compiled_kernels(cand: _harness.Candidate, init_params, loss_fn, batch) -> dict:
   """:func:`count_kernels` of the step ``benchmarks.speed`` times for ``cand``."""
   step = _harness.make_train_step(cand.tx, loss_fn, cand.needs, hvp=cand.hvp)
@@ -240,6 +291,11 @@ def across_processes(runs: list[dict], bound: float = speed.NET_BOUND) -> dict:
     out[model] = {
       "description": first["description"],
       "net_on_over_off": net,
+      # The largest over the processes.
+      "scalar_kernels_share_at_most": {
+        method: max(p["scalar_kernels_share_at_most"][method] for p in per)
+        for method in first["net_on_over_off"]
+      },
       "select_over_sgd": median_interval([p["select_over_sgd"]["median"] for p in per]),
       "noise_floor": dict(floor, program=first["noise_floor"]["program"]),
     }
@@ -264,12 +320,19 @@ def _print_across(summary: dict) -> None:
         " ".join(_report.fmt(v) for v in r["values"]),
         _interval_text(r),
         r["verdict"],
+        f"{model['scalar_kernels_share_at_most'][m]:.1%}",
       ]
       for m, r in model["net_on_over_off"].items()
     ]
     print(
       _report.table(
-        ["method", "net on / net off, per process", "median [interval]", f"<= {speed.NET_BOUND}"],
+        [
+          "method",
+          "net on / net off, per process",
+          "median [interval]",
+          f"<= {speed.NET_BOUND}",
+          "extra scalar kernels, at most",
+        ],
         rows,
       )
     )
@@ -361,6 +424,14 @@ def main(argv=None) -> dict:
   }
   all_models = speed.models(args.quick)
   direction = DIRECTIONS[args.direction]
+  # What the net's extra scalar kernels can cost at most: their number times
+  # this, as a share of the net-off step.
+  scalar_kernel = scalar_kernel_seconds(calls=50 if args.quick else 500)
+  report["scalar_kernel"] = scalar_kernel
+  print(
+    f"one scalar kernel (a donated scalar copied and updated): at most "
+    f"{scalar_kernel['seconds_per_kernel'] * 1e6:.2f} us"
+  )
   for model_name in args.models:
     init_params, loss_fn, batch, description = all_models[model_name]
     adam = model_name in speed.ADAM_MODELS
@@ -394,15 +465,21 @@ def main(argv=None) -> dict:
     floor = _ratio(times, floor_base + AGAIN_SUFFIX, floor_base)
 
     rows = []
+    scalar_share = {}
     for m in args.methods:
       on, off = kernels[m], kernels[m + speed.NET_OFF_SUFFIX]
       r = net[m]
+      off_step = float(np.median([t[m + speed.NET_OFF_SUFFIX] for t in times]))
+      scalar_share[m] = (
+        (on["scalar"] - off["scalar"]) * scalar_kernel["seconds_per_kernel"] / off_step
+      )
       rows.append(
         [
           m,
           f"{off['scalar']} -> {on['scalar']}",
           f"{off['array']} -> {on['array']}",
           f"{off['array_copies']} -> {on['array_copies']}",
+          f"{scalar_share[m]:.1%}",
           f"{_report.fmt(r['median'])} ({_report.fmt(r['min'])}-{_report.fmt(r['max'])})",
         ]
       )
@@ -413,6 +490,7 @@ def main(argv=None) -> dict:
           "scalar kernels off -> on",
           "array kernels off -> on",
           "array copies off -> on",
+          "extra scalar kernels / net-off step (at most)",
           f"net on / net off (<= {speed.NET_BOUND})",
         ],
         rows,
@@ -434,6 +512,7 @@ def main(argv=None) -> dict:
       "median_seconds_per_step": times,
       "select_over_sgd": select,
       "net_on_over_off": net,
+      "scalar_kernels_share_at_most": scalar_share,
       "noise_floor": dict(floor, program=floor_base),
     }
   return _report.finish(report, start, args.out)

@@ -600,6 +600,16 @@ def test_net_cost(tmp_path, capsys):
     ratio = mlp["net_on_over_off"][name]
     assert ratio["min"] <= ratio["median"] <= ratio["max"] and ratio["median"] > 0
   assert len(mlp["median_seconds_per_step"]) == 1  # one quick repeat
+  # The most the net's extra scalar kernels can cost, from one timed kernel.
+  kernel = saved["scalar_kernel"]
+  assert kernel["kernels"][1] > kernel["kernels"][0] and kernel["seconds_per_kernel"] >= 0
+  for name in ("hd", "newton_lr"):
+    share = mlp["scalar_kernels_share_at_most"][name]
+    on, off = mlp["kernels"][name], mlp["kernels"][name + "_net_off"]
+    step = np.median([t[name + "_net_off"] for t in mlp["median_seconds_per_step"]])
+    expected = (on["scalar"] - off["scalar"]) * kernel["seconds_per_kernel"] / step
+    np.testing.assert_allclose(share, expected, rtol=1e-12)
+  assert "extra scalar kernels / net-off step" in out
   assert np.isfinite(mlp["select_over_sgd"]["median"])
   # The noise floor: hd's net-off step compiled twice and timed side by side.
   floor = mlp["noise_floor"]
@@ -620,6 +630,17 @@ def test_net_cost_over_adam(tmp_path):
   # Over Adam too the net adds no top-level pass over arrays.
   assert kernels["hd"]["array"] <= kernels["hd_net_off"]["array"]
   assert kernels["hd"]["array_copies"] <= kernels["hd_net_off"]["array_copies"]
+
+
+def test_scalar_kernel_seconds_counts_a_copy_and_an_add_per_rotated_scalar():
+  from benchmarks import net_cost  # pylint: disable=g-import-not-at-top
+
+  cost = net_cost.scalar_kernel_seconds(scalars=8, calls=20, repeats=2)
+  # One scalar updates in place (its add); eight rotated ones each need their
+  # old value copied before an output overwrites it, then added to.
+  assert cost["kernels"][0] == 1 and cost["kernels"][1] >= 2 * 8
+  assert cost["seconds_per_kernel"] >= 0 and np.isfinite(cost["seconds_per_kernel"])
+  assert all(t > 0 for t in cost["seconds_per_call"])
 
 
 def test_median_interval_by_hand():
@@ -677,6 +698,7 @@ def test_across_processes_judges_each_ratio_by_its_median():
           },
           "select_over_sgd": {"median": 1.0 + i / 100},
           "noise_floor": {"median": f, "program": "hd_net_off"},
+          "scalar_kernels_share_at_most": {"hd": i / 1000, "newton_lr": 0.0, "aslr": 0.0},
         }
       }
     }
@@ -692,6 +714,8 @@ def test_across_processes_judges_each_ratio_by_its_median():
   assert mlp["noise_floor"]["holds_1"] and mlp["noise_floor"]["program"] == "hd_net_off"
   assert (mlp["select_over_sgd"]["low"], mlp["select_over_sgd"]["high"]) == (1.0, 1.05)
   assert mlp["description"] == "an MLP"
+  # The scalar kernels' bound: the largest of the processes'.
+  assert mlp["scalar_kernels_share_at_most"] == {"hd": 0.005, "newton_lr": 0.0, "aslr": 0.0}
   # A floor whose interval misses 1 says the harness, not the net, moved.
   shifted = [dict(r) for r in runs]
   for r, f in zip(shifted, floor):
@@ -716,6 +740,9 @@ def test_net_cost_across_processes(tmp_path, capsys):
   hd = report["across_processes"]["mlp"]["net_on_over_off"]["hd"]
   per_process = [r["models"]["mlp"]["net_on_over_off"]["hd"]["median"] for r in saved["runs"]]
   assert hd["values"] == per_process
+  shares = [r["models"]["mlp"]["scalar_kernels_share_at_most"]["hd"] for r in saved["runs"]]
+  assert report["across_processes"]["mlp"]["scalar_kernels_share_at_most"]["hd"] == max(shares)
+  assert "extra scalar kernels, at most" in printed
   # Two processes are too few for a 95 % interval: no verdict.
   assert hd["low"] is None and hd["verdict"] == "not resolved"
   assert "too few processes for an interval" in printed and "process 2/2" in printed

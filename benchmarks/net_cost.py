@@ -26,7 +26,10 @@ optax_lr methods over the model's direction as there, plain SGD or AdamW's;
   params-sized checkpoint on every step costs.
 * **net**: each method of ``speed.NET_METHODS`` with its net on against
   off, timed side by side with the two above (the ratio ``benchmarks.speed``
-  reports, here with more repeats and fewer candidates).
+  reports, here with more repeats and fewer candidates). The net-off twin
+  runs the default's own rule (``speed.SAME_RULE_NET_OFF``): MARTHE's is
+  kappa selection's standardised cosine at a fixed kappa of 0, where
+  ``benchmarks.speed`` times the additive rule, whose step skips the cosine.
 * **noise floor**: the first method's net-off step compiled a second time
   and timed as one more candidate, against the first compilation: the same
   program, so its ratio is 1 but for the machine's noise and the program's
@@ -438,10 +441,10 @@ def main(argv=None) -> dict:
     cands = [
       _harness.Candidate("sgd", optax.sgd(_methods.SPEED_LR)),
       _harness.Candidate(SELECT, sgd_rollback_select(_methods.SPEED_LR)),
-    ] + speed.candidates(args.methods, adam=adam, direction=direction)
+    ] + speed.candidates(args.methods, adam=adam, direction=direction, same_rule_twins=True)
     # The noise floor: the first net-off twin built and compiled once more.
     floor_base = args.methods[0] + speed.NET_OFF_SUFFIX
-    twins = speed.candidates(args.methods[:1], adam=adam, direction=direction)
+    twins = speed.candidates(args.methods[:1], adam=adam, direction=direction, same_rule_twins=True)
     twin = {c.name: c for c in twins}[floor_base]
     cands.append(dataclasses.replace(twin, name=floor_base + AGAIN_SUFFIX))
     print(

@@ -1377,6 +1377,37 @@ def test_adam_task_direction_and_range_test():
   assert "adamw" not in {c.name for c in speed.candidates(["hd", "adamw"])}
 
 
+@pytest.mark.parametrize("same_rule_twins", [False, True])
+def test_marthe_net_off_twin_runs_the_rule_it_is_measured_against(same_rule_twins):
+  from benchmarks import speed  # pylint: disable=g-import-not-at-top
+
+  cands = {
+    c.name: c for c in speed.candidates(["marthe"], direction=None, same_rule_twins=same_rule_twins)
+  }
+  on, off = cands["marthe"].tx, cands["marthe_net_off"].tx
+  params = {"w": jnp.array([1.0, -2.0, 0.5])}
+  loss = lambda p: 0.5 * jnp.sum(p["w"] ** 2)
+
+  def two_steps(tx):
+    state, w = tx.init(params), params
+    for _ in range(2):
+      value, grads = jax.value_and_grad(loss)(w)
+      updates, state = tx.update(grads, state, w, value=value, loss_fn=loss, val_grads=grads)
+      w = optax.apply_updates(w, updates)
+    return w, state
+
+  w_on, state_on = two_steps(on)
+  w_off, state_off = two_steps(off)
+  assert state_on.safety is not None and state_off.safety is None
+  # The default reads a standardised cosine: its running mean square moves.
+  assert float(state_on.hypergradient_scale) > 0
+  # The same-rule twin reads it too; the additive twin (speed's) does not.
+  assert (float(state_off.hypergradient_scale) > 0) == same_rule_twins
+  # Neither twin moves its rate (kappa and beta 0): the timed steps stay finite.
+  assert float(state_off.learning_rate) == float(state_on.safety.initial_rate)
+  assert bool(jnp.all(jnp.isfinite(w_off["w"])))
+
+
 def test_fresh_tasks(tmp_path, capsys):
   from benchmarks import fresh_tasks  # pylint: disable=g-import-not-at-top
 

@@ -182,32 +182,28 @@ def scalar_kernel_seconds(scalars: int = 64, calls: int = 500, repeats: int = 5)
   two for ``(1, scalars)`` scalars.
   """
 
-  def program(n):
-    rotate = lambda state: tuple(state[(i + 1) % n] + 1 for i in range(n))
-    state = tuple(jnp.float32(i) for i in range(n))
-    step = jax.jit(rotate, donate_argnums=0)
-    kernels = count_kernels(step.lower(state).compile().as_text())["scalar"]
-    return step, state, kernels
-
-  (one, one_state, one_kernels), (many, many_state, many_kernels) = program(1), program(scalars)
-  per_call: dict = {1: [], scalars: []}
+  if scalars < 2:
+    raise ValueError(f"scalars must be >= 2, got {scalars}")
+  sizes = (1, scalars)
+  steps, states, kernels, per_call = {}, {}, {}, {n: [] for n in sizes}
+  for n in sizes:
+    states[n] = tuple(jnp.float32(i) for i in range(n))
+    steps[n] = jax.jit(
+      lambda state, n=n: tuple(state[(i + 1) % n] + 1 for i in range(n)), donate_argnums=0
+    )
+    kernels[n] = count_kernels(steps[n].lower(states[n]).compile().as_text())["scalar"]
   for repeat in range(repeats + 1):
-    for n, step in ((1, one), (scalars, many)):
-      state = one_state if n == 1 else many_state
+    for n in sizes:
       begin = time.perf_counter()
       for _ in range(calls):
-        state = step(state)
-      jax.block_until_ready(state)
+        states[n] = steps[n](states[n])
+      jax.block_until_ready(states[n])
       if repeat:  # the first round compiles and warms up
         per_call[n].append((time.perf_counter() - begin) / calls)
-      if n == 1:
-        one_state = state
-      else:
-        many_state = state
-  seconds = [float(np.median(per_call[n])) for n in (1, scalars)]
+  seconds = [float(np.median(per_call[n])) for n in sizes]
   return {
-    "seconds_per_kernel": max(seconds[1] - seconds[0], 0.0) / (many_kernels - one_kernels),
-    "kernels": [one_kernels, many_kernels],
+    "seconds_per_kernel": max(seconds[1] - seconds[0], 0.0) / (kernels[scalars] - kernels[1]),
+    "kernels": [kernels[n] for n in sizes],
     "seconds_per_call": seconds,
   }
 

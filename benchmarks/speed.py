@@ -32,8 +32,9 @@ takes ``safety_net`` is also timed with ``safety_net=False``
 (``<name>_net_off``; MARTHE's, whose default kappa selection needs the
 net, with the additive rule's program at kappa 0, ``NET_OFF_OPTIONS``;
 ``benchmarks.net_cost`` measures the net against a twin of the default's
-own rule instead, ``SAME_RULE_NET_OFF``), side by side with the others. Every step timed here is
-one that does *not* save a checkpoint: each call starts with the net's
+own rule instead, ``SAME_RULE_NET_OFF``), side by side with the others.
+Every step timed here is one that does *not* save a checkpoint: each call
+starts with the net's
 ``since_save`` counter at 0, passed to the compiled step as a runtime
 argument (``_harness.make_train_step(no_saves=True)``; the same calling
 convention for every candidate), so the save ``lax.cond`` takes its identity

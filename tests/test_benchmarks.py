@@ -641,6 +641,8 @@ def test_scalar_kernel_seconds_counts_a_copy_and_an_add_per_rotated_scalar():
   assert cost["kernels"][0] == 1 and cost["kernels"][1] >= 2 * 8
   assert cost["seconds_per_kernel"] >= 0 and np.isfinite(cost["seconds_per_kernel"])
   assert all(t > 0 for t in cost["seconds_per_call"])
+  with pytest.raises(ValueError, match="scalars must be >= 2, got 1"):
+    net_cost.scalar_kernel_seconds(scalars=1)
 
 
 def test_median_interval_by_hand():

@@ -16,16 +16,19 @@ optax_lr methods over the model's direction as there, plain SGD or AdamW's;
   params-, gradient- or activation-sized data), and among those the array
   copies. An extra array kernel is an extra pass over memory; an extra
   scalar kernel is a launch (on a GPU) or a thunk (on XLA's CPU runtime).
-  What one scalar kernel costs at most is timed once per run
-  (:func:`scalar_kernel_seconds`), and the net's extra scalar kernels times
-  that is reported as a share of the net-off step: the most the net's
-  scalar decisions can cost, whatever the timings' noise.
+* **decisions**: each method's net-off twin plus the net's scalar
+  decisions on the call's loss, with no checkpoint to save, restore or
+  select (:func:`net_decisions`), timed against the twin: what the net's
+  scalar kernels cost inside a train step. (A scalar kernel timed in a
+  program of scalars alone costs a fraction of a microsecond; inside the
+  MLP's step the net's decisions cost several microseconds per kernel:
+  RESULTS, "The net's scalar decisions, timed in the step".)
 * **select**: a plain SGD step against the same step through the net's
   rollback select, ``p + where(rollback, checkpoint - p, -lr * g)`` with
   ``rollback`` a runtime False (``sgd_rollback_select``): what reading a
   params-sized checkpoint on every step costs.
 * **net**: each method of ``speed.NET_METHODS`` with its net on against
-  off, timed side by side with the two above (the ratio ``benchmarks.speed``
+  off, timed side by side with the three above (the ratio ``benchmarks.speed``
   reports, here with more repeats and fewer candidates). The net-off twin
   runs the default's own rule (``speed.SAME_RULE_NET_OFF``): MARTHE's is
   kappa selection's standardised cosine at a fixed kappa of 0, where
@@ -107,6 +110,9 @@ DIRECTIONS = {
 }
 # Appended to a candidate's name for its second compilation (the noise floor).
 AGAIN_SUFFIX = "_again"
+# Appended to a method's name for its net-off twin plus the net's decisions
+# (:func:`net_decisions`).
+DECISIONS_SUFFIX = "_net_decisions"
 # --processes: the coverage of the interval for the median of the
 # per-process medians that a verdict against the bound reads.
 CONFIDENCE = 0.95
@@ -142,6 +148,39 @@ def sgd_rollback_select(learning_rate: float) -> optax.GradientTransformation:
   return optax.GradientTransformation(init_fn, update_fn)
 
 
+class NetDecisionsState(NamedTuple):
+  inner: Any  # the wrapped (net-off) optimizer's state.
+  # A safety net with an empty checkpoint: its scalars, no array.
+  safety: _checkpoint.SafetyNetState
+
+
+def net_decisions(tx: optax.GradientTransformation, rate: float) -> optax.GradientTransformation:
+  """``tx`` (a method with its net off) plus the net's decisions, and nothing else.
+
+  Every call runs the safety net's scalar work on the call's loss
+  (``_checkpoint.net_decide`` and ``net_update``: the divergence tests, the
+  running levels, the counters) in a state of its own, and the decisions
+  feed nothing array-sized: the checkpoint is empty (no params, no direction
+  state), nothing is saved or restored, and the updates are ``tx``'s. Timed
+  against ``tx``, it measures what the net's scalar decisions cost inside a
+  train step, apart from its array work (the save's cond, the restore's
+  cond, the rollback select). The decisions are the generic net's: a
+  method's own tests (HD's band, MARTHE's kappa) are not in them.
+  """
+
+  def init_fn(params):
+    return NetDecisionsState(tx.init(params), _checkpoint.net_init((), (), jnp.float32(rate)))
+
+  def update_fn(updates, state, params=None, *, value=None, **extra_args):
+    updates, inner = tx.update(updates, state.inner, params, value=value, **extra_args)
+    net = state.safety
+    save, rollback, cost = _checkpoint.net_decide(net, value, jnp.asarray(True))
+    net = _checkpoint.net_update(net, net.checkpoint, save, rollback, cost)
+    return updates, NetDecisionsState(inner, net)
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
 def count_kernels(hlo_text: str) -> dict:
   """Top-level operations of a compiled HLO module's entry computation.
 
@@ -163,49 +202,6 @@ def count_kernels(hlo_text: str) -> dict:
       counts["array"] += 1
       counts["array_copies"] += match.group(2) == "copy"
   return counts
-
-
-def scalar_kernel_seconds(scalars: int = 64, calls: int = 500, repeats: int = 5) -> dict:
-  """At most what one scalar kernel costs on this backend, in seconds.
-
-  Times two jitted programs on a donated state of scalars, one call of each
-  after the other: ``scalars`` of them, and one. Each new scalar is the next
-  one's old value plus one, so every output aliases a donated input that
-  another output still reads and XLA copies it first, as it copies the
-  safety net's donated scalar state. The cost of a kernel is the difference
-  of the two programs' per-call times (median over ``repeats``) over the
-  difference of their scalar kernels (:func:`count_kernels`). It also holds
-  the cost of passing more buffers, so it bounds a kernel's own cost from
-  above.
-
-  Returns ``{"seconds_per_kernel", "kernels", "seconds_per_call"}``, the last
-  two for ``(1, scalars)`` scalars.
-  """
-
-  if scalars < 2:
-    raise ValueError(f"scalars must be >= 2, got {scalars}")
-  sizes = (1, scalars)
-  steps, states, kernels, per_call = {}, {}, {}, {n: [] for n in sizes}
-  for n in sizes:
-    states[n] = tuple(jnp.float32(i) for i in range(n))
-    steps[n] = jax.jit(
-      lambda state, n=n: tuple(state[(i + 1) % n] + 1 for i in range(n)), donate_argnums=0
-    )
-    kernels[n] = count_kernels(steps[n].lower(states[n]).compile().as_text())["scalar"]
-  for repeat in range(repeats + 1):
-    for n in sizes:
-      begin = time.perf_counter()
-      for _ in range(calls):
-        states[n] = steps[n](states[n])
-      jax.block_until_ready(states[n])
-      if repeat:  # the first round compiles and warms up
-        per_call[n].append((time.perf_counter() - begin) / calls)
-  seconds = [float(np.median(per_call[n])) for n in sizes]
-  return {
-    "seconds_per_kernel": max(seconds[1] - seconds[0], 0.0) / (kernels[scalars] - kernels[1]),
-    "kernels": [kernels[n] for n in sizes],
-    "seconds_per_call": seconds,
-  }
 
 
 def compiled_kernels(cand: _harness.Candidate, init_params, loss_fn, batch) -> dict:
@@ -272,8 +268,9 @@ def verdict(interval: dict, bound: float) -> str:
 
 
 def across_processes(runs: list[dict], bound: float = speed.NET_BOUND) -> dict:
-  """Per model: each net ratio's, the select's and the noise floor's
-  per-process medians, the interval for their median and the verdict.
+  """Per model: each net ratio's, each decisions twin's, the select's and the
+  noise floor's per-process medians, the interval for their median, and the
+  nets' verdicts.
 
   ``runs``: the reports of one measurement run in separate processes (the
   same models, methods and direction).
@@ -290,9 +287,8 @@ def across_processes(runs: list[dict], bound: float = speed.NET_BOUND) -> dict:
     out[model] = {
       "description": first["description"],
       "net_on_over_off": net,
-      # The largest over the processes.
-      "scalar_kernels_share_at_most": {
-        method: max(p["scalar_kernels_share_at_most"][method] for p in per)
+      "decisions_over_off": {
+        method: median_interval([p["decisions_over_off"][method]["median"] for p in per])
         for method in first["net_on_over_off"]
       },
       "select_over_sgd": median_interval([p["select_over_sgd"]["median"] for p in per]),
@@ -319,7 +315,7 @@ def _print_across(summary: dict) -> None:
         " ".join(_report.fmt(v) for v in r["values"]),
         _interval_text(r),
         r["verdict"],
-        f"{model['scalar_kernels_share_at_most'][m]:.1%}",
+        _interval_text(model["decisions_over_off"][m]),
       ]
       for m, r in model["net_on_over_off"].items()
     ]
@@ -330,7 +326,7 @@ def _print_across(summary: dict) -> None:
           "net on / net off, per process",
           "median [interval]",
           f"<= {speed.NET_BOUND}",
-          "extra scalar kernels, at most",
+          "net decisions / net off",
         ],
         rows,
       )
@@ -423,14 +419,6 @@ def main(argv=None) -> dict:
   }
   all_models = speed.models(args.quick)
   direction = DIRECTIONS[args.direction]
-  # What the net's extra scalar kernels can cost at most: their number times
-  # this, as a share of the net-off step.
-  scalar_kernel = scalar_kernel_seconds(calls=50 if args.quick else 500)
-  report["scalar_kernel"] = scalar_kernel
-  print(
-    f"one scalar kernel (a donated scalar copied and updated): at most "
-    f"{scalar_kernel['seconds_per_kernel'] * 1e6:.2f} us"
-  )
   for model_name in args.models:
     init_params, loss_fn, batch, description = all_models[model_name]
     adam = model_name in speed.ADAM_MODELS
@@ -443,6 +431,15 @@ def main(argv=None) -> dict:
     twins = speed.candidates(args.methods[:1], adam=adam, direction=direction, same_rule_twins=True)
     twin = {c.name: c for c in twins}[floor_base]
     cands.append(dataclasses.replace(twin, name=floor_base + AGAIN_SUFFIX))
+    # Each method's net-off twin plus the net's scalar decisions.
+    offs = {c.name: c for c in cands}
+    for m in args.methods:
+      off = offs[m + speed.NET_OFF_SUFFIX]
+      cands.append(
+        dataclasses.replace(
+          off, name=m + DECISIONS_SUFFIX, tx=net_decisions(off.tx, _methods.SPEED_LR)
+        )
+      )
     print(
       f"\n{description}, optax_lr methods over {args.direction}'s direction: {len(cands)} "
       f"candidates, {repeats} x {rounds} rounds of {steps} steps"
@@ -450,7 +447,7 @@ def main(argv=None) -> dict:
 
     kernels = {}
     for cand in cands:
-      if cand.name in args.methods or cand.name.endswith(speed.NET_OFF_SUFFIX):
+      if cand.name in args.methods or cand.name.endswith((speed.NET_OFF_SUFFIX, DECISIONS_SUFFIX)):
         kernels[cand.name] = compiled_kernels(cand, init_params, loss_fn, batch)
     times = []
     for repeat in range(repeats):
@@ -461,24 +458,23 @@ def main(argv=None) -> dict:
       )
     select = _ratio(times, SELECT, "sgd")
     net = {m: _ratio(times, m, m + speed.NET_OFF_SUFFIX) for m in args.methods}
+    decisions = {
+      m: _ratio(times, m + DECISIONS_SUFFIX, m + speed.NET_OFF_SUFFIX) for m in args.methods
+    }
     floor = _ratio(times, floor_base + AGAIN_SUFFIX, floor_base)
 
     rows = []
-    scalar_share = {}
     for m in args.methods:
       on, off = kernels[m], kernels[m + speed.NET_OFF_SUFFIX]
-      r = net[m]
-      off_step = float(np.median([t[m + speed.NET_OFF_SUFFIX] for t in times]))
-      scalar_share[m] = (
-        (on["scalar"] - off["scalar"]) * scalar_kernel["seconds_per_kernel"] / off_step
-      )
+      only = kernels[m + DECISIONS_SUFFIX]
+      r, d = net[m], decisions[m]
       rows.append(
         [
           m,
-          f"{off['scalar']} -> {on['scalar']}",
-          f"{off['array']} -> {on['array']}",
+          f"{off['scalar']} -> {only['scalar']} -> {on['scalar']}",
+          f"{off['array']} -> {only['array']} -> {on['array']}",
           f"{off['array_copies']} -> {on['array_copies']}",
-          f"{scalar_share[m]:.1%}",
+          f"{_report.fmt(d['median'])} ({_report.fmt(d['min'])}-{_report.fmt(d['max'])})",
           f"{_report.fmt(r['median'])} ({_report.fmt(r['min'])}-{_report.fmt(r['max'])})",
         ]
       )
@@ -486,10 +482,10 @@ def main(argv=None) -> dict:
       _report.table(
         [
           "method",
-          "scalar kernels off -> on",
-          "array kernels off -> on",
+          "scalar kernels off -> decisions -> on",
+          "array kernels off -> decisions -> on",
           "array copies off -> on",
-          "extra scalar kernels / net-off step (at most)",
+          "net decisions / net off",
           f"net on / net off (<= {speed.NET_BOUND})",
         ],
         rows,
@@ -511,7 +507,7 @@ def main(argv=None) -> dict:
       "median_seconds_per_step": times,
       "select_over_sgd": select,
       "net_on_over_off": net,
-      "scalar_kernels_share_at_most": scalar_share,
+      "decisions_over_off": decisions,
       "noise_floor": dict(floor, program=floor_base),
     }
   return _report.finish(report, start, args.out)

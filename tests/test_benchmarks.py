@@ -23,6 +23,7 @@ import numpy as np
 import optax
 import pytest
 
+import optax_lr
 from benchmarks import _data
 from benchmarks import _methods
 from benchmarks import _models
@@ -600,16 +601,15 @@ def test_net_cost(tmp_path, capsys):
     ratio = mlp["net_on_over_off"][name]
     assert ratio["min"] <= ratio["median"] <= ratio["max"] and ratio["median"] > 0
   assert len(mlp["median_seconds_per_step"]) == 1  # one quick repeat
-  # The most the net's extra scalar kernels can cost, from one timed kernel.
-  kernel = saved["scalar_kernel"]
-  assert kernel["kernels"][1] > kernel["kernels"][0] and kernel["seconds_per_kernel"] >= 0
+  # The decisions twin: the net-off step plus the net's scalar decisions,
+  # so more scalar kernels and the net-off step's array kernels exactly.
   for name in ("hd", "newton_lr"):
-    share = mlp["scalar_kernels_share_at_most"][name]
-    on, off = mlp["kernels"][name], mlp["kernels"][name + "_net_off"]
-    step = np.median([t[name + "_net_off"] for t in mlp["median_seconds_per_step"]])
-    expected = (on["scalar"] - off["scalar"]) * kernel["seconds_per_kernel"] / step
-    np.testing.assert_allclose(share, expected, rtol=1e-12)
-  assert "extra scalar kernels / net-off step" in out
+    only, off = mlp["kernels"][name + "_net_decisions"], mlp["kernels"][name + "_net_off"]
+    assert only["scalar"] > off["scalar"] and only["array"] == off["array"]
+    times = mlp["median_seconds_per_step"][0]
+    expected = times[name + "_net_decisions"] / times[name + "_net_off"]
+    assert mlp["decisions_over_off"][name]["median"] == pytest.approx(expected, rel=1e-12)
+  assert "net decisions / net off" in out
   assert np.isfinite(mlp["select_over_sgd"]["median"])
   # The noise floor: hd's net-off step compiled twice and timed side by side.
   floor = mlp["noise_floor"]
@@ -632,17 +632,33 @@ def test_net_cost_over_adam(tmp_path):
   assert kernels["hd"]["array_copies"] <= kernels["hd_net_off"]["array_copies"]
 
 
-def test_scalar_kernel_seconds_counts_a_copy_and_an_add_per_rotated_scalar():
+def test_net_decisions_runs_the_nets_scalar_work_and_changes_no_update():
   from benchmarks import net_cost  # pylint: disable=g-import-not-at-top
 
-  cost = net_cost.scalar_kernel_seconds(scalars=8, calls=20, repeats=2)
-  # One scalar updates in place (its add); eight rotated ones each need their
-  # old value copied before an output overwrites it, then added to.
-  assert cost["kernels"][0] == 1 and cost["kernels"][1] >= 2 * 8
-  assert cost["seconds_per_kernel"] >= 0 and np.isfinite(cost["seconds_per_kernel"])
-  assert all(t > 0 for t in cost["seconds_per_call"])
-  with pytest.raises(ValueError, match="scalars must be >= 2, got 1"):
-    net_cost.scalar_kernel_seconds(scalars=1)
+  params = {"w": jnp.array([1.0, -2.0]), "b": jnp.array([0.5])}
+  off = optax_lr.hypergradient_descent(0.1, direction=optax.trace(0.9), safety_net=False)
+  tx = net_cost.net_decisions(off, 0.1)
+  state, off_state = tx.init(params), off.init(params)
+  # The net's state holds scalars only: an empty checkpoint, no array.
+  assert all(jnp.ndim(x) == 0 for x in jax.tree_util.tree_leaves(state.safety))
+  step, off_step = jax.jit(tx.update), jax.jit(off.update)
+  for t, loss in enumerate([2.0, 1.5, 1.2]):
+    grads = jax.tree_util.tree_map(lambda p, t=t: (t + 1.0) * p, params)
+    updates, state = step(grads, state, params, value=jnp.float32(loss))
+    expected, off_state = off_step(grads, off_state, params, value=jnp.float32(loss))
+    # Bit for bit the net-off method's updates and state.
+    for a, b in zip(
+      jax.tree_util.tree_leaves((updates, state.inner)),
+      jax.tree_util.tree_leaves((expected, off_state)),
+    ):
+      np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  # The decisions ran on the losses: the first loss kept, three calls counted
+  # since a save, nothing rolled back.
+  assert float(state.safety.first_cost) == 2.0
+  assert int(state.safety.since_save) == 3 and not bool(state.safety.rolled_back)
+  # A non-finite loss is a divergence to the net; the updates stay the method's.
+  _, state = step(params, state, params, value=jnp.float32(jnp.nan))
+  assert bool(state.safety.rolled_back) and int(state.safety.rollbacks) == 1
 
 
 def test_median_interval_by_hand():
@@ -700,7 +716,11 @@ def test_across_processes_judges_each_ratio_by_its_median():
           },
           "select_over_sgd": {"median": 1.0 + i / 100},
           "noise_floor": {"median": f, "program": "hd_net_off"},
-          "scalar_kernels_share_at_most": {"hd": i / 1000, "newton_lr": 0.0, "aslr": 0.0},
+          "decisions_over_off": {
+            "hd": {"median": 1.0 + i / 100},
+            "newton_lr": {"median": 1.0},
+            "aslr": {"median": 1.0},
+          },
         }
       }
     }
@@ -716,8 +736,10 @@ def test_across_processes_judges_each_ratio_by_its_median():
   assert mlp["noise_floor"]["holds_1"] and mlp["noise_floor"]["program"] == "hd_net_off"
   assert (mlp["select_over_sgd"]["low"], mlp["select_over_sgd"]["high"]) == (1.0, 1.05)
   assert mlp["description"] == "an MLP"
-  # The scalar kernels' bound: the largest of the processes'.
-  assert mlp["scalar_kernels_share_at_most"] == {"hd": 0.005, "newton_lr": 0.0, "aslr": 0.0}
+  # The decisions twins: an interval per method, no verdict.
+  decisions = mlp["decisions_over_off"]
+  assert (decisions["hd"]["low"], decisions["hd"]["high"]) == (1.0, 1.05)
+  assert decisions["aslr"]["median"] == 1.0 and "verdict" not in decisions["hd"]
   # A floor whose interval misses 1 says the harness, not the net, moved.
   shifted = [dict(r) for r in runs]
   for r, f in zip(shifted, floor):
@@ -742,9 +764,9 @@ def test_net_cost_across_processes(tmp_path, capsys):
   hd = report["across_processes"]["mlp"]["net_on_over_off"]["hd"]
   per_process = [r["models"]["mlp"]["net_on_over_off"]["hd"]["median"] for r in saved["runs"]]
   assert hd["values"] == per_process
-  shares = [r["models"]["mlp"]["scalar_kernels_share_at_most"]["hd"] for r in saved["runs"]]
-  assert report["across_processes"]["mlp"]["scalar_kernels_share_at_most"]["hd"] == max(shares)
-  assert "extra scalar kernels, at most" in printed
+  decisions = [r["models"]["mlp"]["decisions_over_off"]["hd"]["median"] for r in saved["runs"]]
+  assert report["across_processes"]["mlp"]["decisions_over_off"]["hd"]["values"] == decisions
+  assert "net decisions / net off" in printed
   # Two processes are too few for a 95 % interval: no verdict.
   assert hd["low"] is None and hd["verdict"] == "not resolved"
   assert "too few processes for an interval" in printed and "process 2/2" in printed

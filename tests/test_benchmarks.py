@@ -657,8 +657,11 @@ def test_net_decisions_runs_the_nets_scalar_work_and_changes_no_update():
   assert float(state.safety.first_cost) == 2.0
   assert int(state.safety.since_save) == 3 and not bool(state.safety.rolled_back)
   # A non-finite loss is a divergence to the net; the updates stay the method's.
-  _, state = step(params, state, params, value=jnp.float32(jnp.nan))
+  updates, state = step(params, state, params, value=jnp.float32(jnp.nan))
+  expected, _ = off_step(params, off_state, params, value=jnp.float32(jnp.nan))
   assert bool(state.safety.rolled_back) and int(state.safety.rollbacks) == 1
+  for a, b in zip(jax.tree_util.tree_leaves(updates), jax.tree_util.tree_leaves(expected)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
 def test_median_interval_by_hand():

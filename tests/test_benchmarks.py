@@ -1191,6 +1191,95 @@ def test_update_report_replaces_entries_and_recomputes_targets():
     robustness.update_report(base, other)
 
 
+def _scoreboard_report(direction, entries, refs, cpu):
+  """A one-task robustness report as ``benchmarks.robustness`` writes it."""
+  from benchmarks import robustness  # pylint: disable=g-import-not-at-top
+
+  settings = {key: f"{key} of the task" for key in robustness._UPDATE_MUST_MATCH}
+  task = dict(settings, direction=direction, methods=entries, hand_tuned=refs)
+  task["targets"] = robustness.targets(entries, refs)
+  return {"command": "c", "machine": {"cpu": cpu}, "seeds": [0, 1], "datasets": {"t": task}}
+
+
+def test_scoreboard_tables_by_hand(tmp_path):
+  """Two reports, one updated on another host: every cell computed by hand."""
+  from benchmarks import robustness  # pylint: disable=g-import-not-at-top
+  from benchmarks import scoreboard  # pylint: disable=g-import-not-at-top
+
+  refs = {
+    "sgd": {"best_loss": 0.12, "best_rate": 0.1},
+    "adam": {"best_loss": 0.10, "best_rate": 1e-3},
+  }
+  base = _scoreboard_report(
+    "momentum 0.9 (optax.ema)",
+    {
+      "hd": _entry([0.11, 0.20]),  # 2.0x, replaced below
+      "newton_lr": _entry([0.10, 0.125]),  # 1.25x: on the bound, within it
+      "aslr": _entry([0.5, 2.3]),  # the raw sweep: information
+      "aslr_range_test": _entry([0.12], swept=False),  # 1.2x
+      "aalr": _entry([0.10, 0.14]),  # 1.4x, and above dog's worst 0.13
+      "newton_lr_range_test": dict(_entry([0.09], swept=False), info="range test"),  # 0.9x
+      "dog": _entry([0.12, 0.13], library="optax"),  # 1.3x
+      "sgd_range_test": _entry([0.15], library="optax", swept=False),  # 0.15 / 0.12
+    },
+    refs,
+    "host A",
+  )
+  rerun = _scoreboard_report(
+    "momentum 0.9 (optax.ema)", {"hd": _entry([0.11, 0.12])}, refs, "host B"
+  )
+  _report.write_json(str(tmp_path / "r1.json"), robustness.update_report(base, rerun))
+  adam = _scoreboard_report(
+    "Adam: optax.scale_by_adam()", {"hd": _entry([0.10, 0.13])}, {"adam": refs["adam"]}, "host C"
+  )
+  _report.write_json(str(tmp_path / "r2.json"), adam)
+
+  columns = scoreboard.load(tmp_path, reports=("r1", "r2"))
+  assert [(c["task"], c["direction"]) for c in columns] == [("t", "momentum"), ("t", "Adam")]
+  lines = scoreboard.target_table(columns).splitlines()
+  assert lines[0].startswith("| task, direction | best hand-tuned | hd | hd_mult |")
+  cells = [line.split(" | ") for line in lines[2:]]
+  # hd 1.2 (after the update), no hd_mult/rtho/marthe, newton_lr 1.25, the
+  # ASLR pipeline 1.2, AALR 1.4; dog 0.13 / 0.10; SGD at the suggestion
+  # 0.15 / 0.12; only AALR is held to dog and worse than it.
+  assert cells[0] == [
+    "| t, momentum", "adam at 0.001: 0.100", "1.20", "-", "-", "-", "1.25", "1.20", "1.40 ✗",
+    "1.30", "0", "1.25", "aalr", "no |",
+  ]  # fmt: skip
+  assert cells[1] == [
+    "| t, Adam", "adam at 0.001: 0.100", "1.30 ✗", "-", "-", "-", "-", "-", "-",
+    "-", "0", "-", "none", "no |",
+  ]  # fmt: skip
+  assert cells[2] == [
+    "| within 1.25×", "", "1 of 2", "0 of 0", "0 of 0", "0 of 0", "1 of 1", "1 of 1", "0 of 1",
+    "", "", "", "", " |",
+  ]  # fmt: skip
+  assert scoreboard.range_test_table(columns).splitlines()[2:] == [
+    "| t, momentum | 0.90 |",
+    "| t, Adam | - |",
+    "| within 1.25× | 1 of 1 |",
+  ]
+  assert scoreboard.host_list(columns).splitlines() == [
+    "- `r1.json`: host A: hand-tuned references, dog, newton_lr, aslr_range_test, aalr,"
+    " newton_lr_range_test; host B: hd",
+    "- `r2.json`: host C: hand-tuned references, hd",
+  ]
+  text = scoreboard.scoreboard(columns)
+  assert scoreboard.in_results(f"before\n{text}\nafter") == text
+  with pytest.raises(ValueError, match="no scoreboard"):
+    scoreboard.in_results(text.replace(scoreboard.END, ""))
+
+
+def test_results_carry_the_scoreboard_of_the_committed_reports():
+  """RESULTS.md's scoreboard is ``python -m benchmarks.scoreboard``'s output now."""
+  from benchmarks import scoreboard  # pylint: disable=g-import-not-at-top
+
+  carried = scoreboard.in_results(scoreboard.RESULTS.read_text())
+  assert carried == scoreboard.scoreboard(scoreboard.load()), (
+    "rerun `python -m benchmarks.scoreboard` and paste its output into RESULTS.md"
+  )
+
+
 def test_paper_marthe(tmp_path):
   from benchmarks import paper_marthe  # pylint: disable=g-import-not-at-top
 

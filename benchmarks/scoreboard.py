@@ -1,0 +1,248 @@
+"""Where issue 11's targets stand: one table from the committed robustness reports.
+
+``benchmarks.robustness`` writes one report per task family and direction
+(``benchmarks/figures/robustness*.json``), and ``--update`` replaces a
+method's rows in a report when the method changes. The targets tables
+printed in RESULTS.md are each from the day of their run; this script
+reads every committed report, recomputes its targets with
+``robustness.targets`` (the code that wrote them), and prints them as one
+markdown table: per task and direction, each optax_lr method's worst initial
+rate's final held-out loss over the best hand-tuned loss (the issue bounds
+it by 1.25x), dog's worst for comparison, the range-test target (1.5x), and
+which of newton_lr, AALR and the best hypergradient method are less robust
+than dog. A second table gives the same ratio for each method started at
+the range test's suggestion (information, not a target), and a list says
+on which host each row was last run. RESULTS.md carries the output between
+two markers; ``tests/test_benchmarks.py`` checks that it is this script's
+output on the committed reports::
+
+    python -m benchmarks.scoreboard
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+
+from benchmarks import robustness
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+FIGURES = REPO / "benchmarks" / "figures"
+RESULTS = REPO / "benchmarks" / "RESULTS.md"
+
+# The committed reports, in the order of RESULTS.md's sections.
+REPORTS = (
+  "robustness",
+  "robustness_adam",
+  "robustness_cnn",
+  "robustness_cnn_adam",
+  "robustness_mnist1d_cnn",
+  "robustness_mnist1d_cnn_adam",
+  "robustness_lm",
+)
+
+# The rows that count for the targets, as the reports name them (ASLR's is
+# its paper's pipeline, range test -> aslr), and what the table calls them.
+TARGET_ROWS = {
+  "hd": "hd",
+  "hd_mult": "hd_mult",
+  "rtho": "rtho",
+  "marthe": "marthe",
+  "newton_lr": "newton_lr",
+  "aslr_range_test": "aslr (range test → aslr)",
+  "aalr": "aalr",
+}
+
+# Each method started at the range test's suggestion (`--range-test-for`).
+RANGE_TEST_ROWS = {f"{name}_range_test": name for name in TARGET_ROWS if name != "aslr_range_test"}
+
+BEGIN = "<!-- scoreboard: begin (python -m benchmarks.scoreboard) -->"
+END = "<!-- scoreboard: end -->"
+
+_FAILED = " ✗"
+
+
+def _direction(report: dict) -> str:
+  """The report's direction in a word: momentum, Adam or AdamW."""
+  return report["direction"].split()[0].rstrip(":")
+
+
+def load(figures: pathlib.Path = FIGURES, reports=REPORTS) -> list[dict]:
+  """One column per task and direction: its targets, recomputed, and its hosts.
+
+  Args:
+    figures: the folder of the reports.
+    reports: the reports' file names, without ``.json``, in column order.
+
+  Returns:
+    A list, in ``REPORTS`` order, of dicts with ``report`` (the file's stem),
+    ``task``, ``direction``, ``targets`` (``robustness.targets`` of the
+    report's method entries and hand-tuned references) and ``hosts`` (method
+    -> the CPU of the run that last wrote its rows; ``"hand-tuned references"`` -> the
+    CPU of the run that wrote the references, which ``--update`` keeps).
+  """
+  columns = []
+  for stem in reports:
+    report = json.loads((figures / f"{stem}.json").read_text())
+    for task, task_report in report["datasets"].items():
+      hosts = {name: report["machine"]["cpu"] for name in task_report["methods"]}
+      hosts["hand-tuned references"] = report["machine"]["cpu"]
+      for update in report.get("updates", []):
+        for name in update["methods"].get(task, []):
+          hosts[name] = update["machine"]["cpu"]
+      columns.append(
+        {
+          "report": stem,
+          "task": task,
+          "direction": _direction(task_report),
+          "targets": robustness.targets(task_report["methods"], task_report["hand_tuned"]),
+          "hosts": hosts,
+        }
+      )
+  return columns
+
+
+def _ratio_cell(method: dict | None, bound: float) -> str:
+  if method is None or method["ratio_to_best_hand_tuned"] is None:
+    return "-"
+  ratio = method["ratio_to_best_hand_tuned"]
+  return f"{ratio:.2f}" + ("" if ratio <= bound else _FAILED)
+
+
+def _markdown(header: list[str], rows: list[list[str]]) -> str:
+  lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+  return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
+
+
+def _tally(columns: list[dict], names, bound: float) -> list[str]:
+  """Per method: in how many columns its ratio is within ``bound``, of those that ran it."""
+  cells = []
+  for name in names:
+    ran = [c["targets"]["methods"][name] for c in columns if name in c["targets"]["methods"]]
+    met = sum(m["ratio_to_best_hand_tuned"] <= bound for m in ran)
+    cells.append(f"{met} of {len(ran)}")
+  return cells
+
+
+def target_table(columns: list[dict]) -> str:
+  """The targets: one row per task and direction, one column per method."""
+  bound = robustness.HAND_TUNED_BOUND
+  header = (
+    ["task, direction", "best hand-tuned"]
+    + list(TARGET_ROWS.values())
+    + [
+      "dog",
+      "non-finite runs",
+      f"range test (≤ {robustness.RANGE_TEST_BOUND}×)",
+      "less robust than dog",
+      "all met",
+    ]
+  )
+  rows = []
+  for c in columns:
+    t = c["targets"]
+    best = t["best_hand_tuned"]
+    methods = t["methods"]
+    dog = "-" if t["dog_worst"] is None else f"{t['dog_worst'] / best['loss']:.2f}"
+    range_test = t["range_test"]
+    less_robust = [n for n, m in methods.items() if m["as_robust_as_dog"] is False]
+    rows.append(
+      [
+        f"{c['task']}, {c['direction']}",
+        f"{best['optimizer']} at {best['rate']:g}: {best['loss']:.3f}",
+      ]
+      + [_ratio_cell(methods.get(name), bound) for name in TARGET_ROWS]
+      + [
+        dog,
+        str(sum(m["nonfinite_params_runs"] for m in methods.values())),
+        "-"
+        if range_test is None
+        else f"{range_test['ratio']:.2f}" + ("" if range_test["met"] else _FAILED),
+        ", ".join(less_robust) if less_robust else "none",
+        "yes" if t["all_met"] else "no",
+      ]
+    )
+  rows.append(
+    [f"within {bound}×", ""] + _tally(columns, TARGET_ROWS, bound) + [""] * 5,
+  )
+  return _markdown(header, rows)
+
+
+def range_test_table(columns: list[dict]) -> str:
+  """Each method started at the range test's suggestion (information)."""
+  bound = robustness.HAND_TUNED_BOUND
+  names = [n for n in RANGE_TEST_ROWS if any(n in c["targets"]["methods"] for c in columns)]
+  header = ["task, direction"] + [RANGE_TEST_ROWS[n] for n in names]
+  rows = [
+    [f"{c['task']}, {c['direction']}"]
+    + [_ratio_cell(c["targets"]["methods"].get(n), bound) for n in names]
+    for c in columns
+  ]
+  rows.append([f"within {bound}×"] + _tally(columns, names, bound))
+  return _markdown(header, rows)
+
+
+def host_list(columns: list[dict]) -> str:
+  """Per report, the host that last ran each of its rows (XLA compiles for the CPU)."""
+  order = ["hand-tuned references", "dog", *TARGET_ROWS, *RANGE_TEST_ROWS]
+  lines = []
+  for stem in dict.fromkeys(c["report"] for c in columns):
+    by_host: dict[str, set] = {}
+    for c in columns:
+      if c["report"] != stem:
+        continue
+      for name in order:
+        if name in c["hosts"]:
+          by_host.setdefault(c["hosts"][name], set()).add(name)
+    parts = [
+      f"{host}: {', '.join(n for n in order if n in names)}"
+      for host, names in sorted(by_host.items())
+    ]
+    lines.append(f"- `{stem}.json`: " + "; ".join(parts))
+  return "\n".join(lines)
+
+
+def scoreboard(columns: list[dict]) -> str:
+  """The markdown that RESULTS.md carries between ``BEGIN`` and ``END``."""
+  bound = robustness.HAND_TUNED_BOUND
+  return "\n\n".join(
+    [
+      BEGIN,
+      "Each method's worst initial rate (seed mean of its final held-out loss) "
+      f"over the best hand-tuned loss of the task; ✗: above {bound}×, the "
+      "issue's bound. dog: `optax.contrib.dog`'s worst, the same ratio "
+      "(not a target). Range test: SGD at `lr_range_test`'s suggestion over "
+      "SGD at its best grid rate, on the momentum reports only.",
+      target_table(columns),
+      "Started at the range test's suggestion instead of each initial rate "
+      "(`--range-test-for`; information, not a target), the same ratio:",
+      range_test_table(columns),
+      "The host that last ran each row (`--update` replaces a method's rows; "
+      "XLA compiles for the CPU it runs on, and chaotic runs move with it):",
+      host_list(columns),
+      END,
+    ]
+  )
+
+
+def in_results(text: str) -> str:
+  """The scoreboard that ``text`` (RESULTS.md) carries, markers included."""
+  start = text.find(BEGIN)
+  end = text.find(END, start)
+  if start < 0 or end < 0:
+    raise ValueError(f"no scoreboard: the text lacks {BEGIN!r} or {END!r}")
+  return text[start : end + len(END)]
+
+
+def main(argv=None) -> str:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--figures", default=str(FIGURES), help="the folder of the reports")
+  args = parser.parse_args(argv)
+  text = scoreboard(load(pathlib.Path(args.figures)))
+  print(text)
+  return text
+
+
+if __name__ == "__main__":
+  main()

@@ -76,7 +76,7 @@ def load(figures: pathlib.Path = FIGURES, reports=REPORTS) -> list[dict]:
     reports: the reports' file names, without ``.json``, in column order.
 
   Returns:
-    A list, in ``REPORTS`` order, of dicts with ``report`` (the file's stem),
+    A list, in the order of ``reports``, of dicts with ``report`` (the file's stem),
     ``task``, ``direction``, ``targets`` (``robustness.targets`` of the
     report's method entries and hand-tuned references) and ``hosts`` (method
     -> the CPU of the run that last wrote its rows; ``"hand-tuned references"`` -> the
@@ -121,7 +121,7 @@ def _tally(columns: list[dict], names, bound: float) -> list[str]:
   for name in names:
     ran = [c["targets"]["methods"][name] for c in columns if name in c["targets"]["methods"]]
     met = sum(m["ratio_to_best_hand_tuned"] <= bound for m in ran)
-    cells.append(f"{met} of {len(ran)}")
+    cells.append(f"{met} of {len(ran)}" if ran else "-")
   return cells
 
 

@@ -1251,7 +1251,7 @@ def test_scoreboard_tables_by_hand(tmp_path):
     "-", "0", "-", "none", "no |",
   ]  # fmt: skip
   assert cells[2] == [
-    "| within 1.25×", "", "1 of 2", "0 of 0", "0 of 0", "0 of 0", "1 of 1", "1 of 1", "0 of 1",
+    "| within 1.25×", "", "1 of 2", "-", "-", "-", "1 of 1", "1 of 1", "0 of 1",
     "", "", "", "", " |",
   ]  # fmt: skip
   assert scoreboard.range_test_table(columns).splitlines()[2:] == [

@@ -75,7 +75,7 @@ def _set_since_save(state: Any, since_save: jax.Array) -> Any:
   """``state`` with every safety net's ``since_save`` counter set to ``since_save``."""
   is_net = lambda x: isinstance(x, _checkpoint.SafetyNetState)
   return jax.tree_util.tree_map(
-    lambda x: x._replace(since_save=since_save) if is_net(x) else x, state, is_leaf=is_net
+    lambda x: x.replace(since_save=since_save) if is_net(x) else x, state, is_leaf=is_net
   )
 
 
@@ -104,8 +104,10 @@ def make_train_step(
       0 before ``tx.update``, so the save condition (``since_save >=
       SAVE_EVERY - 1``) is false; the 0 is a runtime argument of the compiled
       step (not donated, not a constant XLA could fold), so the step is the
-      production program, with its ``lax.cond`` taking the no-save branch. A
-      state without a safety net is left as it is (the argument goes unused).
+      production program, with its ``lax.cond`` taking the no-save branch,
+      plus the write of that 0 into the net's packed counts (one update of
+      a [9] int32 buffer). A state without a safety net is left as it is
+      (the argument goes unused).
   """
   unknown = set(needs) - set(EXTRA_ARG_NAMES)
   if unknown:

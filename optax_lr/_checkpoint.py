@@ -431,77 +431,165 @@ def direction_or_restore(
 # The safety net: when to save, when to roll back.
 
 
+# The net's scalars, packed into two arrays of the state: one buffer each in
+# the compiled step instead of fourteen, so the decisions that rewrite them
+# every call run as a few fused kernels rather than about one per scalar.
+# Each is read through the property of its name on SafetyNetState.
+_LEVELS = ("first_cost", "grad_level", "loss_level", "saved_level", "high_share")
+_COUNTERS = ("since_save", "rollbacks", "failures", "live_leaves")
+_FLAGS = ("pending", "pending_save", "pending_count", "rolled_back", "saved")
+_COUNTS = _COUNTERS + _FLAGS
+
+
 class SafetyNetState(NamedTuple):
-  """The safety net's part of a method's state. ``A``: accumulation dtype."""
+  """The safety net's part of a method's state. ``A``: accumulation dtype.
+
+  Its scalars are packed into ``levels`` and ``counts`` (one buffer each for
+  the compiled step); read each through the property of its name, and
+  change them with :meth:`replace`.
+  """
 
   checkpoint: Checkpoint  # the last known-good point.
-  first_cost: jax.Array  # [] A: the first finite loss seen, +inf before.
-  # [] int32: update calls since the last save or rollback (saturating at
-  # STALL_CALLS + 1).
-  since_save: jax.Array
-  pending: jax.Array  # [] bool: a divergence found after the last update was built.
-  # [] bool: a save decided at an epoch end (epoch-level methods), carried
-  # out by the next update call, which sees the params.
-  pending_save: jax.Array
-  # [] bool: an epoch end asked the next update call to count its
-  # gradient's live leaves (the dead-model test of an epoch-level method,
-  # whose monitored cost stops improving once the model is dead).
-  pending_count: jax.Array
-  rolled_back: jax.Array  # [] bool: the call that produced this state rolled back.
-  rollbacks: jax.Array  # [] int32: rollbacks so far (saturating).
   # Like the rate ([] A, or a pytree of them): the initial rate, whose band
   # [rate / RATE_BAND, rate * RATE_BAND] the method's rate stays in. A state
   # field, not a constant of the compiled step: runs from different initial
   # rates share one compilation.
   initial_rate: Any
-  # [] int32: divergences since the last save, each after at least one step
-  # from the checkpoint (a bad input that persists over the rollback call
-  # does not count twice); sets the rate after a rollback.
-  failures: jax.Array
-  # [] A: running average of |g_t|^2 over healthy calls (0 before the
-  # first): what a save without a `value` compares the call's |g_t|^2 with.
-  grad_level: jax.Array
-  # [] A: running average of the finite positive losses `value` over calls
-  # that did not roll back (0 before the first): a loss above LEVEL_FACTOR
-  # times it is a divergence.
-  loss_level: jax.Array
-  # [] bool: a save has happened (the checkpoint is no longer the initial
-  # point); before it, the loss test uses EARLY_DIVERGENCE_FACTOR.
-  saved: jax.Array
-  # [] A: `loss_level` at the last save (0 before one with a level): the
-  # level the run had at its known-good point, and the one a rollback
-  # restores.
-  saved_level: jax.Array
-  # [] A: the share of recent calls (an exponential average over about
-  # SAVE_EVERY calls, restarted at 0 by a save or a rollback) whose loss was
-  # above RISE_FACTOR times `saved_level`; above one half is a divergence.
-  high_share: jax.Array
-  # [] int32: the most gradient leaves not all zeros at one call so far (0
-  # for a method that does not count them): a call with fewer than half as
-  # many is a dying model (see net_decide's `grad_live`).
-  live_leaves: jax.Array
+  # [5] A: first_cost, grad_level, loss_level, saved_level, high_share (the
+  # properties of those names).
+  levels: jax.Array
+  # [9] int32: since_save, rollbacks, failures, live_leaves, then the flags
+  # pending, pending_save, pending_count, rolled_back, saved as 0 or 1 (the
+  # properties of those names).
+  counts: jax.Array
+
+  @property
+  def first_cost(self) -> jax.Array:
+    """[] A: the first finite loss seen, +inf before."""
+    return self.levels[_LEVELS.index("first_cost")]
+
+  @property
+  def since_save(self) -> jax.Array:
+    """[] int32: update calls since the last save or rollback (saturating at
+    STALL_CALLS + 1)."""
+    return self.counts[_COUNTS.index("since_save")]
+
+  @property
+  def pending(self) -> jax.Array:
+    """[] bool: a divergence found after the last update was built."""
+    return self.counts[_COUNTS.index("pending")] != 0
+
+  @property
+  def pending_save(self) -> jax.Array:
+    """[] bool: a save decided at an epoch end (epoch-level methods), carried
+    out by the next update call, which sees the params."""
+    return self.counts[_COUNTS.index("pending_save")] != 0
+
+  @property
+  def pending_count(self) -> jax.Array:
+    """[] bool: an epoch end asked the next update call to count its
+    gradient's live leaves (the dead-model test of an epoch-level method,
+    whose monitored cost stops improving once the model is dead)."""
+    return self.counts[_COUNTS.index("pending_count")] != 0
+
+  @property
+  def rolled_back(self) -> jax.Array:
+    """[] bool: the call that produced this state rolled back."""
+    return self.counts[_COUNTS.index("rolled_back")] != 0
+
+  @property
+  def rollbacks(self) -> jax.Array:
+    """[] int32: rollbacks so far (saturating)."""
+    return self.counts[_COUNTS.index("rollbacks")]
+
+  @property
+  def failures(self) -> jax.Array:
+    """[] int32: divergences since the last save, each after at least one
+    step from the checkpoint (a bad input that persists over the rollback
+    call does not count twice); sets the rate after a rollback."""
+    return self.counts[_COUNTS.index("failures")]
+
+  @property
+  def grad_level(self) -> jax.Array:
+    """[] A: running average of ``|g_t|^2`` over healthy calls (0 before the
+    first): what a save without a ``value`` compares the call's ``|g_t|^2``
+    with."""
+    return self.levels[_LEVELS.index("grad_level")]
+
+  @property
+  def loss_level(self) -> jax.Array:
+    """[] A: running average of the finite positive losses ``value`` over
+    calls that did not roll back (0 before the first): a loss above
+    LEVEL_FACTOR times it is a divergence."""
+    return self.levels[_LEVELS.index("loss_level")]
+
+  @property
+  def saved(self) -> jax.Array:
+    """[] bool: a save has happened (the checkpoint is no longer the initial
+    point); before it, the loss test uses EARLY_DIVERGENCE_FACTOR."""
+    return self.counts[_COUNTS.index("saved")] != 0
+
+  @property
+  def saved_level(self) -> jax.Array:
+    """[] A: ``loss_level`` at the last save (0 before one with a level): the
+    level the run had at its known-good point, and the one a rollback
+    restores."""
+    return self.levels[_LEVELS.index("saved_level")]
+
+  @property
+  def high_share(self) -> jax.Array:
+    """[] A: the share of recent calls (an exponential average over about
+    SAVE_EVERY calls, restarted at 0 by a save or a rollback) whose loss
+    was above RISE_FACTOR times ``saved_level``; above one half is a
+    divergence."""
+    return self.levels[_LEVELS.index("high_share")]
+
+  @property
+  def live_leaves(self) -> jax.Array:
+    """[] int32: the most gradient leaves not all zeros at one call so far
+    (0 for a method that does not count them): a call with fewer than half
+    as many is a dying model (see net_decide's ``grad_live``)."""
+    return self.counts[_COUNTS.index("live_leaves")]
+
+  def replace(self, **values: Any) -> SafetyNetState:
+    """A copy with the named fields or packed scalars changed.
+
+    Raises:
+      TypeError: a name that is neither.
+    """
+    fields = {name: values.pop(name) for name in list(values) if name in self._fields}
+    net = self._replace(**fields)
+    levels, counts = net.levels, net.counts
+    for name, value in values.items():
+      if name in _LEVELS:
+        levels = levels.at[_LEVELS.index(name)].set(jnp.asarray(value).astype(levels.dtype))
+      elif name in _COUNTS:
+        counts = counts.at[_COUNTS.index(name)].set(jnp.asarray(value).astype(jnp.int32))
+      else:
+        raise TypeError(f"SafetyNetState has no field or scalar {name!r}")
+    return net._replace(levels=levels, counts=counts)
+
+
+def _packed(checkpoint: Checkpoint, initial_rate: Any, **values: Any) -> SafetyNetState:
+  """A net state from every one of its scalars, by name."""
+  dtype = checkpoint.cost.dtype
+  return SafetyNetState(
+    checkpoint=checkpoint,
+    initial_rate=initial_rate,
+    levels=jnp.stack([jnp.asarray(values[name]).astype(dtype) for name in _LEVELS]),
+    counts=jnp.stack([jnp.asarray(values[name]).astype(jnp.int32) for name in _COUNTS]),
+  )
 
 
 def net_init(params: Any, direction_state: Any, rate: Any) -> SafetyNetState:
   """A safety net whose first checkpoint is the initial point."""
   dtype = _rate_dtype(rate)
-  return SafetyNetState(
-    checkpoint=checkpoint_init(params, direction_state, rate),
-    first_cost=jnp.full([], jnp.inf, dtype),
-    since_save=jnp.zeros([], jnp.int32),
-    pending=jnp.zeros([], jnp.bool_),
-    pending_save=jnp.zeros([], jnp.bool_),
-    pending_count=jnp.zeros([], jnp.bool_),
-    rolled_back=jnp.zeros([], jnp.bool_),
-    rollbacks=jnp.zeros([], jnp.int32),
-    initial_rate=fresh_copy(rate),
-    failures=jnp.zeros([], jnp.int32),
-    grad_level=jnp.zeros([], dtype),
-    loss_level=jnp.zeros([], dtype),
-    saved=jnp.zeros([], jnp.bool_),
-    saved_level=jnp.zeros([], dtype),
-    high_share=jnp.zeros([], dtype),
-    live_leaves=jnp.zeros([], jnp.int32),
+  levels = dict.fromkeys(_LEVELS, jnp.zeros([], dtype))
+  return _packed(
+    checkpoint_init(params, direction_state, rate),
+    fresh_copy(rate),
+    **dict(levels, first_cost=jnp.full([], jnp.inf, dtype)),
+    **dict.fromkeys(_COUNTS, jnp.zeros([], jnp.int32)),
   )
 
 
@@ -731,10 +819,11 @@ def net_update(
   since = jnp.where(save | rollback, 0, jnp.minimum(net.since_save, STALL_CALLS) + 1)
   new_failure = rollback & jnp.logical_not(net.rolled_back)
   failures = jnp.where(save, 0, net.failures + new_failure.astype(jnp.int32))
-  return SafetyNetState(
-    checkpoint=checkpoint,
+  return _packed(
+    checkpoint,
+    net.initial_rate,
     first_cost=first,
-    since_save=since.astype(jnp.int32),
+    since_save=since,
     pending=jnp.zeros([], jnp.bool_) if pending is None else pending,
     pending_save=jnp.zeros([], jnp.bool_),
     pending_count=jnp.zeros([], jnp.bool_),
@@ -743,9 +832,8 @@ def net_update(
       rollback,
       jnp.minimum(net.rollbacks, jnp.iinfo(jnp.int32).max - 1) + 1,
       net.rollbacks,
-    ).astype(jnp.int32),
-    initial_rate=net.initial_rate,
-    failures=jnp.minimum(failures, _MAX_FAILURES).astype(jnp.int32),
+    ),
+    failures=jnp.minimum(failures, _MAX_FAILURES),
     grad_level=level,
     # A rollback returns to the checkpoint's loss level as well: the level a
     # blow-up raised would otherwise hide the next one.
@@ -844,7 +932,7 @@ def net_epoch_end(net: SafetyNetState, cost: jax.Array, best: jax.Array) -> Safe
   limit = best + (DIVERGENCE_FACTOR - 1) * jnp.abs(best)
   diverged = jnp.logical_not(jnp.isfinite(cost)) | (jnp.isfinite(best) & (cost > limit))
   improved = jnp.isfinite(cost) & (cost <= best)
-  return net._replace(
+  return net.replace(
     pending=net.pending | diverged,
     pending_save=(net.pending_save | improved) & jnp.logical_not(diverged),
     pending_count=jnp.ones([], jnp.bool_),

@@ -1641,3 +1641,165 @@ def test_fresh_tasks_problems_are_offline_and_well_posed():
     params = problem.init(jax.random.PRNGKey(0))
     loss = problem.loss(params, problem.inputs[:32], problem.targets[:32])
     assert loss.shape == () and np.isfinite(float(loss))
+
+
+def test_cosine_sign_standardised_by_hand():
+  """The drive of `benchmarks.cosine_sign`, by hand, and as HD's rate reads it."""
+  from benchmarks import cosine_sign  # pylint: disable=g-import-not-at-top
+
+  # s: 0 (no square yet: drive 0), then 0.25, 0.9 * 0.25 + 0.1 * 0.25 = 0.25,
+  # 0.9 * 0.25 + 0.1 * 0.01 = 0.226; drives 0, 1, -1, 0.1 / sqrt(0.226).
+  np.testing.assert_allclose(
+    cosine_sign.standardised([0.0, 0.5, -0.5, 0.1]),
+    [0.0, 1.0, -1.0, 0.1 / math.sqrt(0.226)],
+    rtol=1e-12,
+  )
+  # s = 1e-4, then 0.9e-4 + 0.1 = 0.10009: 1 / sqrt(0.10009) = 3.16, clipped.
+  np.testing.assert_allclose(cosine_sign.standardised([0.01, 1.0]), [1.0, 1.0])
+  # Cosines of one magnitude keep s at 1: drives +-1. The mean skips the
+  # first sixth (6 of 36 steps): (-20 + 10) / 30.
+  cosines = np.array([1.0] * 6 + [-1.0] * 20 + [1.0] * 10)
+  assert cosine_sign.mean_drive(cosines) == pytest.approx(-1 / 3, rel=1e-12)
+
+  # The turn: between 0.1 (+0.5) and 1 (-0.5), halfway in log: sqrt(0.1).
+  # A diverged run (NaN) is skipped; no turn is None; the lowest turn wins.
+  assert cosine_sign.crossing([0.01, 0.1, 1.0], [0.5, 0.5, -0.5]) == pytest.approx(0.1**0.5)
+  assert cosine_sign.crossing([0.1, 1.0, 3.0], [0.3, float("nan"), -0.1]) == pytest.approx(
+    math.exp(math.log(0.1) + 0.75 * math.log(30))
+  )
+  assert cosine_sign.crossing([0.1, 1.0], [-0.2, -0.1]) is None
+  assert cosine_sign.crossing([0.1, 1.0, 10.0, 100.0], [0.1, -0.1, 0.1, -0.1]) == pytest.approx(
+    0.1**0.5
+  )
+
+  # HD's default rule moves its rate by exp(0.05 drive_t), the drive read
+  # from cos(u_{t-1}, g_t): on a quadratic over SGD, the rate's ratios
+  # follow the cosines of the run's own steps.
+  curvature = jnp.asarray([1.0, 4.0, 16.0], jnp.float32)
+  loss_fn = lambda w: 0.5 * jnp.sum(curvature * w * w)
+  tx = optax_lr.hypergradient_descent(0.1, safety_net=False)
+  params = jnp.asarray([1.0, -1.0, 0.5], jnp.float32)
+  state = tx.init(params)
+  step_before = jnp.zeros_like(params)
+  rates, cosines = [0.1], []
+  for _ in range(12):
+    grads = jax.grad(loss_fn)(params)
+    norms = float(jnp.linalg.norm(step_before) * jnp.linalg.norm(grads))
+    cosines.append(float(jnp.vdot(step_before, grads)) / norms if norms else 0.0)
+    updates, state = tx.update(grads, state, params)
+    params = params + updates
+    step_before = -updates  # -rate * u: the same direction as u
+    rates.append(float(optax_lr.current_lr(state)))
+  assert min(cosines[1:]) < 0 < max(cosines[1:])  # the rate went both ways
+  np.testing.assert_allclose(
+    np.diff(np.log(rates)), 0.05 * cosine_sign.standardised(cosines), rtol=1e-4, atol=1e-6
+  )
+
+
+def test_cosine_sign_quick(tmp_path):
+  from benchmarks import cosine_sign  # pylint: disable=g-import-not-at-top
+  from benchmarks import robustness  # pylint: disable=g-import-not-at-top
+
+  out = tmp_path / "cosine_sign.json"
+  argv = ["--quick", "--datasets", "digits", "--rates", "0.1", "--rhos", "0", "0.9"]
+  argv += ["--out", str(out)]
+  report = cosine_sign.main(argv)
+  assert _load(out) == json.loads(json.dumps(report))
+  assert report["command"] == "python -m benchmarks.cosine_sign " + " ".join(argv)
+  run = report["datasets"]["digits"]["0.1"]
+  assert np.isfinite(run["test_loss"])
+  assert len(run["mean_drive"]) == 2 and all(-1 <= d <= 1 for d in run["mean_drive"])
+
+  task = robustness.task("digits", True, None)
+  cosines = cosine_sign.constant_rate_run(task, 0.1, [0.0, 0.9])["cosines"]
+  assert cosines.shape == (2, task.setting.steps)
+  np.testing.assert_array_equal(cosines[:, 0], 0.0)  # no step before the first
+  assert np.all(np.abs(cosines) <= 1 + 1e-6)
+  # The two memories hold the same first step (a tenth of it for rho = 0.9):
+  # the same cosine with the second gradient; after that they part.
+  assert cosines[0, 1] == pytest.approx(cosines[1, 1], rel=1e-5)
+  assert not np.allclose(cosines[0, 2:], cosines[1, 2:])
+  with pytest.raises(ValueError, match="1.0"):
+    cosine_sign.main(["--quick", "--rhos", "1.0"])
+  with pytest.raises(ValueError, match="-0.1"):
+    cosine_sign.main(["--quick", "--rates", "-0.1"])
+
+
+def test_readme_which_method_is_the_scoreboards():
+  """The README's "Which method" paragraph says what the committed reports hold."""
+  from benchmarks import scoreboard  # pylint: disable=g-import-not-at-top
+
+  readme = " ".join((scoreboard.REPO / "README.md").read_text().split())
+  # The target rows only (the range-test rows are information).
+  columns = {
+    (c["task"], c["direction"]): {n: c["targets"]["methods"][n] for n in scoreboard.TARGET_ROWS}
+    for c in scoreboard.load()
+  }
+  met = {
+    name: sum(bool(methods[name]["within_bound"]) for methods in columns.values())
+    for name in scoreboard.TARGET_ROWS
+  }
+  assert f"on the most of them ({met['aslr_range_test']} of {len(columns)})" in readme
+  assert met["aslr_range_test"] == max(met.values())
+  for task in ("digits_cnn", "mnist1d_cnn"):
+    within = [n for n, m in columns[task, "Adam"].items() if m["within_bound"]]
+    assert within == ["aslr_range_test"], task
+  # "all but MARTHE over Adam on MNIST-1D"
+  for task in ("mnist1d", "teacher_student"):
+    for direction in ("momentum", "Adam"):
+      for name in ("hd", "hd_mult", "rtho", "marthe"):
+        expected = (name, task, direction) != ("marthe", "mnist1d", "Adam")
+        assert columns[task, direction][name]["within_bound"] == expected
+  # "the digits MLP and both CNNs over momentum ... where no method meets the target"
+  for task in ("digits", "digits_cnn", "mnist1d_cnn"):
+    assert not any(m["within_bound"] for m in columns[task, "momentum"].values()), task
+
+
+def test_cosine_sign_table_by_hand():
+  from benchmarks import cosine_sign  # pylint: disable=g-import-not-at-top
+
+  runs = {
+    0.1: {"test_loss": 0.5, "mean_drive": [0.4, -0.2, 0.3]},
+    1.0: {"test_loss": 0.25, "mean_drive": [-0.4, -0.6, 0.1]},
+    3.0: {"test_loss": float("nan"), "mean_drive": [0.0, 0.0, 0.0]},
+  }
+  assert cosine_sign.table("t", runs, [0.0, 0.9, 0.99]).splitlines() == [
+    "**t** (best constant rate 1)",
+    "",
+    "| rate | held-out loss | drive, rho = 0 | drive, rho = 0.9 | drive, rho = 0.99 |",
+    "|---|---|---|---|---|",
+    "| 0.1 | 0.5000 | +0.40 | -0.20 | +0.30 |",
+    "| 1 | 0.2500 | -0.40 | -0.60 | +0.10 |",
+    "| 3 | nan | diverged | diverged | diverged |",
+    # sqrt(0.1 * 1): the turn halfway between 0.1 and 1 (0.4 / 0.8).
+    "| drive turns negative near | | 0.32 | below 0.1 | above 1 |",
+  ]
+
+
+def test_results_carry_the_committed_cosine_sign_reports():
+  """RESULTS prints the committed reports' tables; the README's "16 to 25" is theirs."""
+  from benchmarks import cosine_sign  # pylint: disable=g-import-not-at-top
+  from benchmarks import scoreboard  # pylint: disable=g-import-not-at-top
+
+  results = scoreboard.RESULTS.read_text()
+  turns = {}
+  for stem in ("cosine_sign", "cosine_sign_adam"):
+    report = _load(scoreboard.FIGURES / f"{stem}.json")
+    assert report["command"].endswith(f"--out benchmarks/figures/{stem}.json")
+    assert report["command"] in results
+    for name, by_rate in report["datasets"].items():
+      # The report writes a NaN loss (a diverged run) as "nan".
+      runs = {
+        float(rate): dict(run, test_loss=float(run["test_loss"])) for rate, run in by_rate.items()
+      }
+      assert cosine_sign.table(name, runs, report["rhos"]) in results, (stem, name)
+      rates = sorted(r for r in runs if np.isfinite(runs[r]["test_loss"]))
+      best = min(rates, key=lambda r: runs[r]["test_loss"])
+      turn = cosine_sign.crossing(rates, [runs[r]["mean_drive"][0] for r in rates])
+      turns[stem, name] = None if turn is None else best / turn
+  # The README: on the digits MLP and both CNNs over momentum, HD's drive
+  # turns negative 16 to 25 times below the best constant rate.
+  below = [turns["cosine_sign", name] for name in ("digits", "digits_cnn", "mnist1d_cnn")]
+  assert (round(min(below)), round(max(below))) == (16, 25)
+  readme = " ".join((scoreboard.REPO / "README.md").read_text().split())
+  assert "stop agreeing, 16 to 25 times lower there" in readme

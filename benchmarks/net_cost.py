@@ -117,6 +117,9 @@ DECISIONS_SUFFIX = "_net_decisions"
 # per-process medians that a verdict against the bound reads.
 CONFIDENCE = 0.95
 # Top-level HLO operations that run nothing (bookkeeping of buffers).
+# Results of at most this many entries are scalar work: the safety net packs
+# its fourteen scalars into vectors of 5 and 9 (`_checkpoint.SafetyNetState`).
+BOOKKEEPING_SIZE = 16
 _NOT_KERNELS = ("parameter", "get-tuple-element", "tuple", "constant", "bitcast", "opt-barrier")
 _OPERATION = re.compile(r"^\s*(?:ROOT )?%\S+ = (\S+|\([^=]*\)) ([\w-]+)\(")
 
@@ -188,7 +191,9 @@ def count_kernels(hlo_text: str) -> dict:
 
   Returns ``{"scalar": n, "array": n, "array_copies": n}``: operations that
   run (not parameters, tuples, constants, bitcasts or barriers) whose result
-  is one scalar or a tuple of scalars, the others, and the array copies.
+  is a scalar, or a vector of at most :data:`BOOKKEEPING_SIZE` entries (the
+  safety net's packed scalars), or a tuple of them; the others, which pass
+  over arrays; and the copies among those.
   """
   entry = hlo_text[hlo_text.index("\nENTRY") :]
   entry = entry[: entry.index("\n}")]
@@ -198,7 +203,8 @@ def count_kernels(hlo_text: str) -> dict:
     if not match or match.group(2) in _NOT_KERNELS:
       continue
     shapes = re.findall(r"\[([^\]]*)\]", match.group(1))
-    if all(shape == "" for shape in shapes):
+    sizes = [math.prod(int(d) for d in shape.split(",") if d) for shape in shapes]
+    if all(size <= BOOKKEEPING_SIZE for size in sizes):
       counts["scalar"] += 1
     else:
       counts["array"] += 1

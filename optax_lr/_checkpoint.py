@@ -470,7 +470,7 @@ class SafetyNetState(NamedTuple):
 
   @property
   def since_save(self) -> jax.Array:
-    """[] int32: update calls since the last save or rollback (saturating at
+    """Update calls since the last save or rollback, a [] int32 (saturating at
     STALL_CALLS + 1)."""
     return self.counts[_COUNTS.index("since_save")]
 
@@ -499,12 +499,12 @@ class SafetyNetState(NamedTuple):
 
   @property
   def rollbacks(self) -> jax.Array:
-    """[] int32: rollbacks so far (saturating)."""
+    """Rollbacks so far, a [] int32 (saturating)."""
     return self.counts[_COUNTS.index("rollbacks")]
 
   @property
   def failures(self) -> jax.Array:
-    """[] int32: divergences since the last save, each after at least one
+    """Divergences since the last save, a [] int32, each after at least one
     step from the checkpoint (a bad input that persists over the rollback
     call does not count twice); sets the rate after a rollback."""
     return self.counts[_COUNTS.index("failures")]
@@ -546,7 +546,7 @@ class SafetyNetState(NamedTuple):
 
   @property
   def live_leaves(self) -> jax.Array:
-    """[] int32: the most gradient leaves not all zeros at one call so far
+    """The most gradient leaves not all zeros at one call so far, a [] int32
     (0 for a method that does not count them): a call with fewer than half
     as many is a dying model (see net_decide's ``grad_live``)."""
     return self.counts[_COUNTS.index("live_leaves")]

@@ -559,28 +559,33 @@ def test_count_kernels_of_an_hlo_entry():
 
   hlo = """HloModule jit_step
 
-%fused (p: f32[4]) -> f32[4] {
-  %p = f32[4]{0} parameter(0)
-  ROOT %n = f32[4]{0} negate(%p)
+%fused (p: f32[64]) -> f32[64] {
+  %p = f32[64]{0} parameter(0)
+  ROOT %n = f32[64]{0} negate(%p)
 }
 
-ENTRY %main (a: f32[4], b: f32[]) -> (f32[4], f32[]) {
-  %a = f32[4]{0} parameter(0)
+ENTRY %main (a: f32[64], b: f32[]) -> (f32[64], f32[]) {
+  %a = f32[64]{0} parameter(0)
   %b = f32[] parameter(1)
   %c = f32[] constant(1)
   %s = f32[] add(%b, %c)
-  %f = f32[4]{0} fusion(%a), kind=kLoop, calls=%fused
-  %k = f32[4]{0} copy(%f)
+  %f = f32[64]{0} fusion(%a), kind=kLoop, calls=%fused
+  %k = f32[64]{0} copy(%f)
   %q = f32[] copy(%s)
   %t = (f32[], pred[]) conditional(%s, %s, %s), branch_computations={%x, %y}
   %g = f32[] get-tuple-element(%t), index=0
-  ROOT %r = (f32[4]{0}, f32[]) tuple(%k, %g)
+  %v = s32[9]{0} concatenate(%w, %w), dimensions={0}
+  ROOT %r = (f32[64]{0}, f32[]) tuple(%k, %g)
 }
 """
-  # Scalar: the add, the scalar copy, the conditional of scalars; array: the
+  # Scalar: the add, the scalar copy, the conditional of scalars and the
+  # [9] concatenation (bookkeeping, as the net's packed scalars); array: the
   # fusion and its copy. Parameters, the constant, the get-tuple-element, the
   # tuple and the fused computation's own lines are not counted.
-  assert net_cost.count_kernels(hlo) == {"scalar": 3, "array": 2, "array_copies": 1}
+  assert net_cost.count_kernels(hlo) == {"scalar": 4, "array": 2, "array_copies": 1}
+  # One entry more than BOOKKEEPING_SIZE is a pass over an array.
+  wide = hlo.replace("s32[9]", f"s32[{net_cost.BOOKKEEPING_SIZE + 1}]")
+  assert net_cost.count_kernels(wide) == {"scalar": 3, "array": 3, "array_copies": 1}
 
 
 def test_net_cost(tmp_path, capsys):
@@ -639,8 +644,14 @@ def test_net_decisions_runs_the_nets_scalar_work_and_changes_no_update():
   off = optax_lr.hypergradient_descent(0.1, direction=optax.trace(0.9), safety_net=False)
   tx = net_cost.net_decisions(off, 0.1)
   state, off_state = tx.init(params), off.init(params)
-  # The net's state holds scalars only: an empty checkpoint, no array.
-  assert all(jnp.ndim(x) == 0 for x in jax.tree_util.tree_leaves(state.safety))
+  # The net's state holds scalars only: an empty checkpoint, no array (its
+  # fourteen scalars packed in two vectors, the rest scalars).
+  net = state.safety
+  assert not jax.tree_util.tree_leaves((net.checkpoint.params, net.checkpoint.direction_state))
+  assert net.levels.shape == (5,) and net.counts.shape == (9,)
+  assert all(
+    jnp.ndim(x) == 0 for x in jax.tree_util.tree_leaves((net.checkpoint, net.initial_rate))
+  )
   step, off_step = jax.jit(tx.update), jax.jit(off.update)
   for t, loss in enumerate([2.0, 1.5, 1.2]):
     grads = jax.tree_util.tree_map(lambda p, t=t: (t + 1.0) * p, params)

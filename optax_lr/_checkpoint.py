@@ -439,6 +439,11 @@ _LEVELS = ("first_cost", "grad_level", "loss_level", "saved_level", "high_share"
 _COUNTERS = ("since_save", "rollbacks", "failures", "live_leaves")
 _FLAGS = ("pending", "pending_save", "pending_count", "rolled_back", "saved")
 _COUNTS = _COUNTERS + _FLAGS
+# The most entries of a state vector that is bookkeeping, as a scalar is: the
+# packed `levels` and `counts` above. Every device holds such a vector whole,
+# and a kernel that writes one is scalar work, not a pass over an array (the
+# sharding tests and `benchmarks.net_cost` read this bound).
+BOOKKEEPING_SIZE = 16
 
 
 class SafetyNetState(NamedTuple):

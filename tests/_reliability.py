@@ -20,6 +20,7 @@ import numpy as np
 import optax
 
 import optax_lr
+from optax_lr import _checkpoint
 from optax_lr import _monitor
 from test_contract import METHODS  # noqa: F401  (re-exported for the suites)
 from test_contract import MethodCase
@@ -222,7 +223,7 @@ def _scan_run(step):
 # State vectors of at most this many entries are bookkeeping, as scalars are
 # (the safety net packs its fourteen scalars into vectors of 5 and 9), and
 # every device holds them whole.
-BOOKKEEPING_SIZE = 16
+BOOKKEEPING_SIZE = _checkpoint.BOOKKEEPING_SIZE
 
 
 def assert_sharded_like_params(params: Any, state: Any) -> None:

@@ -55,6 +55,28 @@ def _net(
   )
 
 
+def test_replace_sets_packed_scalars_by_name_and_refuses_unknown_names():
+  net = _net(first=2.0, saved=3.0, since=4)
+  changed = net.replace(loss_level=jnp.float32(5.0), rollbacks=jnp.int32(7), saved=jnp.bool_(False))
+  # Each name lands in its own slot of the packed vectors, in their dtypes;
+  # the other slots and fields are the ones given.
+  assert float(changed.loss_level) == 5.0 and int(changed.rollbacks) == 7
+  assert int(changed.saved) == 0 and changed.levels.dtype == jnp.float32
+  assert changed.counts.dtype == jnp.int32
+  assert float(changed.first_cost) == 2.0 and int(changed.since_save) == 4
+  assert float(changed.checkpoint.cost) == 3.0
+  np.testing.assert_array_equal(
+    np.delete(np.asarray(changed.levels), _checkpoint._LEVELS.index("loss_level")),
+    np.delete(np.asarray(net.levels), _checkpoint._LEVELS.index("loss_level")),
+  )
+  with pytest.raises(TypeError, match="'loss_levels'"):
+    net.replace(loss_levels=jnp.float32(1.0))
+  # The packed vectors are what the sharding tests and benchmarks.net_cost
+  # take for bookkeeping: they must stay within that bound.
+  assert net.levels.size <= _checkpoint.BOOKKEEPING_SIZE
+  assert net.counts.size <= _checkpoint.BOOKKEEPING_SIZE
+
+
 @pytest.mark.parametrize(
   "first,saved,value,diverged",
   [

@@ -10,11 +10,13 @@ markdown table: per task and direction, each optax_lr method's worst initial
 rate's final held-out loss over the best hand-tuned loss (the issue bounds
 it by 1.25x), dog's worst for comparison, the range-test target (1.5x), and
 which of newton_lr, AALR and the best hypergradient method are less robust
-than dog. A second table gives the same ratio for each method started at
-the range test's suggestion (information, not a target), and a list says
-on which host each row was last run. RESULTS.md carries the output between
-two markers; ``tests/test_benchmarks.py`` checks that it is this script's
-output on the committed reports::
+than dog. A second table says how firm each method's verdict is against
+its own seeds (:func:`seed_resample_share`), a third gives the same ratio
+for each method started at the range test's suggestion (information, not
+a target), and a list says on which host each row was last run.
+RESULTS.md carries the output between two markers;
+``tests/test_benchmarks.py`` checks that it is this script's output on
+the committed reports::
 
     python -m benchmarks.scoreboard
 """
@@ -22,8 +24,12 @@ output on the committed reports::
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
+import math
 import pathlib
+
+import numpy as np
 
 from benchmarks import robustness
 
@@ -78,7 +84,9 @@ def load(figures: pathlib.Path = FIGURES, reports=REPORTS) -> list[dict]:
   Returns:
     A list, in the order of ``reports``, of dicts with ``report`` (the file's stem),
     ``task``, ``direction``, ``targets`` (``robustness.targets`` of the
-    report's method entries and hand-tuned references) and ``hosts`` (method
+    report's method entries and hand-tuned references), ``scored_loss``
+    (target row -> its [rates, seeds] final held-out losses, non-finite
+    runs scored as the targets score them) and ``hosts`` (method
     -> the CPU of the run that last wrote its rows; ``"hand-tuned references"`` -> the
     CPU of the run that wrote the references, which ``--update`` keeps).
   """
@@ -97,6 +105,11 @@ def load(figures: pathlib.Path = FIGURES, reports=REPORTS) -> list[dict]:
           "task": task,
           "direction": _direction(task_report),
           "targets": robustness.targets(task_report["methods"], task_report["hand_tuned"]),
+          "scored_loss": {
+            name: np.asarray(task_report["methods"][name]["scored_loss"], float)
+            for name in TARGET_ROWS
+            if name in task_report["methods"]
+          },
           "hosts": hosts,
         }
       )
@@ -169,6 +182,60 @@ def target_table(columns: list[dict]) -> str:
   return _markdown(header, rows)
 
 
+def seed_resample_share(scored_loss, threshold: float) -> float:
+  """The share of seed resamples in which every rate's seed mean is at most ``threshold``.
+
+  A bootstrap over seeds, computed exactly: each rate's ``n`` seeds are
+  drawn again ``n`` times with replacement, independently across rates, and
+  a resample passes when the worst rate's mean of the drawn losses is at
+  most ``threshold``. Each multiset of draws has its multinomial weight
+  ``n! / (k_1! ... k_n!) / n^n``, so the share is the product over rates of
+  the weight of the passing multisets. With every seed the same, it is 1 or
+  0, the verdict itself; between those it says how much the verdict rests on
+  single runs.
+
+  Args:
+    scored_loss: ``[rates, seeds]`` final losses.
+    threshold: the largest passing seed mean (the bound times the best
+      hand-tuned loss).
+  """
+  share = 1.0
+  for losses in np.asarray(scored_loss, float):
+    n = len(losses)
+    passing = 0.0
+    for draw in itertools.combinations_with_replacement(range(n), n):
+      counts = np.bincount(draw, minlength=n)
+      weight = math.factorial(n) / math.prod(math.factorial(int(k)) for k in counts) / n**n
+      passing += weight * bool(float(counts @ losses) / n <= threshold)
+    share *= passing
+  return share
+
+
+def resample_table(columns: list[dict]) -> str:
+  """Per task and method, :func:`seed_resample_share` at the issue's bound, in percent."""
+  bound = robustness.HAND_TUNED_BOUND
+  rows = []
+  firm = {name: 0 for name in TARGET_ROWS}
+  for c in columns:
+    best = c["targets"]["best_hand_tuned"]["loss"]
+    row = [f"{c['task']}, {c['direction']}"]
+    for name in TARGET_ROWS:
+      if name not in c["scored_loss"]:
+        row.append("-")
+        continue
+      # The same comparison as the target's ratio <= bound.
+      share = seed_resample_share(c["scored_loss"][name] / best, bound)
+      firm[name] += share >= 0.9
+      row.append(f"{100 * share:.0f}")
+    rows.append(row)
+  ran = {name: sum(name in c["scored_loss"] for c in columns) for name in TARGET_ROWS}
+  rows.append(
+    ["within the bound in ≥ 90 %"]
+    + [f"{firm[name]} of {ran[name]}" if ran[name] else "-" for name in TARGET_ROWS]
+  )
+  return _markdown(["task, direction"] + list(TARGET_ROWS.values()), rows)
+
+
 def range_test_table(columns: list[dict]) -> str:
   """Each method started at the range test's suggestion (information)."""
   bound = robustness.HAND_TUNED_BOUND
@@ -215,6 +282,12 @@ def scoreboard(columns: list[dict]) -> str:
       "(not a target). Range test: SGD at `lr_range_test`'s suggestion over "
       "SGD at its best grid rate, on the momentum reports only.",
       target_table(columns),
+      "How firm each verdict is against the method's own seeds: the share "
+      "(%) of seed resamples (each initial rate's seeds drawn again with "
+      "replacement; the best hand-tuned loss held fixed) in which the "
+      f"method's worst initial rate is within {bound}×. 100 or 0: no single "
+      "run decides the verdict; in between, one or two runs do:",
+      resample_table(columns),
       "Started at the range test's suggestion instead of each initial rate "
       "(`--range-test-for`; information, not a target), the same ratio:",
       range_test_table(columns),

@@ -1265,6 +1265,12 @@ def test_scoreboard_tables_by_hand(tmp_path):
     "| within 1.25×", "", "1 of 2", "-", "-", "-", "1 of 1", "1 of 1", "0 of 1",
     "", "", "", "", " |",
   ]  # fmt: skip
+  # Two identical seeds: each share is the verdict itself, 100 or 0 (%).
+  assert scoreboard.resample_table(columns).splitlines()[2:] == [
+    "| t, momentum | 100 | - | - | - | 100 | 100 | 0 |",
+    "| t, Adam | 0 | - | - | - | - | - | - |",
+    "| within the bound in ≥ 90 % | 1 of 2 | - | - | - | 1 of 1 | 1 of 1 | 0 of 1 |",
+  ]
   assert scoreboard.range_test_table(columns).splitlines()[2:] == [
     "| t, momentum | 0.90 |",
     "| t, Adam | - |",
@@ -1279,6 +1285,25 @@ def test_scoreboard_tables_by_hand(tmp_path):
   assert scoreboard.in_results(f"before\n{text}\nafter") == text
   with pytest.raises(ValueError, match="no scoreboard"):
     scoreboard.in_results(text.replace(scoreboard.END, ""))
+
+
+def test_seed_resample_share_by_hand():
+  from benchmarks import scoreboard  # pylint: disable=g-import-not-at-top
+
+  # Three seeds 1, 1, 4: a resample's mean is 1 + k for k draws of the 4,
+  # k ~ Binomial(3, 1/3); it passes at 2 when k <= 1: (8 + 12) / 27.
+  assert scoreboard.seed_resample_share([[1.0, 1.0, 4.0]], 2.0) == pytest.approx(20 / 27)
+  # Rates are resampled independently: the shares multiply.
+  assert scoreboard.seed_resample_share(
+    [[1.0, 1.0, 4.0], [0.5, 0.5, 0.5], [1.0, 1.0, 4.0]], 2.0
+  ) == pytest.approx((20 / 27) ** 2)
+  # Seeds 0 and 2: a resample passes at 1 unless both draws are the 2.
+  assert scoreboard.seed_resample_share([[0.0, 2.0]], 1.0) == pytest.approx(3 / 4)
+  # A threshold below every seed, or above every one: 0 and 1.
+  assert scoreboard.seed_resample_share([[1.0, 2.0, 3.0]], 0.5) == 0.0
+  assert scoreboard.seed_resample_share([[1.0, 2.0, 3.0]], 3.0) == pytest.approx(1.0)
+  # The weights of one rate's multisets sum to 1 (five seeds: 126 multisets).
+  assert scoreboard.seed_resample_share([np.arange(5.0)], 10.0) == pytest.approx(1.0)
 
 
 def test_results_carry_the_scoreboard_of_the_committed_reports():

@@ -1218,8 +1218,8 @@ def test_scoreboard_tables_by_hand(tmp_path):
   from benchmarks import scoreboard  # pylint: disable=g-import-not-at-top
 
   refs = {
-    "sgd": {"best_loss": 0.12, "best_rate": 0.1},
-    "adam": {"best_loss": 0.10, "best_rate": 1e-3},
+    "sgd": {"best_loss": 0.12, "best_rate": 0.1, "scored_loss": [[0.12, 0.12], [0.5, 0.5]]},
+    "adam": {"best_loss": 0.10, "best_rate": 1e-3, "scored_loss": [[0.10, 0.10]]},
   }
   base = _scoreboard_report(
     "momentum 0.9 (optax.ema)",
@@ -1265,7 +1265,7 @@ def test_scoreboard_tables_by_hand(tmp_path):
     "| within 1.25×", "", "1 of 2", "-", "-", "-", "1 of 1", "1 of 1", "0 of 1",
     "", "", "", "", " |",
   ]  # fmt: skip
-  # Two identical seeds: each share is the verdict itself, 100 or 0 (%).
+  # Two identical seeds everywhere: each share is the verdict itself, 100 or 0 (%).
   assert scoreboard.resample_table(columns).splitlines()[2:] == [
     "| t, momentum | 100 | - | - | - | 100 | 100 | 0 |",
     "| t, Adam | 0 | - | - | - | - | - | - |",
@@ -1304,6 +1304,32 @@ def test_seed_resample_share_by_hand():
   assert scoreboard.seed_resample_share([[1.0, 2.0, 3.0]], 3.0) == pytest.approx(1.0)
   # The weights of one rate's multisets sum to 1 (five seeds: 126 multisets).
   assert scoreboard.seed_resample_share([np.arange(5.0)], 10.0) == pytest.approx(1.0)
+  # Thresholds given as an array: one share each.
+  np.testing.assert_allclose(
+    scoreboard.seed_resample_share([[1.0, 1.0, 4.0]], np.array([2.0, 5.0, 0.5])), [20 / 27, 1, 0]
+  )
+
+
+def test_resample_share_resamples_the_references_too_by_hand():
+  from benchmarks import scoreboard  # pylint: disable=g-import-not-at-top
+
+  # A fixed reference: the method's own share. 1.25 * 1.6 = 2.
+  fixed = [np.array([[1.6, 1.6]])]
+  assert scoreboard.resample_share([[1.0, 1.0, 4.0]], fixed, 1.25) == pytest.approx(20 / 27)
+  # The best reference is the least resampled mean over every optimizer and
+  # grid rate: here of seeds 1.0 and 0.9 (means 1.0, 0.95, 0.9 with weights
+  # 1/4, 1/2, 1/4; the other cells never win). A method at 1.2 is within
+  # 1.25x of 1.0 only: 1/4.
+  references = [np.array([[1.0, 0.9], [2.0, 2.0]]), np.array([[3.0, 3.0]])]
+  assert scoreboard.resample_share([[1.2, 1.2]], references, 1.25) == pytest.approx(1 / 4)
+  # At 1.15 it is within 1.25x of 1.0 and of 0.95 (1.1875), not of 0.9 (1.125).
+  assert scoreboard.resample_share([[1.15, 1.15]], references, 1.25) == pytest.approx(3 / 4)
+  # Both sides at once: the method's seeds 1.0 and 1.3 (means 1.0, 1.15 and
+  # 1.3, weights 1/4, 1/2, 1/4) against the reference's 1.0, 0.95 and 0.9
+  # (thresholds 1.25, 1.1875, 1.125): 1.0 and 1.15 pass the first two, 1.0
+  # alone the third.
+  expected = 0.25 * 0.75 + 0.5 * 0.75 + 0.25 * 0.25
+  assert scoreboard.resample_share([[1.0, 1.3]], references, 1.25) == pytest.approx(expected)
 
 
 def test_results_carry_the_scoreboard_of_the_committed_reports():

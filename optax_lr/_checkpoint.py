@@ -53,12 +53,16 @@ The safety net's policy (:class:`SafetyNetState`, :func:`net_decide`):
   window ends, and for ASLR, which counts at the call after each epoch end:
   :func:`net_decide_counting_live`) a
   gradient that is exactly zero everywhere, or on more than half of the
-  most leaves that had a nonzero one at a call so far, at a loss above
+  most leaves that had a nonzero one at a call so far, or fewer kernels
+  with at least half their units live than at some call so far (a unit: a
+  kernel's slice along its last axis, its output), at a loss above
   :data:`DEAD_LOSS_FRACTION` (half) of the first: a dead model, whose
   outputs a too-high rate saturated or whose units it killed, and which no
   rate moves again (such a call never saves; a dead hidden layer zeroes
   the gradient of every layer before it and of the kernel after it, and
-  leaves the last biases'); or, after a rollback and
+  leaves the last biases'; a layer whose units mostly died keeps its
+  leaves' gradients through the units left, and a kernel zero on most of
+  its units shows it); or, after a rollback and
   before any save, :data:`STALL_CALLS` (40) calls with nothing saved and the
   running loss level still above the first loss: the backed-off rate is
   still too high, and trains a damaged model that stays worse than the
@@ -92,6 +96,8 @@ The safety net's policy (:class:`SafetyNetState`, :func:`net_decide`):
   that checkpoint was saved before this one (:func:`backoff_rate`): the first
   rollback restores the rate that was in use at the known-good point, each
   further one from the same checkpoint divides it by :data:`BACKOFF` again.
+  Before the first save the checkpoint is the initial point, whose rate has
+  not shown that it trains: the first rollback there already divides it.
   The running loss level returns to the one saved with the checkpoint
   (a rollback to the initial point, which has none, leaves it as it is).
 * **Save**: every :data:`SAVE_EVERY` calls at the earliest, on a healthy call
@@ -436,7 +442,7 @@ def direction_or_restore(
 # every call run as a few fused kernels rather than about one per scalar.
 # Each is read through the property of its name on SafetyNetState.
 _LEVELS = ("first_cost", "grad_level", "loss_level", "saved_level", "high_share")
-_COUNTERS = ("since_save", "rollbacks", "failures", "live_leaves")
+_COUNTERS = ("since_save", "rollbacks", "failures", "live_leaves", "live_kernels")
 _FLAGS = ("pending", "pending_save", "pending_count", "rolled_back", "saved")
 _COUNTS = _COUNTERS + _FLAGS
 # The most entries of a state vector that is bookkeeping, as a scalar is: the
@@ -463,7 +469,8 @@ class SafetyNetState(NamedTuple):
   # [5] A: first_cost, grad_level, loss_level, saved_level, high_share (the
   # properties of those names).
   levels: jax.Array
-  # [9] int32: since_save, rollbacks, failures, live_leaves, then the flags
+  # [10] int32: since_save, rollbacks, failures, live_leaves, live_kernels,
+  # then the flags
   # pending, pending_save, pending_count, rolled_back, saved as 0 or 1 (the
   # properties of those names).
   counts: jax.Array
@@ -556,6 +563,20 @@ class SafetyNetState(NamedTuple):
     as many is a dying model (see net_decide's ``grad_live``)."""
     return self.counts[_COUNTS.index("live_leaves")]
 
+  @property
+  def live_kernels(self) -> jax.Array:
+    """The most kernels with at least half their units live at one call so
+    far, a [] int32 (0 for a method that does not count them): a call with
+    fewer is a dying model (see net_decide's ``grad_live``)."""
+    return self.counts[_COUNTS.index("live_kernels")]
+
+  @property
+  def live_counts(self) -> jax.Array:
+    """``[live_leaves, live_kernels]``, [2] int32: the most seen, as a
+    ``grad_live`` count reads them."""
+    i = _COUNTS.index("live_leaves")
+    return self.counts[i : i + 2]
+
   def replace(self, **values: Any) -> SafetyNetState:
     """A copy with the named fields or packed scalars changed.
 
@@ -627,13 +648,16 @@ def net_decide(
     grad_sq: the call's squared gradient norm, read when ``value`` is
       ``None``: a save then needs it within ``GRADIENT_GROWTH`` times
       ``net.grad_level``.
-    grad_live: int32 scalar, how many leaves of the call's gradient are not
-      all zeros (for a method that gets it at no cost, or from
-      :func:`net_decide_counting_live`). With a ``value``, a
-      call whose gradient is zero everywhere, or on more than half of the
-      most leaves that were ever not (``net.live_leaves``), saves nothing,
-      and is a divergence where its loss has not come down to
-      :data:`DEAD_LOSS_FRACTION` of the first loss (a dead model).
+    grad_live: [2] int32, how many leaves of the call's gradient are not
+      all zeros, and how many of its kernels have at least half their units
+      not all zeros (``_tree.tree_max_abs_and_live``'s count, for a method
+      that gets it at no cost, or from :func:`net_decide_counting_live`);
+      an int32 scalar is the leaves' count alone. With a ``value``, a call
+      whose gradient is zero everywhere, or on more than half of the most
+      leaves that were ever not (``net.live_leaves``), or that has fewer
+      such kernels than the most seen at one call (``net.live_kernels``),
+      saves nothing, and is a divergence where its loss has not come down
+      to :data:`DEAD_LOSS_FRACTION` of the first loss (a dead model).
 
   Returns:
     Scalar bools ``save`` and ``rollback`` (never both) and the cost to store
@@ -691,7 +715,13 @@ def net_decide(
       # biases (over Adam at 0.1 a small CNN's second conv layer died within
       # 7-24 calls: 1 of its 6 leaves had a gradient, the output bias, and
       # the model predicted one class). Leaves that never had a gradient
-      # (unused or frozen params) do not count. Against the first loss (the
+      # (unused or frozen params) do not count. A layer can also die in
+      # part: over Adam at 0.1 a CNN's first conv layer lost 75-97% of its
+      # units, every leaf kept a gradient through the units left, and the
+      # run ended at 4-5 times the best loss; its kernel's units show it.
+      # A kernel never seen with half its units live (an input layout that
+      # zeroes most slices from the start) never counts. Against the first
+      # loss (the
       # first call's own when there is none yet); a negative one keeps the
       # test in the same sense.
       lifeless, dead = dead_model(net, cost, grad_live)
@@ -725,14 +755,19 @@ def dead_model(
 ) -> tuple[jax.Array, jax.Array]:
   """``(lifeless, dead)``: the dead-model test of :func:`net_decide` alone.
 
-  ``lifeless``: ``grad_live`` (int32, the leaves of a gradient that are not
-  all zeros) is 0, or under half of ``net.live_leaves``, the most seen at
-  one call; ``dead``: lifeless at a finite ``cost`` above
+  ``lifeless``: ``grad_live``'s leaves count (int32, the leaves of a
+  gradient that are not all zeros; its first entry where it is a [2] count)
+  is 0, or under half of ``net.live_leaves``, the most seen at one call, or
+  its kernels count (the second entry: kernels with at least half their
+  units live) is under ``net.live_kernels``; ``dead``: lifeless at a finite ``cost`` above
   :data:`DEAD_LOSS_FRACTION` of the first loss (the call's own when there is
   none yet; a negative one keeps the test in the same sense).
   """
   grad_live = grad_live.astype(jnp.int32)
-  lifeless = (grad_live == 0) | (2 * grad_live < net.live_leaves)
+  leaves = grad_live if grad_live.ndim == 0 else grad_live[0]
+  lifeless = (leaves == 0) | (2 * leaves < net.live_leaves)
+  if grad_live.ndim:
+    lifeless = lifeless | (grad_live[1] < net.live_kernels)
   first = jnp.where(jnp.isfinite(net.first_cost), net.first_cost, cost)
   fraction = jnp.asarray(DEAD_LOSS_FRACTION, cost.dtype)
   dead = lifeless & jnp.isfinite(cost) & (cost > first - (1 - fraction) * jnp.abs(first))
@@ -765,13 +800,13 @@ def net_decide_counting_live(
 
   Returns:
     ``(save, rollback, cost, grad_live)``: those of :func:`net_decide`, and
-    the count (``net.live_leaves`` where it did not run: alive).
+    the [2] count (``net.live_counts`` where it did not run: alive).
   """
   save, rollback, cost = net_decide(net, value, healthy, epoch_saves=epoch_saves)
   needed = save | (net.live_leaves == 0) | net.pending_count
   # The per-leaf maxima's count (the unused maximum compiles away).
   grad_live = jax.lax.cond(
-    needed, lambda g: tree_max_abs_and_live(g)[1], lambda g: net.live_leaves, grads
+    needed, lambda g: tree_max_abs_and_live(g)[1], lambda g: net.live_counts, grads
   )
   lifeless, dead = dead_model(net, cost, grad_live)
   # A save and a rollback are never both: a dead call is lifeless.
@@ -797,7 +832,8 @@ def net_update(
   twice the average) unless it rolled back; ``cost``, the call's loss, is
   averaged into ``loss_level`` the same way. ``grad_live``: the call's
   gradient leaves that are not all zeros, whose most so far is kept in
-  ``live_leaves``.
+  ``live_leaves``, and (a [2] count) its kernels with half their units
+  live, whose most is kept in ``live_kernels``.
   """
   level = net.grad_level
   if grad_sq is not None:
@@ -846,12 +882,19 @@ def net_update(
     saved=net.saved | save,
     saved_level=jnp.where(save, loss_level, net.saved_level),
     high_share=_high_share(net, cost, save | rollback),
-    live_leaves=(
-      net.live_leaves
-      if grad_live is None
-      else jnp.maximum(net.live_leaves, grad_live.astype(jnp.int32))
-    ),
+    **_most_live(net, grad_live),
   )
+
+
+def _most_live(net: SafetyNetState, grad_live: Optional[jax.Array]) -> dict:
+  """``live_leaves`` and ``live_kernels`` after a call that counted ``grad_live``."""
+  if grad_live is None:
+    return dict(live_leaves=net.live_leaves, live_kernels=net.live_kernels)
+  grad_live = grad_live.astype(jnp.int32)
+  if grad_live.ndim == 0:
+    return dict(live_leaves=jnp.maximum(net.live_leaves, grad_live), live_kernels=net.live_kernels)
+  most = jnp.maximum(net.live_counts, grad_live)
+  return dict(live_leaves=most[0], live_kernels=most[1])
 
 
 def _high_share(net: SafetyNetState, cost: jax.Array, restart: jax.Array) -> jax.Array:
@@ -895,9 +938,16 @@ def backoff_rate(rate: Any, net: SafetyNetState, checkpoint: Checkpoint) -> Any:
   ``k`` counts the divergences since the checkpoint was saved (before this
   one): the first rollback restores the rate saved with the known-good point
   (as AALR's paper loads θ with its state), every further one from the same
-  checkpoint divides it by ``BACKOFF`` once more.
+  checkpoint divides it by ``BACKOFF`` once more. Before the first save
+  (``net.saved`` false) ``k`` is one more: the checkpoint is then the
+  initial point, whose rate has not shown that it trains, and the first
+  rollback there divides it. (Over Adam from 0.1 a small CNN's units died
+  within 7 calls; the net went back to the initial point, but at the
+  initial rate the loss spiked again, under the early threefold test, and
+  the run ended damaged.)
   """
   k = jnp.where(net.rolled_back, jnp.maximum(net.failures - 1, 0), net.failures)
+  k = k + jnp.where(net.saved, 0, 1).astype(k.dtype)
 
   def one(now, saved):
     scale = jnp.asarray(BACKOFF, now.dtype) ** (-k.astype(now.dtype))

@@ -170,13 +170,40 @@ def _sums_and_live(
   left to right), so it is the same float as ``_vdot(y, y, dtype)``, and the
   per-leaf sums it is made of give the count at no extra pass.
   """
-  leaf_squares = [_vdot(leaf, leaf, dtype) for leaf in jax.tree_util.tree_leaves(y)]
+  leaves = jax.tree_util.tree_leaves(y)
+  leaf_squares = [_vdot(leaf, leaf, dtype) for leaf in leaves]
   squares_y = jnp.zeros([], dtype)
   live = jnp.zeros([], jnp.int32)
   for i, square in enumerate(leaf_squares):
     squares_y = square if i == 0 else squares_y + square
     live = live + (square > 0).astype(jnp.int32)
-  return _vdot(x, y, dtype), _vdot(x, x, dtype), squares_y, live
+  # The units' test reads each kernel once more, for its zeros only.
+  units = [
+    jnp.any(leaf != 0, axis=tuple(range(leaf.ndim - 1))) for leaf in leaves if _is_kernel(leaf)
+  ]
+  return _vdot(x, y, dtype), _vdot(x, x, dtype), squares_y, _live_counts(live, units)
+
+
+def _is_kernel(leaf: jax.Array) -> bool:
+  """A leaf with units: at least 2 dimensions, the last (its units) longer than 1."""
+  return leaf.ndim >= 2 and leaf.shape[-1] > 1
+
+
+def _live_counts(live: jax.Array, units: list) -> jax.Array:
+  """``[live leaves, kernels with at least half their units live]``, [2] int32.
+
+  ``units`` holds one boolean vector per kernel leaf (see :func:`_is_kernel`),
+  true where the unit's slice (the leaf along its last axis, the unit's
+  output) is not all zeros. A ReLU unit that fires on no example of a
+  minibatch leaves its slice exactly zero while the leaf keeps a gradient,
+  so a layer whose units mostly died still counts as a live leaf: the
+  second count sees it.
+  """
+  kernels = jnp.zeros([], jnp.int32)
+  for unit_live in units:
+    healthy = 2 * jnp.sum(unit_live.astype(jnp.int32)) >= unit_live.shape[0]
+    kernels = kernels + healthy.astype(jnp.int32)
+  return jnp.stack([live, kernels])
 
 
 def _safe_floor(dtype: jnp.dtype, size: int) -> float:
@@ -197,21 +224,33 @@ def _max_abs(tree: Any, dtype: jnp.dtype) -> jax.Array:
 
 
 def _reduce_max_abs(tree: Any, dtype: jnp.dtype) -> jax.Array:
-  return _max_abs_and_live(tree, dtype)[0]
+  result = jnp.zeros([], dtype)
+  for leaf in jax.tree_util.tree_leaves(tree):
+    if jnp.size(leaf):
+      result = jnp.maximum(result, jnp.max(jnp.abs(leaf)))
+  return result
 
 
 def _max_abs_and_live(tree: Any, dtype: jnp.dtype) -> tuple[jax.Array, jax.Array]:
   """``max_i |x_i|`` of a tree already cast to ``dtype``, and its leaves not all 0."""
   result = jnp.zeros([], dtype)
   live = jnp.zeros([], jnp.int32)
+  units = []
   for leaf in jax.tree_util.tree_leaves(tree):
     if jnp.size(leaf):
-      leaf_max = jnp.max(jnp.abs(leaf))
+      if _is_kernel(leaf):
+        # Max is exact in any order: the leaf's maximum from its units'
+        # maxima is the same float, in the same pass over the leaf.
+        unit_max = jnp.max(jnp.abs(leaf), axis=tuple(range(leaf.ndim - 1)))
+        units.append(unit_max > 0)
+        leaf_max = jnp.max(unit_max)
+      else:
+        leaf_max = jnp.max(jnp.abs(leaf))
       result = jnp.maximum(result, leaf_max)
       # NaN > 0 is False: a leaf holding a NaN counts as zero, as in
       # tree_cosine_and_flags (a NaN gradient is a divergence anyway).
       live = live + (leaf_max > 0).astype(jnp.int32)
-  return result, live
+  return result, _live_counts(live, units)
 
 
 def tree_max_abs(tree: Any) -> jax.Array:
@@ -240,22 +279,28 @@ def tree_max_abs(tree: Any) -> jax.Array:
 
 
 def tree_max_abs_and_live(tree: Any) -> tuple[jax.Array, jax.Array]:
-  r""":func:`tree_max_abs`, and how many leaves of the tree are not all zeros.
+  r""":func:`tree_max_abs`, how many leaves of the tree are not all zeros, and
+  how many of its kernels keep at least half their units.
 
-  The count comes from the same per-leaf maxima, at no extra pass: a leaf
-  is all zeros exactly when its largest magnitude is 0 (a leaf holding a
-  NaN counts as zero, as in :func:`tree_cosine_and_flags`).
+  The counts come from the same maxima, at no extra pass: a leaf is all
+  zeros exactly when its largest magnitude is 0 (a leaf holding a NaN counts
+  as zero, as in :func:`tree_cosine_and_flags`). A kernel (a leaf of 2 or
+  more dimensions whose last, its units, is longer than 1) takes its
+  maximum over its units' maxima (the slices along its last axis), and
+  counts when at most half of those are 0.
 
   Returns:
     ``(max_abs, live)``: a scalar in :func:`accumulation_dtype` of the tree
-    and an int32 scalar (0 for an empty tree).
+    and a [2] int32, ``[live leaves, kernels with half their units live or
+    more]`` (zeros for an empty tree).
 
   Example:
     >>> import jax.numpy as jnp
     >>> from optax_lr._tree import tree_max_abs_and_live
-    >>> m, live = tree_max_abs_and_live([jnp.array([0.0, -2.0]), jnp.zeros(3), jnp.array(1e-30)])
-    >>> float(m), int(live)
-    (2.0, 2)
+    >>> kernel = jnp.array([[0.0, 1.0, 0.0], [0.0, 2.0, 0.0]])  # 1 of 3 units live
+    >>> m, live = tree_max_abs_and_live([jnp.array([0.0, -2.0]), jnp.zeros(3), kernel])
+    >>> float(m), live.tolist()
+    (2.0, [2, 0])
   """
   dtype = accumulation_dtype(tree)
   return _max_abs_and_live(_cast_tree(tree, dtype), dtype)
@@ -443,23 +488,25 @@ def tree_cosine_and_flags(tree_x: Any, tree_y: Any) -> tuple[jax.Array, jax.Arra
 
   Returns:
     ``(cosine, y_finite, y_live)``: the cosine as :func:`tree_cosine` gives
-    it, a boolean scalar, and an int32 scalar (0 for an empty tree).
+    it, a boolean scalar, and a [2] int32: the live leaves, and the
+    kernels of ``y`` with at least half their units not all zeros (as
+    :func:`tree_max_abs_and_live` counts them; zeros for an empty tree).
 
   Example:
     >>> import jax.numpy as jnp
     >>> from optax_lr._tree import tree_cosine_and_flags
     >>> _, finite, live = tree_cosine_and_flags(jnp.ones(2), jnp.zeros(2))
-    >>> bool(finite), int(live)
-    (True, 0)
+    >>> bool(finite), live.tolist()
+    (True, [0, 0])
     >>> x, y = [jnp.ones(2), jnp.ones(3)], [jnp.array([0.0, 1e-30]), jnp.zeros(3)]
-    >>> int(tree_cosine_and_flags(x, y)[2])
-    1
+    >>> tree_cosine_and_flags(x, y)[2].tolist()
+    [1, 0]
   """
   dtype = accumulation_dtype(tree_x, tree_y)
   x, y = _cast_tree(tree_x, dtype), _cast_tree(tree_y, dtype)
   size = max(_size(x), _size(y))
   if not size:
-    return jnp.zeros([], dtype), jnp.ones([], jnp.bool_), jnp.zeros([], jnp.int32)
+    return jnp.zeros([], dtype), jnp.ones([], jnp.bool_), jnp.zeros([2], jnp.int32)
   *sums, live = _sums_and_live(x, y, dtype)
   dot, squares_x, squares_y = sums
   floor = _safe_floor(dtype, size)

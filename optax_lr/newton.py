@@ -543,9 +543,9 @@ def newton_lr(
     add = lambda a, x: a + x.astype(a.dtype)
     acc = jax.tree_util.tree_map(add, state.acc, u)
     grad_acc = None if sgd else jax.tree_util.tree_map(add, state.grad_acc, updates)
-    # The window sums' live leaves, counted at a window end (the net's most
+    # The window sums' live counts, counted at a window end (the net's most
     # seen so far, alive, where there is none).
-    window_live = None if grad_live is None else net.live_leaves
+    window_live = None if grad_live is None else net.live_counts
     operands = (
       lr,
       acc,

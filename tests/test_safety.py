@@ -236,6 +236,36 @@ def test_a_gradient_zero_everywhere_or_on_most_leaves_that_had_one_is_a_dead_mod
   assert bool(got_save) == save
 
 
+@pytest.mark.parametrize(
+  "most_live,grad_live,value,diverged,save",
+  [
+    # Three kernels once had at least half their units live; two have now
+    # (every leaf keeps a gradient): a dead model above half the first loss,
+    (3, 2, 0.9, True, False),
+    # and no save at or below it.
+    (3, 2, 0.5, False, False),
+    # As many as the most seen, or more: alive, saves as usual.
+    (3, 3, 0.9, False, True),
+    (2, 3, 0.9, False, True),
+    # No kernel ever counted (none, or their units mostly zero from the
+    # start): the test never fires.
+    (0, 0, 0.9, False, True),
+  ],
+)
+def test_fewer_kernels_with_half_their_units_live_than_ever_is_a_dead_model(
+  most_live, grad_live, value, diverged, save
+):
+  # The hand computation: dead = (kernels < most kernels so far) and value
+  # > first - 0.5 |first|, with the leaves' count (5 of 5) alive.
+  net = _net(1.0, 1.0, since=_checkpoint.SAVE_EVERY)
+  net = net.replace(live_leaves=jnp.int32(5), live_kernels=jnp.int32(most_live))
+  got_save, got_rollback, _ = _checkpoint.net_decide(
+    net, jnp.float32(value), jnp.bool_(True), grad_live=jnp.array([5, grad_live], jnp.int32)
+  )
+  assert bool(got_rollback) == diverged
+  assert bool(got_save) == save
+
+
 def test_live_leaves_keeps_the_most_seen_at_one_call():
   net = _net(1.0, 1.0)
   update = lambda net, live, rollback=False: _checkpoint.net_update(
@@ -253,6 +283,11 @@ def test_live_leaves_keeps_the_most_seen_at_one_call():
   # A rollback call counts too: its gradient is the diverged model's, and
   # the most is what matters.
   assert int(update(net, 9, rollback=True).live_leaves) == 9
+  # A [2] count keeps the most of each, apart; a scalar leaves the kernels'.
+  assert int(net.live_kernels) == 0
+  for live, most in (([3, 2], [6, 2]), ([7, 1], [7, 2]), (5, [7, 2]), ([2, 4], [7, 4])):
+    net = update(net, live)
+    assert net.live_counts.tolist() == most
 
 
 @pytest.mark.parametrize(
@@ -290,7 +325,7 @@ def test_live_leaves_are_counted_at_the_calls_that_would_save(
   got_save, got_rollback, cost, live = decide(net, jnp.float32(value), jnp.bool_(True), grads)
   assert live.dtype == jnp.int32
   # Not counted: the most seen so far, which reads as alive.
-  assert int(live) == (2 if counted else most_live)
+  assert live.tolist() == ([2, 0] if counted else [most_live, 0])
   assert (bool(got_save), bool(got_rollback)) == (save, rollback)
   assert float(cost) == np.float32(value)
   # Where it counted, the verdict is net_decide's with the count.
@@ -330,7 +365,7 @@ def test_an_epoch_end_has_the_next_call_count_live_leaves(
   got_save, got_rollback, _, live = decide(
     net, jnp.float32(value), jnp.bool_(True), grads, epoch_saves=True
   )
-  assert int(live) == (2 if counted else most_live)
+  assert live.tolist() == ([2, 0] if counted else [most_live, 0])
   assert (bool(got_save), bool(got_rollback)) == (save, rollback)
 
 
@@ -557,6 +592,12 @@ def test_backoff_restores_the_saved_rate_then_divides_it(rate, failures, rolled_
   net = _net(rate=0.1, failures=failures, rolled_back=rolled_back)
   got = _checkpoint.backoff_rate(jnp.float32(rate), net, net.checkpoint)
   np.testing.assert_allclose(float(got), expected, rtol=1e-6)
+  # Before any save the checkpoint is the initial point, whose rate has not
+  # shown that it trains: every case divides once more.
+  net = _net(rate=0.1, failures=failures, rolled_back=rolled_back, has_saved=False)
+  got = _checkpoint.backoff_rate(jnp.float32(rate), net, net.checkpoint)
+  k = max(failures - 1, 0) if rolled_back else failures
+  np.testing.assert_allclose(float(got), min(rate, 0.1 / 10.0 ** (k + 1)), rtol=1e-6)
 
 
 def test_failures_count_divergences_after_a_step_and_reset_on_save():
@@ -765,19 +806,18 @@ class NetCase:
   # epoch end, with random per-leaf rates that the shared dead-model checks
   # (a first step of exactly rate 2) do not fit: its own tests below.
   sees_dead_models: bool = False
-  # The calls at which a run killed by its first step, and killed again by
-  # the rate restored at its first rollback, rolls back (dead_relu and
-  # dead_layers, whose dead loss is above the checkpoint's: the model never
-  # tries to save). The hypergradient methods count at every call: calls 1
-  # and 3. newton_lr counts its window sums at window ends (update_every=10
-  # here): the first window (calls 0-9) holds the live first gradient, the
-  # second is dead, and the call after its end rolls back (20); the window
-  # restarts there, and the same takes calls 21-41.
-  dead_rollbacks: tuple[int, int] = (1, 3)
+  # The call at which a run killed by its first step rolls back, to the
+  # initial point at a tenth of the initial rate (dead_relu and dead_layers,
+  # whose dead loss is above the checkpoint's: the model never tries to
+  # save). The hypergradient methods count at every call: call 1. newton_lr
+  # counts its window sums at window ends (update_every=10 here): the first
+  # window (calls 0-9) holds the live first gradient, the second is dead,
+  # and the call after its end rolls back (20).
+  dead_rollback: int = 1
   # The same from a start whose loss is above the dead one's (which then
   # tries to save at call SAVE_EVERY - 1): newton_lr counts the gradient's
-  # live leaves on the calls that would save, and rolls back at 19 and 39.
-  dead_rollbacks_at_saves: tuple[int, int] = (1, 3)
+  # live leaves on the calls that would save, and rolls back at 19.
+  dead_rollback_at_saves: int = 1
   # Without a `value`, reads the training loss from its `loss_fn` (RTHO and
   # MARTHE hold it for their Hessian-vector products).
   loss_from_loss_fn: bool = False
@@ -817,16 +857,16 @@ NET_CASES = [
     "newton_lr",
     lambda lr, **kw: optax_lr.newton_lr(lr, update_every=10, **kw),
     sees_dead_models=True,
-    dead_rollbacks=(20, 41),
-    dead_rollbacks_at_saves=(_checkpoint.SAVE_EVERY - 1, 2 * _checkpoint.SAVE_EVERY - 1),
+    dead_rollback=20,
+    dead_rollback_at_saves=_checkpoint.SAVE_EVERY - 1,
     warns_without_value=True,
   ),
   NetCase(
     "newton_lr_per_leaf",
     lambda lr, **kw: optax_lr.newton_lr(lr, update_every=10, per_leaf=True, **kw),
     sees_dead_models=True,
-    dead_rollbacks=(20, 41),
-    dead_rollbacks_at_saves=(_checkpoint.SAVE_EVERY - 1, 2 * _checkpoint.SAVE_EVERY - 1),
+    dead_rollback=20,
+    dead_rollback_at_saves=_checkpoint.SAVE_EVERY - 1,
     warns_without_value=True,
   ),
   NetCase(
@@ -1110,12 +1150,12 @@ DEAD_MODEL_CASES = [c for c in NET_CASES if c.sees_dead_models] + [
 ]
 
 
-def _dead_rollbacks(case, flags, state, expected=None):
-  """The calls of a dead run's two rollbacks, checked to be its only ones."""
-  first, second = expected or case.dead_rollbacks
-  assert list(np.flatnonzero(flags)) == [first, second]
-  assert int(state.safety.rollbacks) == 2
-  return first, second
+def _dead_rollback(case, flags, state, expected=None):
+  """The call of a dead run's rollback, checked to be its only one."""
+  call = case.dead_rollback if expected is None else expected
+  assert list(np.flatnonzero(flags)) == [call]
+  assert int(state.safety.rollbacks) == 1
+  return call
 
 
 def _largest_rate(rates, call):
@@ -1129,12 +1169,12 @@ def test_a_rate_that_kills_the_model_rolls_back_and_backs_off(case):
   ws, flags = np.asarray(ws)[:, 0], np.asarray(flags)
   assert ws[0] == pytest.approx(-1.4, abs=1e-6)  # the first step kills the unit
   # The dead test sees the zero gradient (at call 1, or at the end of the
-  # first dead window for newton_lr) and rolls back to the initial point;
-  # the restored rate kills it again; the second rollback divides the rate
-  # by BACKOFF, and from there the unit lives and fits.
-  first, second = _dead_rollbacks(case, flags, state)
-  assert ws[first] == ws[second] == np.float32(1.8)
-  assert _largest_rate(rates, second) <= 2.0 / _checkpoint.BACKOFF * (1 + 1e-6)
+  # first dead window for newton_lr) and rolls back to the initial point.
+  # Nothing was saved: the initial rate has not shown that it trains, and
+  # the rollback divides it by BACKOFF; from there the unit lives and fits.
+  call = _dead_rollback(case, flags, state)
+  assert ws[call] == np.float32(1.8)
+  assert _largest_rate(rates, call) <= 2.0 / _checkpoint.BACKOFF * (1 + 1e-6)
   assert dead_relu(ws[-1:]) < 1e-6
   no_value = dataclasses.replace(case, needs=tuple(n for n in case.needs if n != "value"))
   without = _train(no_value, case.make(2.0), 200, w0=W_DEAD, loss_fn=dead_relu)
@@ -1154,15 +1194,15 @@ def test_a_rate_that_kills_the_model_rolls_back_and_backs_off(case):
 def test_a_dead_model_below_the_first_loss_is_never_saved(case):
   # From w = 2.2 (loss 1.44, gradient 2.4) a step at rate 2 lands on
   # w = -2.6: dead, at loss 1.0, under the first loss (so a save would take
-  # it) and above half of it. No save takes the dead point: both rollbacks
-  # land on the start, and the backed-off rate fits.
+  # it) and above half of it. No save takes the dead point: the rollback
+  # lands on the start, and the backed-off rate fits.
   start = jnp.array([2.2])
   ws, rates, flags, state = _train(case, case.make(2.0), 200, w0=start, loss_fn=dead_relu)
   ws, flags = np.asarray(ws)[:, 0], np.asarray(flags)
   assert ws[0] == pytest.approx(-2.6, abs=1e-6)
-  first, second = _dead_rollbacks(case, flags, state, case.dead_rollbacks_at_saves)
-  assert ws[first] == ws[second] == np.float32(2.2)
-  assert _largest_rate(rates, second) <= 2.0 / _checkpoint.BACKOFF * (1 + 1e-6)
+  call = _dead_rollback(case, flags, state, case.dead_rollback_at_saves)
+  assert ws[call] == np.float32(2.2)
+  assert _largest_rate(rates, call) <= 2.0 / _checkpoint.BACKOFF * (1 + 1e-6)
   assert dead_relu(ws[-1:]) < 1e-6
 
 
@@ -1187,15 +1227,61 @@ def test_a_rate_that_kills_all_but_the_output_bias_rolls_back_and_backs_off(case
   units, flags = np.asarray(ws["u1"])[:, 0], np.asarray(flags)
   assert units[0] == pytest.approx(-1.4, abs=1e-6)  # the first step kills the units
   # The dead test sees a gradient on 1 of the 4 leaves that had one and
-  # rolls back to the initial point; the restored rate kills them again;
-  # the second rollback divides the rate by BACKOFF, and from there the
-  # units live.
-  first, second = _dead_rollbacks(case, flags, state)
-  assert units[first] == units[second] == np.float32(1.8)
-  assert _largest_rate(rates, second) <= 2.0 / _checkpoint.BACKOFF * (1 + 1e-6)
+  # rolls back to the initial point, at a tenth of the initial rate (no
+  # save yet), and from there the units live.
+  call = _dead_rollback(case, flags, state)
+  assert units[call] == np.float32(1.8)
+  assert _largest_rate(rates, call) <= 2.0 / _checkpoint.BACKOFF * (1 + 1e-6)
   assert int(state.safety.live_leaves) == 4
   for name in ("u1", "u2", "u3"):
     assert dead_relu(ws[name][-1]) < 1e-6
+
+
+def dead_units(params):
+  # One ReLU layer of four units on one input (a (1, 4) kernel: its units
+  # are its columns), each fitting relu(w) = 1 (dead_relu each), plus an
+  # output bias far from its minimum. From w = (1.8, 1.8, 1.8, 0.5) a step
+  # at rate 2 kills units 0-2 (to -1.4) and takes unit 3 to 2.5: every leaf
+  # keeps a gradient, but 3 of the kernel's 4 units are dead. The loss goes
+  # from 2.17 to 5.25 (2.4 times, under the threefold test).
+  return dead_relu(params["kernel"]) + 1e-3 * jnp.sum((params["b"] - 5.0) ** 2)
+
+
+DEAD_UNITS_W0 = {"kernel": jnp.array([[1.8, 1.8, 1.8, 0.5]]), "b": jnp.zeros(1)}
+
+
+@pytest.mark.parametrize("case", DEAD_MODEL_CASES, ids=lambda c: c.name)
+def test_a_rate_that_kills_most_units_of_a_layer_rolls_back_and_backs_off(case):
+  # 60 calls: the units fit within 40 calls of the backed-off rate (the
+  # loss falls 0.36-fold a call at 0.2), before newton_lr's per-leaf rate
+  # for the kernel grows past stability and its net rolls back for that.
+  ws, rates, flags, state = _train(case, case.make(2.0), 60, w0=DEAD_UNITS_W0, loss_fn=dead_units)
+  kernel, flags = np.asarray(ws["kernel"])[:, 0], np.asarray(flags)
+  np.testing.assert_allclose(kernel[0], [-1.4, -1.4, -1.4, 2.5], rtol=1e-6)
+  # Both leaves keep a gradient: only the kernel's units tell. The net rolls
+  # back once, to the start at a tenth of the initial rate (no save yet),
+  # and from there the units live and fit.
+  call = _dead_rollback(case, flags, state)
+  np.testing.assert_array_equal(kernel[call], DEAD_UNITS_W0["kernel"][0])
+  assert _largest_rate(rates, call) <= 2.0 / _checkpoint.BACKOFF * (1 + 1e-6)
+  assert state.safety.live_counts.tolist() == [2, 1]
+  assert dead_units({"kernel": ws["kernel"][-1], "b": jnp.full(1, 5.0)}) < 1e-6
+
+
+def zero_units_from_the_start(params):
+  # A (1, 4) kernel of which only unit 0 is used: units 1-3 have an exactly
+  # zero gradient from the first call (an input layout, not a death), so
+  # the kernel never has half its units live and never counts.
+  return jnp.sum((params["kernel"][:, 0] - 1.0) ** 2) + jnp.sum((params["b"] - 1.0) ** 2)
+
+
+@pytest.mark.parametrize("case", DEAD_MODEL_CASES, ids=lambda c: c.name)
+def test_units_zero_from_the_start_are_not_a_dead_model(case):
+  w0 = {"kernel": jnp.full((1, 4), 3.0), "b": jnp.full(1, 3.0)}
+  ws, _, flags, state = _train(case, case.make(0.1), 300, w0=w0, loss_fn=zero_units_from_the_start)
+  assert not np.asarray(flags).any()
+  assert state.safety.live_counts.tolist() == [2, 0]
+  assert zero_units_from_the_start({"kernel": ws["kernel"][-1], "b": ws["b"][-1]}) < 1e-6
 
 
 NO_VALUE = "got no value=loss"
@@ -1387,28 +1473,20 @@ def test_aslr_rolls_back_a_model_its_rate_killed_at_the_call_after_the_epoch_end
   # exactly 0 on 3 of the 4 leaves, loss 3.02 > half the first, 1.945).
   # ASLR counts live leaves only at the call after an epoch end (10 calls
   # here; the first calls count until one gives the reference, 4 leaves):
-  # call 10 rolls back to the initial point at the centre saved with it
-  # (2); that rate kills the units again. The rollback call trains nothing
-  # and belongs to no epoch, so the next epoch is calls 11-20 and call 21
-  # rolls back a second time, to a tenth of the centre (0.2, rates in
-  # [0.15, 0.25]): from there the units live and fit.
+  # call 10 rolls back to the initial point. Nothing was saved (the initial
+  # centre has not shown that it trains): the rollback divides the centre
+  # saved with it by BACKOFF (0.2, rates in [0.15, 0.25]), and from there
+  # the units live and fit.
   if mode == "steps_per_epoch":
     tx, observe_every = optax_lr.aslr(2.0, steps_per_epoch=10), None
   else:
     tx, observe_every = optax_lr.aslr(2.0), 10
   u1, flags, rates, params, state = _aslr_dead_layers_run(tx, 300, observe_every)
   assert u1[0] < -0.5  # the first step kills the unit
-  if mode == "steps_per_epoch":
-    assert list(np.flatnonzero(flags)) == [10, 21]
-  else:
-    # An observed epoch is 10 calls, the rollback call included: the
-    # second epoch ends after call 19, and call 20 rolls back.
-    assert list(np.flatnonzero(flags)) == [10, 20]
-  first, second = np.flatnonzero(flags)
-  assert u1[first] == u1[second] == np.float32(1.8)
-  np.testing.assert_allclose(rates[first], 2.0, rtol=1e-6)
-  np.testing.assert_allclose(rates[second], 2.0 / _checkpoint.BACKOFF, rtol=1e-6)
-  assert int(state.safety.rollbacks) == 2 and int(state.safety.live_leaves) == 4
+  assert list(np.flatnonzero(flags)) == [10]
+  assert u1[10] == np.float32(1.8)
+  np.testing.assert_allclose(rates[10], 2.0 / _checkpoint.BACKOFF, rtol=1e-6)
+  assert int(state.safety.rollbacks) == 1 and int(state.safety.live_leaves) == 4
   for name in ("u1", "u2", "u3"):
     assert dead_relu(params[name]) < 1e-6
   if mode == "observe":

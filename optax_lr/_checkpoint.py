@@ -53,9 +53,10 @@ The safety net's policy (:class:`SafetyNetState`, :func:`net_decide`):
   window ends, and for ASLR, which counts at the call after each epoch end:
   :func:`net_decide_counting_live`) a
   gradient that is exactly zero everywhere, or on more than half of the
-  most leaves that had a nonzero one at a call so far, or fewer kernels
-  with at least half their units live than at some call so far (a unit: a
-  kernel's slice along its last axis, its output), at a loss above
+  most leaves that had a nonzero one at a call so far, or, before the first
+  save, fewer kernels with at least a quarter of their units live than at
+  some call so far (a unit: a kernel's slice along its last axis, its
+  output), at a loss above
   :data:`DEAD_LOSS_FRACTION` (half) of the first: a dead model, whose
   outputs a too-high rate saturated or whose units it killed, and which no
   rate moves again (such a call never saves; a dead hidden layer zeroes
@@ -565,7 +566,7 @@ class SafetyNetState(NamedTuple):
 
   @property
   def live_kernels(self) -> jax.Array:
-    """The most kernels with at least half their units live at one call so
+    """The most kernels with at least a quarter of their units live at one call so
     far, a [] int32 (0 for a method that does not count them): a call with
     fewer is a dying model (see net_decide's ``grad_live``)."""
     return self.counts[_COUNTS.index("live_kernels")]
@@ -649,12 +650,13 @@ def net_decide(
       ``None``: a save then needs it within ``GRADIENT_GROWTH`` times
       ``net.grad_level``.
     grad_live: [2] int32, how many leaves of the call's gradient are not
-      all zeros, and how many of its kernels have at least half their units
-      not all zeros (``_tree.tree_max_abs_and_live``'s count, for a method
-      that gets it at no cost, or from :func:`net_decide_counting_live`);
-      an int32 scalar is the leaves' count alone. With a ``value``, a call
-      whose gradient is zero everywhere, or on more than half of the most
-      leaves that were ever not (``net.live_leaves``), or that has fewer
+      all zeros, and how many of its kernels have at least a quarter of
+      their units not all zeros (``_tree.tree_max_abs_and_live``'s count,
+      for a method that gets it at no cost, or from
+      :func:`net_decide_counting_live`); an int32 scalar is the leaves'
+      count alone. With a ``value``, a call whose gradient is zero
+      everywhere, or on more than half of the most leaves that were ever
+      not (``net.live_leaves``), or, before the first save, that has fewer
       such kernels than the most seen at one call (``net.live_kernels``),
       saves nothing, and is a divergence where its loss has not come down
       to :data:`DEAD_LOSS_FRACTION` of the first loss (a dead model).
@@ -716,14 +718,14 @@ def net_decide(
       # 7-24 calls: 1 of its 6 leaves had a gradient, the output bias, and
       # the model predicted one class). Leaves that never had a gradient
       # (unused or frozen params) do not count. A layer can also die in
-      # part: over Adam at 0.1 a CNN's first conv layer lost 75-97% of its
-      # units, every leaf kept a gradient through the units left, and the
-      # run ended at 4-5 times the best loss; its kernel's units show it.
-      # A kernel never seen with half its units live (an input layout that
-      # zeroes most slices from the start) never counts. Against the first
-      # loss (the
-      # first call's own when there is none yet); a negative one keeps the
-      # test in the same sense.
+      # part: over Adam at 0.1 a CNN's conv layer lost 75-97% of its units
+      # in its first calls, every leaf kept a gradient through the units
+      # left, and the run ended at 4-5 times the best loss; its kernel's
+      # units show it, before the first save. A kernel never seen with a
+      # quarter of its units live (an input layout that zeroes most slices
+      # from the start) never counts. Against the first loss (the first
+      # call's own when there is none yet); a negative one keeps the test in
+      # the same sense.
       lifeless, dead = dead_model(net, cost, grad_live)
       diverged = diverged | dead
       good = good & jnp.logical_not(lifeless)
@@ -758,8 +760,9 @@ def dead_model(
   ``lifeless``: ``grad_live``'s leaves count (int32, the leaves of a
   gradient that are not all zeros; its first entry where it is a [2] count)
   is 0, or under half of ``net.live_leaves``, the most seen at one call, or
-  its kernels count (the second entry: kernels with at least half their
-  units live) is under ``net.live_kernels``; ``dead``: lifeless at a finite ``cost`` above
+  before the first save, its kernels count (the second entry: kernels with
+  at least a quarter of their units live) is under ``net.live_kernels``;
+  ``dead``: lifeless at a finite ``cost`` above
   :data:`DEAD_LOSS_FRACTION` of the first loss (the call's own when there is
   none yet; a negative one keeps the test in the same sense).
   """
@@ -767,7 +770,11 @@ def dead_model(
   leaves = grad_live if grad_live.ndim == 0 else grad_live[0]
   lifeless = (leaves == 0) | (2 * leaves < net.live_leaves)
   if grad_live.ndim:
-    lifeless = lifeless | (grad_live[1] < net.live_kernels)
+    # Units die during healthy training too (a ReLU unit that fires on no
+    # example of a minibatch): the kernels' test looks at the run before its
+    # first save, whose initial rate has not shown that it trains.
+    fewer = grad_live[1] < net.live_kernels
+    lifeless = lifeless | (fewer & jnp.logical_not(net.saved))
   first = jnp.where(jnp.isfinite(net.first_cost), net.first_cost, cost)
   fraction = jnp.asarray(DEAD_LOSS_FRACTION, cost.dtype)
   dead = lifeless & jnp.isfinite(cost) & (cost > first - (1 - fraction) * jnp.abs(first))
@@ -832,7 +839,7 @@ def net_update(
   twice the average) unless it rolled back; ``cost``, the call's loss, is
   averaged into ``loss_level`` the same way. ``grad_live``: the call's
   gradient leaves that are not all zeros, whose most so far is kept in
-  ``live_leaves``, and (a [2] count) its kernels with half their units
+  ``live_leaves``, and (a [2] count) its kernels with a quarter of their units
   live, whose most is kept in ``live_kernels``.
   """
   level = net.grad_level

@@ -54,16 +54,16 @@ The safety net's policy (:class:`SafetyNetState`, :func:`net_decide`):
   :func:`net_decide_counting_live`) a
   gradient that is exactly zero everywhere, or on more than half of the
   most leaves that had a nonzero one at a call so far, or, before the first
-  save, fewer kernels with at least a quarter of their units live than at
-  some call so far (a unit: a kernel's slice along its last axis, its
-  output), at a loss above
+  save, fewer layers with at least a third of their units live than at
+  some call so far (a layer: a vector leaf, its bias; a unit: one entry,
+  exactly 0 where the unit is dead on the whole minibatch), at a loss above
   :data:`DEAD_LOSS_FRACTION` (half) of the first: a dead model, whose
   outputs a too-high rate saturated or whose units it killed, and which no
   rate moves again (such a call never saves; a dead hidden layer zeroes
   the gradient of every layer before it and of the kernel after it, and
   leaves the last biases'; a layer whose units mostly died keeps its
-  leaves' gradients through the units left, and a kernel zero on most of
-  its units shows it); or, after a rollback and
+  leaves' gradients through the units left, and its bias, zero on most
+  entries, shows it); or, after a rollback and
   before any save, :data:`STALL_CALLS` (40) calls with nothing saved and the
   running loss level still above the first loss: the backed-off rate is
   still too high, and trains a damaged model that stays worse than the
@@ -443,7 +443,7 @@ def direction_or_restore(
 # every call run as a few fused kernels rather than about one per scalar.
 # Each is read through the property of its name on SafetyNetState.
 _LEVELS = ("first_cost", "grad_level", "loss_level", "saved_level", "high_share")
-_COUNTERS = ("since_save", "rollbacks", "failures", "live_leaves", "live_kernels")
+_COUNTERS = ("since_save", "rollbacks", "failures", "live_leaves", "live_layers")
 _FLAGS = ("pending", "pending_save", "pending_count", "rolled_back", "saved")
 _COUNTS = _COUNTERS + _FLAGS
 # The most entries of a state vector that is bookkeeping, as a scalar is: the
@@ -470,7 +470,7 @@ class SafetyNetState(NamedTuple):
   # [5] A: first_cost, grad_level, loss_level, saved_level, high_share (the
   # properties of those names).
   levels: jax.Array
-  # [10] int32: since_save, rollbacks, failures, live_leaves, live_kernels,
+  # [10] int32: since_save, rollbacks, failures, live_leaves, live_layers,
   # then the flags
   # pending, pending_save, pending_count, rolled_back, saved as 0 or 1 (the
   # properties of those names).
@@ -565,15 +565,16 @@ class SafetyNetState(NamedTuple):
     return self.counts[_COUNTS.index("live_leaves")]
 
   @property
-  def live_kernels(self) -> jax.Array:
-    """The most kernels with at least a quarter of their units live at one call so
-    far, a [] int32 (0 for a method that does not count them): a call with
-    fewer is a dying model (see net_decide's ``grad_live``)."""
-    return self.counts[_COUNTS.index("live_kernels")]
+  def live_layers(self) -> jax.Array:
+    """The most vector leaves (layers' biases) with at least a third of their
+    entries live at one call so far, a [] int32 (0 for a method that does
+    not count them): a call with fewer, before the first save, is a dying
+    model (see net_decide's ``grad_live``)."""
+    return self.counts[_COUNTS.index("live_layers")]
 
   @property
   def live_counts(self) -> jax.Array:
-    """``[live_leaves, live_kernels]``, [2] int32: the most seen, as a
+    """``[live_leaves, live_layers]``, [2] int32: the most seen, as a
     ``grad_live`` count reads them."""
     i = _COUNTS.index("live_leaves")
     return self.counts[i : i + 2]
@@ -650,14 +651,14 @@ def net_decide(
       ``None``: a save then needs it within ``GRADIENT_GROWTH`` times
       ``net.grad_level``.
     grad_live: [2] int32, how many leaves of the call's gradient are not
-      all zeros, and how many of its kernels have at least a quarter of
-      their units not all zeros (``_tree.tree_max_abs_and_live``'s count,
+      all zeros, and how many of its vector leaves (layers' biases) have at
+      least a third of their entries not 0 (``_tree.tree_max_abs_and_live``'s count,
       for a method that gets it at no cost, or from
       :func:`net_decide_counting_live`); an int32 scalar is the leaves'
       count alone. With a ``value``, a call whose gradient is zero
       everywhere, or on more than half of the most leaves that were ever
       not (``net.live_leaves``), or, before the first save, that has fewer
-      such kernels than the most seen at one call (``net.live_kernels``),
+      such vectors than the most seen at one call (``net.live_layers``),
       saves nothing, and is a divergence where its loss has not come down
       to :data:`DEAD_LOSS_FRACTION` of the first loss (a dead model).
 
@@ -720,10 +721,9 @@ def net_decide(
       # (unused or frozen params) do not count. A layer can also die in
       # part: over Adam at 0.1 a CNN's conv layer lost 75-97% of its units
       # in its first calls, every leaf kept a gradient through the units
-      # left, and the run ended at 4-5 times the best loss; its kernel's
-      # units show it, before the first save. A kernel never seen with a
-      # quarter of its units live (an input layout that zeroes most slices
-      # from the start) never counts. Against the first loss (the first
+      # left, and the run ended at 4-5 times the best loss; its bias's
+      # entries show it, before the first save. A vector never seen with a
+      # third of its entries live (unused entries) never counts. Against the first loss (the first
       # call's own when there is none yet); a negative one keeps the test in
       # the same sense.
       lifeless, dead = dead_model(net, cost, grad_live)
@@ -760,8 +760,8 @@ def dead_model(
   ``lifeless``: ``grad_live``'s leaves count (int32, the leaves of a
   gradient that are not all zeros; its first entry where it is a [2] count)
   is 0, or under half of ``net.live_leaves``, the most seen at one call, or
-  before the first save, its kernels count (the second entry: kernels with
-  at least a quarter of their units live) is under ``net.live_kernels``;
+  before the first save, its layers count (the second entry: vectors with
+  at least a third of their entries live) is under ``net.live_layers``;
   ``dead``: lifeless at a finite ``cost`` above
   :data:`DEAD_LOSS_FRACTION` of the first loss (the call's own when there is
   none yet; a negative one keeps the test in the same sense).
@@ -771,9 +771,9 @@ def dead_model(
   lifeless = (leaves == 0) | (2 * leaves < net.live_leaves)
   if grad_live.ndim:
     # Units die during healthy training too (a ReLU unit that fires on no
-    # example of a minibatch): the kernels' test looks at the run before its
+    # example of a minibatch): the layers' test looks at the run before its
     # first save, whose initial rate has not shown that it trains.
-    fewer = grad_live[1] < net.live_kernels
+    fewer = grad_live[1] < net.live_layers
     lifeless = lifeless | (fewer & jnp.logical_not(net.saved))
   first = jnp.where(jnp.isfinite(net.first_cost), net.first_cost, cost)
   fraction = jnp.asarray(DEAD_LOSS_FRACTION, cost.dtype)
@@ -839,8 +839,8 @@ def net_update(
   twice the average) unless it rolled back; ``cost``, the call's loss, is
   averaged into ``loss_level`` the same way. ``grad_live``: the call's
   gradient leaves that are not all zeros, whose most so far is kept in
-  ``live_leaves``, and (a [2] count) its kernels with a quarter of their units
-  live, whose most is kept in ``live_kernels``.
+  ``live_leaves``, and (a [2] count) its vectors with a third of their
+  entries live, whose most is kept in ``live_layers``.
   """
   level = net.grad_level
   if grad_sq is not None:
@@ -894,14 +894,14 @@ def net_update(
 
 
 def _most_live(net: SafetyNetState, grad_live: Optional[jax.Array]) -> dict:
-  """``live_leaves`` and ``live_kernels`` after a call that counted ``grad_live``."""
+  """``live_leaves`` and ``live_layers`` after a call that counted ``grad_live``."""
   if grad_live is None:
-    return dict(live_leaves=net.live_leaves, live_kernels=net.live_kernels)
+    return dict(live_leaves=net.live_leaves, live_layers=net.live_layers)
   grad_live = grad_live.astype(jnp.int32)
   if grad_live.ndim == 0:
-    return dict(live_leaves=jnp.maximum(net.live_leaves, grad_live), live_kernels=net.live_kernels)
+    return dict(live_leaves=jnp.maximum(net.live_leaves, grad_live), live_layers=net.live_layers)
   most = jnp.maximum(net.live_counts, grad_live)
-  return dict(live_leaves=most[0], live_kernels=most[1])
+  return dict(live_leaves=most[0], live_layers=most[1])
 
 
 def _high_share(net: SafetyNetState, cost: jax.Array, restart: jax.Array) -> jax.Array:

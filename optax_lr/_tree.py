@@ -177,36 +177,36 @@ def _sums_and_live(
   for i, square in enumerate(leaf_squares):
     squares_y = square if i == 0 else squares_y + square
     live = live + (square > 0).astype(jnp.int32)
-  # The units' test reads each kernel once more, for its zeros only.
-  units = [
-    jnp.any(leaf != 0, axis=tuple(range(leaf.ndim - 1))) for leaf in leaves if _is_kernel(leaf)
-  ]
+  units = [leaf != 0 for leaf in leaves if _has_units(leaf)]
   return _vdot(x, y, dtype), _vdot(x, x, dtype), squares_y, _live_counts(live, units)
 
 
-def _is_kernel(leaf: jax.Array) -> bool:
-  """A leaf with units: at least 2 dimensions, the last (its units) longer than 1."""
-  return leaf.ndim >= 2 and leaf.shape[-1] > 1
+def _has_units(leaf: jax.Array) -> bool:
+  """A vector of more than one entry: a layer's bias or a norm's scale, one
+  entry per unit."""
+  return leaf.ndim == 1 and leaf.shape[0] > 1
 
 
 def _live_counts(live: jax.Array, units: list) -> jax.Array:
-  """``[live leaves, kernels with at least a quarter of their units live]``, [2] int32.
+  """``[live leaves, vectors with at least a third of their entries live]``, [2] int32.
 
-  ``units`` holds one boolean vector per kernel leaf (see :func:`_is_kernel`),
-  true where the unit's slice (the leaf along its last axis, the unit's
-  output) is not all zeros. A ReLU unit that fires on no example of a
-  minibatch leaves its slice exactly zero while the leaf keeps a gradient,
-  so a layer whose units mostly died still counts as a live leaf: the
-  second count sees it. A quarter, not a half: healthy ReLU layers leave
-  a third of their units silent on a minibatch (digits over Adam at 0.01),
-  and a layer of 8 units on 4 examples loses its fifth unit of 8 to plain
-  training; the layers a too-high rate killed keep 0-25% of them.
+  ``units`` holds, for each vector leaf (see :func:`_has_units`), where its
+  entries are not 0. A ReLU unit that fires on no example of a minibatch
+  has a bias gradient of exactly 0 (the sum of its zero backward signal),
+  while its layer's leaves keep a gradient through the units left: a layer
+  whose units mostly died still counts as a live leaf, and its bias's
+  entries show it, at the cost of a pass over the vectors only (a count
+  over a kernel's units would read the kernel again). A third: healthy
+  ReLU layers leave up to 40% of their units silent on a minibatch
+  (digits over Adam at 0.01), a layer of 8 units on 4 examples loses its
+  fifth unit of 8 to plain training, and the layers a too-high rate killed
+  keep 0-25% of them (over Adam at 0.1, on the benchmarks' MLPs and CNNs).
   """
-  kernels = jnp.zeros([], jnp.int32)
+  layers = jnp.zeros([], jnp.int32)
   for unit_live in units:
-    healthy = 4 * jnp.sum(unit_live.astype(jnp.int32)) >= unit_live.shape[0]
-    kernels = kernels + healthy.astype(jnp.int32)
-  return jnp.stack([live, kernels])
+    healthy = 3 * jnp.sum(unit_live.astype(jnp.int32)) >= unit_live.shape[0]
+    layers = layers + healthy.astype(jnp.int32)
+  return jnp.stack([live, layers])
 
 
 def _safe_floor(dtype: jnp.dtype, size: int) -> float:
@@ -227,11 +227,7 @@ def _max_abs(tree: Any, dtype: jnp.dtype) -> jax.Array:
 
 
 def _reduce_max_abs(tree: Any, dtype: jnp.dtype) -> jax.Array:
-  result = jnp.zeros([], dtype)
-  for leaf in jax.tree_util.tree_leaves(tree):
-    if jnp.size(leaf):
-      result = jnp.maximum(result, jnp.max(jnp.abs(leaf)))
-  return result
+  return _max_abs_and_live(tree, dtype)[0]
 
 
 def _max_abs_and_live(tree: Any, dtype: jnp.dtype) -> tuple[jax.Array, jax.Array]:
@@ -241,15 +237,10 @@ def _max_abs_and_live(tree: Any, dtype: jnp.dtype) -> tuple[jax.Array, jax.Array
   units = []
   for leaf in jax.tree_util.tree_leaves(tree):
     if jnp.size(leaf):
-      if _is_kernel(leaf):
-        # Max is exact in any order: the leaf's maximum from its units'
-        # maxima is the same float, in the same pass over the leaf.
-        unit_max = jnp.max(jnp.abs(leaf), axis=tuple(range(leaf.ndim - 1)))
-        units.append(unit_max > 0)
-        leaf_max = jnp.max(unit_max)
-      else:
-        leaf_max = jnp.max(jnp.abs(leaf))
+      leaf_max = jnp.max(jnp.abs(leaf))
       result = jnp.maximum(result, leaf_max)
+      if _has_units(leaf):
+        units.append(jnp.abs(leaf) > 0)
       # NaN > 0 is False: a leaf holding a NaN counts as zero, as in
       # tree_cosine_and_flags (a NaN gradient is a divergence anyway).
       live = live + (leaf_max > 0).astype(jnp.int32)
@@ -283,27 +274,27 @@ def tree_max_abs(tree: Any) -> jax.Array:
 
 def tree_max_abs_and_live(tree: Any) -> tuple[jax.Array, jax.Array]:
   r""":func:`tree_max_abs`, how many leaves of the tree are not all zeros, and
-  how many of its kernels keep at least a quarter of their units.
+  how many of its vectors have at least a third of their entries not 0.
 
-  The counts come from the same maxima, at no extra pass: a leaf is all
-  zeros exactly when its largest magnitude is 0 (a leaf holding a NaN counts
-  as zero, as in :func:`tree_cosine_and_flags`). A kernel (a leaf of 2 or
-  more dimensions whose last, its units, is longer than 1) takes its
-  maximum over its units' maxima (the slices along its last axis), and
-  counts when at least a quarter of those are not 0.
+  The leaves' count comes from the same per-leaf maxima, at no extra pass:
+  a leaf is all zeros exactly when its largest magnitude is 0 (a leaf
+  holding a NaN counts as zero, as in :func:`tree_cosine_and_flags`). The
+  vectors (1-D leaves of more than one entry: a layer's biases, one entry
+  per unit) count where at least a third of their entries are not 0 (a
+  NaN entry counts as 0).
 
   Returns:
     ``(max_abs, live)``: a scalar in :func:`accumulation_dtype` of the tree
-    and a [2] int32, ``[live leaves, kernels with a quarter of their units live or
-    more]`` (zeros for an empty tree).
+    and a [2] int32, ``[live leaves, vectors with a third of their entries
+    live or more]`` (zeros for an empty tree).
 
   Example:
     >>> import jax.numpy as jnp
     >>> from optax_lr._tree import tree_max_abs_and_live
-    >>> kernel = jnp.array([[0.0, 1.0, 0.0, 0.0, 0.0], [0.0, 2.0, 0.0, 0.0, 0.0]])  # 1 of 5 live
-    >>> m, live = tree_max_abs_and_live([jnp.array([0.0, -2.0]), jnp.zeros(3), kernel])
+    >>> tree = [jnp.array([0.0, -2.0, 0.0]), jnp.zeros(3), jnp.array([0.0, 0.0, 0.0, 1.0])]
+    >>> m, live = tree_max_abs_and_live(tree)  # 1 of 3 entries live counts, 1 of 4 not
     >>> float(m), live.tolist()
-    (2.0, [2, 0])
+    (2.0, [2, 1])
   """
   dtype = accumulation_dtype(tree)
   return _max_abs_and_live(_cast_tree(tree, dtype), dtype)
@@ -492,7 +483,7 @@ def tree_cosine_and_flags(tree_x: Any, tree_y: Any) -> tuple[jax.Array, jax.Arra
   Returns:
     ``(cosine, y_finite, y_live)``: the cosine as :func:`tree_cosine` gives
     it, a boolean scalar, and a [2] int32: the live leaves, and the
-    kernels of ``y`` with at least a quarter of their units not all zeros (as
+    vectors of ``y`` with at least a third of their entries not 0 (as
     :func:`tree_max_abs_and_live` counts them; zeros for an empty tree).
 
   Example:
@@ -502,8 +493,8 @@ def tree_cosine_and_flags(tree_x: Any, tree_y: Any) -> tuple[jax.Array, jax.Arra
     >>> bool(finite), live.tolist()
     (True, [0, 0])
     >>> x, y = [jnp.ones(2), jnp.ones(3)], [jnp.array([0.0, 1e-30]), jnp.zeros(3)]
-    >>> tree_cosine_and_flags(x, y)[2].tolist()
-    [1, 0]
+    >>> tree_cosine_and_flags(x, y)[2].tolist()  # [live leaves, layers]
+    [1, 1]
   """
   dtype = accumulation_dtype(tree_x, tree_y)
   x, y = _cast_tree(tree_x, dtype), _cast_tree(tree_y, dtype)

@@ -239,30 +239,30 @@ def test_a_gradient_zero_everywhere_or_on_most_leaves_that_had_one_is_a_dead_mod
 @pytest.mark.parametrize(
   "has_saved,most_live,grad_live,value,diverged,save",
   [
-    # Before the first save, three kernels once had at least a quarter of
-    # their units live and two have now (every leaf keeps a gradient): a
-    # dead model above half the first loss,
+    # Before the first save, three layers (vectors) once had at least a
+    # third of their units live and two have now (every leaf keeps a
+    # gradient): a dead model above half the first loss,
     (False, 3, 2, 0.9, True, False),
     # and no save at or below it.
     (False, 3, 2, 0.5, False, False),
     # As many as the most seen, or more: alive, saves as usual.
     (False, 3, 3, 0.9, False, True),
     (False, 2, 3, 0.9, False, True),
-    # No kernel ever counted (none, or their units mostly zero from the
+    # No layer ever counted (none, or their units mostly zero from the
     # start): the test never fires.
     (False, 0, 0, 0.9, False, True),
     # After a save the rate has trained: units that die are training's own.
     (True, 3, 2, 0.9, False, True),
   ],
 )
-def test_fewer_kernels_with_a_quarter_of_their_units_live_is_a_dead_model_before_a_save(
+def test_fewer_layers_with_a_third_of_their_units_live_is_a_dead_model_before_a_save(
   has_saved, most_live, grad_live, value, diverged, save
 ):
-  # The hand computation: dead = not saved and (kernels < most kernels so
+  # The hand computation: dead = not saved and (layers < most layers so
   # far) and value > first - 0.5 |first|, with the leaves' count (5 of 5)
   # alive.
   net = _net(1.0, 1.0, since=_checkpoint.SAVE_EVERY, has_saved=has_saved)
-  net = net.replace(live_leaves=jnp.int32(5), live_kernels=jnp.int32(most_live))
+  net = net.replace(live_leaves=jnp.int32(5), live_layers=jnp.int32(most_live))
   got_save, got_rollback, _ = _checkpoint.net_decide(
     net, jnp.float32(value), jnp.bool_(True), grad_live=jnp.array([5, grad_live], jnp.int32)
   )
@@ -287,8 +287,8 @@ def test_live_leaves_keeps_the_most_seen_at_one_call():
   # A rollback call counts too: its gradient is the diverged model's, and
   # the most is what matters.
   assert int(update(net, 9, rollback=True).live_leaves) == 9
-  # A [2] count keeps the most of each, apart; a scalar leaves the kernels'.
-  assert int(net.live_kernels) == 0
+  # A [2] count keeps the most of each, apart; a scalar leaves the layers'.
+  assert int(net.live_layers) == 0
   for live, most in (([3, 2], [6, 2]), ([7, 1], [7, 2]), (5, [7, 2]), ([2, 4], [7, 4])):
     net = update(net, live)
     assert net.live_counts.tolist() == most
@@ -328,8 +328,10 @@ def test_live_leaves_are_counted_at_the_calls_that_would_save(
   decide = jax.jit(_checkpoint.net_decide_counting_live)
   got_save, got_rollback, cost, live = decide(net, jnp.float32(value), jnp.bool_(True), grads)
   assert live.dtype == jnp.int32
-  # Not counted: the most seen so far, which reads as alive.
-  assert live.tolist() == ([2, 0] if counted else [most_live, 0])
+  # Not counted: the most seen so far, which reads as alive. Counted, "a"
+  # and "b" are also layers (a third of their entries or more not 0), "c"
+  # is not (its NaN counts as 0).
+  assert live.tolist() == ([2, 2] if counted else [most_live, 0])
   assert (bool(got_save), bool(got_rollback)) == (save, rollback)
   assert float(cost) == np.float32(value)
   # Where it counted, the verdict is net_decide's with the count.
@@ -369,7 +371,9 @@ def test_an_epoch_end_has_the_next_call_count_live_leaves(
   got_save, got_rollback, _, live = decide(
     net, jnp.float32(value), jnp.bool_(True), grads, epoch_saves=True
   )
-  assert live.tolist() == ([2, 0] if counted else [most_live, 0])
+  # Counted: "a" is also a layer (1 of its 2 entries live), "b" is no
+  # vector of units (one entry), "c" and "d" are all zeros.
+  assert live.tolist() == ([2, 1] if counted else [most_live, 0])
   assert (bool(got_save), bool(got_rollback)) == (save, rollback)
 
 
@@ -1242,51 +1246,50 @@ def test_a_rate_that_kills_all_but_the_output_bias_rolls_back_and_backs_off(case
 
 
 def dead_units(params):
-  # One ReLU layer of five units on one input (a (1, 5) kernel: its units
-  # are its columns), each fitting relu(w) = 1 (dead_relu each), plus an
-  # output bias far from its minimum. From w = (1.8, 1.8, 1.8, 1.8, 0.5) a
-  # step at rate 2 kills units 0-3 (to -1.4) and takes unit 4 to 2.5: every
-  # leaf keeps a gradient, but 4 of the kernel's 5 units are dead (under a
-  # quarter live). The loss goes from 2.84 to 6.27 (2.2 times, under the
-  # threefold test).
-  return dead_relu(params["kernel"]) + 1e-3 * jnp.sum((params["b"] - 5.0) ** 2)
+  # One ReLU layer of five units, its biases a vector (each unit fitting
+  # relu(w) = 1, dead_relu each), plus an output bias far from its minimum.
+  # From w = (1.8, 1.8, 1.8, 1.8, 0.5) a step at rate 2 kills units 0-3 (to
+  # -1.4) and takes unit 4 to 2.5: every leaf keeps a gradient, but 4 of
+  # the layer's 5 units are dead (under a third live). The loss goes from
+  # 2.84 to 6.27 (2.2 times, under the threefold test).
+  return dead_relu(params["units"]) + 1e-3 * jnp.sum((params["b"] - 5.0) ** 2)
 
 
-DEAD_UNITS_W0 = {"kernel": jnp.array([[1.8, 1.8, 1.8, 1.8, 0.5]]), "b": jnp.zeros(1)}
+DEAD_UNITS_W0 = {"units": jnp.array([1.8, 1.8, 1.8, 1.8, 0.5]), "b": jnp.zeros(1)}
 
 
 @pytest.mark.parametrize("case", DEAD_MODEL_CASES, ids=lambda c: c.name)
 def test_a_rate_that_kills_most_units_of_a_layer_rolls_back_and_backs_off(case):
   # 60 calls: the units fit within 40 calls of the backed-off rate (the
   # loss falls 0.36-fold a call at 0.2), before newton_lr's per-leaf rate
-  # for the kernel grows past stability and its net rolls back for that.
+  # for the units grows past stability and its net rolls back for that.
   ws, rates, flags, state = _train(case, case.make(2.0), 60, w0=DEAD_UNITS_W0, loss_fn=dead_units)
-  kernel, flags = np.asarray(ws["kernel"])[:, 0], np.asarray(flags)
-  np.testing.assert_allclose(kernel[0], [-1.4, -1.4, -1.4, -1.4, 2.5], rtol=1e-6)
-  # Both leaves keep a gradient: only the kernel's units tell. The net rolls
+  units, flags = np.asarray(ws["units"]), np.asarray(flags)
+  np.testing.assert_allclose(units[0], [-1.4, -1.4, -1.4, -1.4, 2.5], rtol=1e-6)
+  # Both leaves keep a gradient: only the layer's units tell. The net rolls
   # back once, to the start at a tenth of the initial rate (no save yet),
   # and from there the units live and fit.
   call = _dead_rollback(case, flags, state)
-  np.testing.assert_array_equal(kernel[call], DEAD_UNITS_W0["kernel"][0])
+  np.testing.assert_array_equal(units[call], DEAD_UNITS_W0["units"])
   assert _largest_rate(rates, call) <= 2.0 / _checkpoint.BACKOFF * (1 + 1e-6)
   assert state.safety.live_counts.tolist() == [2, 1]
-  assert dead_units({"kernel": ws["kernel"][-1], "b": jnp.full(1, 5.0)}) < 1e-6
+  assert dead_units({"units": ws["units"][-1], "b": jnp.full(1, 5.0)}) < 1e-6
 
 
 def zero_units_from_the_start(params):
-  # A (1, 5) kernel of which only unit 0 is used: units 1-4 have an exactly
-  # zero gradient from the first call (an input layout, not a death), so
-  # the kernel never has a quarter of its units live and never counts.
-  return jnp.sum((params["kernel"][:, 0] - 1.0) ** 2) + jnp.sum((params["b"] - 1.0) ** 2)
+  # A vector of 5 of which only entry 0 is used: entries 1-4 have an exactly
+  # zero gradient from the first call (unused, not dead), so the vector
+  # never has a third of its entries live and never counts as a layer.
+  return jnp.sum((params["units"][0] - 1.0) ** 2) + jnp.sum((params["b"] - 1.0) ** 2)
 
 
 @pytest.mark.parametrize("case", DEAD_MODEL_CASES, ids=lambda c: c.name)
 def test_units_zero_from_the_start_are_not_a_dead_model(case):
-  w0 = {"kernel": jnp.full((1, 5), 3.0), "b": jnp.full(1, 3.0)}
+  w0 = {"units": jnp.full(5, 3.0), "b": jnp.full(1, 3.0)}
   ws, _, flags, state = _train(case, case.make(0.1), 300, w0=w0, loss_fn=zero_units_from_the_start)
   assert not np.asarray(flags).any()
   assert state.safety.live_counts.tolist() == [2, 0]
-  assert zero_units_from_the_start({"kernel": ws["kernel"][-1], "b": ws["b"][-1]}) < 1e-6
+  assert zero_units_from_the_start({"units": ws["units"][-1], "b": ws["b"][-1]}) < 1e-6
 
 
 NO_VALUE = "got no value=loss"

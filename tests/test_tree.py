@@ -294,8 +294,10 @@ def test_cosine_flags_tell_a_non_finite_y_and_count_its_nonzero_leaves(x_scale, 
   x = {"a": jnp.array([1.0, -1.0]) * x_scale, "b": jnp.array(x_scale)}
   y = {"a": jnp.array(y, jnp.float32), "b": jnp.array(0.0)}
   cosine, got_finite, got_live = jax.jit(_tree.tree_cosine_and_flags)(x, y)
-  # Neither leaf is a kernel: no kernel count.
-  assert (bool(got_finite), got_live.tolist()) == (finite, [live, 0])
+  # "a" is a vector of 2 entries: it counts as a layer when one of them is
+  # not 0 (a NaN is not 0: its square, not the entry, makes the leaf 0).
+  layers = int(np.any(np.asarray(y["a"]) != 0))
+  assert (bool(got_finite), got_live.tolist()) == (finite, [live, layers])
   assert got_live.dtype == jnp.int32
   # The cosine is tree_cosine's, the first flag tree_cosine_and_finite's.
   ref_cosine, ref_finite = _tree.tree_cosine_and_finite(x, y)
@@ -317,45 +319,44 @@ def test_live_leaves_count_each_leaf_not_all_zeros_on_both_branches(scale):
   y[4] = jnp.zeros((4, 1))
   y[3] = jnp.zeros(7).at[2].set(-0.5 * scale)
   x = [jnp.asarray(rng.normal(size=s), jnp.float32) for s in shapes]
-  # The (3, 4) and (2, 2) leaves are kernels with every unit live; (4, 1)
-  # has one unit only: no kernel.
-  assert jax.jit(_tree.tree_cosine_and_flags)(x, y)[2].tolist() == [4, 2]
+  # The vectors: leaf 1 all zeros, leaf 3 one entry of 7 (under a third):
+  # neither counts as a layer.
+  assert jax.jit(_tree.tree_cosine_and_flags)(x, y)[2].tolist() == [4, 0]
   got_max, got_live = jax.jit(_tree.tree_max_abs_and_live)(y)
-  assert got_live.tolist() == [4, 2]
+  assert got_live.tolist() == [4, 0]
   assert float(got_max) == float(_tree.tree_max_abs(y))
 
 
 @pytest.mark.parametrize("scale", [1.0, 1e-25, 1e25])
-def test_kernels_count_where_at_least_half_their_units_are_live(scale):
-  # A unit is a kernel's slice along its last axis. A (3, 4) kernel with
-  # units 0-2 all zeros: 1 of 4 live, a quarter, counts. A (2, 3, 5) kernel
-  # with units 1-4 zeros (one entry of unit 0 left): 1 of 5, does not. An
-  # all-zero (4, 2) kernel: a dead leaf, no kernel. A (6, 1) column and a
-  # vector have no units. At 1e-25 and 1e25 the cosine's sums leave
-  # float32's range and its rescaling branch counts.
+def test_vectors_count_as_layers_where_a_third_of_their_entries_are_live(scale):
+  # A vector (a layer's bias: one entry per unit) of 6 entries with 4 zeros:
+  # 2 of 6 live, a third, counts. One of 7 with 5 zeros: 2 of 7, does not.
+  # An all-zero vector: a dead leaf, no layer. A (3, 4) kernel, a (1,)
+  # vector and a scalar are live leaves and no layers. At 1e-25 and 1e25 the
+  # cosine's sums leave float32's range and its rescaling branch counts.
   rng = np.random.default_rng(2)
   normal = lambda *shape: rng.normal(size=shape) * scale
-  k1 = normal(3, 4)
-  k1[:, :3] = 0.0
-  k2 = np.zeros((2, 3, 5))
-  k2[1, 2, 0] = -scale
-  y = [k1, k2, np.zeros((4, 2)), normal(6, 1), normal(5)]
+  v1, v2 = normal(6), normal(7)
+  v1[2:] = 0.0
+  v2[[0, 2, 3, 5, 6]] = 0.0
+  y = [v1, v2, np.zeros(3), normal(3, 4), normal(1), normal()]
   y = [jnp.asarray(leaf, jnp.float32) for leaf in y]
   x = [jnp.asarray(rng.normal(size=leaf.shape), jnp.float32) for leaf in y]
-  assert jax.jit(_tree.tree_cosine_and_flags)(x, y)[2].tolist() == [4, 1]
+  assert jax.jit(_tree.tree_cosine_and_flags)(x, y)[2].tolist() == [5, 1]
   got_max, got_live = jax.jit(_tree.tree_max_abs_and_live)(y)
-  assert got_live.tolist() == [4, 1]
-  # The kernels' maxima over their units' maxima: the same float.
+  assert got_live.tolist() == [5, 1]
   assert float(got_max) == float(_tree.tree_max_abs(y))
-  assert float(got_max) == float(max(np.abs(np.asarray(leaf)).max() for leaf in y))
 
 
 def test_live_leaves_count_a_nan_leaf_as_zero_and_an_inf_leaf_as_not():
   # At normal scales (a non-finite tree is not rescaled), in both counts.
   x = [jnp.ones(3), jnp.ones(2), jnp.ones(4)]
   y = [jnp.array([1.0, jnp.nan, 2.0]), jnp.array([0.0, jnp.inf]), jnp.array([0.5, 0, 0, 0])]
-  assert jax.jit(_tree.tree_cosine_and_flags)(x, y)[2].tolist() == [2, 0]
-  assert jax.jit(_tree.tree_max_abs_and_live)(y)[1].tolist() == [2, 0]
+  # As layers (a third of their entries or more not 0): the first two
+  # vectors count in both (a NaN entry is 0 to the maxima, not 0 to the
+  # cosine's count: 2 of 3 and 3 of 3), the last (1 of 4) does not.
+  assert jax.jit(_tree.tree_cosine_and_flags)(x, y)[2].tolist() == [2, 2]
+  assert jax.jit(_tree.tree_max_abs_and_live)(y)[1].tolist() == [2, 2]
 
 
 def test_squared_norm_summed_leaf_by_leaf_is_optaxs_float():
@@ -369,7 +370,7 @@ def test_squared_norm_summed_leaf_by_leaf_is_optaxs_float():
   assert np.asarray(squares_y) == np.asarray(optax.tree.vdot(y, y))
   assert np.asarray(squares_x) == np.asarray(optax.tree.vdot(x, x))
   assert np.asarray(dot) == np.asarray(optax.tree.vdot(x, y))
-  assert live.tolist() == [7, 7]
+  assert live.tolist() == [7, 0]  # no vectors: no layers
 
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])

@@ -106,7 +106,7 @@ def make_train_step(
       step (not donated, not a constant XLA could fold), so the step is the
       production program, with its ``lax.cond`` taking the no-save branch,
       plus the write of that 0 into the net's packed counts (one update of
-      a [9] int32 buffer). A state without a safety net is left as it is
+      a [10] int32 buffer). A state without a safety net is left as it is
       (the argument goes unused).
   """
   unknown = set(needs) - set(EXTRA_ARG_NAMES)

@@ -118,7 +118,7 @@ DECISIONS_SUFFIX = "_net_decisions"
 CONFIDENCE = 0.95
 # Top-level HLO operations that run nothing (bookkeeping of buffers).
 # Results of at most this many entries are scalar work: the safety net packs
-# its fourteen scalars into vectors of 5 and 9 (`_checkpoint.SafetyNetState`).
+# its fifteen scalars into vectors of 5 and 10 (`_checkpoint.SafetyNetState`).
 BOOKKEEPING_SIZE = _checkpoint.BOOKKEEPING_SIZE
 _NOT_KERNELS = ("parameter", "get-tuple-element", "tuple", "constant", "bitcast", "opt-barrier")
 _OPERATION = re.compile(r"^\s*(?:ROOT )?%\S+ = (\S+|\([^=]*\)) ([\w-]+)\(")

@@ -439,7 +439,7 @@ def direction_or_restore(
 
 
 # The net's scalars, packed into two arrays of the state: one buffer each in
-# the compiled step instead of fourteen, so the decisions that rewrite them
+# the compiled step instead of fifteen, so the decisions that rewrite them
 # every call run as a few fused kernels rather than about one per scalar.
 # Each is read through the property of its name on SafetyNetState.
 _LEVELS = ("first_cost", "grad_level", "loss_level", "saved_level", "high_share")

@@ -221,7 +221,7 @@ def _scan_run(step):
 
 
 # State vectors of at most this many entries are bookkeeping, as scalars are
-# (the safety net packs its fourteen scalars into vectors of 5 and 9), and
+# (the safety net packs its fifteen scalars into vectors of 5 and 10), and
 # every device holds them whole.
 BOOKKEEPING_SIZE = _checkpoint.BOOKKEEPING_SIZE
 

@@ -645,10 +645,10 @@ def test_net_decisions_runs_the_nets_scalar_work_and_changes_no_update():
   tx = net_cost.net_decisions(off, 0.1)
   state, off_state = tx.init(params), off.init(params)
   # The net's state holds scalars only: an empty checkpoint, no array (its
-  # fourteen scalars packed in two vectors, the rest scalars).
+  # fifteen scalars packed in two vectors, the rest scalars).
   net = state.safety
   assert not jax.tree_util.tree_leaves((net.checkpoint.params, net.checkpoint.direction_state))
-  assert net.levels.shape == (5,) and net.counts.shape == (9,)
+  assert net.levels.shape == (5,) and net.counts.shape == (10,)
   assert all(
     jnp.ndim(x) == 0 for x in jax.tree_util.tree_leaves((net.checkpoint, net.initial_rate))
   )

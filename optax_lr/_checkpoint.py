@@ -723,9 +723,9 @@ def net_decide(
       # in its first calls, every leaf kept a gradient through the units
       # left, and the run ended at 4-5 times the best loss; its bias's
       # entries show it, before the first save. A vector never seen with a
-      # third of its entries live (unused entries) never counts. Against the first loss (the first
-      # call's own when there is none yet); a negative one keeps the test in
-      # the same sense.
+      # third of its entries live (unused entries) never counts. Against the
+      # first loss (the first call's own when there is none yet); a negative
+      # one keeps the test in the same sense.
       lifeless, dead = dead_model(net, cost, grad_live)
       diverged = diverged | dead
       good = good & jnp.logical_not(lifeless)

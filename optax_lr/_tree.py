@@ -484,7 +484,9 @@ def tree_cosine_and_flags(tree_x: Any, tree_y: Any) -> tuple[jax.Array, jax.Arra
     ``(cosine, y_finite, y_live)``: the cosine as :func:`tree_cosine` gives
     it, a boolean scalar, and a [2] int32: the live leaves, and the
     vectors of ``y`` with at least a third of their entries not 0 (as
-    :func:`tree_max_abs_and_live` counts them; zeros for an empty tree).
+    :func:`tree_max_abs_and_live` counts them, but that a NaN entry counts
+    as not 0 here, and as 0 there: a NaN gradient is a divergence either
+    way; zeros for an empty tree).
 
   Example:
     >>> import jax.numpy as jnp

@@ -1817,7 +1817,7 @@ def test_readme_which_method_is_the_scoreboards():
   for task in ("digits", "digits_cnn", "mnist1d_cnn"):
     assert not any(m["within_bound"] for m in columns[task, "momentum"].values()), task
   # The seed resampling: "5 of those 7 within the bound in at least 90 % of
-  # resamples, and every failure ... fails in at least 84 % of them".
+  # resamples, and every failure ... fails in at least 76 % of them".
   bound = robustness.HAND_TUNED_BOUND
   shares = {
     (c["task"], c["direction"], name): (
@@ -1829,7 +1829,7 @@ def test_readme_which_method_is_the_scoreboards():
   }
   firm = sum(s >= 0.9 and w for (_, _, n), (s, w) in shares.items() if n == "aslr_range_test")
   assert f"leaves {firm} of those {met['aslr_range_test']} within the bound" in readme
-  assert max(s for s, w in shares.values() if not w) <= 1 - 0.84
+  assert max(s for s, w in shares.values() if not w) <= 1 - 0.76
 
 
 def test_cosine_sign_table_by_hand():

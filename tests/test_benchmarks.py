@@ -15,6 +15,7 @@ import functools
 import importlib.util
 import json
 import math
+import types
 import warnings
 
 import jax
@@ -1840,7 +1841,9 @@ def test_cosine_sign_table_by_hand():
     1.0: {"test_loss": 0.25, "mean_drive": [-0.4, -0.6, 0.1]},
     3.0: {"test_loss": float("nan"), "mean_drive": [0.0, 0.0, 0.0]},
   }
-  assert cosine_sign.table("t", runs, [0.0, 0.9, 0.99]).splitlines() == [
+  labels = cosine_sign.columns({"rhos": [0.0, 0.9, 0.99]})
+  assert labels == ["rho = 0", "rho = 0.9", "rho = 0.99"]
+  assert cosine_sign.table("t", runs, labels).splitlines() == [
     "**t** (best constant rate 1)",
     "",
     "| rate | held-out loss | drive, rho = 0 | drive, rho = 0.9 | drive, rho = 0.99 |",
@@ -1853,6 +1856,41 @@ def test_cosine_sign_table_by_hand():
   ]
 
 
+def test_cosine_sign_noise_free_cosines_by_construction():
+  """``--noise-free``'s cosines: HD's own on full batches, apart on minibatches."""
+  from benchmarks import cosine_sign  # pylint: disable=g-import-not-at-top
+
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(16, 3)).astype(np.float32)
+  y = x @ np.asarray([1.0, -2.0, 0.5], np.float32) + rng.normal(size=16).astype(np.float32)
+  model = types.SimpleNamespace(
+    init=lambda key: jnp.zeros(3, jnp.float32),
+    loss=lambda w, batch: 0.5 * jnp.mean((batch[0] @ w - batch[1]) ** 2),
+  )
+  splits = types.SimpleNamespace(x_train=x, y_train=y, x_test=x, y_test=y, y_valid=y[:4])
+
+  def cosines(batch_size, steps_per_epoch):
+    setting = _train.Setting(3, batch_size, steps_per_epoch, direction=lambda: optax.trace(0.9))
+    task = types.SimpleNamespace(model=model, splits=splits, setting=setting)
+    plain = cosine_sign.constant_rate_run(task, 0.1, [0.0])
+    both = cosine_sign.constant_rate_run(task, 0.1, [0.0], noise_free=True)
+    assert plain["test_loss"] == both["test_loss"]  # the shadow never moves the params
+    np.testing.assert_array_equal(both["cosines"][0], plain["cosines"][0])
+    return both["cosines"]
+
+  # Full batches: every shuffle's batch is the training set, so the
+  # independent gradient is the run's own and the shadow direction is u.
+  full = cosines(16, 1)
+  assert full.shape == (3, 3) and full[0, 0] == 0  # no direction before the first step
+  np.testing.assert_allclose(full[1], full[0], rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(full[2], full[0], rtol=1e-5, atol=1e-6)
+  # Minibatches of 4: the other shuffle's batches differ, and so do both cosines.
+  mini = cosines(4, 4)
+  assert mini.shape == (3, 12)
+  assert np.abs(mini[1] - mini[0]).max() > 1e-2
+  assert np.abs(mini[2] - mini[0]).max() > 1e-2
+
+
 def test_results_carry_the_committed_cosine_sign_reports():
   """RESULTS prints the committed reports' tables; the README's "16 to 25" is theirs."""
   from benchmarks import cosine_sign  # pylint: disable=g-import-not-at-top
@@ -1860,7 +1898,12 @@ def test_results_carry_the_committed_cosine_sign_reports():
 
   results = scoreboard.RESULTS.read_text()
   turns = {}
-  for stem in ("cosine_sign", "cosine_sign_adam"):
+  for stem in (
+    "cosine_sign",
+    "cosine_sign_adam",
+    "cosine_sign_noise_free",
+    "cosine_sign_noise_free_adam",
+  ):
     report = _load(scoreboard.FIGURES / f"{stem}.json")
     assert report["command"].endswith(f"--out benchmarks/figures/{stem}.json")
     assert report["command"] in results
@@ -1869,7 +1912,8 @@ def test_results_carry_the_committed_cosine_sign_reports():
       runs = {
         float(rate): dict(run, test_loss=float(run["test_loss"])) for rate, run in by_rate.items()
       }
-      assert cosine_sign.table(name, runs, report["rhos"]) in results, (stem, name)
+      labels = cosine_sign.columns(report)
+      assert cosine_sign.table(name, runs, labels) in results, (stem, name)
       rates = sorted(r for r in runs if np.isfinite(runs[r]["test_loss"]))
       best = min(rates, key=lambda r: runs[r]["test_loss"])
       turn = cosine_sign.crossing(rates, [runs[r]["mean_drive"][0] for r in rates])

@@ -63,6 +63,11 @@ TARGET_ROWS = {
 # Each method started at the range test's suggestion (`--range-test-for`).
 RANGE_TEST_ROWS = {f"{name}_range_test": name for name in TARGET_ROWS if name != "aslr_range_test"}
 
+# Per direction, the hand-tuned optimizer that steps along it at a constant
+# rate (``optax.sgd(rate, momentum=0.9)`` is the ``ema(0.9)`` direction at
+# ten times the rate, so its grid covers the same directions' rates).
+DIRECTION_REFERENCES = {"momentum": "sgd_momentum", "Adam": "adam", "AdamW": "adamw"}
+
 BEGIN = "<!-- scoreboard: begin (python -m benchmarks.scoreboard) -->"
 END = "<!-- scoreboard: end -->"
 
@@ -114,6 +119,10 @@ def load(figures: pathlib.Path = FIGURES, reports=REPORTS) -> list[dict]:
           "reference_loss": [
             np.asarray(ref["scored_loss"], float) for ref in task_report["hand_tuned"].values()
           ],
+          "reference_best": {
+            name: (ref["best_rate"], ref["best_loss"])
+            for name, ref in task_report["hand_tuned"].items()
+          },
           "hosts": hosts,
         }
       )
@@ -288,6 +297,42 @@ def range_test_table(columns: list[dict]) -> str:
   return _markdown(header, rows)
 
 
+def direction_table(columns: list[dict]) -> str:
+  """Per task, the direction's own hand-tuned optimizer at its best constant rate.
+
+  Its loss over the best hand-tuned loss of the task: above the bound, no
+  constant rate of that direction meets the target, and a method over it
+  must do better with the rate it moves. The last column counts the target
+  rows that fail on the task.
+  """
+  bound = robustness.HAND_TUNED_BOUND
+  rows = []
+  for c in columns:
+    name = DIRECTION_REFERENCES.get(c["direction"])
+    ran = [m for n, m in c["targets"]["methods"].items() if n in TARGET_ROWS]
+    failed = f"{sum(not m['within_bound'] for m in ran)} of {len(ran)}"
+    if name not in c["reference_best"]:  # a report without that optimizer
+      rows.append([f"{c['task']}, {c['direction']}", "-", "-", failed])
+      continue
+    rate, loss = c["reference_best"][name]
+    ratio = loss / c["targets"]["best_hand_tuned"]["loss"]
+    rows.append(
+      [
+        f"{c['task']}, {c['direction']}",
+        f"{name} at {rate:g}: {loss:.3f}",
+        f"{ratio:.2f}" + ("" if ratio <= bound else _FAILED),
+        failed,
+      ]
+    )
+  header = [
+    "task, direction",
+    "the direction, hand-tuned",
+    "over the best hand-tuned",
+    "methods above the bound",
+  ]
+  return _markdown(header, rows)
+
+
 def host_list(columns: list[dict]) -> str:
   """Per report, the host that last ran each of its rows (XLA compiles for the CPU)."""
   order = ["hand-tuned references", "dog", *TARGET_ROWS, *RANGE_TEST_ROWS]
@@ -330,6 +375,12 @@ def scoreboard(columns: list[dict]) -> str:
       "Started at the range test's suggestion instead of each initial rate "
       "(`--range-test-for`; information, not a target), the same ratio:",
       range_test_table(columns),
+      "What the methods' own direction reaches at a constant rate: the "
+      "hand-tuned optimizer that steps along it (`sgd_momentum`, `adam`, "
+      "`adamw`) at its best grid rate, over the best hand-tuned loss of the "
+      f"task (information, not a target). ✗: above {bound}×, where no "
+      "constant rate of the direction meets the bound:",
+      direction_table(columns),
       "The host that last ran each row (`--update` replaces a method's rows; "
       "XLA compiles for the CPU it runs on, and chaotic runs move with it):",
       host_list(columns),

@@ -1221,6 +1221,7 @@ def test_scoreboard_tables_by_hand(tmp_path):
   refs = {
     "sgd": {"best_loss": 0.12, "best_rate": 0.1, "scored_loss": [[0.12, 0.12], [0.5, 0.5]]},
     "adam": {"best_loss": 0.10, "best_rate": 1e-3, "scored_loss": [[0.10, 0.10]]},
+    "sgd_momentum": {"best_loss": 0.13, "best_rate": 0.01, "scored_loss": [[0.13, 0.13]]},
   }
   base = _scoreboard_report(
     "momentum 0.9 (optax.ema)",
@@ -1276,6 +1277,17 @@ def test_scoreboard_tables_by_hand(tmp_path):
     "| t, momentum | 0.90 |",
     "| t, Adam | - |",
     "| within 1.25× | 1 of 1 |",
+  ]
+  # The direction's own optimizer: sgd_momentum's 0.13 over adam's 0.10
+  # (above the bound); AALR fails of the four target rows. The Adam report
+  # has adam itself (1.00), and HD fails there.
+  assert scoreboard.direction_table(columns).splitlines()[2:] == [
+    "| t, momentum | sgd_momentum at 0.01: 0.130 | 1.30 ✗ | 1 of 4 |",
+    "| t, Adam | adam at 0.001: 0.100 | 1.00 | 1 of 1 |",
+  ]
+  without = [dict(columns[0], reference_best={"adam": (1e-3, 0.10)})]
+  assert scoreboard.direction_table(without).splitlines()[2:] == [
+    "| t, momentum | - | - | 1 of 4 |"
   ]
   assert scoreboard.host_list(columns).splitlines() == [
     "- `r1.json`: host A: hand-tuned references, dog, newton_lr, aslr_range_test, aalr,"
@@ -1828,6 +1840,15 @@ def test_readme_which_method_is_the_scoreboards():
     for c in scoreboard.load()
     for name in scoreboard.TARGET_ROWS
   }
+  # "On two rows no constant rate of the methods' own direction meets the
+  # target": the fourth table's marked rows, with their ratios.
+  marked = [
+    line.split(" | ")[0].lstrip("| ") + " " + line.split(" | ")[2]
+    for line in scoreboard.direction_table(scoreboard.load()).splitlines()[2:]
+    if "✗" in line
+  ]
+  assert marked == ["digits_cnn, momentum 1.41 ✗", "mnist1d_cnn, Adam 1.35 ✗"]
+  assert "momentum on the digits CNN (1.41×) and Adam on the MNIST-1D CNN (1.35×)" in readme
   firm = sum(s >= 0.9 and w for (_, _, n), (s, w) in shares.items() if n == "aslr_range_test")
   assert f"leaves {firm} of those {met['aslr_range_test']} within the bound" in readme
   assert max(s for s, w in shares.values() if not w) <= 1 - 0.76

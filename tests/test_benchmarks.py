@@ -1895,8 +1895,10 @@ def test_cosine_sign_noise_free_cosines_by_construction():
     task = types.SimpleNamespace(model=model, splits=splits, setting=setting)
     plain = cosine_sign.constant_rate_run(task, 0.1, [0.0])
     both = cosine_sign.constant_rate_run(task, 0.1, [0.0], noise_free=True)
-    assert plain["test_loss"] == both["test_loss"]  # the shadow never moves the params
-    np.testing.assert_array_equal(both["cosines"][0], plain["cosines"][0])
+    # The shadow never moves the params: the run is the same, up to the
+    # rounding of another compiled program (the second gradient's).
+    np.testing.assert_allclose(both["test_loss"], plain["test_loss"], rtol=1e-5)
+    np.testing.assert_allclose(both["cosines"][0], plain["cosines"][0], rtol=1e-4, atol=1e-6)
     return both["cosines"]
 
   # Full batches: every shuffle's batch is the training set, so the

@@ -1848,6 +1848,16 @@ def test_readme_which_method_is_the_scoreboards():
     if "✗" in line
   ]
   assert marked == ["digits_cnn, momentum 1.41 ✗", "mnist1d_cnn, Adam 1.35 ✗"]
+  # RESULTS: "On the other nine rows the direction's best constant rate is
+  # within 1.18×".
+  unmarked = [
+    float(line.split(" | ")[2])
+    for line in scoreboard.direction_table(scoreboard.load()).splitlines()[2:]
+    if "✗" not in line
+  ]
+  results = " ".join(scoreboard.RESULTS.read_text().split())
+  assert len(unmarked) == 9
+  assert f"best constant rate is within {max(unmarked):.2f}×" in results
   assert "momentum on the digits CNN (1.41×) and Adam on the MNIST-1D CNN (1.35×)" in readme
   firm = sum(s >= 0.9 and w for (_, _, n), (s, w) in shares.items() if n == "aslr_range_test")
   assert f"leaves {firm} of those {met['aslr_range_test']} within the bound" in readme
@@ -1912,6 +1922,57 @@ def test_cosine_sign_noise_free_cosines_by_construction():
   assert mini.shape == (3, 12)
   assert np.abs(mini[1] - mini[0]).max() > 1e-2
   assert np.abs(mini[2] - mini[0]).max() > 1e-2
+
+
+def test_results_noise_free_figures_are_the_reports():
+  """The figures RESULTS derives from the `--noise-free` reports, recomputed.
+
+  "HD's hypergradient without its noise self-term": the weight `w` at each
+  task's best constant rate, its range, and how far the independent batch's
+  turn moves from HD's and from the best rate.
+  """
+  from benchmarks import cosine_sign  # pylint: disable=g-import-not-at-top
+  from benchmarks import scoreboard  # pylint: disable=g-import-not-at-top
+
+  results = " ".join(scoreboard.RESULTS.read_text().split())
+  names = {
+    "digits": "digits",
+    "mnist1d": "MNIST-1D",
+    "teacher_student": "teacher-student",
+    "digits_cnn": "digits CNN",
+    "mnist1d_cnn": "MNIST-1D CNN",
+  }
+  cells, weights, moved, below = {}, [], {}, []
+  for stem in ("cosine_sign_noise_free", "cosine_sign_noise_free_adam"):
+    report = _load(scoreboard.FIGURES / f"{stem}.json")
+    assert cosine_sign.columns(report) == ["rho = 0", *cosine_sign.NOISE_FREE_LABELS]
+    for name, by_rate in report["datasets"].items():
+      runs = {float(r): run for r, run in by_rate.items() if np.isfinite(float(run["test_loss"]))}
+      best = min(runs, key=lambda r: float(runs[r]["test_loss"]))
+      hd, _, noise_free = runs[best]["mean_drive"]
+      # w: where w * HD + (1 - w) * noise-free is zero.
+      weight = noise_free / (noise_free - hd)
+      weights.append(weight)
+      cells.setdefault(name, []).append(f"{best:g}, {weight:.2f}")
+      rates = sorted(runs)
+      turns = [
+        cosine_sign.crossing(rates, [runs[r]["mean_drive"][i] for r in rates]) for i in (0, 1)
+      ]
+      if None not in turns:
+        moved.setdefault(name if "cnn" in name else "mlp", []).append(turns[1] / turns[0])
+      if stem == "cosine_sign_noise_free" and name in ("digits", "digits_cnn", "mnist1d_cnn"):
+        below.append(best / turns[1])
+  for name, (momentum, adam) in cells.items():
+    assert f"| {names[name]} | {momentum} | {adam} |" in results, name
+  assert f"From {min(weights):.2f} to {max(weights):.2f}: no one weight" in results
+  mlp, mnist1d_cnn, digits_cnn = moved["mlp"], moved["mnist1d_cnn"], moved["digits_cnn"]
+  assert f"turns {min(mlp):.1f} to {max(mlp):.1f} times higher than HD's" in results
+  # Momentum, then Adam; the digits CNN's turn moves by under 5 %.
+  assert (
+    f"{mnist1d_cnn[0]:.1f} and {mnist1d_cnn[1]:.1f} times higher on the MNIST-1D CNN" in results
+  )
+  assert max(abs(math.log(m)) for m in digits_cnn) < math.log(1.05)
+  assert f"turn {min(below):.0f} to {max(below):.0f} times below the best rate" in results
 
 
 def test_results_carry_the_committed_cosine_sign_reports():
